@@ -1,0 +1,70 @@
+# vserver.core — `make demo` and `make test` set themselves up on a fresh Debian 12 host (as root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+TOP        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+BUILD      := $(TOP)/.build
+VENV       := $(TOP)/.venv
+PY         := $(VENV)/bin/python
+SYSPY      := /usr/bin/python3
+COLLECTIONS := $(BUILD)/collections
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_PYTHON_INTERPRETER := $(SYSPY)
+export ANSIBLE_NOCOLOR := 1
+export PATH := $(VENV)/bin:$(PATH)
+
+# Debian packages the project uses: runtime (busybox-static ...), benchmarks' peer tools, test tooling.
+APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs btrfs-progs nftables \
+	iperf3 jdupes lxc systemd-container debootstrap mmdebstrap openssh-server openssh-client \
+	qemu-system-x86 cpio
+
+.PHONY: help setup apt venv collection demo test unit integration sanity clean-test-leftovers install-cli
+
+help:
+	@echo "make demo   deploy three busybox guests on this host and print the status table"
+	@echo "make test   run every test (unit, integration, sanity, molecule, cgroup v2 VM)"
+
+$(BUILD)/.apt-stamp: Makefile
+	@mkdir -p $(BUILD)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.stamp: requirements-dev.txt
+	$(SYSPY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+$(COLLECTIONS)/ansible_collections/vserver/core:
+	@mkdir -p $(COLLECTIONS)/ansible_collections/vserver
+	ln -sfn $(TOP) $@
+
+apt: $(BUILD)/.apt-stamp
+venv: $(VENV)/.stamp
+collection: $(COLLECTIONS)/ansible_collections/vserver/core
+setup: apt venv collection
+
+install-cli: setup
+	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/install_cli.yml
+
+demo: setup
+	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml
+	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml | tail -n 4
+	/usr/local/bin/vserver stat
+
+# Every test runs under tests/reaper.py: a child subreaper that reaps the guests' init processes once
+# they exit (some VM/container PID 1s, like this CI machine's, never reap orphans).
+REAPER := $(PY) $(TOP)/tests/reaper.py --
+
+unit: setup
+	$(REAPER) $(PY) -m pytest -q tests/unit
+
+integration: setup
+	$(REAPER) $(PY) -m pytest -q tests/integration
+
+test: setup
+	$(REAPER) $(PY) -m pytest -q tests/unit tests/integration
+	$(REAPER) $(PY) tests/leakcheck.py

@@ -1,0 +1,40 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: what every module shares (host path options, the one error path)."""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError
+
+PATH_OPTIONS = dict(
+    config_dir=dict(type='path'),
+    run_dir=dict(type='path'),
+    tree_dir=dict(type='path'),
+    log_dir=dict(type='path'),
+    cgroup_parent=dict(type='str'),
+)
+
+
+def argument_spec(**spec):
+    out = dict(PATH_OPTIONS)
+    out.update(spec)
+    return out
+
+
+def paths_from(module):
+    params = module.params
+    return Paths(**{key: params.get(key) for key in PATH_OPTIONS})
+
+
+def run(module, manager):
+    """Call ``manager()`` and turn domain errors into one ``fail_json`` naming the field."""
+    try:
+        result = manager()
+    except VServerError as exc:
+        extra = {'field': exc.field} if exc.field else {}
+        module.fail_json(msg=str(exc), **extra)
+    except OSError as exc:
+        module.fail_json(msg='%s' % exc, exception=traceback.format_exc())
+    module.exit_json(**result)

@@ -1,0 +1,324 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: one cgroup interface, two backends (v1 hybrid hosts, v2 unified hosts).
+
+``detect()`` reads mountinfo and returns a layout; ``layout.group(parent, name)`` returns the guest's
+cgroup, which is created, joined, frozen, killed, read and removed the same way on both backends.
+Everything takes its paths from the layout, so unit tests run against fake cgroup trees.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils._kernel import read_mountinfo
+
+V1_CONTROLLERS = ('memory', 'pids', 'cpu', 'cpuacct', 'cpuset', 'freezer', 'blkio', 'devices')
+
+
+def _read(path, default=None):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return default
+
+
+def _write(path, value):
+    with open(path, 'w') as handle:
+        handle.write(str(value))
+
+
+class Layout:
+    """The cgroup hierarchies mounted on this host."""
+
+    def __init__(self, version, v1=None, unified=None):
+        self.version = version          # 1 (v1 controllers, maybe a hybrid unified mount) or 2
+        self.v1 = v1 or {}              # controller -> mountpoint (v1 only)
+        self.unified = unified          # cgroup2 mountpoint or None
+
+    def group(self, parent, name):
+        if self.version == 2:
+            return CgroupV2(self, parent, name)
+        return CgroupV1(self, parent, name)
+
+    def describe(self):
+        return {'version': self.version, 'v1': dict(self.v1), 'unified': self.unified}
+
+
+def detect(mountinfo='/proc/self/mountinfo'):
+    mounts = mountinfo if isinstance(mountinfo, list) else read_mountinfo(mountinfo)
+    v1 = {}
+    unified = None
+    for entry in mounts:
+        if entry['fstype'] == 'cgroup2' and unified is None:
+            unified = entry['mountpoint']
+        elif entry['fstype'] == 'cgroup':
+            for opt in entry['super'].split(','):
+                if opt in V1_CONTROLLERS and opt not in v1:
+                    v1[opt] = entry['mountpoint']
+    if v1:
+        return Layout(1, v1=v1, unified=unified)
+    if unified:
+        return Layout(2, unified=unified)
+    raise VServerError('no cgroup filesystem is mounted on this host (need cgroup v1 controllers or cgroup2)')
+
+
+class _Base:
+    def __init__(self, layout, parent, name):
+        self.layout = layout
+        self.parent = parent
+        self.name = name
+        self.rel = parent + '/' + name
+
+    # --- shared logic --------------------------------------------------------------------------
+    def wait_empty(self, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while self.procs():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def kill(self, timeout=5.0):
+        """Kill every process of the group and wait until it is empty."""
+        if not self.exists():
+            return True
+        deadline = time.monotonic() + timeout
+        while self.procs():
+            self._kill_once()
+            if self.wait_empty(0.5):
+                break
+            if time.monotonic() > deadline:
+                return False
+        return True
+
+    def _kill_each(self):
+        for pid in self.procs():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def info(self):
+        return {'path': self.paths(), 'memory_bytes': self.memory_usage(), 'cpu_ns': self.cpu_usage_ns(),
+                'nproc': len(self.procs())}
+
+
+def _rmdir(path, attempts=100):
+    for _ in range(attempts):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.02)
+    os.rmdir(path)
+
+
+def _rmdir_if_empty(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+class CgroupV1(_Base):
+    """cgroup v1: one directory per controller hierarchy, plus the unified (cgroup2) one on hybrid hosts."""
+
+    def _dirs(self):
+        seen = {}
+        for ctrl, mnt in self.layout.v1.items():
+            seen.setdefault(mnt, ctrl)
+        out = [(ctrl, os.path.join(mnt, self.rel)) for mnt, ctrl in seen.items()]
+        if self.layout.unified:
+            out.append(('unified', os.path.join(self.layout.unified, self.rel)))
+        return out
+
+    def paths(self):
+        return {ctrl: path for ctrl, path in self._dirs()}
+
+    def dir_for(self, controller):
+        mnt = self.layout.v1.get(controller)
+        if mnt is None:
+            raise VServerError('the cgroup v1 controller %r is not mounted on this host' % controller)
+        return os.path.join(mnt, self.rel)
+
+    def exists(self):
+        return any(os.path.isdir(path) for _, path in self._dirs())
+
+    def create(self):
+        for ctrl, path in self._dirs():
+            self._mkdirs(ctrl, path)
+
+    def _mkdirs(self, ctrl, path):
+        root = self.layout.unified if ctrl == 'unified' else self.layout.v1[ctrl]
+        current = root
+        for part in os.path.relpath(path, root).split('/'):
+            current = os.path.join(current, part)
+            try:
+                os.mkdir(current, 0o755)
+            except FileExistsError:
+                continue
+            if 'cpuset' in self.layout.v1 and self.layout.v1['cpuset'] == root:
+                parent = os.path.dirname(current)
+                for key in ('cpuset.cpus', 'cpuset.mems'):
+                    value = _read(os.path.join(parent, key))
+                    if value and not _read(os.path.join(current, key)):
+                        _write(os.path.join(current, key), value)
+
+    def join(self, pid):
+        for _, path in self._dirs():
+            _write(os.path.join(path, 'cgroup.procs'), pid)
+
+    def procs(self):
+        found = set()
+        for _, path in self._dirs():
+            raw = _read(os.path.join(path, 'cgroup.procs'), '')
+            found.update(int(x) for x in raw.split())
+        return sorted(found)
+
+    def _kill_once(self):
+        unified = self.paths().get('unified')
+        if unified and os.path.exists(os.path.join(unified, 'cgroup.kill')):
+            _write(os.path.join(unified, 'cgroup.kill'), 1)
+            return
+        frozen = False
+        if 'freezer' in self.layout.v1:
+            frozen = self.freeze(timeout=1.0)
+        self._kill_each()
+        if frozen:
+            self.thaw()
+
+    def freeze(self, timeout=5.0):
+        state = os.path.join(self.dir_for('freezer'), 'freezer.state')
+        _write(state, 'FROZEN')
+        deadline = time.monotonic() + timeout
+        while _read(state) != 'FROZEN':
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def thaw(self):
+        _write(os.path.join(self.dir_for('freezer'), 'freezer.state'), 'THAWED')
+        return True
+
+    def frozen(self):
+        if 'freezer' not in self.layout.v1:
+            return False
+        return _read(os.path.join(self.dir_for('freezer'), 'freezer.state')) in ('FROZEN', 'FREEZING')
+
+    def memory_usage(self):
+        if 'memory' not in self.layout.v1:
+            return None
+        value = _read(os.path.join(self.dir_for('memory'), 'memory.usage_in_bytes'))
+        return int(value) if value else None
+
+    def cpu_usage_ns(self):
+        if 'cpuacct' not in self.layout.v1:
+            return None
+        value = _read(os.path.join(self.dir_for('cpuacct'), 'cpuacct.usage'))
+        return int(value) if value else None
+
+    def read(self, key):
+        return _read(os.path.join(self.dir_for(key.split('.')[0]), key))
+
+    def write(self, key, value):
+        _write(os.path.join(self.dir_for(key.split('.')[0]), key), value)
+
+    def remove(self):
+        for _, path in self._dirs():
+            _rmdir(path)
+            _rmdir_if_empty(os.path.dirname(path))
+
+
+class CgroupV2(_Base):
+    """cgroup v2: one directory in the unified hierarchy; controllers enabled down from the root."""
+
+    WANTED = ('cpu', 'cpuset', 'io', 'memory', 'pids')
+
+    @property
+    def path(self):
+        return os.path.join(self.layout.unified, self.rel)
+
+    def paths(self):
+        return {'unified': self.path}
+
+    def exists(self):
+        return os.path.isdir(self.path)
+
+    def create(self):
+        current = self.layout.unified
+        for part in self.rel.split('/'):
+            available = (_read(os.path.join(current, 'cgroup.controllers'), '') or '').split()
+            enabled = (_read(os.path.join(current, 'cgroup.subtree_control'), '') or '').split()
+            missing = [c for c in self.WANTED if c in available and c not in enabled]
+            if missing:
+                _write(os.path.join(current, 'cgroup.subtree_control'), ' '.join('+' + c for c in missing))
+            current = os.path.join(current, part)
+            try:
+                os.mkdir(current, 0o755)
+            except FileExistsError:
+                pass
+
+    def join(self, pid):
+        _write(os.path.join(self.path, 'cgroup.procs'), pid)
+
+    def procs(self):
+        raw = _read(os.path.join(self.path, 'cgroup.procs'), '')
+        return sorted(int(x) for x in raw.split())
+
+    def _kill_once(self):
+        kill = os.path.join(self.path, 'cgroup.kill')
+        if os.path.exists(kill):
+            _write(kill, 1)
+        else:
+            self._kill_each()
+
+    def freeze(self, timeout=5.0):
+        _write(os.path.join(self.path, 'cgroup.freeze'), 1)
+        deadline = time.monotonic() + timeout
+        while 'frozen 1' not in (_read(os.path.join(self.path, 'cgroup.events'), '') or ''):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def thaw(self):
+        _write(os.path.join(self.path, 'cgroup.freeze'), 0)
+        return True
+
+    def frozen(self):
+        return _read(os.path.join(self.path, 'cgroup.freeze')) == '1'
+
+    def memory_usage(self):
+        value = _read(os.path.join(self.path, 'memory.current'))
+        return int(value) if value else None
+
+    def cpu_usage_ns(self):
+        raw = _read(os.path.join(self.path, 'cpu.stat'))
+        if not raw:
+            return None
+        for line in raw.splitlines():
+            key, _, value = line.partition(' ')
+            if key == 'usage_usec':
+                return int(value) * 1000
+        return None
+
+    def read(self, key):
+        return _read(os.path.join(self.path, key))
+
+    def write(self, key, value):
+        _write(os.path.join(self.path, key), value)
+
+    def remove(self):
+        _rmdir(self.path)
+        _rmdir_if_empty(os.path.dirname(self.path))

@@ -1,0 +1,159 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: errors, host paths, validators, atomic files and the host lock."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+
+NAME_RE = re.compile(r'^[a-z0-9_-][a-z0-9_.-]{0,62}$')
+XID_MIN = 2
+XID_MAX = 49151
+
+DEFAULTS = {
+    'config_dir': '/etc/vservers',
+    'run_dir': '/run/vservers',
+    'tree_dir': '/var/lib/vservers',
+    'log_dir': '/var/log/vservers',
+    'cgroup_parent': 'vservers',
+}
+ENV = {key: 'VSERVER_' + key.upper() for key in DEFAULTS}
+CGROUP_PARENT_RE = re.compile(r'^[A-Za-z0-9_.@-]+(/[A-Za-z0-9_.@-]+)*$')
+
+
+class VServerError(Exception):
+    """A failure to report to the user. ``field`` names the offending option, if any."""
+
+    def __init__(self, msg, field=None):
+        super().__init__(msg)
+        self.field = field
+
+
+class Paths:
+    """Where guest state lives on a host. Each root can be overridden (options, then env, then defaults)."""
+
+    def __init__(self, config_dir=None, run_dir=None, tree_dir=None, log_dir=None, cgroup_parent=None):
+        given = dict(config_dir=config_dir, run_dir=run_dir, tree_dir=tree_dir, log_dir=log_dir,
+                     cgroup_parent=cgroup_parent)
+        for key, default in DEFAULTS.items():
+            value = given[key] or os.environ.get(ENV[key]) or default
+            if key == 'cgroup_parent':
+                if not CGROUP_PARENT_RE.match(value) or any(p in ('.', '..') for p in value.split('/')):
+                    raise VServerError('cgroup_parent must be a relative cgroup path of letters, digits, '
+                                       '"_", ".", "@" and "-" (got %r)' % value, 'cgroup_parent')
+            elif not os.path.isabs(value):
+                raise VServerError('%s must be an absolute path (got %r)' % (key, value), key)
+            else:
+                value = os.path.normpath(value)
+            setattr(self, key, value)
+
+    def as_dict(self):
+        return {key: getattr(self, key) for key in DEFAULTS}
+
+    def config_file(self, name):
+        return os.path.join(self.config_dir, name + '.json')
+
+    def runtime(self, name):
+        return os.path.join(self.run_dir, name)
+
+    def log_file(self, name):
+        return os.path.join(self.log_dir, name + '.log')
+
+    def default_root(self, name):
+        return os.path.join(self.tree_dir, name)
+
+
+def check_name(name, field='name'):
+    if not isinstance(name, str) or not NAME_RE.match(name) or '..' in name:
+        raise VServerError(
+            '%s must be 1 to 63 characters of lowercase letters, digits, "-", "_" and ".", not starting with '
+            '"." and without "/" or ".." (got %r)' % (field, name), field)
+    return name
+
+
+def check_xid(xid, field='xid'):
+    try:
+        value = int(xid)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or isinstance(xid, bool) or str(value) != str(xid).strip() or not XID_MIN <= value <= XID_MAX:
+        raise VServerError('%s must be an integer from %d to %d (got %r)' % (field, XID_MIN, XID_MAX, xid), field)
+    return value
+
+
+def atomic_write(path, data, mode=0o644):
+    """Write ``data`` (str or bytes) to ``path`` via a temp file in the same directory, fsync, rename."""
+    directory = os.path.dirname(path)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        os.rename(tmp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path, doc, mode=0o644):
+    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + '\n', mode)
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return default
+    except ValueError as exc:
+        raise VServerError('%s is not valid JSON: %s' % (path, exc))
+
+
+class HostLock:
+    """Host-wide exclusive lock (flock on CONFIG_DIR/.lock) so two runs cannot interleave."""
+
+    def __init__(self, paths, timeout=300):
+        self.path = os.path.join(paths.config_dir, '.lock')
+        self.timeout = timeout
+        self.fd = None
+        self.depth = 0
+
+    def __enter__(self):
+        if self.depth == 0:
+            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        os.close(fd)
+                        raise VServerError('could not take the host lock %s within %ss' % (self.path, self.timeout))
+                    time.sleep(0.05)
+            self.fd = fd
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+        if self.depth == 0:
+            os.close(self.fd)
+            self.fd = None
+        return False

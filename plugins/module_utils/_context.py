@@ -1,0 +1,553 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: the guest lifecycle (start, stop, freeze, thaw, status, enter/exec, ps).
+
+Start forks twice. The first child joins the guest's cgroup, unshares the mount, UTS, IPC, network,
+cgroup, PID and time namespaces, sets the boottime offset (virtual uptime), the host name and brings
+``lo`` up, then forks the guest's init (PID 1 of the new PID namespace) and exits. The init process
+sets up its root (bind, nodev, pivot_root, old root detached), a fresh /proc, read-only /proc/sys and
+/sys, a minimal /dev, drops its bounding set, clears ambient and inheritable capabilities, applies
+rlimits and execs the guest's init. No host-side process stays behind per guest.
+
+Extension points for other concerns (limits, network, ccaps) are plain functions registered in
+``HOOKS``; they read their own config section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import struct
+import time
+
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, read_json, write_json
+
+STATE_FILE = 'state.json'
+NETNS_HANDLE = 'netns'
+NAMESPACES = ('mnt', 'uts', 'ipc', 'net', 'pid', 'cgroup', 'time')
+GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+# name -> list of callables. Each concern (limits, network, ccaps) registers its own.
+#   'cgroup':  f(doc, group)          after the guest cgroup is created, before any process joins it
+#   'netns':   f(doc)                 in the guest's new network namespace, before init is forked
+#   'child':   f(doc)                 in the guest init, after pivot_root, before caps are dropped
+#   'started': f(paths, doc, runtime) after init runs (host side); may raise to roll back
+HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': []}
+
+
+class Runtime:
+    """What the kernel says about one guest: its init process, cgroup and netns handle."""
+
+    def __init__(self, paths, name, layout=None):
+        self.paths = paths
+        self.name = name
+        self.dir = paths.runtime(name)
+        self.record = read_json(os.path.join(self.dir, STATE_FILE), {}) or {}
+        self._layout = layout
+
+    @property
+    def layout(self):
+        if self._layout is None:
+            self._layout = _cgroup.detect()
+        return self._layout
+
+    @property
+    def group(self):
+        parent = self.record.get('cgroup_parent') or self.paths.cgroup_parent
+        return self.layout.group(parent, self.name)
+
+    @property
+    def netns(self):
+        return os.path.join(self.dir, NETNS_HANDLE)
+
+    def init_pid(self):
+        """The guest's init pid if that very process still runs (pid and start time match), else None."""
+        pid = self.record.get('init_pid')
+        if not pid:
+            return None
+        st = K.read_stat(pid)
+        if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start'):
+            return None
+        return pid
+
+    def state(self):
+        pid = self.init_pid()
+        if pid is None:
+            return 'stopped'
+        try:
+            if self.group.frozen():
+                return 'frozen'
+        except (OSError, VServerError):
+            pass
+        return 'running'
+
+    def leftovers(self):
+        """Anything of this guest still on the host (for cleanup after a crash of init)."""
+        found = []
+        if os.path.isdir(self.dir):
+            found.append(self.dir)
+        if self.group.exists():
+            found.append('cgroup')
+        return found
+
+
+def _log_fd(paths, name):
+    os.makedirs(paths.log_dir, mode=0o750, exist_ok=True)
+    return os.open(paths.log_file(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def _lo_up():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        import fcntl
+        req = struct.pack('16sH14x', b'lo', 0)
+        flags = struct.unpack('16sH14x', fcntl.ioctl(sock.fileno(), 0x8913, req))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack('16sH14x', b'lo', flags | 0x1))  # SIOCSIFFLAGS, IFF_UP
+    finally:
+        sock.close()
+
+
+def _mknod(path, major, minor, mode=0o666):
+    os.mknod(path, stat.S_IFCHR | mode, os.makedev(major, minor))
+    os.chmod(path, mode)
+
+
+def _setup_root(root):
+    """In the guest's new mount namespace: make ``root`` the root, detach the host's, mount the rest."""
+    K.mount(None, '/', None, K.MS_REC | K.MS_PRIVATE)
+    K.mount(root, root, None, K.MS_BIND | K.MS_REC)
+    # nodev: a device node inside the tree (from a tarball or a guest's planting) opens nothing.
+    K.mount(None, root, None, K.MS_REMOUNT | K.MS_BIND | K.MS_NODEV)
+    os.chdir(root)
+    K.pivot_root('.', '.')
+    K.umount('.', K.MNT_DETACH)
+    os.chdir('/')
+    # From here every path resolves inside the guest: a symlink the guest planted cannot lead out.
+    for directory in ('proc', 'sys', 'dev'):
+        if not os.path.isdir('/' + directory):
+            if os.path.lexists('/' + directory):
+                os.unlink('/' + directory)
+            os.mkdir('/' + directory, 0o755)
+    nosuid = K.MS_NOSUID | K.MS_NODEV | K.MS_NOEXEC
+    K.mount('proc', '/proc', 'proc', nosuid)
+    for path in ('/proc/sys', '/proc/sysrq-trigger'):
+        if not os.path.exists(path):  # kernels built without CONFIG_MAGIC_SYSRQ
+            continue
+        K.mount(path, path, None, K.MS_BIND)
+        K.mount(None, path, None, K.MS_REMOUNT | K.MS_BIND | K.MS_RDONLY | nosuid)
+    K.mount('sysfs', '/sys', 'sysfs', K.MS_RDONLY | nosuid)
+    K.mount('tmpfs', '/dev', 'tmpfs', K.MS_NOSUID | K.MS_NOEXEC, 'mode=755,size=1024k')
+    for node, major, minor in (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
+                               ('urandom', 1, 9), ('tty', 5, 0)):
+        _mknod('/dev/' + node, major, minor)
+    # /dev/console is a null device: the host's console is never reachable (init's output goes to the log).
+    _mknod('/dev/console', 1, 3, 0o620)
+    os.mkdir('/dev/pts', 0o755)
+    K.mount('devpts', '/dev/pts', 'devpts', K.MS_NOSUID | K.MS_NOEXEC, 'newinstance,ptmxmode=0666,mode=620,gid=5')
+    os.symlink('pts/ptmx', '/dev/ptmx')
+    os.mkdir('/dev/shm', 0o1777)
+    K.mount('tmpfs', '/dev/shm', 'tmpfs', nosuid, 'mode=1777,size=65536k')
+    os.chmod('/dev/shm', 0o1777)
+    for link, target in (('fd', '/proc/self/fd'), ('stdin', '/proc/self/fd/0'), ('stdout', '/proc/self/fd/1'),
+                         ('stderr', '/proc/self/fd/2')):
+        os.symlink(target, '/dev/' + link)
+
+
+def _current_caps():
+    status = K.parse_status(open('/proc/self/status').read())
+    return int(status['CapEff'], 16), int(status['CapPrm'], 16)
+
+
+def drop_privileges(doc):
+    """Bounding set to the guest's bcaps, ambient and inheritable cleared, optional no_new_privs."""
+    section = doc.get('capabilities') or {}
+    keep = _caps.mask(_caps.resolve(section))
+    last = K.cap_last_cap()
+    for bit in range(last + 1):
+        if not keep & (1 << bit):
+            K.prctl(K.PR_CAPBSET_DROP, bit)
+    K.prctl(K.PR_CAP_AMBIENT, K.PR_CAP_AMBIENT_CLEAR_ALL)
+    eff, prm = _current_caps()
+    K.capset(eff, prm, 0)
+    if section.get('no_new_privs'):
+        K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _reset_signals():
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _guest_init(doc, root, log_fd, err_w):
+    """Runs as PID 1 of the new PID namespace; never returns."""
+    stage = 'setup'
+    try:
+        devnull = os.open('/dev/null', os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        stage = 'mounts'
+        _setup_root(root)
+        for hook in HOOKS['child']:
+            stage = 'hook %s' % getattr(hook, '__name__', hook)
+            hook(doc)
+        stage = 'capabilities'
+        drop_privileges(doc)
+        stage = 'exec'
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, 65536)
+        _reset_signals()
+        argv = doc['init']
+        env = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/', 'TERM': 'linux'}
+        os.execve(argv[0], argv, env)
+    except BaseException as exc:  # report to the starter, then die
+        try:
+            os.write(err_w, ('%s: %s' % (stage, exc)).encode()[:4000])
+        finally:
+            os._exit(127)
+
+
+def _intermediate(doc, group, root, log_fd, pid_w, err_w):
+    """First child: join cgroup, unshare, configure namespaces, fork init, report its pid, exit."""
+    try:
+        os.setsid()
+        group.join(os.getpid())
+        K.unshare(K.CLONE_NEWNS | K.CLONE_NEWUTS | K.CLONE_NEWIPC | K.CLONE_NEWNET | K.CLONE_NEWCGROUP
+                  | K.CLONE_NEWPID | K.CLONE_NEWTIME)
+        # Virtual uptime: the guest's CLOCK_BOOTTIME (and /proc/uptime) starts at zero now.
+        boot = K.boottime_now()
+        with open('/proc/self/timens_offsets', 'w') as handle:
+            handle.write('boottime %d 0\n' % -int(boot))
+        socket.sethostname(doc.get('hostname') or doc['name'])
+        K.setdomainname(doc.get('domainname') or '(none)')
+        _lo_up()
+        for hook in HOOKS['netns']:
+            hook(doc)
+        pid = os.fork()
+        if pid == 0:
+            os.close(pid_w)
+            _guest_init(doc, root, log_fd, err_w)
+        os.write(pid_w, b'%d' % pid)
+        os._exit(0)
+    except BaseException as exc:
+        try:
+            os.write(err_w, ('namespaces: %s' % exc).encode()[:4000])
+        finally:
+            os._exit(126)
+
+
+def _bind_netns(pid, handle):
+    with open(handle, 'w'):
+        pass
+    K.mount('/proc/%d/ns/net' % pid, handle, None, K.MS_BIND)
+
+
+def cleanup(paths, name, layout=None, timeout=5.0):
+    """Remove every runtime trace of a guest: processes, cgroup, netns handle, runtime dir."""
+    rt = Runtime(paths, name, layout)
+    group = rt.group
+    if group.exists():
+        if group.frozen():
+            group.thaw()
+        if not group.kill(timeout):
+            raise VServerError('processes of guest %s survived SIGKILL: %s' % (name, group.procs()))
+        group.remove()
+    if os.path.exists(rt.netns):
+        try:
+            K.umount(rt.netns, K.MNT_DETACH)
+        except OSError:
+            pass
+    shutil.rmtree(rt.dir, ignore_errors=True)
+
+
+def start(paths, doc, layout=None):
+    """Start the guest described by ``doc``; return its runtime record. Rolls back on failure."""
+    name = doc['name']
+    root = os.path.realpath(doc['root'])
+    if not os.path.isdir(root):
+        raise VServerError('root %s of guest %s does not exist' % (doc['root'], name), 'root')
+    rt = Runtime(paths, name, layout)
+    if rt.init_pid():
+        raise VServerError('guest %s is already running' % name)
+    if rt.leftovers():
+        cleanup(paths, name, rt.layout)
+    rt = Runtime(paths, name, rt.layout)
+    group = rt.layout.group(paths.cgroup_parent, name)
+    os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
+    log_fd = pid_r = pid_w = err_r = err_w = None
+    try:
+        os.makedirs(rt.dir, mode=0o700, exist_ok=True)
+        group.create()
+        for hook in HOOKS['cgroup']:
+            hook(doc, group)
+        log_fd = _log_fd(paths, name)
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            os.close(pid_r)
+            os.close(err_r)
+            _intermediate(doc, group, root, log_fd, pid_w, err_w)
+        os.close(pid_w)
+        pid_w = None
+        os.close(err_w)
+        err_w = None
+        _, status = os.waitpid(child, 0)
+        raw = b''
+        while True:
+            chunk = os.read(pid_r, 64)
+            if not chunk:
+                break
+            raw += chunk
+        errors = b''
+        while True:  # EOF once init has exec'd (close-on-exec) or died
+            chunk = os.read(err_r, 4096)
+            if not chunk:
+                break
+            errors += chunk
+        if errors or not raw:
+            raise VServerError('guest %s failed to start: %s' % (name, errors.decode(errors='replace') or
+                                                                   'intermediate exited with %d' % status))
+        pid = int(raw)
+        st = K.read_stat(pid)
+        record = {
+            'name': name, 'init_pid': pid, 'init_start': st[2] if st else None,
+            'started_at': time.time(), 'cgroup_parent': paths.cgroup_parent,
+            'cgroup': group.paths(), 'root': root,
+            'ns': {kind: K.ns_inode(pid, kind) for kind in NAMESPACES},
+        }
+        write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600)
+        if st is not None and st[0] not in ('Z', 'X'):
+            _bind_netns(pid, os.path.join(rt.dir, NETNS_HANDLE))
+        rt = Runtime(paths, name, rt.layout)
+        for hook in HOOKS['started']:
+            hook(paths, doc, rt)
+        return record
+    except BaseException:
+        try:
+            cleanup(paths, name, rt.layout)
+        except Exception:
+            pass
+        raise
+    finally:
+        for fd in (log_fd, pid_r, pid_w, err_r, err_w):
+            if fd is not None:
+                os.close(fd)
+
+
+def _wait_gone(pid, start_ticks, timeout):
+    deadline = time.monotonic() + timeout
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        pidfd = None
+    try:
+        while True:
+            st = K.read_stat(pid)
+            if st is None or st[0] in ('Z', 'X') or st[2] != start_ticks:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if pidfd is not None:
+                select.select([pidfd], [], [], min(left, 0.2))
+            else:
+                time.sleep(min(left, 0.05))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def stop(paths, doc, layout=None):
+    """Signal init, wait ``stop_timeout``, kill what is left; leave nothing of the guest behind."""
+    name = doc['name']
+    rt = Runtime(paths, name, layout)
+    pid = rt.init_pid()
+    if pid:
+        if rt.group.exists() and rt.group.frozen():
+            rt.group.thaw()
+        sig = signal.Signals[doc.get('stop_signal', 'SIGTERM')]
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid, rt.record.get('init_start'), float(doc.get('stop_timeout', 10)))
+    cleanup(paths, name, rt.layout)
+
+
+def freeze(paths, doc, layout=None):
+    rt = Runtime(paths, doc['name'], layout)
+    if not rt.group.freeze():
+        raise VServerError('guest %s did not freeze in time' % doc['name'])
+
+
+def thaw(paths, doc, layout=None):
+    Runtime(paths, doc['name'], layout).group.thaw()
+
+
+def status(paths, doc, layout=None):
+    """Facts about one guest, read from the kernel."""
+    rt = Runtime(paths, doc['name'], layout)
+    state = rt.state()
+    out = {'name': doc['name'], 'xid': doc.get('xid'), 'state': state, 'root': doc.get('root'),
+           'hostname': doc.get('hostname') or doc['name'], 'init_pid': None, 'uptime': None,
+           'nproc': 0, 'memory_bytes': None, 'cpu_seconds': None}
+    if state == 'stopped':
+        return out
+    pid = rt.init_pid()
+    st = K.read_stat(pid)
+    out['init_pid'] = pid
+    if st:
+        out['uptime'] = round(K.uptime() - st[2] / float(K.clock_ticks()), 2)
+    group = rt.group
+    procs = group.procs()
+    out['nproc'] = len(procs)
+    out['memory_bytes'] = group.memory_usage()
+    cpu = group.cpu_usage_ns()
+    out['cpu_seconds'] = round(cpu / 1e9, 3) if cpu is not None else None
+    out['cgroup'] = group.paths()
+    out['namespaces'] = rt.record.get('ns')
+    return out
+
+
+# --- entering a running guest -----------------------------------------------------------------------
+
+def enter(paths, doc, argv, layout=None, env=None):
+    """Run ``argv`` inside the running guest (its namespaces, cgroup, bounding set). Returns the exit code."""
+    rt = Runtime(paths, doc['name'], layout)
+    pid = rt.init_pid()
+    if not pid:
+        raise VServerError('guest %s is not running' % doc['name'])
+    fds = []
+    try:
+        for kind in ('cgroup', 'ipc', 'uts', 'net', 'pid', 'time', 'mnt'):
+            fds.append(os.open('/proc/%d/ns/%s' % (pid, kind), os.O_RDONLY | os.O_CLOEXEC))
+        child = os.fork()
+        if child == 0:
+            try:
+                rt.group.join(os.getpid())
+                for fd in fds:
+                    K.setns(fd, 0)
+                os.chdir('/')
+                grandchild = os.fork()
+                if grandchild == 0:
+                    drop_privileges(doc)
+                    _reset_signals()
+                    environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
+                               'TERM': os.environ.get('TERM', 'linux')}
+                    environ.update(env or {})
+                    os.execvpe(argv[0], argv, environ)
+                _, status = os.waitpid(grandchild, 0)
+                os._exit(os.waitstatus_to_exitcode(status) & 0xff if os.WIFEXITED(status)
+                         else 128 + os.WTERMSIG(status))
+            except BaseException as exc:
+                os.write(2, ('vserver: cannot enter %s: %s\n' % (doc['name'], exc)).encode())
+                os._exit(126)
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            _, status = os.waitpid(child, 0)
+        finally:
+            signal.signal(signal.SIGINT, old)
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# --- spectator view ---------------------------------------------------------------------------------
+
+def parse_proc_cgroup(raw):
+    """/proc/PID/cgroup -> {hierarchy key: path}; key is the controller list ('' for cgroup2)."""
+    out = {}
+    for line in raw.splitlines():
+        parts = line.split(':', 2)
+        if len(parts) == 3:
+            out[parts[1]] = parts[2]
+    return out
+
+
+def guest_of(cgroups, parent):
+    """Guest name from a process's cgroup paths, or None for host processes."""
+    prefix = '/' + parent.strip('/') + '/'
+    for path in cgroups.values():
+        if path.startswith(prefix):
+            return path[len(prefix):].split('/')[0]
+    return None
+
+
+def processes(paths, docs=None, proc='/proc'):
+    """Every process on the host labelled with its context: 0 for the host, the guest's xid otherwise."""
+    docs = _config.load_all(paths) if docs is None else docs
+    xids = {name: doc.get('xid') for name, doc in docs.items()}
+    out = []
+    for pid in K.pids(proc):
+        try:
+            with open('%s/%d/cgroup' % (proc, pid)) as handle:
+                cgroups = parse_proc_cgroup(handle.read())
+            status_ = K.read_status(pid, proc) or {}
+            st = K.read_stat(pid, proc)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if st is None:
+            continue
+        guest = guest_of(cgroups, paths.cgroup_parent)
+        if guest is not None and guest not in xids:
+            guest = None
+        nspid = status_.get('NSpid', str(pid)).split()
+        out.append({
+            'pid': pid, 'xid': xids[guest] if guest else 0, 'guest': guest or '',
+            'guest_pid': int(nspid[-1]) if guest else pid, 'state': st[0],
+            'rss_kb': int((status_.get('VmRSS') or '0 kB').split()[0]),
+            'cpu_seconds': round(st[3] / float(K.clock_ticks()), 2),
+            'comm': status_.get('Name', ''),
+        })
+    return out
+
+
+def format_duration(seconds):
+    if seconds is None:
+        return '-'
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return '%dd%02dh%02d' % (days, hours, minutes)
+    return '%02d:%02d:%02d' % (hours, minutes, secs)
+
+
+def format_bytes(value):
+    if value is None:
+        return '-'
+    for unit in ('B', 'K', 'M', 'G', 'T'):
+        if value < 1024 or unit == 'T':
+            return ('%d%s' % (value, unit)) if unit == 'B' else ('%.1f%s' % (value, unit))
+        value /= 1024.0
+    return str(value)
+
+
+def stat_table(rows):
+    """A vserver-stat-like table from status() rows."""
+    lines = ['%-6s %5s %8s %10s %10s %-9s %s' % ('CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME')]
+    for row in sorted(rows, key=lambda r: r.get('xid') or 0):
+        lines.append('%-6s %5d %8s %10s %10s %-9s %s' % (
+            row.get('xid'), row.get('nproc') or 0, format_bytes(row.get('memory_bytes')),
+            format_duration(row.get('cpu_seconds')), format_duration(row.get('uptime')),
+            row['state'], row['name']))
+    return '\n'.join(lines)
+
+
+def dumps(value):
+    return json.dumps(value, indent=2, sort_keys=True)

@@ -1,0 +1,242 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: thin wrappers over Linux syscalls (ctypes on libc) and /proc parsers.
+
+Python 3.11 has no os.unshare/os.setns, and mount/pivot_root have no stdlib wrapper at all, so the few
+syscalls the runtime needs are called through ctypes. Parsers take their file paths as arguments so unit
+tests can feed fake /proc trees.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+import subprocess
+
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+
+# pivot_root has no glibc wrapper: syscall numbers per architecture.
+_SYS_PIVOT_ROOT = {'x86_64': 155, 'aarch64': 41, 'riscv64': 41, 'ppc64le': 203, 'ppc64': 203,
+                   's390x': 217, 'i686': 217, 'i386': 217, 'armv7l': 218}
+_SYS_CAPSET = {'x86_64': 126, 'aarch64': 91, 'riscv64': 91, 'ppc64le': 184, 'ppc64': 184,
+               's390x': 185, 'i686': 185, 'i386': 185, 'armv7l': 185}
+
+_libc = None
+
+
+def libc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+    return _libc
+
+
+def _check(result, what):
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, '%s: %s' % (what, os.strerror(err)))
+    return result
+
+
+def _b(value):
+    return None if value is None else os.fsencode(value)
+
+
+def unshare(flags):
+    if hasattr(os, 'unshare'):
+        os.unshare(flags)
+    else:
+        _check(libc().unshare(ctypes.c_int(flags)), 'unshare')
+
+
+def setns(fd, nstype=0):
+    if hasattr(os, 'setns'):
+        os.setns(fd, nstype)
+    else:
+        _check(libc().setns(ctypes.c_int(fd), ctypes.c_int(nstype)), 'setns')
+
+
+def mount(source, target, fstype=None, flags=0, data=None):
+    _check(libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+           'mount %s on %s' % (source or fstype, target))
+
+
+def umount(target, flags=0):
+    _check(libc().umount2(_b(target), ctypes.c_int(flags)), 'umount %s' % target)
+
+
+def pivot_root(new_root, put_old):
+    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, 'pivot_root: unsupported architecture %s' % platform.machine())
+    _check(libc().syscall(ctypes.c_long(number), _b(new_root), _b(put_old)), 'pivot_root')
+
+
+def setdomainname(name):
+    raw = name.encode()
+    _check(libc().setdomainname(raw, ctypes.c_size_t(len(raw))), 'setdomainname')
+
+
+def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
+    return _check(libc().prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                               ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), 'prctl(%d)' % option)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [('version', ctypes.c_uint32), ('pid', ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [('effective', ctypes.c_uint32), ('permitted', ctypes.c_uint32), ('inheritable', ctypes.c_uint32)]
+
+
+def capset(effective, permitted, inheritable):
+    """Set this thread's capability sets (64-bit masks) with _LINUX_CAPABILITY_VERSION_3."""
+    header = _CapHeader(0x20080522, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xffffffff
+        data[i].permitted = (permitted >> shift) & 0xffffffff
+        data[i].inheritable = (inheritable >> shift) & 0xffffffff
+    number = _SYS_CAPSET.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, 'capset: unsupported architecture %s' % platform.machine())
+    _check(libc().syscall(ctypes.c_long(number), ctypes.byref(header), ctypes.byref(data)), 'capset')
+
+
+def cap_last_cap(path='/proc/sys/kernel/cap_last_cap'):
+    with open(path) as handle:
+        return int(handle.read())
+
+
+def set_subreaper():
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def run(argv, check=True, input=None, env=None, timeout=60):
+    """Run a command given as a list (never a shell string), with a pinned locale."""
+    environ = dict(os.environ if env is None else env)
+    environ.update(LC_ALL='C', LANG='C')
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=environ, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise OSError('%s failed (rc=%d): %s' % (' '.join(argv), proc.returncode,
+                                                 (proc.stderr or proc.stdout).strip()))
+    return proc
+
+
+# --- /proc parsers ---------------------------------------------------------------------------------
+
+def clock_ticks():
+    return os.sysconf('SC_CLK_TCK')
+
+
+def read_stat(pid, proc='/proc'):
+    """Return (state, ppid, starttime_ticks, utime+stime ticks) for a pid, or None if it is gone."""
+    try:
+        with open('%s/%d/stat' % (proc, pid)) as handle:
+            raw = handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return parse_stat(raw)
+
+
+def parse_stat(raw):
+    rest = raw[raw.rindex(')') + 2:].split()
+    # rest[0] is field 3 (state); starttime is field 22 -> rest[19]; utime/stime fields 14/15.
+    return rest[0], int(rest[1]), int(rest[19]), int(rest[11]) + int(rest[12])
+
+
+def parse_status(raw):
+    out = {}
+    for line in raw.splitlines():
+        key, _, value = line.partition(':')
+        out[key] = value.strip()
+    return out
+
+
+def read_status(pid, proc='/proc'):
+    try:
+        with open('%s/%d/status' % (proc, pid)) as handle:
+            return parse_status(handle.read())
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def uptime(proc='/proc'):
+    with open(proc + '/uptime') as handle:
+        return float(handle.read().split()[0])
+
+
+def boottime_now():
+    return __import__('time').clock_gettime(7)  # CLOCK_BOOTTIME
+
+
+def pids(proc='/proc'):
+    out = []
+    for entry in os.listdir(proc):
+        if entry.isdigit():
+            out.append(int(entry))
+    return sorted(out)
+
+
+def parse_mountinfo(raw):
+    """Parse /proc/PID/mountinfo text into dicts: mount_id, parent, root, mountpoint, options, fstype, source, super."""
+    mounts = []
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        left, _, right = line.partition(' - ')
+        fields = left.split()
+        tail = right.split()
+        mounts.append({
+            'mount_id': int(fields[0]), 'parent': int(fields[1]), 'dev': fields[2],
+            'root': _unescape(fields[3]), 'mountpoint': _unescape(fields[4]), 'options': fields[5],
+            'fstype': tail[0], 'source': _unescape(tail[1]) if len(tail) > 1 else '',
+            'super': tail[2] if len(tail) > 2 else '',
+        })
+    return mounts
+
+
+def read_mountinfo(path='/proc/self/mountinfo'):
+    with open(path) as handle:
+        return parse_mountinfo(handle.read())
+
+
+def _unescape(value):
+    return value.encode().decode('unicode_escape') if '\\' in value else value
+
+
+def ns_inode(pid, kind, proc='/proc'):
+    try:
+        return os.readlink('%s/%d/ns/%s' % (proc, pid, kind))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
