@@ -38,7 +38,8 @@ GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 #   'netns':   f(doc)                 in the guest's new network namespace, before init is forked
 #   'child':   f(doc)                 in the guest init, after pivot_root, before caps are dropped
 #   'started': f(paths, doc, runtime) after init runs (host side); may raise to roll back
-HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': []}
+#   'absent':  f(paths, doc)          when a guest is removed (after it is stopped, before its config goes)
+HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': [], 'absent': []}
 
 
 class Runtime:
@@ -420,6 +421,50 @@ def status(paths, doc, layout=None):
     out['cgroup'] = group.paths()
     out['namespaces'] = rt.record.get('ns')
     return out
+
+
+def _in_namespaces(pid, kinds, func):
+    """Run ``func()`` in a forked child that joined the given namespaces of ``pid``; raise its error."""
+    fds = [os.open('/proc/%d/ns/%s' % (pid, kind), os.O_RDONLY | os.O_CLOEXEC) for kind in kinds]
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(err_r)
+                for fd in fds:
+                    K.setns(fd, 0)
+                func()
+                os._exit(0)
+            except BaseException as exc:
+                os.write(err_w, str(exc).encode()[:4000])
+                os._exit(1)
+        os.close(err_w)
+        err_w = None
+        message = b''
+        while True:
+            chunk = os.read(err_r, 4096)
+            if not chunk:
+                break
+            message += chunk
+        _, status = os.waitpid(child, 0)
+        if status or message:
+            raise VServerError(message.decode(errors='replace') or 'namespace helper failed (%d)' % status)
+    finally:
+        for fd in fds + [err_r] + ([err_w] if err_w is not None else []):
+            os.close(fd)
+
+
+def set_uts(paths, doc, layout=None):
+    """Apply hostname/domainname to a running guest, live."""
+    pid = Runtime(paths, doc['name'], layout).init_pid()
+    if not pid:
+        return
+
+    def apply():
+        socket.sethostname(doc.get('hostname') or doc['name'])
+        K.setdomainname(doc.get('domainname') or '(none)')
+    _in_namespaces(pid, ('uts',), apply)
 
 
 # --- entering a running guest -----------------------------------------------------------------------

@@ -1,0 +1,165 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: context
+short_description: Manage the lifecycle of a Linux-VServer style guest on a mainline kernel
+version_added: 0.1.0
+description:
+  - Creates, starts, stops, freezes and removes one guest ("context").
+  - A started guest runs its init as PID 1 of new PID, UTS, IPC, mount, cgroup, network and time namespaces, with
+    its tree as root (pivot_root, old root detached), a fresh C(/proc), read-only C(/proc/sys) and C(/sys), a
+    minimal C(/dev) and its own cgroup; its uptime starts at guest start. No host-side process stays behind per guest.
+  - The guest's config is one JSON document C(CONFIG_DIR/NAME.json), written atomically under a host-wide lock.
+author:
+  - vserver.core contributors
+extends_documentation_fragment:
+  - vserver.core._attributes
+  - vserver.core._attributes.ALL
+  - vserver.core._paths
+options:
+  name:
+    description:
+      - Guest name. 1 to 63 characters of lowercase letters, digits, C(-), C(_) and C(.); it may not start with
+        C(.) nor contain C(/) or C(..).
+    type: str
+    required: true
+  xid:
+    description:
+      - Context id, from 2 to 49151 as in util-vserver. It labels the guest in every listing.
+      - Default is the guest's current id, or the lowest free id for a new guest. An id held by another guest is refused.
+    type: int
+  root:
+    description:
+      - The guest's root tree. Default is the current root, or O(tree_dir)/O(name) for a new guest.
+      - Changing it on a running guest takes effect at the next start (RV(restart_required)).
+    type: path
+  template:
+    description:
+      - How to fill O(root) when it is missing or empty. C(busybox) builds a minimal tree from the host's
+        busybox-static (C(/etc/passwd), C(/etc/group), busybox init, a shell) with no network needed.
+        C(none) requires an existing tree.
+      - An existing non-empty tree is never overwritten.
+    type: str
+    choices: [busybox, none]
+    default: busybox
+  hostname:
+    description:
+      - Host name inside the guest (its UTS namespace). Default is the guest name. Applied live to a running guest.
+    type: str
+  domainname:
+    description:
+      - NIS domain name inside the guest. Applied live to a running guest.
+    type: str
+  init:
+    description:
+      - The guest's init, an absolute path inside the guest or an argv list. Default C(/sbin/init).
+    type: raw
+  stop_signal:
+    description:
+      - Signal sent to the guest's init to stop it (C(SIGTERM) stops busybox init and sysvinit; use
+        C(SIGRTMIN+3) for systemd). Default C(SIGTERM).
+    type: str
+  stop_timeout:
+    description:
+      - Seconds to wait for init to exit after O(stop_signal) before every process left in the guest's cgroup is
+        killed. Default 10.
+    type: float
+  state:
+    description:
+      - C(present) ensures config and tree; C(started) also runs the guest (and thaws a frozen one); C(stopped)
+        stops it; C(restarted) stops (if running) and starts it; C(frozen) suspends all its processes with the
+        cgroup freezer (starting it first if needed); C(absent) stops it and removes its config and runtime state.
+    type: str
+    choices: [present, started, stopped, restarted, frozen, absent]
+    default: present
+  purge:
+    description:
+      - With O(state=absent), also delete the guest's tree. The tree is kept by default.
+    type: bool
+    default: false
+notes:
+  - Run as root. Bad input fails before anything is written, with a message naming the option.
+  - A failure while creating a new guest removes the config and tree created by that run.
+seealso:
+  - module: vserver.core.context_info
+'''
+
+EXAMPLES = r'''
+- name: A busybox guest, running
+  vserver.core.context:
+    name: web
+    xid: 101
+    hostname: web.example.org
+    state: started
+
+- name: A guest on an existing tree, with systemd as init
+  vserver.core.context:
+    name: mail
+    root: /srv/guests/mail
+    template: none
+    init: [/lib/systemd/systemd]
+    stop_signal: SIGRTMIN+3
+    state: started
+
+- name: Remove a guest and its tree
+  vserver.core.context:
+    name: old
+    state: absent
+    purge: true
+'''
+
+RETURN = r'''
+actions:
+  description: What was done (or would be done in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [build tree /var/lib/vservers/web from template busybox, create config, start]
+restart_required:
+  description: A change (root, init) waits for the next start of the running guest.
+  returned: always
+  type: bool
+guest:
+  description: The guest's state read back from the kernel (as returned by M(vserver.core.context_info)).
+  returned: unless state is absent
+  type: dict
+  sample: {name: web, xid: 101, state: running, init_pid: 4242, uptime: 0.05, nproc: 1}
+diff:
+  description: Before and after of the guest's context settings and state.
+  returned: always
+  type: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _manager
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_ansible.argument_spec(
+            name=dict(type='str', required=True),
+            xid=dict(type='int'),
+            root=dict(type='path'),
+            template=dict(type='str', default='busybox', choices=['busybox', 'none']),
+            hostname=dict(type='str'),
+            domainname=dict(type='str'),
+            init=dict(type='raw'),
+            stop_signal=dict(type='str'),
+            stop_timeout=dict(type='float'),
+            state=dict(type='str', default='present',
+                       choices=['present', 'started', 'stopped', 'restarted', 'frozen', 'absent']),
+            purge=dict(type='bool', default=False),
+        ),
+        supports_check_mode=True,
+    )
+    _ansible.run(module, lambda: _manager.ensure_context(_ansible.paths_from(module), module.params,
+                                                         module.check_mode))
+
+
+if __name__ == '__main__':
+    main()
