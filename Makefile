@@ -18,7 +18,7 @@ APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs
 	iperf3 jdupes lxc systemd-container debootstrap mmdebstrap openssh-server openssh-client \
 	qemu-system-x86 cpio
 
-.PHONY: help setup apt venv collection demo test unit integration sanity clean-test-leftovers install-cli
+.PHONY: demo-clean help setup apt venv collection demo test unit integration sanity clean-test-leftovers install-cli
 
 help:
 	@echo "make demo   deploy three busybox guests on this host and print the status table"
@@ -54,6 +54,9 @@ demo: setup
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml | tail -n 4
 	/usr/local/bin/vserver stat
+
+demo-clean: setup
+	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml -e demo_state=absent
 
 # Every test runs under tests/reaper.py: a child subreaper that reaps the guests' init processes once
 # they exit (some VM/container PID 1s, like this CI machine's, never reap orphans).
