@@ -596,3 +596,10 @@ def stat_table(rows):
 
 def dumps(value):
     return json.dumps(value, indent=2, sort_keys=True)
+
+
+# --- network (vserver.core.address): interface, addresses and routes re-applied at every start -------------
+from ansible_collections.vserver.core.plugins.module_utils import _netns  # noqa: E402
+
+HOOKS['netns'].append(_netns.netns_defaults)
+HOOKS['started'].append(_netns.apply_on_start)

@@ -1,0 +1,792 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: guest networking (VServer's network context on a network namespace).
+
+Each guest gets one interface (default ``eth0``) in its own network namespace carrying the addresses it was
+given: the guest end of a veth pair whose host end is a port of a host bridge (``bridge`` mode), or a macvlan
+on a host device (``macvlan`` mode), optionally on an 802.1Q sub-interface (``vlan``). Guests have no
+CAP_NET_ADMIN, so everything is configured from the host: state is read over rtnetlink (stdlib sockets, in
+process), changes are made with iproute2 (``ip -batch``, list argv, no shell), guest-side through
+``nsenter --net=<handle>``.
+
+Config lives in the guest document's ``network`` section::
+
+    {"mode": "bridge", "bridge": "vsbr0", "interface": "eth0",
+     "addresses": ["10.8.0.2/24", "fd00:8::2/64"], "gateway": ["10.8.0.1", "fd00:8::1"],
+     "mtu": null, "vlan": null, "parent": null}
+
+``ensure()`` is the manager behind the ``address`` module; ``apply_on_start`` (a ``started`` hook) re-applies
+the section at every start; ``netns_defaults`` (a ``netns`` hook) turns off IPv6 autoconfiguration in every
+new guest namespace so the guest only ever holds the addresses it was given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import re
+import socket
+import struct
+
+from ansible_collections.vserver.core.plugins.module_utils import _config, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, VServerError, check_name
+
+MODES = ('bridge', 'macvlan')
+STATES = ('present', 'absent')
+DEFAULT_BRIDGE = 'vsbr0'
+DEFAULT_INTERFACE = 'eth0'
+IFNAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$')
+SECTION_KEYS = ('mode', 'bridge', 'parent', 'vlan', 'mtu', 'interface', 'addresses', 'gateway')
+
+# --- validation ------------------------------------------------------------------------------------------
+
+
+def parse_address(value, field='address'):
+    """A guest address in CIDR form -> ipaddress interface. Refuses what cannot be a host's own address."""
+    if not isinstance(value, str) or '/' not in value:
+        raise VServerError('%s must be an IPv4 or IPv6 address with its prefix length in CIDR form, such as '
+                           '10.8.0.2/24 or fd00:8::2/64 (got %r)' % (field, value), field)
+    try:
+        iface = ipaddress.ip_interface(value.strip())
+    except ValueError:
+        raise VServerError('%s must be an IPv4 or IPv6 address with its prefix length in CIDR form, such as '
+                           '10.8.0.2/24 or fd00:8::2/64 (got %r)' % (field, value), field)
+    ip, net = iface.ip, iface.network
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local or \
+            (ip.version == 4 and (ip.is_reserved or ip == ipaddress.IPv4Address('255.255.255.255'))):
+        raise VServerError('%s: %s is not a unicast host address (unspecified, loopback, multicast, link-local '
+                           'and reserved addresses cannot be given to a guest)' % (field, value), field)
+    if ip.version == 4 and net.prefixlen <= 30:
+        if ip == net.network_address:
+            raise VServerError('%s: %s is the network address of %s; give a host address inside it'
+                               % (field, value, net), field)
+        if ip == net.broadcast_address:
+            raise VServerError('%s: %s is the broadcast address of %s; give a host address inside it'
+                               % (field, value, net), field)
+    if ip.version == 6 and net.prefixlen <= 126 and ip == net.network_address:
+        raise VServerError('%s: %s is the subnet-router anycast (network) address of %s; give a host address '
+                           'inside it' % (field, value, net), field)
+    return iface
+
+
+def parse_gateway(value, field='gateway'):
+    try:
+        ip = ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        raise VServerError('%s must be an IPv4 or IPv6 address without prefix length, such as 10.8.0.1 '
+                           '(got %r)' % (field, value), field)
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise VServerError('%s: %s cannot be a gateway' % (field, value), field)
+    return ip
+
+
+def check_ifname(value, field):
+    if not isinstance(value, str) or not IFNAME_RE.match(value) or value in ('.', '..'):
+        raise VServerError('%s must be a network interface name of 1 to 15 letters, digits, "_", "." and "-" '
+                           '(got %r)' % (field, value), field)
+    return value
+
+
+def validate(params):
+    """Check every option before anything is touched; return normalized options."""
+    opts = {'name': check_name(params.get('name'))}
+    state = params.get('state') or 'present'
+    if state not in STATES:
+        raise VServerError('state must be present or absent (got %r)' % (state,), 'state')
+    opts['state'] = state
+    given = []
+    if params.get('address') is not None:
+        given.append(('address', params['address']))
+    for item in params.get('addresses') or []:
+        given.append(('addresses', item))
+    addresses = []
+    for field, value in given:
+        iface = parse_address(value, field)
+        if any(other.ip == iface.ip for other in addresses):
+            if iface not in addresses:
+                raise VServerError('%s: %s is given twice with different prefixes' % (field, iface.ip), field)
+            continue
+        addresses.append(iface)
+    opts['addresses'] = addresses
+    mode = params.get('mode')
+    if mode is not None and mode not in MODES:
+        raise VServerError('mode must be bridge or macvlan (got %r)' % (mode,), 'mode')
+    opts['mode'] = mode
+    for key in ('bridge', 'parent', 'interface'):
+        opts[key] = check_ifname(params[key], key) if params.get(key) is not None else None
+    if opts['interface'] == 'lo':
+        raise VServerError('interface must not be lo (the guest keeps its own loopback)', 'interface')
+    vlan = params.get('vlan')
+    if vlan is not None:
+        if isinstance(vlan, bool) or not str(vlan).isdigit() or not 1 <= int(vlan) <= 4094:
+            raise VServerError('vlan must be an 802.1Q VLAN id from 1 to 4094 (got %r)' % (vlan,), 'vlan')
+        vlan = int(vlan)
+    opts['vlan'] = vlan
+    mtu = params.get('mtu')
+    if mtu is not None:
+        if isinstance(mtu, bool) or not str(mtu).isdigit() or not 68 <= int(mtu) <= 65535:
+            raise VServerError('mtu must be an integer from 68 to 65535 (got %r)' % (mtu,), 'mtu')
+        mtu = int(mtu)
+    opts['mtu'] = mtu
+    gateways = params.get('gateway')
+    if isinstance(gateways, str):
+        gateways = [g for g in gateways.split(',') if g.strip()]
+    parsed = [parse_gateway(g) for g in gateways or []]
+    if len({g.version for g in parsed}) != len(parsed):
+        raise VServerError('gateway takes at most one IPv4 and one IPv6 address (got %s)'
+                           % ', '.join(map(str, parsed)), 'gateway')
+    opts['gateway'] = parsed if gateways is not None else None
+    opts['exclusive'] = bool(params.get('exclusive'))
+    return opts
+
+
+def _section_view(section):
+    if not section:
+        return {}
+    return {key: section.get(key) for key in SECTION_KEYS if section.get(key) is not None}
+
+
+def desired(current, opts):
+    """The new ``network`` section from the current one and validated options (None: no networking).
+
+    Gateways are resolved later (``resolve_gateways``) because defaults depend on the host's bridge."""
+    current = dict(current or {})
+    have = [ipaddress.ip_interface(a) for a in current.get('addresses') or []]
+    if opts['state'] == 'absent':
+        if not opts['addresses']:
+            return None
+        drop = {i.ip for i in opts['addresses']}
+        have = [i for i in have if i.ip not in drop]
+    elif opts['exclusive']:
+        have = list(opts['addresses'])
+    else:
+        for iface in opts['addresses']:
+            have = [i for i in have if i.ip != iface.ip] + [iface]
+    if not have:
+        return None
+    new = {'addresses': [str(i) for i in have]}
+    mode = opts['mode'] or current.get('mode') or 'bridge'
+    new['mode'] = mode
+    new['interface'] = opts['interface'] or current.get('interface') or DEFAULT_INTERFACE
+    if mode == 'bridge':
+        new['bridge'] = opts['bridge'] or current.get('bridge') or DEFAULT_BRIDGE
+    elif opts['bridge']:
+        raise VServerError('bridge applies to mode bridge only; macvlan guests sit on parent', 'bridge')
+    same_mode = current.get('mode', 'bridge') == mode
+    for key in ('parent', 'vlan', 'mtu'):
+        value = opts[key] if opts[key] is not None else (current.get(key) if same_mode or key == 'mtu' else None)
+        if value is not None:
+            new[key] = value
+    if mode == 'macvlan' and not new.get('parent'):
+        raise VServerError('mode macvlan needs parent: the host device (for example eth0) the guest shares',
+                           'parent')
+    if mode == 'bridge' and new.get('parent') and not new.get('vlan'):
+        raise VServerError('parent in mode bridge is only the uplink of a VLAN bridge: give vlan too (the '
+                           'module never enslaves an existing host device to a bridge)', 'parent')
+    if mode == 'bridge' and new.get('vlan') and not new.get('parent'):
+        raise VServerError('vlan in mode bridge needs parent: the device whose 802.1Q sub-interface '
+                           'PARENT.VLAN becomes the bridge uplink', 'vlan')
+    if any(i.version == 6 for i in have) and new.get('mtu') and new['mtu'] < 1280:
+        raise VServerError('mtu must be at least 1280 for a guest with IPv6 addresses (got %d)' % new['mtu'], 'mtu')
+    if opts['gateway'] is not None:
+        new['gateway'] = [str(g) for g in opts['gateway']]
+    elif current.get('gateway'):
+        new['gateway'] = list(current['gateway'])
+    return new
+
+
+def _first_host(network):
+    return next(iter(network.hosts()), None) if network.num_addresses > 2 else None
+
+
+def resolve_gateways(section, explicit, host):
+    """Pick one gateway per address family present; explicit ones must lie inside a guest subnet."""
+    ifaces = [ipaddress.ip_interface(a) for a in section['addresses']]
+    own = {i.ip for i in ifaces}
+    wanted = [ipaddress.ip_address(g) for g in section.get('gateway') or []]
+    out = []
+    for version in (4, 6):
+        nets = [i.network for i in ifaces if i.version == version]
+        chosen = [g for g in wanted if g.version == version]
+        if not nets:
+            if chosen and explicit:
+                raise VServerError('gateway %s is outside every guest subnet (the guest has no IPv%d address)'
+                                   % (chosen[0], version), 'gateway')
+            continue
+        if chosen:
+            gw = chosen[0]
+            if not any(gw in net for net in nets):
+                if explicit:
+                    raise VServerError('gateway %s is outside every guest subnet (%s); give an address inside one'
+                                       % (gw, ', '.join(map(str, nets))), 'gateway')
+                gw = None
+            elif gw in own:
+                raise VServerError('gateway %s is one of the guest\'s own addresses' % gw, 'gateway')
+            if gw is not None:
+                out.append(str(gw))
+                continue
+        if section['mode'] != 'bridge':
+            continue
+        bridge_ips = [a['iface'] for a in host.addrs_of(section['bridge'])]
+        found = [b.ip for b in bridge_ips for net in nets if b.ip in net and b.ip not in own]
+        if found:
+            out.append(str(found[0]))
+            continue
+        first = _first_host(nets[0])
+        if first is not None and first not in own:
+            out.append(str(first))
+    if out:
+        section['gateway'] = out
+    else:
+        section.pop('gateway', None)
+    return section
+
+
+def host_ifname(bridge, xid):
+    """The host end of a guest's veth: '<bridge>-<xid>', cut to 15 characters."""
+    suffix = '-%d' % int(xid)
+    return bridge[:15 - len(suffix)] + suffix
+
+
+def vlan_ifname(parent, vlan):
+    suffix = '.%d' % vlan
+    return parent[:15 - len(suffix)] + suffix
+
+
+def vlan_supported(proc='/proc', sys='/sys', modules='/lib/modules'):
+    """802.1Q is usable if loaded, or loadable (built-in or module) for this kernel."""
+    if os.path.exists(os.path.join(proc, 'net/vlan')) or os.path.exists(os.path.join(sys, 'module/8021q')):
+        return True
+    base = os.path.join(modules, os.uname().release)
+    try:
+        with open(os.path.join(base, 'modules.builtin')) as handle:
+            if any(line.strip().endswith('/8021q.ko') for line in handle):
+                return True
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(base, 'modules.dep')) as handle:
+            return any('/8021q.ko' in line.split(':')[0] for line in handle)
+    except OSError:
+        return False
+
+
+# --- rtnetlink reads (stdlib only, in process) ------------------------------------------------------------
+
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
+NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+IFF_UP = 1
+IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 3, 4, 5, 10, 18
+IFLA_INFO_KIND = 1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RT_TABLE_MAIN = 254
+
+
+def parse_attrs(data, offset=0):
+    out = {}
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from('=HH', data, offset)
+        if length < 4:
+            break
+        out[kind & 0x3fff] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return out
+
+
+def parse_messages(data):
+    """Split a netlink buffer into (type, payload) pairs."""
+    out = []
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from('=IH', data, offset)
+        if length < 16:
+            break
+        out.append((kind, data[offset + 16:offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def _cstr(raw):
+    return raw.split(b'\0', 1)[0].decode()
+
+
+def parse_link(payload):
+    _family, _type, index, flags, _change = struct.unpack_from('=BxHiII', payload, 0)
+    attrs = parse_attrs(payload, 16)
+    kind = None
+    if IFLA_LINKINFO in attrs:
+        info = parse_attrs(attrs[IFLA_LINKINFO])
+        if IFLA_INFO_KIND in info:
+            kind = _cstr(info[IFLA_INFO_KIND])
+    u32 = lambda key: struct.unpack('=I', attrs[key][:4])[0] if key in attrs else None  # noqa: E731
+    return {'index': index, 'name': _cstr(attrs.get(IFLA_IFNAME, b'')), 'up': bool(flags & IFF_UP),
+            'mtu': u32(IFLA_MTU), 'link': u32(IFLA_LINK), 'master': u32(IFLA_MASTER), 'kind': kind}
+
+
+def parse_addr(payload):
+    family, prefix, _flags, scope, index = struct.unpack_from('=BBBBI', payload, 0)
+    attrs = parse_attrs(payload, 8)
+    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if raw is None:
+        return None
+    ip = socket.inet_ntop(family, raw)
+    return {'index': index, 'iface': ipaddress.ip_interface('%s/%d' % (ip, prefix)), 'scope': scope}
+
+
+def parse_route(payload):
+    family, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = struct.unpack_from('=BBBBBBBBI', payload, 0)
+    attrs = parse_attrs(payload, 12)
+    if RTA_TABLE in attrs:
+        table = struct.unpack('=I', attrs[RTA_TABLE][:4])[0]
+    return {'family': family, 'dst_len': dst_len, 'table': table,
+            'oif': struct.unpack('=I', attrs[RTA_OIF][:4])[0] if RTA_OIF in attrs else None,
+            'gateway': socket.inet_ntop(family, attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None,
+            'dst': socket.inet_ntop(family, attrs[RTA_DST]) if RTA_DST in attrs else None}
+
+
+@contextlib.contextmanager
+def in_netns(handle):
+    """Temporarily move this thread into the network namespace bound at ``handle`` (a path)."""
+    if handle is None:
+        yield
+        return
+    own = os.open('/proc/thread-self/ns/net', os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(handle, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            K.setns(target, K.CLONE_NEWNET)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            K.setns(own, K.CLONE_NEWNET)
+    finally:
+        os.close(own)
+
+
+class NetState:
+    """Links, addresses and default routes of one network namespace, read over rtnetlink."""
+
+    def __init__(self, netns=None):
+        with in_netns(netns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        self.seq = 0
+        try:
+            sock.bind((0, 0))
+            self.links = {}
+            for kind, payload in self._dump(sock, RTM_GETLINK, struct.pack('=BxHiII', 0, 0, 0, 0, 0)):
+                link = parse_link(payload)
+                self.links[link['name']] = link
+            self.addrs = [a for a in (parse_addr(p) for _, p in
+                                      self._dump(sock, RTM_GETADDR, struct.pack('=BBBBI', 0, 0, 0, 0, 0))) if a]
+            self.routes = [parse_route(p) for _, p in
+                           self._dump(sock, RTM_GETROUTE, struct.pack('=BBBBBBBBI', 0, 0, 0, 0, 0, 0, 0, 0, 0))]
+        finally:
+            sock.close()
+        self.by_index = {link['index']: link for link in self.links.values()}
+
+    def _dump(self, sock, msg_type, body):
+        self.seq += 1
+        sock.send(struct.pack('=IHHII', 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
+        out = []
+        while True:
+            data = sock.recv(1 << 16)
+            for kind, payload in parse_messages(data):
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    code = struct.unpack_from('=i', payload, 0)[0]
+                    if code:
+                        raise OSError(-code, 'rtnetlink dump: %s' % os.strerror(-code))
+                    return out
+                if kind == msg_type - 2:  # RTM_NEW* answers RTM_GET*
+                    out.append((kind, payload))
+
+    def addrs_of(self, name):
+        link = self.links.get(name)
+        if link is None:
+            return []
+        return [a for a in self.addrs if a['index'] == link['index']]
+
+    def holder(self, ip):
+        """The link name holding ``ip`` in this namespace, or None."""
+        for a in self.addrs:
+            if a['iface'].ip == ip:
+                link = self.by_index.get(a['index'])
+                return link['name'] if link else '?'
+        return None
+
+    def default_gateways(self, name):
+        link = self.links.get(name)
+        out = {}
+        for route in self.routes:
+            if route['dst_len'] == 0 and route['table'] == RT_TABLE_MAIN and route['gateway'] and \
+                    link and route['oif'] == link['index']:
+                out[4 if route['family'] == socket.AF_INET else 6] = route['gateway']
+        return out
+
+
+# --- planning -------------------------------------------------------------------------------------------
+
+
+class Plan:
+    def __init__(self):
+        self.host = []          # ip -batch lines in the host namespace
+        self.guest = []         # ip -batch lines in the guest namespace
+        self.actions = []       # human readable
+        self.created = []       # host links created (rolled back on failure)
+
+
+def _family_flag(iface):
+    return ' nodad' if iface.version == 6 else ''
+
+
+def plan_live(section, xid, pid, host, guest, sysroot='/proc'):
+    """What must change so the running guest (netns state ``guest``) matches ``section``."""
+    plan = Plan()
+    ifname = (section or {}).get('interface') or DEFAULT_INTERFACE
+    have = guest.links.get(ifname)
+    if not section:
+        if have is not None:
+            plan.guest.append('link del %s' % ifname)
+            plan.actions.append('remove interface %s from the guest' % ifname)
+        return plan
+    mode = section['mode']
+    mtu = section.get('mtu')
+    ok = False
+    host_end = None
+    if mode == 'bridge':
+        bridge = section['bridge']
+        host_end = host_ifname(bridge, xid)
+        hl = host.links.get(host_end)
+        br = host.links.get(bridge)
+        if have is not None and have['kind'] == 'veth' and hl is not None and hl['kind'] == 'veth' \
+                and hl['link'] == have['index'] and br is not None and hl['master'] == br['index']:
+            ok = True
+        if br is None:
+            plan.host += ['link add %s type bridge' % bridge, 'link set %s up' % bridge]
+            plan.created.append(bridge)
+            plan.actions.append('create bridge %s' % bridge)
+        elif br['kind'] != 'bridge':
+            raise VServerError('bridge %s exists on the host and is not a bridge (%s)' % (bridge, br['kind']),
+                               'bridge')
+        elif not br['up']:
+            plan.host.append('link set %s up' % bridge)
+            plan.actions.append('set bridge %s up' % bridge)
+        bridge_ips = [a['iface'] for a in host.addrs_of(bridge)]
+        for gw in section.get('gateway') or []:
+            gw = ipaddress.ip_address(gw)
+            nets = [ipaddress.ip_interface(a).network for a in section['addresses']
+                    if ipaddress.ip_interface(a).network.version == gw.version and gw in ipaddress.ip_interface(a).network]
+            if not nets or any(b.ip in nets[0] for b in bridge_ips):
+                continue  # the bridge already has an address in this subnet
+            holder = host.holder(gw)
+            if holder:
+                continue
+            plan.host.append('addr add %s/%d dev %s%s' % (gw, nets[0].prefixlen, bridge,
+                                                          ' nodad' if gw.version == 6 else ''))
+            plan.actions.append('add gateway address %s/%d to bridge %s' % (gw, nets[0].prefixlen, bridge))
+        if section.get('vlan'):
+            uplink = vlan_ifname(section['parent'], section['vlan'])
+            up = host.links.get(uplink)
+            if up is None:
+                plan.host += ['link add link %s name %s type vlan id %d' % (section['parent'], uplink, section['vlan']),
+                              'link set %s master %s' % (uplink, bridge), 'link set %s up' % uplink]
+                plan.created.append(uplink)
+                plan.actions.append('create VLAN %d uplink %s on bridge %s' % (section['vlan'], uplink, bridge))
+            elif br is None or up['master'] != br['index']:
+                plan.host.append('link set %s master %s' % (uplink, bridge))
+                plan.actions.append('attach %s to bridge %s' % (uplink, bridge))
+    else:
+        parent = section['parent']
+        if section.get('vlan'):
+            lower = vlan_ifname(parent, section['vlan'])
+            if lower not in host.links:
+                plan.host += ['link add link %s name %s type vlan id %d' % (parent, lower, section['vlan']),
+                              'link set %s up' % lower]
+                plan.created.append(lower)
+                plan.actions.append('create VLAN %d sub-interface %s on %s' % (section['vlan'], lower, parent))
+        else:
+            lower = parent
+        low = host.links.get(lower)
+        if have is not None and have['kind'] == 'macvlan' and low is not None and have['link'] == low['index']:
+            ok = True
+    fresh = not ok
+    if fresh:
+        if have is not None:
+            plan.guest.append('link del %s' % ifname)
+            plan.actions.append('replace interface %s in the guest' % ifname)
+        mtu_arg = ' mtu %d' % mtu if mtu else ''
+        if mode == 'bridge':
+            stale = host.links.get(host_end)
+            if stale is not None and (have is None or stale.get('link') != have['index']):
+                raise VServerError('host interface %s (for guest xid %d on bridge %s) already exists and belongs '
+                                   'to something else; remove it or use another bridge' % (host_end, xid, bridge),
+                                   'bridge')
+            plan.host += ['link add %s%s type veth peer name %s%s netns %d' % (host_end, mtu_arg, ifname, mtu_arg, pid),
+                          'link set %s addrgenmode none' % host_end,
+                          'link set %s master %s' % (host_end, section['bridge']),
+                          'link set %s up' % host_end]
+            plan.actions.append('create veth %s (host, on %s) <-> %s (guest)' % (host_end, section['bridge'], ifname))
+        else:
+            plan.host.append('link add link %s name %s%s netns %d type macvlan mode bridge'
+                             % (lower, ifname, mtu_arg, pid))
+            plan.actions.append('create macvlan %s on %s in the guest' % (ifname, lower))
+        plan.guest.append('link set %s addrgenmode none' % ifname)
+        current = []
+        up = False
+        gws = {}
+    else:
+        if mtu and have['mtu'] != mtu:
+            plan.guest.append('link set %s mtu %d' % (ifname, mtu))
+            if mode == 'bridge':
+                plan.host.append('link set %s mtu %d' % (host_end, mtu))
+            plan.actions.append('set mtu %d' % mtu)
+        current = [a['iface'] for a in guest.addrs_of(ifname) if not a['iface'].ip.is_link_local]
+        up = have['up']
+        gws = guest.default_gateways(ifname)
+        if mode == 'bridge' and not host.links[host_end]['up']:
+            plan.host.append('link set %s up' % host_end)
+    wanted = [ipaddress.ip_interface(a) for a in section['addresses']]
+    for iface in current:
+        if iface not in wanted:
+            plan.guest.append('addr del %s dev %s' % (iface.with_prefixlen, ifname))
+            plan.actions.append('remove address %s' % iface.with_prefixlen)
+    for iface in wanted:
+        if iface not in current:
+            plan.guest.append('addr add %s dev %s%s' % (iface.with_prefixlen, ifname, _family_flag(iface)))
+            plan.actions.append('add address %s' % iface.with_prefixlen)
+    if not up:
+        plan.guest.append('link set %s up' % ifname)
+    desired_gws = {ipaddress.ip_address(g).version: g for g in section.get('gateway') or []}
+    for version in (4, 6):
+        dst = '0.0.0.0/0' if version == 4 else '::/0'
+        want = desired_gws.get(version)
+        got = gws.get(version)
+        if want and (got is None or ipaddress.ip_address(got) != ipaddress.ip_address(want)):
+            plan.guest.append('route replace %s via %s dev %s' % (dst, want, ifname))
+            plan.actions.append('set default route via %s' % want)
+        elif not want and got:
+            plan.guest.append('route del %s via %s dev %s' % (dst, got, ifname))
+            plan.actions.append('remove default route via %s' % got)
+    return plan
+
+
+def _batch(lines, handle=None):
+    if not lines:
+        return
+    argv = ['ip', '-batch', '-']
+    if handle:
+        argv = ['nsenter', '--net=%s' % handle] + argv
+    try:
+        K.run(argv, input='\n'.join(lines) + '\n')
+    except OSError as exc:
+        raise VServerError('network change failed: %s\ncommands: %s' % (exc, '; '.join(lines)))
+
+
+def execute(plan, handle):
+    """Run a plan: host side first (bridge, veth/macvlan), then the guest side. Rolls back created host links."""
+    try:
+        _batch(plan.host)
+        _batch(plan.guest, handle)
+    except BaseException:
+        for name in reversed(plan.created):
+            try:
+                K.run(['ip', 'link', 'del', name], check=False)
+            except Exception:
+                pass
+        raise
+
+
+# --- host checks ----------------------------------------------------------------------------------------
+
+
+def check_conflicts(paths, name, section, host):
+    """Refuse addresses held by another guest (config) or by the host; parents that do not exist."""
+    others = {}
+    for other, doc in _config.load_all(paths).items():
+        if other == name:
+            continue
+        for addr in (doc.get('network') or {}).get('addresses') or []:
+            others[ipaddress.ip_interface(addr).ip] = other
+    for addr in section['addresses']:
+        ip = ipaddress.ip_interface(addr).ip
+        if ip in others:
+            raise VServerError('address %s is already held by guest %s' % (ip, others[ip]), 'address')
+        holder = host.holder(ip)
+        if holder:
+            raise VServerError('address %s is already held by the host (interface %s)' % (ip, holder), 'address')
+    for gw in section.get('gateway') or []:
+        if ipaddress.ip_address(gw) in others:
+            raise VServerError('gateway %s is the address of guest %s' % (gw, others[ipaddress.ip_address(gw)]),
+                               'gateway')
+    parent = section.get('parent')
+    if parent and parent not in host.links:
+        raise VServerError('parent device %s does not exist on the host (existing: %s)'
+                           % (parent, ', '.join(sorted(host.links))), 'parent')
+    if parent and parent == 'lo':
+        raise VServerError('parent must be a real host device, not lo', 'parent')
+    if section.get('vlan') and vlan_ifname(parent, section['vlan']) not in host.links and not vlan_supported():
+        raise VServerError('vlan %d needs 802.1Q support (the 8021q kernel module), which this kernel (%s) does '
+                           'not have' % (section['vlan'], os.uname().release), 'vlan')
+    if section['mode'] == 'bridge':
+        br = host.links.get(section['bridge'])
+        if br is not None and br['kind'] != 'bridge':
+            raise VServerError('bridge %s exists on the host and is not a bridge (%s)' % (section['bridge'], br['kind']),
+                               'bridge')
+
+
+def _sysctl(path, default=None):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return default
+
+
+def forwarding(section, host, proc='/proc'):
+    """Whether the host must forward for the guest to reach beyond its subnet, per family (never turned on here)."""
+    out = {}
+    if not section or section['mode'] != 'bridge':
+        return out
+    bridge_ips = [a['iface'] for a in host.addrs_of(section['bridge'])]
+    for gw in section.get('gateway') or []:
+        ip = ipaddress.ip_address(gw)
+        nets = [ipaddress.ip_interface(a).network for a in section['addresses']]
+        nets = [n for n in nets if n.version == ip.version and ip in n]
+        on_host = host.holder(ip) is not None or not any(b.ip in n for b in bridge_ips for n in nets)
+        if not on_host:
+            continue  # the gateway is another router on the bridge: the host does not route for the guest
+        key = 'ipv4' if ip.version == 4 else 'ipv6'
+        path = '%s/sys/net/ipv4/ip_forward' % proc if ip.version == 4 else '%s/sys/net/ipv6/conf/all/forwarding' % proc
+        out[key] = _sysctl(path, '0') != '1'
+    return out
+
+
+# --- the manager ----------------------------------------------------------------------------------------
+
+
+def _runtime(paths, name):
+    from ansible_collections.vserver.core.plugins.module_utils import _context  # late: _context imports us
+    rt = _context.Runtime(paths, name)
+    pid = rt.init_pid()
+    return (pid, rt.netns) if pid and os.path.exists(rt.netns) else (None, None)
+
+
+def live_addresses(handle, interface=DEFAULT_INTERFACE):
+    """Addresses (CIDR) on the guest's interface as the kernel sees them."""
+    state = NetState(handle)
+    return [a['iface'].with_prefixlen for a in state.addrs_of(interface) if not a['iface'].ip.is_link_local]
+
+
+def ensure(paths, params, check_mode=False):
+    """Bring a guest's network section (and a running guest's interface) to the requested state."""
+    opts = validate(params)
+    name = opts['name']
+    with HostLock(paths):
+        doc = _config.load(paths, name)
+        if doc is None:
+            raise VServerError('guest %s has no config; create it with vserver.core.context first' % name, 'name')
+        current = doc.get('network') or None
+        host = NetState()
+        section = desired(current, opts)
+        if section is not None:
+            resolve_gateways(section, opts['gateway'] is not None, host)
+            check_conflicts(paths, name, section, host)
+        pid, handle = _runtime(paths, name)
+        actions = []
+        plan = None
+        if pid:
+            guest = NetState(handle)
+            plan = plan_live(section, doc.get('xid') or 0, pid, host, guest)
+            actions += plan.actions
+        config_changed = _section_view(section) != _section_view(current)
+        if config_changed:
+            actions.insert(0, 'update config' if section and current else
+                           ('remove network config' if not section else 'create network config'))
+        result = {'changed': bool(actions), 'actions': actions, 'running': bool(pid),
+                  'restart_required': False, 'network': _section_view(section),
+                  'diff': {'before': _section_view(current), 'after': _section_view(section)}}
+        result['forwarding_needed'] = forwarding(section, host)
+        if not check_mode and actions:
+            if plan is not None:
+                try:
+                    execute(plan, handle)
+                except BaseException:
+                    try:  # best effort: bring the guest back to its previous network config
+                        execute(plan_live(current, doc.get('xid') or 0, pid, NetState(), NetState(handle)), handle)
+                    except Exception:
+                        pass
+                    raise
+            if config_changed:
+                new = dict(doc)
+                if section:
+                    new['network'] = section
+                else:
+                    new.pop('network', None)
+                _config.save(paths, new)
+        if pid:
+            result['live_addresses'] = live_addresses(handle, (section or current or {}).get('interface')
+                                                      or DEFAULT_INTERFACE)
+        return result
+
+
+# --- hooks and display ----------------------------------------------------------------------------------
+
+
+def apply_on_start(paths, doc, runtime):
+    """``started`` hook: give a freshly started guest its interface, addresses and routes from its config."""
+    section = doc.get('network')
+    if not section or not section.get('addresses'):
+        return
+    pid = runtime.init_pid()
+    if not pid:
+        return
+    host = NetState()
+    for addr in section['addresses']:
+        holder = host.holder(ipaddress.ip_interface(addr).ip)
+        if holder:
+            raise VServerError('address %s of guest %s is held by the host (interface %s)'
+                               % (addr, doc['name'], holder), 'address')
+    if section.get('parent') and section['parent'] not in host.links:
+        raise VServerError('parent device %s of guest %s does not exist on the host' % (section['parent'], doc['name']),
+                           'parent')
+    execute(plan_live(section, doc.get('xid') or 0, pid, host, NetState(runtime.netns)), runtime.netns)
+
+
+def netns_defaults(doc):
+    """``netns`` hook, in the guest's new namespace: no IPv6 autoconfiguration (SLAAC, RA, link-local),
+    so the guest holds only the addresses it was given."""
+    for key, value in (('addr_gen_mode', '1'), ('accept_ra', '0'), ('autoconf', '0')):
+        for scope in ('default', 'all'):
+            path = '/proc/sys/net/ipv6/conf/%s/%s' % (scope, key)
+            try:
+                with open(path, 'w') as handle:
+                    handle.write(value)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EINVAL, errno.EROFS):
+                    raise
+
+
+def addresses(doc):
+    """The addresses a guest is configured with (CIDR strings), for listings."""
+    return list((doc.get('network') or {}).get('addresses') or [])
+
+
+def describe(paths, doc):
+    """Network facts of one guest for context_info: config plus what the kernel shows when running."""
+    section = doc.get('network') or {}
+    out = dict(_section_view(section))
+    out.setdefault('addresses', [])
+    pid, handle = _runtime(paths, doc['name'])
+    if pid:
+        try:
+            out['live_addresses'] = live_addresses(handle, section.get('interface') or DEFAULT_INTERFACE)
+        except OSError:
+            out['live_addresses'] = None
+    return out
