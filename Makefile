@@ -16,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 # Debian packages the project uses: runtime (busybox-static ...), benchmarks' peer tools, test tooling.
 APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs btrfs-progs nftables \
 	iperf3 jdupes lxc systemd-container debootstrap mmdebstrap openssh-server openssh-client \
-	qemu-system-x86 cpio
+	qemu-system-x86 cpio gcc libc6-dev
 
 .PHONY: demo-clean help setup apt venv collection demo test unit integration sanity clean-test-leftovers install-cli
 
@@ -71,3 +71,30 @@ integration: setup
 test: setup
 	$(REAPER) $(PY) -m pytest -q tests/unit tests/integration
 	$(REAPER) $(PY) tests/leakcheck.py
+	$(MAKE) sanity
+
+# Release hygiene: ansible-test sanity (no ignore entries) and changelog lint.
+# ansible-test wants the collection under .../ansible_collections/vserver/core and lists files through git,
+# so sanity runs on a git-indexed copy of the work tree (what .gitignore excludes is left out). Its --venv
+# bootstrap fetches a get-pip script from a host that may be unreachable: tests/tools/get_pip_standin.py
+# puts an offline stand-in into ansible-test's cache first.
+SANITY_ROOT   := $(BUILD)/sanity/ansible_collections/vserver/core
+SANITY_PYTHON ?= 3.11
+DIST          := $(BUILD)/dist
+
+.PHONY: changelog-lint build
+
+changelog-lint: venv
+	$(VENV)/bin/antsibull-changelog lint
+	$(VENV)/bin/antsibull-changelog lint-changelog-yaml --strict changelogs/changelog.yaml
+
+sanity: setup changelog-lint
+	$(PY) tests/tools/get_pip_standin.py --install
+	@mkdir -p $(SANITY_ROOT)
+	rsync -a --delete --exclude=/.git --filter=':- .gitignore' $(TOP)/ $(SANITY_ROOT)/
+	cd $(SANITY_ROOT) && { [ -d .git ] || git init -q; } && git add -A
+	cd $(SANITY_ROOT) && env -u ANSIBLE_COLLECTIONS_PATH $(VENV)/bin/ansible-test sanity --venv --python $(SANITY_PYTHON) --color no
+
+build: venv
+	@mkdir -p $(DIST)
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(DIST) $(TOP)

@@ -1,0 +1,25 @@
+"""Shared helpers for integration tests: run the vserver command against a test's private host roots."""
+import os
+import subprocess
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VSERVER = os.path.join(TOP, 'bin', 'vserver')
+
+
+def env_for(paths):
+    env = dict(os.environ)
+    env.update({'VSERVER_CONFIG_DIR': paths.config_dir, 'VSERVER_RUN_DIR': paths.run_dir,
+                'VSERVER_TREE_DIR': paths.tree_dir, 'VSERVER_LOG_DIR': paths.log_dir,
+                'VSERVER_CGROUP_PARENT': paths.cgroup_parent})
+    return env
+
+
+def vserver(paths, *args, timeout=60):
+    """Run `vserver ARGS...`; returns CompletedProcess (text)."""
+    return subprocess.run([VSERVER] + list(args), env=env_for(paths), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def guest_sh(paths, name, script, timeout=60):
+    """Run a shell script as root inside a running guest; returns CompletedProcess."""
+    return vserver(paths, name, 'exec', '/bin/sh', '-c', script, timeout=timeout)

@@ -1,0 +1,45 @@
+"""Validators and host paths."""
+import pytest
+
+from ansible_collections.vserver.core.plugins.module_utils._common import (
+    Paths, VServerError, check_name, check_xid)
+
+
+@pytest.mark.parametrize('name', ['web', 'a', 'mail-1', 'db_2', 'x.y', '0abc', 'a' * 63])
+def test_good_names(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize('name', ['', 'Web', 'a/b', '..', 'a..b', '.hidden', 'with space', 'a' * 64, '/abs',
+                                  'tab\tname', None, 7])
+def test_bad_names_name_the_field(name):
+    with pytest.raises(VServerError) as err:
+        check_name(name)
+    assert err.value.field == 'name'
+    assert 'lowercase letters' in str(err.value)
+
+
+@pytest.mark.parametrize('xid', [2, 100, 49151, '42'])
+def test_good_xids(xid):
+    assert check_xid(xid) == int(xid)
+
+
+@pytest.mark.parametrize('xid', [0, 1, 49152, -5, 'x', None, 2.5, True])
+def test_bad_xids(xid):
+    with pytest.raises(VServerError) as err:
+        check_xid(xid)
+    assert err.value.field == 'xid' and '2 to 49151' in str(err.value)
+
+
+def test_paths_defaults_env_and_overrides(monkeypatch):
+    monkeypatch.delenv('VSERVER_CONFIG_DIR', raising=False)
+    assert Paths().config_dir == '/etc/vservers'
+    monkeypatch.setenv('VSERVER_CONFIG_DIR', '/srv/etc')
+    assert Paths().config_dir == '/srv/etc'
+    assert Paths(config_dir='/x/y/').config_dir == '/x/y'
+    with pytest.raises(VServerError) as err:
+        Paths(run_dir='relative')
+    assert err.value.field == 'run_dir'
+    with pytest.raises(VServerError) as err:
+        Paths(cgroup_parent='../escape')
+    assert err.value.field == 'cgroup_parent'
