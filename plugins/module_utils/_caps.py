@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 CAPS = [
@@ -16,11 +19,24 @@ CAPS = [
 ]
 CAP_BITS = {name: bit for bit, name in enumerate(CAPS)}
 
-# util-vserver's "insecure" bcaps (never granted to a guest by default), plus what mainline added since and
-# what a mainline kernel without the VServer patch does not confine (see docs/security.md):
+# The default guest bounding set. util-vserver starts a guest with every capability except its "insecure" set
+# (lib/getinsecurebcaps.c, vc_get_insecurebcaps()): linux_immutable, net_broadcast, net_admin, net_raw, ipc_lock,
+# ipc_owner, sys_module, sys_rawio, sys_pacct, sys_admin, sys_nice, sys_resource, sys_time, mknod and its own
+# quotactl (no mainline bit: quotactl needs sys_admin here), plus sys_boot where the kernel has no vshelper
+# (mainline has none: reboot(2) in a guest would only kill the guest's init, but a guest stops through its
+# own init, so sys_boot stays out). On top of that set, what the VServer kernel confined by itself and a
+# mainline kernel does not, or what mainline added since (see docs/security.md):
 #   dac_read_search: open_by_handle_at() reaches files outside the guest root on the same filesystem;
-#   syslog: reads/clears the host kernel log; bpf, perfmon: kernel-wide tracing and programs;
+#   mac_admin, mac_override, audit_control: host-wide LSM/audit policy; syslog: reads/clears the host kernel log;
+#   sys_tty_config: vhangup and console ioctls; lease: a lease on a file unified (hardlinked) across guests
+#   would let one guest stall another's open(); bpf, perfmon: kernel-wide tracing and programs;
 #   checkpoint_restore, block_suspend, wake_alarm, audit_read: host-wide facilities; net_raw: use ccap raw_icmp.
+# Kept: chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap, net_bind_service, sys_chroot,
+# sys_ptrace (the PID namespace bounds what it reaches), audit_write, setfcap.
+UTIL_VSERVER_INSECURE = [
+    'linux_immutable', 'net_broadcast', 'net_admin', 'net_raw', 'ipc_lock', 'ipc_owner', 'sys_module',
+    'sys_rawio', 'sys_pacct', 'sys_admin', 'sys_nice', 'sys_resource', 'sys_time', 'mknod', 'sys_boot',
+]
 DEFAULT_DROPPED = [
     'dac_read_search', 'linux_immutable', 'net_broadcast', 'net_admin', 'net_raw', 'ipc_lock', 'ipc_owner',
     'sys_module', 'sys_rawio', 'sys_pacct', 'sys_admin', 'sys_boot', 'sys_nice', 'sys_resource', 'sys_time',
@@ -91,3 +107,175 @@ def resolve(section):
     caps |= set(normalize_list(section.get('bcaps_add'), 'bcaps_add'))
     caps -= set(normalize_list(section.get('bcaps_drop'), 'bcaps_drop'))
     return normalize_list(caps)
+
+
+
+# --- ccaps in the guest's network namespace, and the capabilities manager ---------------------------------
+
+PING_GROUP_RANGE = 'net/ipv4/ping_group_range'   # also governs ICMPv6 datagram sockets
+PING_ALL = '0\t2147483647'
+PING_NONE = '1\t0'                               # the kernel's default in a new netns: nobody
+
+
+def ccap_sysctls(section):
+    """Per-netns sysctls a capabilities section asks for: {path under /proc/sys: value}."""
+    ccaps = normalize_ccaps((section or {}).get('ccaps'))
+    return {PING_GROUP_RANGE: PING_ALL if 'raw_icmp' in ccaps else PING_NONE}
+
+
+def _norm_sysctl(value):
+    return '\t'.join(str(value).split())
+
+
+def write_sysctls(values, proc='/proc'):
+    for key, value in values.items():
+        with open(os.path.join(proc, 'sys', key), 'w') as handle:
+            handle.write(value.replace('\t', ' '))
+
+
+def read_sysctls(keys, proc='/proc'):
+    out = {}
+    for key in keys:
+        with open(os.path.join(proc, 'sys', key)) as handle:
+            out[key] = _norm_sysctl(handle.read())
+    return out
+
+
+def netns_hook(doc):
+    """In the guest's new network namespace, before init is forked: ccaps sysctls."""
+    section = doc.get('capabilities') or {}
+    if section.get('ccaps'):
+        write_sysctls(ccap_sysctls(section))
+
+
+def in_netns(handle, func):
+    """Run ``func()`` in a child that joined the network namespace bound at ``handle``; return its result."""
+    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+    fd = os.open(handle, os.O_RDONLY | os.O_CLOEXEC)
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_end)
+                K.setns(fd, 0x40000000)  # CLONE_NEWNET
+                payload = {'ok': func()}
+            except BaseException as exc:  # reported to the parent
+                payload = {'error': str(exc)}
+            os.write(write_end, json.dumps(payload).encode())
+            os._exit(0)
+        os.close(write_end)
+        write_end = None
+        raw = b''
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            raw += chunk
+        os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
+    payload = json.loads(raw.decode() or '{"error": "netns helper died"}')
+    if 'error' in payload:
+        raise VServerError('guest network namespace %s: %s' % (handle, payload['error']))
+    return payload['ok']
+
+
+def validate(params):
+    """Module/role input -> the canonical ``capabilities`` section; unknown names fail before any write."""
+    params = params or {}
+    section = {}
+    if params.get('bcaps') is not None:
+        if params.get('bcaps_add') or params.get('bcaps_drop'):
+            raise VServerError('bcaps replaces the default bounding set; bcaps_add/bcaps_drop adjust the default. '
+                               'Give one form, not both', 'bcaps')
+        if isinstance(params['bcaps'], str):
+            raise VServerError('bcaps: expected a list of capability names (e.g. [CAP_CHOWN, kill])', 'bcaps')
+        section['bcaps'] = normalize_list(params['bcaps'], 'bcaps')
+    else:
+        for key in ('bcaps_add', 'bcaps_drop'):
+            if isinstance(params.get(key), str):
+                raise VServerError('%s: expected a list of capability names' % key, key)
+            names = normalize_list(params.get(key), key)
+            if names:
+                section[key] = names
+        both = set(section.get('bcaps_add', [])) & set(section.get('bcaps_drop', []))
+        if both:
+            raise VServerError('bcaps_add and bcaps_drop both name %s' % ', '.join(sorted(both)), 'bcaps_drop')
+    if isinstance(params.get('ccaps'), str):
+        raise VServerError('ccaps: expected a list (supported: %s)' % ', '.join(sorted(CCAPS)), 'ccaps')
+    ccaps = normalize_ccaps(params.get('ccaps'))
+    if ccaps:
+        section['ccaps'] = ccaps
+    if params.get('no_new_privs'):
+        section['no_new_privs'] = True
+    return section
+
+
+def observed(status, last_cap):
+    """A running init's bounding set (names) and no_new_privs flag from its /proc status."""
+    bound = int(status.get('CapBnd', '0'), 16)
+    return {'bcaps': [n for n in names_from_mask(bound) if CAP_BITS[n] <= last_cap],
+            'no_new_privs': status.get('NoNewPrivs', '0').strip() == '1'}
+
+
+def ensure(paths, name, params, check_mode=False, restart=False):
+    """Make guest ``name``'s capabilities section equal ``params``.
+
+    ccaps apply live (sysctls in the guest's netns); a bounding-set or no_new_privs change on a running guest
+    reports restart_required and restarts the guest only with ``restart``.
+    """
+    from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _context
+    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+    with _common.HostLock(paths):
+        doc = _config.load(paths, name)
+        if doc is None:
+            raise VServerError('guest %s has no config in %s; create it with vserver.core.context first'
+                               % (name, paths.config_dir), 'name')
+        after = validate(params)
+        before = dict(doc.get('capabilities') or {})
+        rt = _context.Runtime(paths, name)
+        pid = rt.init_pid()
+        actions = []
+        needs_restart = False
+        live = {}
+        current = None
+        if pid:
+            last = K.cap_last_cap()
+            current = observed(K.read_status(pid) or {}, last)
+            wanted = [n for n in resolve(after) if CAP_BITS[n] <= last]
+            if set(current['bcaps']) != set(wanted) or current['no_new_privs'] != bool(after.get('no_new_privs')):
+                needs_restart = True
+            if os.path.exists(rt.netns):
+                desired = {k: _norm_sysctl(v) for k, v in ccap_sysctls(after).items()}
+                have = in_netns(rt.netns, lambda: read_sysctls(list(desired)))
+                live = {k: v for k, v in desired.items() if have.get(k) != v}
+        config_changed = before != after
+        if config_changed:
+            actions.append('update config')
+        if live:
+            actions.append('set %s in the guest network namespace' % ', '.join(
+                '%s=%s' % (k.replace('/', '.'), v.replace('\t', ' ')) for k, v in sorted(live.items())))
+        restarted = False
+        if needs_restart and restart:
+            actions.append('restart the guest')
+        if not check_mode:
+            if config_changed:
+                doc['capabilities'] = after
+                _config.save(paths, doc)
+            if live and not (needs_restart and restart):
+                in_netns(rt.netns, lambda: write_sysctls(live) or True)
+            if needs_restart and restart:
+                _context.stop(paths, doc)
+                _context.start(paths, doc)
+                restarted = True
+        changed = config_changed or bool(live) or (needs_restart and restart)
+        return {
+            'changed': changed, 'diff': {'before': before, 'after': after}, 'actions': actions,
+            'restart_required': needs_restart and not restarted, 'restarted': restarted,
+            'bcaps': resolve(after), 'ccaps': after.get('ccaps', []), 'running': bool(pid),
+            'observed': current,
+        }

@@ -603,3 +603,11 @@ from ansible_collections.vserver.core.plugins.module_utils import _netns  # noqa
 
 HOOKS['netns'].append(_netns.netns_defaults)
 HOOKS['started'].append(_netns.apply_on_start)
+
+# --- limits and capabilities (vserver.core.limits, vserver.core.capabilities) --------------------------------
+from ansible_collections.vserver.core.plugins.module_utils import _limits  # noqa: E402
+
+HOOKS['cgroup'].append(_limits.cgroup_hook)   # disk, devices policy, cgroup limits before any process joins
+HOOKS['netns'].append(_caps.netns_hook)       # ccaps sysctls (raw_icmp -> ping_group_range) in the new netns
+HOOKS['child'].append(_limits.child_hook)     # rlimits in the guest init, before caps are dropped
+HOOKS['absent'].append(_limits.absent_hook)   # a removed guest's tree leaves its disk image
