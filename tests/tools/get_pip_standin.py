@@ -40,7 +40,11 @@ def bootstrap(args):
     pip_args = [a for a in args if a not in _GET_PIP_ONLY]
     packages = [a for a in pip_args if not a.startswith('-')]
     if packages:
-        subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet'] + pip_args, env=env, check=True)
+        res = subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet'] + pip_args, env=env, check=False)
+        if res.returncode != 0:
+            # no index reachable: carry on with the pip ensurepip bundles rather than fail the whole run
+            sys.stderr.write('get_pip_standin: could not install %s; keeping the pip from ensurepip\n'
+                             % ' '.join(packages))
     return 0
 
 
