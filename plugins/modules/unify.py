@@ -1,0 +1,197 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: unify
+short_description: Share identical files across guest trees (hardlinks or reflinks), or give a guest private copies
+version_added: 0.1.0
+description:
+  - The mainline-kernel successor of util-vserver's C(vhashify). Regular files that are equal in every respect
+    (size, content, owner, group, mode, extended attributes including C(security.capability), and the
+    modification time unless O(ignore_mtime)) are shared between the guests' trees.
+  - Content equality is proven byte by byte, not trusted to a hash. A SHA-256 of each distinct content is kept in
+    a per-host index (C(CONFIG_DIR/.unify-index), sqlite3), so a re-run only reads files whose size, mtime,
+    ctime or inode changed.
+  - Never follows symlinks, never touches devices, FIFOs, sockets, empty files or files any process holds open
+    for writing (or maps shared-writable), and never crosses into another filesystem (mount points inside a
+    tree are skipped).
+  - Every change is atomic: a link is made under a temp name in the same directory and renamed over the path, a
+    private copy is written, synced and renamed over. A run killed at any point leaves every path naming a
+    complete file with its content; the next run removes the temp names and finishes the work.
+  - With O(state=absent) the named guests get a private copy of every file they share (owner, mode, xattrs,
+    times and their own internal hardlinks kept) and lose the immutable flags this module set, so their
+    packages can be upgraded. Such guests are left out of O(guests=all) runs until they are named again with
+    O(state=present).
+  - Holds the host lock while it works. See C(docs/unify.md) for the update workflow.
+author:
+  - vserver.core contributors
+extends_documentation_fragment:
+  - vserver.core._attributes
+  - vserver.core._attributes.ALL
+  - vserver.core._paths
+options:
+  guests:
+    description:
+      - Guests whose trees may be changed, or C(all) (every configured guest whose unify state is not
+        C(absent)).
+      - With O(state=present), guests that were unified before (unify state C(present)) are used as sources:
+        the selected guests link to their files, their own paths are not replaced.
+    type: list
+    elements: str
+    default: [all]
+  state:
+    description:
+      - C(present) shares identical files, C(absent) de-unifies the named guests.
+    type: str
+    choices: [present, absent]
+    default: present
+  method:
+    description:
+      - C(hardlink) replaces each duplicate path by a hardlink to one inode (works on every filesystem; protect
+        it with O(protect)).
+      - C(reflink) keeps separate inodes and shares their extents with C(FIDEDUPERANGE) (XFS with C(reflink=1),
+        btrfs): a write inside one guest is copy-on-write and never reaches the others. Owner, mode and
+        timestamps stay per file, so only the content must be equal.
+      - C(auto) uses C(reflink) on filesystems that support it and C(hardlink) elsewhere.
+    type: str
+    choices: [hardlink, reflink, auto]
+    default: hardlink
+  exclude:
+    description:
+      - rsync-like patterns relative to each guest root; a leading C(/) anchors at the root, a trailing C(/)
+        matches directories only, C(*) and C(?) stay within a path component, C(**) crosses them.
+      - The default is util-vserver's list C(/etc), C(/var), C(/home), C(/tmp), C(/root), C(/dev), C(/proc),
+        C(/sys), C(/run), C(/mnt). Giving O(exclude) replaces that list.
+      - The package manager's configuration files found in each guest (dpkg C(var/lib/dpkg/info/*.conffiles))
+        are always excluded.
+    type: list
+    elements: str
+  include:
+    description:
+      - Patterns (same syntax) re-included below an excluded directory, for example C(/var/lib/app/static/**).
+    type: list
+    elements: str
+    default: []
+  ignore_mtime:
+    description: Files differing only in their modification time are still equal.
+    type: bool
+    default: false
+  protect:
+    description:
+      - For hardlinks, set the immutable flag on every inode shared by two guests or more, so that no guest's
+        root (whose bounding set lacks C(linux_immutable)) can write, truncate, rename over or delete it.
+      - Files this module protected lose the flag when they are no longer shared, when a guest is de-unified and
+        when O(protect=false).
+      - Not used for reflinks (they are copy-on-write).
+    type: bool
+    default: true
+notes:
+  - Check mode reads and compares the files exactly like a real run and reports exact counts; it writes nothing,
+    not even the index.
+  - Diff mode shows counts and the guests' C(unify) config sections, never file lists.
+'''
+
+EXAMPLES = r'''
+- name: Share identical files across every guest (hardlinks, immutable)
+  vserver.core.unify:
+
+- name: Copy-on-write sharing where the filesystem can do it
+  vserver.core.unify:
+    guests: [web1, web2, web3]
+    method: auto
+    exclude: [/etc, /var, /home, /tmp, /root, /dev, /proc, /sys, /run, /mnt, /usr/local]
+    include: [/var/www/static/**]
+
+- name: De-unify web1 before upgrading its packages
+  vserver.core.unify:
+    guests: [web1]
+    state: absent
+'''
+
+RETURN = r'''
+guests:
+  description: Guests whose trees were (or would be) changed.
+  returned: always
+  type: list
+  elements: str
+sources:
+  description: Unified guests used as link sources only.
+  returned: always
+  type: list
+  elements: str
+files_scanned:
+  description: Regular non-empty files considered in the included paths of all scanned guests.
+  returned: always
+  type: int
+candidates:
+  description: Paths whose inode had the same size and metadata as another inode.
+  returned: when O(state=present)
+  type: int
+linked:
+  description: Paths replaced by a link (hardlink) or files deduplicated (reflink).
+  returned: when O(state=present)
+  type: int
+bytes_saved:
+  description: Bytes freed by this run (sizes of the inodes whose last link went, or bytes deduplicated).
+  returned: when O(state=present)
+  type: int
+bytes_shared:
+  description: After the run, bytes that sharing saves over private copies (present), or bytes still shared
+    with other guests (absent).
+  returned: always
+  type: int
+hashed:
+  description: Inodes read and hashed in this run (the index spares the unchanged ones).
+  returned: always
+  type: int
+protected:
+  description: Inodes that got the immutable flag.
+  returned: when O(state=present)
+  type: int
+unprotected:
+  description: Inodes whose immutable flag (set by this module) was cleared.
+  returned: always
+  type: int
+deunified:
+  description: Paths that got a private copy.
+  returned: when O(state=absent)
+  type: int
+skipped:
+  description: Paths left alone, by reason (excluded, symlink, special, empty, open_for_write, other_filesystem,
+    immutable, changed_during_run, link_limit, unreadable).
+  returned: always
+  type: dict
+  sample: {excluded: 10, symlink: 400, empty: 3, open_for_write: 1}
+leftovers_removed:
+  description: Temp names left by a killed run that were removed.
+  returned: always
+  type: int
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _unify
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_ansible.argument_spec(
+            guests=dict(type='list', elements='str', default=['all']),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            method=dict(type='str', choices=['hardlink', 'reflink', 'auto'], default='hardlink'),
+            exclude=dict(type='list', elements='str'),
+            include=dict(type='list', elements='str', default=[]),
+            ignore_mtime=dict(type='bool', default=False),
+            protect=dict(type='bool', default=True),
+        ),
+        supports_check_mode=True,
+    )
+    params = {key: module.params[key] for key in _unify.PARAM_DEFAULTS}
+    _ansible.run(module, lambda: _unify.ensure(_ansible.paths_from(module), params, module.check_mode))
+
+
+if __name__ == '__main__':
+    main()
