@@ -1,0 +1,39 @@
+"""The vserver command: start/stop/status exit codes, exec, stat and ps tables."""
+import pytest
+
+from ansible_collections.vserver.core.plugins.module_utils import _context
+from helpers import vserver
+
+pytestmark = pytest.mark.cgroup
+
+
+def test_cli_lifecycle_and_tables(host_paths, make_guest):
+    make_guest('cli-a', xid=410, stop_signal='SIGKILL')
+    make_guest('cli-b', xid=411, stop_signal='SIGKILL', start=True)
+    out = vserver(host_paths, 'cli-a', 'status')
+    assert out.returncode == 3 and 'stopped' in out.stdout
+    out = vserver(host_paths, 'cli-a', 'start')
+    assert out.returncode == 0, out.stderr
+    out = vserver(host_paths, 'cli-a', 'status')
+    assert out.returncode == 0 and 'running' in out.stdout
+    out = vserver(host_paths, 'cli-a', 'exec', 'sh', '-c', 'echo $$; hostname; exit 7')
+    assert out.returncode == 7 and out.stdout.split()[1] == 'cli-a'
+    out = vserver(host_paths, 'stat')
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0] == ['CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME']
+    assert [r[0] for r in rows[1:]] == ['410', '411'] and all(r[5] == 'running' for r in rows[1:])
+    out = vserver(host_paths, 'ps')
+    init_a = _context.Runtime(host_paths, 'cli-a').init_pid()
+    line = [ln for ln in out.stdout.splitlines() if ln.split()[0] == str(init_a)][0].split()
+    assert line[1] == '410' and line[2] == '1' and line[3] == 'cli-a'
+    assert any(ln.split()[1] == '0' and '(host)' in ln for ln in out.stdout.splitlines()[1:])
+    out = vserver(host_paths, 'cli-a', 'freeze')
+    assert out.returncode == 0 and vserver(host_paths, 'cli-a', 'status').stdout.startswith('cli-a is frozen')
+    assert vserver(host_paths, 'cli-a', 'thaw').returncode == 0
+    assert vserver(host_paths, 'cli-a', 'restart').returncode == 0
+    assert _context.Runtime(host_paths, 'cli-a').init_pid() != init_a
+    assert vserver(host_paths, 'cli-a', 'stop').returncode == 0
+    assert vserver(host_paths, 'cli-a', 'status').returncode == 3
+    bad = vserver(host_paths, 'nosuch', 'start')
+    assert bad.returncode == 1 and 'no such guest' in bad.stderr
+    assert vserver(host_paths, 'cli-a', 'bogus').returncode == 2
