@@ -207,6 +207,9 @@ def resolve_gateways(section, explicit, host):
     own = {i.ip for i in ifaces}
     wanted = [ipaddress.ip_address(g) for g in section.get('gateway') or []]
     out = []
+    if explicit and not wanted:  # gateway: [] -- no default route at all
+        section.pop('gateway', None)
+        return section
     for version in (4, 6):
         nets = [i.network for i in ifaces if i.version == version]
         chosen = [g for g in wanted if g.version == version]
@@ -436,6 +439,7 @@ class NetState:
 
 class Plan:
     def __init__(self):
+        self.guest_pre = []     # ip -batch lines in the guest namespace, before the host side
         self.host = []          # ip -batch lines in the host namespace
         self.guest = []         # ip -batch lines in the guest namespace
         self.actions = []       # human readable
@@ -519,7 +523,7 @@ def plan_live(section, xid, pid, host, guest, sysroot='/proc'):
     fresh = not ok
     if fresh:
         if have is not None:
-            plan.guest.append('link del %s' % ifname)
+            plan.guest_pre.append('link del %s' % ifname)
             plan.actions.append('replace interface %s in the guest' % ifname)
         mtu_arg = ' mtu %d' % mtu if mtu else ''
         if mode == 'bridge':
@@ -592,6 +596,7 @@ def _batch(lines, handle=None):
 def execute(plan, handle):
     """Run a plan: host side first (bridge, veth/macvlan), then the guest side. Rolls back created host links."""
     try:
+        _batch(plan.guest_pre, handle)
         _batch(plan.host)
         _batch(plan.guest, handle)
     except BaseException:

@@ -1,0 +1,473 @@
+"""Network contexts on the real kernel: a guest is reachable on, and can only use, the addresses it was given.
+
+Every test builds its own bridge (``vst`` + random hex) in a random /24 of 198.18.0.0/15 and a random /112 of
+fd00:5653::/64, and removes every link it created.
+"""
+import errno
+import ipaddress
+import os
+import random
+import secrets
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _context, _kernel as K, _netns
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from helpers import guest_sh
+
+pytestmark = pytest.mark.cgroup
+
+
+def _host_links():
+    return set(_netns.NetState().links)
+
+
+class Net:
+    """One test's own bridge name, IPv4 /24 and IPv6 /112."""
+
+    def __init__(self):
+        taken = [r for r in subprocess.run(['ip', '-o', 'route'], capture_output=True, text=True).stdout.split()]
+        while True:
+            third = random.randrange(512)
+            v4 = ipaddress.ip_network('198.%d.%d.0/24' % (18 + third // 256, third % 256))
+            if str(v4) not in taken:
+                break
+        self.v4 = v4
+        self.v6 = ipaddress.ip_network('fd00:5653::%x:0/112' % random.randrange(1, 0xffff))
+        self.tag = secrets.token_hex(2)
+        self.bridge = 'vst' + self.tag
+        self.created = []
+
+    def ip4(self, n):
+        return str(self.v4.network_address + n)
+
+    def ip6(self, n):
+        return str(self.v6.network_address + n)
+
+    def cidr4(self, n):
+        return '%s/24' % self.ip4(n)
+
+    def cidr6(self, n):
+        return '%s/112' % self.ip6(n)
+
+    def link(self, suffix):
+        name = 'vst%s%s' % (self.tag, suffix)
+        self.created.append(name)
+        return name
+
+    def cleanup(self):
+        for name in [self.bridge] + self.created:
+            subprocess.run(['ip', 'link', 'del', name], capture_output=True)
+
+
+@pytest.fixture
+def net():
+    tn = Net()
+    yield tn
+    tn.cleanup()
+    left = [name for name in _host_links() if name.startswith('vst' + tn.tag)]
+    assert not left, 'links left behind: %s' % left
+
+
+def ensure(paths, **params):
+    return _netns.ensure(paths, dict(params))
+
+
+def sh(paths, name, script, timeout=30):
+    return guest_sh(paths, name, script, timeout=timeout)
+
+
+def guest_addrs(paths, name):
+    """(links, addresses) as `ip -o addr` shows them inside the guest."""
+    out = sh(paths, name, 'ip -o addr').stdout
+    links, addrs = set(), set()
+    for line in out.splitlines():
+        fields = line.split()
+        links.add(fields[1])
+        addrs.add(fields[3])
+    return links, addrs
+
+
+def ns_ip(paths, name, *args):
+    """iproute2 output for the guest's network namespace, from the host."""
+    handle = _context.Runtime(paths, name).netns
+    return subprocess.run(['nsenter', '--net=%s' % handle, 'ip'] + list(args), capture_output=True, text=True,
+                          check=True).stdout
+
+
+def guest_icmp_echo(paths, doc, target, timeout=2.0):
+    """Ping ``target`` as the guest's root would: in its cgroup and network namespace, with exactly the
+    capabilities its root gets (its bounding set), over an ICMP datagram socket (what ping_group_range governs)
+    and over a raw socket. Returns (dgram_result, raw_result): 'reply', 'timeout' or an errno name.
+
+    The busybox ping in the guest tree only opens raw sockets, hence this probe."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            rt = _context.Runtime(paths, doc['name'])
+            rt.group.join(os.getpid())
+            fd = os.open(rt.netns, os.O_RDONLY)
+            K.setns(fd, K.CLONE_NEWNET)
+            keep = _caps.mask(_caps.resolve(doc.get('capabilities') or {}))
+            _context.drop_privileges(doc)
+            K.capset(keep, keep, 0)
+            results = []
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
+                try:
+                    sock = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+                except OSError as exc:
+                    results.append(errno.errorcode[exc.errno])
+                    continue
+                sock.settimeout(timeout)
+                packet = struct.pack('!BBHHH', 8, 0, 0, 0x5653, 1) + b'vserver!'
+                csum = sum(struct.unpack('!%dH' % (len(packet) // 2), packet + b'\0' * (len(packet) % 2)))
+                csum = (csum >> 16) + (csum & 0xffff)
+                csum = ~(csum + (csum >> 16)) & 0xffff
+                packet = packet[:2] + struct.pack('!H', csum) + packet[4:]
+                sock.sendto(packet, (target, 0))
+                try:
+                    while True:
+                        data = sock.recv(1024)
+                        if kind == socket.SOCK_RAW:
+                            data = data[(data[0] & 0xf) * 4:]
+                        if data[0] == 0:
+                            results.append('reply')
+                            break
+                except socket.timeout:
+                    results.append('timeout')
+                sock.close()
+            os.write(w, ','.join(results).encode())
+            os._exit(0)
+        except BaseException as exc:
+            os.write(w, ('error:%s' % exc).encode())
+            os._exit(1)
+    os.close(w)
+    out = b''
+    while True:
+        chunk = os.read(r, 1024)
+        if not chunk:
+            break
+        out += chunk
+    os.close(r)
+    os.waitpid(child, 0)
+    text = out.decode()
+    assert not text.startswith('error:'), text
+    return tuple(text.split(','))
+
+
+def http_get(ip, port, timeout=2.0):
+    """Body of GET / from ip:port (raw socket: no proxy environment)."""
+    family = socket.AF_INET6 if ':' in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+        sock.sendall(b'GET / HTTP/1.0\r\nHost: x\r\n\r\n')
+        data = b''
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b'\r\n\r\n', 1)[-1].decode()
+
+
+def connect_errno(ip, port, timeout=1.0):
+    family = socket.AF_INET6 if ':' in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((ip, port))
+        except socket.timeout:
+            return 'timeout'
+        except OSError as exc:
+            return exc.errno
+    return 0
+
+
+def serve(paths, name, bind, text):
+    """Start busybox httpd inside the guest on ``bind`` (ADDR:PORT), serving ``text``; returns the CompletedProcess."""
+    return sh(paths, name, 'mkdir -p /www/{t} && echo {t} > /www/{t}/index.html && httpd -p {b} -h /www/{t}'.format(
+        t=text, b=bind))
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
+    a = make_guest('a', start=True)
+    make_guest('b', start=True)
+    gw, ip_a, ip_b, ip_a2 = net.ip4(1), net.ip4(2), net.ip4(3), net.ip4(4)
+
+    first = ensure(host_paths, name='a', address=net.cidr4(2), bridge=net.bridge, gateway=[gw])
+    assert first['changed'] and first['live_addresses'] == [net.cidr4(2)]
+    assert 'create bridge %s' % net.bridge in first['actions']
+    assert ensure(host_paths, name='a', address=net.cidr4(2), bridge=net.bridge, gateway=[gw])['changed'] is False
+    second = ensure(host_paths, name='b', address=net.cidr4(3), bridge=net.bridge)
+    assert second['network']['gateway'] == [gw]          # default: the bridge's address in the guest subnet
+    assert _config.load(host_paths, 'b')['network']['addresses'] == [net.cidr4(3)]
+    host = _netns.NetState()
+    assert host.links[net.bridge]['kind'] == 'bridge'
+    assert net.cidr4(1) in {a_['iface'].with_prefixlen for a_ in host.addrs_of(net.bridge)}
+    assert host.links[_netns.host_ifname(net.bridge, a['xid'])]['master'] == host.links[net.bridge]['index']
+
+    # inside: only lo and its own address; default route via the gateway
+    links, addrs = guest_addrs(host_paths, 'a')
+    assert links == {'lo', 'eth0'}
+    assert addrs == {'127.0.0.1/8', '::1/128', net.cidr4(2)}
+    assert 'default via %s dev eth0' % gw in sh(host_paths, 'a', 'ip route').stdout
+
+    # binding: own address works; another guest's or the host's fails with EADDRNOTAVAIL
+    assert serve(host_paths, 'a', '%s:7001' % ip_a, 'own').returncode == 0
+    for foreign in (ip_b, gw):
+        res = serve(host_paths, 'a', '%s:7002' % foreign, 'x')
+        assert res.returncode != 0 and os.strerror(errno.EADDRNOTAVAIL) in res.stderr, res.stderr
+
+    # a server on 0.0.0.0 in A is reached only on A's address
+    port = free_port()
+    assert serve(host_paths, 'a', '0.0.0.0:%d' % port, 'guest-a').returncode == 0
+    assert http_get(ip_a, port) == 'guest-a\n'
+    assert connect_errno(ip_b, port) == errno.ECONNREFUSED
+    assert connect_errno('127.0.0.1', port) == errno.ECONNREFUSED
+    assert connect_errno(gw, port) == errno.ECONNREFUSED
+
+    # A's 127.0.0.1 is its own: a service on the host's loopback is out of reach
+    seen = []
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(4)
+    lport = listener.getsockname()[1]
+    listener.settimeout(3)
+
+    def accept():
+        try:
+            conn, _ = listener.accept()
+            seen.append(conn)
+        except OSError:
+            pass
+    thread = threading.Thread(target=accept)
+    thread.start()
+    res = sh(host_paths, 'a', 'echo hi | nc 127.0.0.1 %d' % lport)
+    assert res.returncode != 0 and 'refused' in res.stderr.lower(), res
+    assert connect_errno('127.0.0.1', lport) == 0       # the host's service is up
+    thread.join()
+    listener.close()
+    assert len(seen) == 1                               # only the host's own connection arrived
+    seen[0].close()
+
+    # guest to guest, host to both
+    assert serve(host_paths, 'b', '0.0.0.0:%d' % port, 'guest-b').returncode == 0
+    res = sh(host_paths, 'a', 'timeout 5 wget -q -O - http://%s:%d/' % (ip_b, port))
+    assert res.returncode == 0 and res.stdout == 'guest-b\n', res
+    assert http_get(ip_b, port) == 'guest-b\n' and http_get(ip_a, port) == 'guest-a\n'
+
+    # a firewall rule in A's namespace (nftables, from the host) affects only A
+    handle = _context.Runtime(host_paths, 'a').netns
+    subprocess.run(['nsenter', '--net=%s' % handle, 'nft', '-f', '-'], check=True, text=True, input=(
+        'table inet vstfw {\n chain input {\n  type filter hook input priority 0; policy accept;\n'
+        '  tcp dport %d drop\n }\n}\n' % port))
+    try:
+        assert connect_errno(ip_a, port) == 'timeout'
+        assert http_get(ip_b, port) == 'guest-b\n'
+        host_tables = subprocess.run(['nft', 'list', 'tables'], capture_output=True, text=True).stdout
+        assert 'vstfw' not in host_tables
+    finally:
+        subprocess.run(['nsenter', '--net=%s' % handle, 'nft', 'delete', 'table', 'inet', 'vstfw'], check=True)
+    assert http_get(ip_a, port) == 'guest-a\n'
+
+    # a second address, live; then removed, live
+    added = ensure(host_paths, name='a', address=net.cidr4(4))
+    assert added['changed'] and set(added['live_addresses']) == {net.cidr4(2), net.cidr4(4)}
+    assert guest_addrs(host_paths, 'a')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(2), net.cidr4(4)}
+    assert http_get(ip_a2, port) == 'guest-a\n'
+    removed = ensure(host_paths, name='a', address=net.cidr4(4), state='absent')
+    assert removed['changed'] and removed['live_addresses'] == [net.cidr4(2)]
+    assert guest_addrs(host_paths, 'a')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(2)}
+    assert connect_errno(ip_a2, port) in ('timeout', errno.EHOSTUNREACH)
+    assert ensure(host_paths, name='a', address=net.cidr4(4), state='absent')['changed'] is False
+
+    # the same address for another guest is refused; the first keeps working
+    before_b = _config.load(host_paths, 'b')
+    with pytest.raises(VServerError) as err:
+        ensure(host_paths, name='b', address='%s/24' % ip_a)
+    assert err.value.field == 'address' and 'guest a' in str(err.value)
+    assert _config.load(host_paths, 'b') == before_b
+    assert guest_addrs(host_paths, 'b')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(3)}
+    assert http_get(ip_a, port) == 'guest-a\n'
+
+    # what listings show
+    info = _netns.describe(host_paths, _config.load(host_paths, 'a'))
+    assert info['addresses'] == [net.cidr4(2)] and info['live_addresses'] == [net.cidr4(2)]
+    assert _netns.addresses(_config.load(host_paths, 'b')) == [net.cidr4(3)]
+
+    # teardown: stopping the guests removes their veths; the test removes its bridge
+    for name in ('a', 'b'):
+        _context.stop(host_paths, _config.load(host_paths, name))
+    assert not [n for n in _host_links() if n.startswith(net.bridge + '-')]
+
+
+def test_bridge_ipv6(net, host_paths, make_guest):
+    make_guest('a6', start=True)
+    make_guest('b6', start=True)
+    gw, ip_a, ip_b = net.ip6(1), net.ip6(2), net.ip6(3)
+    res = ensure(host_paths, name='a6', address=net.cidr6(2), bridge=net.bridge, gateway=[gw])
+    assert res['changed'] and res['live_addresses'] == [net.cidr6(2)]
+    assert ensure(host_paths, name='a6', address=net.cidr6(2), bridge=net.bridge)['changed'] is False
+    assert ensure(host_paths, name='b6', address=net.cidr6(3), bridge=net.bridge)['network']['gateway'] == [gw]
+
+    links, addrs = guest_addrs(host_paths, 'a6')
+    assert links == {'lo', 'eth0'} and addrs == {'127.0.0.1/8', '::1/128', net.cidr6(2)}  # no link-local, no SLAAC
+    assert 'default via %s dev eth0' % gw in sh(host_paths, 'a6', 'ip -6 route').stdout
+
+    port = free_port()
+    assert serve(host_paths, 'a6', '[%s]:%d' % (ip_a, port), 'six-a').returncode == 0
+    for foreign in (ip_b, gw):
+        res = serve(host_paths, 'a6', '[%s]:%d' % (foreign, port + 1), 'x')
+        assert res.returncode != 0 and os.strerror(errno.EADDRNOTAVAIL) in res.stderr, res.stderr
+    assert serve(host_paths, 'b6', '[::]:%d' % port, 'six-b').returncode == 0
+    res = sh(host_paths, 'a6', 'timeout 5 wget -q -O - http://[%s]:%d/' % (ip_b, port))
+    assert res.returncode == 0 and res.stdout == 'six-b\n', res
+    assert http_get(ip_a, port) == 'six-a\n' and http_get(ip_b, port) == 'six-b\n'
+    assert connect_errno('::1', port) == errno.ECONNREFUSED
+
+    # the guest's ::1 is its own
+    listener = socket.socket(socket.AF_INET6)
+    listener.bind(('::1', 0))
+    listener.listen(1)
+    try:
+        res = sh(host_paths, 'a6', 'echo hi | nc ::1 %d' % listener.getsockname()[1])
+        assert res.returncode != 0 and 'refused' in res.stderr.lower(), res
+    finally:
+        listener.close()
+
+    assert ensure(host_paths, name='a6', address=net.cidr6(2), state='absent')['changed']
+    links, addrs = guest_addrs(host_paths, 'a6')
+    assert addrs == {'127.0.0.1/8', '::1/128'} and links == {'lo'}   # last address gone: so is eth0
+    assert 'network' not in _config.load(host_paths, 'a6')
+    assert connect_errno(ip_a, port) in ('timeout', errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+
+
+def test_config_is_reapplied_at_every_start(net, host_paths, make_guest):
+    doc = make_guest('re')
+    res = ensure(host_paths, name='re', addresses=[net.cidr4(2), net.cidr6(2)], bridge=net.bridge,
+                 gateway=[net.ip4(1), net.ip6(1)], mtu=1400)
+    assert res['changed'] and not res['running'] and 'live_addresses' not in res
+    assert net.bridge not in _host_links()               # nothing live for a stopped guest
+    for _ in range(2):
+        _context.start(host_paths, _config.load(host_paths, 're'))
+        links, addrs = guest_addrs(host_paths, 're')
+        assert addrs == {'127.0.0.1/8', '::1/128', net.cidr4(2), net.cidr6(2)}
+        assert 'mtu 1400' in sh(host_paths, 're', 'ip link show eth0').stdout
+        assert http_get_or_ping(net.ip4(2))
+        assert ensure(host_paths, name='re', addresses=[net.cidr4(2), net.cidr6(2)])['changed'] is False
+        _context.stop(host_paths, doc)
+        assert _netns.host_ifname(net.bridge, doc['xid']) not in _host_links()
+
+
+def http_get_or_ping(ip):
+    """The host reaches ``ip`` (a refused TCP connection proves the guest answered)."""
+    return connect_errno(ip, 9) == errno.ECONNREFUSED
+
+
+def test_raw_icmp_ccap_lets_a_guest_ping_its_gateway(net, host_paths, make_guest):
+    make_guest('pinger', start=True, capabilities={'ccaps': ['raw_icmp']})
+    make_guest('plain', start=True)
+    ensure(host_paths, name='pinger', address=net.cidr4(2), bridge=net.bridge, gateway=[net.ip4(1)])
+    ensure(host_paths, name='plain', address=net.cidr4(3), bridge=net.bridge)
+    gw = net.ip4(1)
+    pinger = _config.load(host_paths, 'pinger')
+    plain = _config.load(host_paths, 'plain')
+    # ping sockets (ICMP datagrams): the ccap opens them to the guest; raw ICMP stays closed (no CAP_NET_RAW)
+    assert guest_icmp_echo(host_paths, pinger, gw) == ('reply', 'EPERM')
+    assert guest_icmp_echo(host_paths, plain, gw) == ('EACCES', 'EPERM')
+    # the guest's own busybox ping (raw sockets only) is refused in both
+    for name in ('pinger', 'plain'):
+        res = sh(host_paths, name, 'ping -c 1 -W 2 %s' % gw)
+        assert res.returncode != 0 and 'permission denied' in res.stderr, res
+    assert http_get_or_ping(net.ip4(3))                  # the plain guest is on the network all the same
+
+
+def test_macvlan_guests_on_a_parent(net, host_paths, make_guest):
+    lan, peer = net.link('p'), net.link('q')
+    subprocess.run(['ip', 'link', 'add', lan, 'type', 'veth', 'peer', 'name', peer], check=True)
+    for cmd in (['ip', 'addr', 'add', net.cidr4(1), 'dev', peer], ['ip', 'link', 'set', lan, 'up'],
+                ['ip', 'link', 'set', peer, 'up']):
+        subprocess.run(cmd, check=True)
+    make_guest('m1', start=True)
+    make_guest('m2', start=True)
+    with pytest.raises(VServerError) as err:
+        ensure(host_paths, name='m1', mode='macvlan', address=net.cidr4(2))
+    assert err.value.field == 'parent'
+    res = ensure(host_paths, name='m1', mode='macvlan', parent=lan, address=net.cidr4(2), gateway=[net.ip4(1)])
+    assert res['changed'] and res['forwarding_needed'] == {}
+    ensure(host_paths, name='m2', mode='macvlan', parent=lan, address=net.cidr4(3))
+    assert ensure(host_paths, name='m2', mode='macvlan', parent=lan, address=net.cidr4(3))['changed'] is False
+    assert 'macvlan mode bridge' in ns_ip(host_paths, 'm1', '-d', 'link', 'show', 'eth0')
+    port = free_port()
+    assert serve(host_paths, 'm2', '0.0.0.0:%d' % port, 'mac-b').returncode == 0
+    res = sh(host_paths, 'm1', 'timeout 5 wget -q -O - http://%s:%d/' % (net.ip4(3), port))
+    assert res.returncode == 0 and res.stdout == 'mac-b\n', res
+    assert http_get(net.ip4(3), port) == 'mac-b\n'         # the "LAN" (the veth peer) reaches it
+    assert 'default via %s' % net.ip4(1) in sh(host_paths, 'm1', 'ip route').stdout
+    # switching mode is live too: m2 moves to the bridge
+    res = ensure(host_paths, name='m2', mode='bridge', bridge=net.bridge, address=net.cidr4(3), gateway=[])
+    assert 'replace interface eth0 in the guest' in res['actions']
+    assert '\n    veth ' in ns_ip(host_paths, 'm2', '-d', 'link', 'show', 'eth0')
+    for name in ('m1', 'm2'):
+        _context.stop(host_paths, _config.load(host_paths, name))
+
+
+@pytest.mark.parametrize('params,field', [
+    (dict(address='198.18.0.300/24'), 'address'),
+    (dict(address='{net}.0/24'), 'address'),                # network address
+    (dict(address='{net}.255/24'), 'address'),              # broadcast address
+    (dict(address='{net}.7/24', gateway=['198.19.255.1']), 'gateway'),    # outside every guest subnet
+    (dict(address='{net}.7/24', mode='macvlan', parent='vstnothere'), 'parent'),
+    (dict(address='{net}.9/24'), 'address'),                # held by the host (test link below)
+])
+def test_refused_before_anything_changes(net, host_paths, make_guest, params, field):
+    lan = net.link('r')
+    subprocess.run(['ip', 'link', 'add', lan, 'type', 'veth', 'peer', 'name', net.link('s')], check=True)
+    subprocess.run(['ip', 'addr', 'add', '%s/24' % net.ip4(9), 'dev', lan], check=True)
+    doc = make_guest('refused', start=True)
+    prefix = str(net.v4.network_address).rsplit('.', 1)[0]
+    params = {k: (v.format(net=prefix, lan=lan) if isinstance(v, str) else v) for k, v in params.items()}
+    links_before = _host_links()
+    if params.get('mode') != 'macvlan':
+        params['bridge'] = net.bridge
+    with pytest.raises(VServerError) as err:
+        ensure(host_paths, name='refused', **params)
+    assert err.value.field == field, str(err.value)
+    assert _config.load(host_paths, 'refused') == doc
+    assert _host_links() == links_before
+    assert guest_addrs(host_paths, 'refused')[0] == {'lo'}
+
+
+def test_vlan_uplink_or_refusal(net, host_paths, make_guest):
+    """vlan makes PARENT.VID the macvlan's lower device; a kernel without 802.1Q refuses it before any change."""
+    lan = net.link('v')
+    subprocess.run(['ip', 'link', 'add', lan, 'type', 'veth', 'peer', 'name', net.link('w')], check=True)
+    doc = make_guest('tagged', start=True)
+    net.created.append(_netns.vlan_ifname(lan, 5))
+    params = dict(name='tagged', mode='macvlan', parent=lan, vlan=5, address=net.cidr4(7))
+    if not _netns.vlan_supported():
+        links_before = _host_links()
+        with pytest.raises(VServerError) as err:
+            ensure(host_paths, **params)
+        assert err.value.field == 'vlan' and '802.1Q' in str(err.value)
+        assert _config.load(host_paths, 'tagged') == doc and _host_links() == links_before
+        assert guest_addrs(host_paths, 'tagged')[0] == {'lo'}
+    else:
+        res = ensure(host_paths, **params)
+        assert 'create VLAN 5 sub-interface %s on %s' % (_netns.vlan_ifname(lan, 5), lan) in res['actions']
+        assert _netns.vlan_ifname(lan, 5) in _host_links()
+        assert guest_addrs(host_paths, 'tagged')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(7)}
