@@ -250,9 +250,15 @@ def _intermediate(doc, group, root, log_fd, pid_w, err_w):
 
 
 def _bind_netns(pid, handle):
+    """Keep the guest's netns reachable at ``handle`` (for address changes); False if init already exited."""
     with open(handle, 'w'):
         pass
-    K.mount('/proc/%d/ns/net' % pid, handle, None, K.MS_BIND)
+    try:
+        K.mount('/proc/%d/ns/net' % pid, handle, None, K.MS_BIND)
+    except FileNotFoundError:
+        os.unlink(handle)
+        return False
+    return True
 
 
 def cleanup(paths, name, layout=None, timeout=5.0):
