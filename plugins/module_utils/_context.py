@@ -281,6 +281,7 @@ def cleanup(paths, name, layout=None, timeout=5.0):
 
 def start(paths, doc, layout=None):
     """Start the guest described by ``doc``; return its runtime record. Rolls back on failure."""
+    load_hooks()
     name = doc['name']
     root = os.path.realpath(doc['root'])
     if not os.path.isdir(root):
@@ -604,16 +605,22 @@ def dumps(value):
     return json.dumps(value, indent=2, sort_keys=True)
 
 
-# --- network (vserver.core.address): interface, addresses and routes re-applied at every start -------------
-from ansible_collections.vserver.core.plugins.module_utils import _netns  # noqa: E402
+# --- concerns plugged into the lifecycle ------------------------------------------------------------------
+# Imported on first use (start, removal), so `vserver exec/status/stat` stay quick to start.
+_HOOKS_LOADED = []
 
-HOOKS['netns'].append(_netns.netns_defaults)
-HOOKS['started'].append(_netns.apply_on_start)
 
-# --- limits and capabilities (vserver.core.limits, vserver.core.capabilities) --------------------------------
-from ansible_collections.vserver.core.plugins.module_utils import _limits  # noqa: E402
-
-HOOKS['cgroup'].append(_limits.cgroup_hook)   # disk, devices policy, cgroup limits before any process joins
-HOOKS['netns'].append(_caps.netns_hook)       # ccaps sysctls (raw_icmp -> ping_group_range) in the new netns
-HOOKS['child'].append(_limits.child_hook)     # rlimits in the guest init, before caps are dropped
-HOOKS['absent'].append(_limits.absent_hook)   # a removed guest's tree leaves its disk image
+def load_hooks():
+    if _HOOKS_LOADED:
+        return
+    _HOOKS_LOADED.append(True)
+    # network (vserver.core.address): interface, addresses and routes re-applied at every start
+    from ansible_collections.vserver.core.plugins.module_utils import _netns
+    HOOKS['netns'].append(_netns.netns_defaults)
+    HOOKS['started'].append(_netns.apply_on_start)
+    # limits and capabilities (vserver.core.limits, vserver.core.capabilities)
+    from ansible_collections.vserver.core.plugins.module_utils import _limits
+    HOOKS['cgroup'].append(_limits.cgroup_hook)   # disk, devices policy, cgroup limits before any process joins
+    HOOKS['netns'].append(_caps.netns_hook)       # ccaps sysctls (raw_icmp -> ping_group_range) in the new netns
+    HOOKS['child'].append(_limits.child_hook)     # rlimits in the guest init, before caps are dropped
+    HOOKS['absent'].append(_limits.absent_hook)   # a removed guest's tree leaves its disk image

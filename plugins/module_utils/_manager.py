@@ -183,7 +183,8 @@ def ensure_context(paths, params, check_mode=False):
                     _context.stop(paths, current)
                 else:
                     _context.cleanup(paths, name)
-                for hook in _context.HOOKS.get('absent', []):
+                _context.load_hooks()
+                for hook in _context.HOOKS['absent']:
                     hook(paths, current)
                 _config.remove(paths, name)
                 if opts['purge'] and current and os.path.isdir(current.get('root', '')):
