@@ -231,6 +231,14 @@ class CgroupV1(_Base):
     def read(self, key):
         return _read(os.path.join(self.dir_for(key.split('.')[0]), key))
 
+    def file(self, key):
+        """The path of a controller file of this group (e.g. 'memory.max', 'pids.max')."""
+        return os.path.join(self.dir_for(key.split('.')[0]), key)
+
+    def unified_dir(self):
+        """The group's directory in the cgroup2 hierarchy (hybrid hosts), or None."""
+        return self.paths().get('unified')
+
     def write(self, key, value):
         _write(os.path.join(self.dir_for(key.split('.')[0]), key), value)
 
@@ -316,9 +324,106 @@ class CgroupV2(_Base):
     def read(self, key):
         return _read(os.path.join(self.path, key))
 
+    def file(self, key):
+        return os.path.join(self.path, key)
+
+    def unified_dir(self):
+        return self.path
+
     def write(self, key, value):
         _write(os.path.join(self.path, key), value)
 
     def remove(self):
         _rmdir(self.path)
         _rmdir_if_empty(os.path.dirname(self.path))
+
+
+# --- where the guests' cgroups live: delegation when systemd is PID 1 --------------------------------------
+#
+# systemd owns the cgroup tree it runs on and may move or prune cgroups it did not create. A manager that
+# creates its own cgroups must do so inside a unit with Delegate=yes; systemd then leaves that subtree alone
+# (and marks it with the trusted.delegate xattr, systemd >= 251). Slices cannot be delegated, so the guests
+# live under a oneshot service that stays active with no process of its own (the cgroup v2 "no internal
+# processes" rule holds: the service's cgroup has only the guests' cgroups below it).
+
+DELEGATE_UNIT = 'vservers.service'
+DELEGATE_SLICE = 'system.slice'
+DELEGATE_UNIT_TEXT = """[Unit]
+Description=Linux-VServer style guests (vserver.core): delegated cgroup subtree
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+Delegate=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_is_pid1(proc='/proc'):
+    """True when PID 1 is systemd (its comm, or the executable it runs)."""
+    comm = _read(os.path.join(proc, '1', 'comm'), '') or ''
+    if comm == 'systemd':
+        return True
+    try:
+        return os.path.basename(os.readlink(os.path.join(proc, '1', 'exe'))) == 'systemd'
+    except OSError:
+        return False
+
+
+def is_delegated(path):
+    """A cgroup directory systemd delegated (trusted.delegate or user.delegate xattr set to 1)."""
+    for attr in ('trusted.delegate', 'user.delegate'):
+        try:
+            if os.getxattr(path, attr).strip(b'\0 \n') == b'1':
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _in_unit(parent):
+    return any(part.endswith(('.service', '.scope')) for part in parent.split('/'))
+
+
+def guest_parent(parent, layout, proc='/proc'):
+    """The cgroup path (relative to each hierarchy root) the guests' cgroups go under.
+
+    Without systemd as PID 1 this is ``parent`` itself. Under systemd it is ``parent`` inside the delegated
+    unit (``system.slice/vservers.service/PARENT``), unless ``parent`` already names a path inside a
+    .service or .scope unit (an administrator's own delegated unit), which is kept as is.
+    """
+    if not systemd_is_pid1(proc) or _in_unit(parent):
+        return parent
+    return '/'.join((DELEGATE_SLICE, DELEGATE_UNIT, parent))
+
+
+def delegation_status(layout, proc='/proc'):
+    """For reports and checks: is systemd PID 1, and is the delegated unit's cgroup in place and delegated."""
+    if not systemd_is_pid1(proc):
+        return {'systemd': False, 'delegated': None, 'path': None}
+    root = layout.unified if layout.version == 2 else layout.v1.get('memory') or layout.unified
+    path = os.path.join(root, DELEGATE_SLICE, DELEGATE_UNIT) if root else None
+    return {'systemd': True, 'path': path,
+            'delegated': bool(path and os.path.isdir(path) and (layout.version == 1 or is_delegated(path)))}
+
+
+def ensure_delegation(layout, proc='/proc', unit_dir='/etc/systemd/system', run=None):
+    """Under systemd: install and start the delegated unit the guests' cgroups live in. Returns actions."""
+    if not systemd_is_pid1(proc):
+        return []
+    from ansible_collections.vserver.core.plugins.module_utils import _common, _kernel
+    run = run or _kernel.run
+    actions = []
+    unit = os.path.join(unit_dir, DELEGATE_UNIT)
+    if _read(unit) != DELEGATE_UNIT_TEXT.strip():
+        os.makedirs(unit_dir, exist_ok=True)
+        _common.atomic_write(unit, DELEGATE_UNIT_TEXT, 0o644)
+        run(['systemctl', 'daemon-reload'])
+        actions.append('install %s' % unit)
+    if not delegation_status(layout, proc)['delegated']:
+        run(['systemctl', 'enable', '--now', DELEGATE_UNIT])
+        actions.append('start %s' % DELEGATE_UNIT)
+    return actions

@@ -1,0 +1,153 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: capabilities
+short_description: Capability bounding set and context capabilities of a Linux-VServer style guest
+version_added: 0.1.0
+description:
+  - Sets the capability bounding set (VServer C(bcaps)) of a guest's processes, the mainline equivalents of
+    VServer context capabilities (C(ccaps)), and C(no_new_privs). Ambient and inheritable capabilities are always
+    cleared at guest start.
+  - The default bounding set is util-vserver's default (every capability except its "insecure" set) minus what a
+    mainline kernel does not confine inside a guest. Dropped by default - C(dac_read_search), C(linux_immutable),
+    C(net_broadcast), C(net_admin), C(net_raw), C(ipc_lock), C(ipc_owner), C(sys_module), C(sys_rawio),
+    C(sys_pacct), C(sys_admin), C(sys_boot), C(sys_nice), C(sys_resource), C(sys_time), C(sys_tty_config),
+    C(mknod), C(lease), C(audit_control), C(mac_override), C(mac_admin), C(syslog), C(wake_alarm),
+    C(block_suspend), C(audit_read), C(perfmon), C(bpf), C(checkpoint_restore). Kept - C(chown),
+    C(dac_override), C(fowner), C(fsetid), C(kill), C(setgid), C(setuid), C(setpcap), C(net_bind_service),
+    C(sys_chroot), C(sys_ptrace), C(audit_write), C(setfcap). See C(docs/security.md) for the reasons.
+  - O(ccaps) apply at once to a running guest. A bounding-set or O(no_new_privs) change on a running guest needs a
+    restart - the kernel never gives a capability back to a running process - so the module reports
+    RV(restart_required) and restarts the guest only with O(restart=true).
+  - The section is stored in the guest's config document (key C(capabilities)) and applied at every start.
+author:
+  - vserver.core contributors
+extends_documentation_fragment:
+  - vserver.core._attributes
+  - vserver.core._attributes.ALL
+  - vserver.core._paths
+options:
+  name:
+    description: The guest (created before with M(vserver.core.context)).
+    type: str
+    required: true
+  bcaps:
+    description:
+      - The complete bounding set, by Linux names (C(CAP_CHOWN) or C(chown), case-insensitive). Replaces the
+        default; use O(bcaps_add)/O(bcaps_drop) to adjust the default instead. Unknown names fail before anything
+        is written.
+    type: list
+    elements: str
+  bcaps_add:
+    description: Capabilities added to the default bounding set.
+    type: list
+    elements: str
+  bcaps_drop:
+    description: Capabilities removed from the default bounding set.
+    type: list
+    elements: str
+  ccaps:
+    description:
+      - VServer context capabilities with a mainline equivalent. C(raw_icmp) (alias C(ping)) lets every user of the
+        guest send ICMP and ICMPv6 echo requests through datagram ("ping") sockets without C(CAP_NET_RAW) -
+        C(net.ipv4.ping_group_range) is set to C(0 2147483647) in the guest's network namespace (the same sysctl
+        governs IPv6 ping sockets).
+      - Any other VServer ccap has no mainline equivalent and is refused, the message listing those supported.
+    type: list
+    elements: str
+  no_new_privs:
+    description: Set C(PR_SET_NO_NEW_PRIVS) on the guest's init, so no process of the guest gains privileges
+      through setuid/setgid or file capabilities.
+    type: bool
+    default: false
+  restart:
+    description: Restart a running guest when its bounding set or no_new_privs must change.
+    type: bool
+    default: false
+notes:
+  - Run as root.
+seealso:
+  - module: vserver.core.context
+  - module: vserver.core.limits
+'''
+
+EXAMPLES = r'''
+- name: Default bounding set, and ping allowed without CAP_NET_RAW
+  vserver.core.capabilities:
+    name: web
+    ccaps: [raw_icmp]
+
+- name: Let the guest renice its processes, drop ptrace, restart now
+  vserver.core.capabilities:
+    name: web
+    bcaps_add: [CAP_SYS_NICE]
+    bcaps_drop: [sys_ptrace]
+    no_new_privs: true
+    restart: true
+'''
+
+RETURN = r'''
+actions:
+  description: What was done (or would be done in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [update config, set net.ipv4.ping_group_range=0 2147483647 in the guest network namespace]
+bcaps:
+  description: The resulting bounding set, capability names without the C(CAP_) prefix.
+  returned: always
+  type: list
+  elements: str
+ccaps:
+  description: The resulting context capabilities.
+  returned: always
+  type: list
+  elements: str
+restart_required:
+  description: The running guest's bounding set or no_new_privs differs from the config; a restart applies it.
+  returned: always
+  type: bool
+restarted:
+  description: The guest was restarted by this run (O(restart=true)).
+  returned: always
+  type: bool
+observed:
+  description: The running guest init's bounding set and no_new_privs flag, read from C(/proc) (null when stopped).
+  returned: always
+  type: dict
+diff:
+  description: Before and after of the guest's C(capabilities) config section.
+  returned: always
+  type: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _caps
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_ansible.argument_spec(
+            name=dict(type='str', required=True),
+            bcaps=dict(type='list', elements='str'),
+            bcaps_add=dict(type='list', elements='str'),
+            bcaps_drop=dict(type='list', elements='str'),
+            ccaps=dict(type='list', elements='str'),
+            no_new_privs=dict(type='bool', default=False),
+            restart=dict(type='bool', default=False),
+        ),
+        mutually_exclusive=[('bcaps', 'bcaps_add'), ('bcaps', 'bcaps_drop')],
+        supports_check_mode=True,
+    )
+    params = {key: module.params[key] for key in ('bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs')}
+    _ansible.run(module, lambda: _caps.ensure(_ansible.paths_from(module), module.params['name'], params,
+                                              module.check_mode, module.params['restart']))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,252 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: limits
+short_description: Resource limits of a Linux-VServer style guest (memory, processes, CPU, I/O, rlimits, disk)
+version_added: 0.1.0
+description:
+  - Sets the resource limits of a guest, mapped to the host's cgroup backend, detected automatically - cgroup
+    v1 (memory, pids, cpu, cpuset, blkio, devices controllers; hybrid hosts) or cgroup v2 (unified).
+  - The module owns the guest's whole C(limits) config section. An option left out means no limit (the kernel
+    default), so removing an option lifts that limit.
+  - On a running guest every limit except O(disk) applies at once, without restart - the cgroup files are written
+    and rlimits are set with prlimit(2) on every process of the guest - and the diff shows the section before and
+    after. In check mode nothing is written. Values are compared with what the kernel reports, so a limit changed
+    behind the module's back is put back.
+  - A guest can only use the devices of its minimal C(/dev) (null, zero, full, random, urandom, tty, console, ptmx,
+    pts) - the v1 devices controller, or an eBPF device program on cgroup v2.
+  - Sizes are bytes (an integer) or a number with C(K), C(M), C(G), C(T) (binary units, C(512M)); C(max) or
+    C(unlimited) mean no limit. Bad input (negative, zero where meaningless, memory_high above memory, unknown
+    device, CPUs outside the online ones, an rlimit above what the host can grant) fails before anything is written.
+author:
+  - vserver.core contributors
+extends_documentation_fragment:
+  - vserver.core._attributes
+  - vserver.core._attributes.ALL
+  - vserver.core._paths
+options:
+  name:
+    description: The guest (created before with M(vserver.core.context)).
+    type: str
+    required: true
+  memory:
+    description:
+      - Hard memory limit (VServer C(RSS) / C(VM) limits). Above it the guest's own processes are reclaimed and, if
+        that fails, OOM-killed - inside the guest only. v2 C(memory.max), v1 C(memory.limit_in_bytes).
+    type: raw
+  memory_high:
+    description:
+      - Throttling limit below O(memory) - v2 C(memory.high) (the guest is slowed and reclaimed, not killed). v1
+        has no throttle - this maps to C(memory.soft_limit_in_bytes), reclaimed first when the host runs short.
+    type: raw
+  swap:
+    description:
+      - Swap the guest may use (C(0) - none). v2 C(memory.swap.max); v1 C(memory.memsw.limit_in_bytes) =
+        O(memory) + O(swap), which needs O(memory) and swap accounting.
+    type: raw
+  nproc:
+    description:
+      - Maximum number of processes and threads in the guest (VServer C(NPROC)); a fork beyond it fails with
+        EAGAIN inside the guest. C(pids.max) on both backends.
+    type: raw
+  cpu:
+    description:
+      - CPU bandwidth as VServer's token bucket - O(cpu.fill_rate) tokens every O(cpu.interval) (a share of
+        fill_rate/interval of one CPU) - or as O(cpu.quota) microseconds per O(cpu.period). Mapped to the
+        CFS bandwidth controller - v2 C(cpu.max) (+ C(cpu.max.burst)), v1 C(cpu.cfs_quota_us)/C(cpu.cfs_period_us)
+        (+ C(cpu.cfs_burst_us)).
+    type: dict
+    suboptions:
+      fill_rate:
+        description: Tokens added per interval (VServer C(fill-rate)).
+        type: int
+      interval:
+        description: Interval of the token bucket (VServer C(interval)); only the ratio fill_rate/interval counts.
+        type: int
+      quota:
+        description: Microseconds of CPU time per period (at least 1000), or C(max).
+        type: raw
+      period:
+        description: Period in microseconds, 1000 to 1000000. Default 100000.
+        type: int
+      burst:
+        description: Microseconds of unused quota the guest may save up and spend at once (VServer C(tokens-max)
+          beyond one fill); at most O(cpu.quota).
+        type: int
+  cpu_weight:
+    description:
+      - Relative CPU weight when CPUs are contended (VServer priority / shares), 1 to 10000, default 100.
+        v2 C(cpu.weight), v1 C(cpu.shares) = weight * 1024 / 100.
+    type: int
+  cpuset:
+    description: CPUs the guest may run on, e.g. C(0-1) or C(0,2); each must be online.
+    type: str
+  io:
+    description: Block I/O weight and per-device bandwidth limits.
+    type: dict
+    suboptions:
+      weight:
+        description:
+          - Proportional I/O weight, 1 to 10000 (v2 C(io.weight)); v1 C(blkio.bfq.weight) (BFQ scheduler only,
+            1 to 1000); refused where the host has neither.
+        type: int
+      devices:
+        description:
+          - Per-device limits (v2 C(io.max), v1 C(blkio.throttle.*)). Each item has C(device) (a whole disk,
+            C(/dev/vda) or C(254:0)) and any of C(read_bps), C(write_bps) (sizes per second), C(read_iops),
+            C(write_iops).
+        type: list
+        elements: dict
+  rlimits:
+    description:
+      - Per-process rlimits of the guest's processes, by name (C(nofile), C(nproc), C(core), C(stack), C(memlock),
+        C(as), C(fsize), C(cpu), C(data), C(locks), C(msgqueue), C(nice), C(rtprio), C(rttime), C(sigpending),
+        C(rss)) - a value for both soft and hard, or C({soft, hard}); C(unlimited) allowed.
+      - Set in the guest's init at start and with prlimit(2) on every process of a running guest.
+      - Raising a hard limit above the host's own needs C(CAP_SYS_RESOURCE); where root lacks it (some
+        containers and VMs) such a value is refused with the highest value allowed.
+      - C(nproc) as an rlimit counts per user across the whole host and is never enforced for root; use O(nproc).
+    type: dict
+  disk:
+    description:
+      - Disk space of the guest's tree (VServer disk limit). With O(disk_backend=loop) the tree moves into a
+        per-guest image file C(ROOT.disk.img) (ext4 or xfs) mounted on the root; with C(btrfs) the tree becomes a
+        subvolume with a qgroup limit. C(auto) picks btrfs when the tree is on btrfs.
+      - Creating or removing a loop image needs the guest stopped (RV(restart_required) on a running guest, or
+        O(restart=true)); growing applies live; shrinking is refused. A btrfs limit applies live.
+      - Unification hardlinks files across guests; a hardlink cannot leave a filesystem, so a guest on its own
+        loop image takes no part in cross-guest unification (within one btrfs filesystem reflinks still work).
+    type: raw
+  disk_backend:
+    description: How O(disk) is enforced.
+    type: str
+    choices: [auto, loop, btrfs]
+    default: auto
+  disk_fstype:
+    description: Filesystem of the loop image (xfs needs at least 300M).
+    type: str
+    choices: [ext4, xfs]
+    default: ext4
+  restart:
+    description: Restart a running guest when a O(disk) change needs it stopped.
+    type: bool
+    default: false
+notes:
+  - Run as root.
+seealso:
+  - module: vserver.core.context
+  - module: vserver.core.capabilities
+'''
+
+EXAMPLES = r'''
+- name: A quarter of one CPU (VServer token bucket), 512M of memory, 64 processes
+  vserver.core.limits:
+    name: web
+    memory: 512M
+    memory_high: 400M
+    nproc: 64
+    cpu:
+      fill_rate: 1
+      interval: 4
+
+- name: CPU as quota/period with a burst, pinned to CPU 1, read bandwidth capped, open files limited
+  vserver.core.limits:
+    name: db
+    cpu: {quota: 50000, period: 100000, burst: 20000}
+    cpuset: "1"
+    io:
+      devices:
+        - {device: /dev/vda, read_bps: 20M, write_iops: 500}
+    rlimits:
+      nofile: {soft: 1024, hard: 4096}
+      core: 0
+
+- name: 2G of disk in a per-guest ext4 image (restarts the guest if it runs)
+  vserver.core.limits:
+    name: web
+    memory: 512M
+    disk: 2G
+    disk_backend: loop
+    restart: true
+'''
+
+RETURN = r'''
+actions:
+  description: What was done (or would be done in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [write memory.limit_in_bytes, cpu.cfs_quota_us, prlimit 3 processes]
+live:
+  description: The cgroup files written to the running guest (would be written, in check mode).
+  returned: always
+  type: list
+  elements: str
+rlimit_pids:
+  description: How many processes of the running guest got new rlimits.
+  returned: always
+  type: int
+limits:
+  description: The canonical limits section (sizes in bytes, CPU as quota/period in microseconds).
+  returned: always
+  type: dict
+  sample: {memory: 536870912, nproc: 64, cpu: {quota: 25000, period: 100000}}
+backend:
+  description: The cgroup backend in use (C(cgroup v1) or C(cgroup v2)).
+  returned: always
+  type: str
+restart_required:
+  description: A disk change waits for the guest to be stopped; it is applied at the next start.
+  returned: always
+  type: bool
+restarted:
+  description: The guest was restarted by this run.
+  returned: always
+  type: bool
+diff:
+  description: Before and after of the guest's C(limits) config section.
+  returned: always
+  type: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _limits
+
+LIMIT_KEYS = ('memory', 'memory_high', 'swap', 'nproc', 'cpu', 'cpu_weight', 'cpuset', 'io', 'rlimits', 'disk',
+              'disk_backend', 'disk_fstype')
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_ansible.argument_spec(
+            name=dict(type='str', required=True),
+            memory=dict(type='raw'),
+            memory_high=dict(type='raw'),
+            swap=dict(type='raw'),
+            nproc=dict(type='raw'),
+            cpu=dict(type='dict', options=dict(
+                fill_rate=dict(type='int'), interval=dict(type='int'), quota=dict(type='raw'),
+                period=dict(type='int'), burst=dict(type='int'))),
+            cpu_weight=dict(type='int'),
+            cpuset=dict(type='str'),
+            io=dict(type='dict', options=dict(weight=dict(type='int'), devices=dict(type='list', elements='dict'))),
+            rlimits=dict(type='dict'),
+            disk=dict(type='raw'),
+            disk_backend=dict(type='str', default='auto', choices=['auto', 'loop', 'btrfs']),
+            disk_fstype=dict(type='str', default='ext4', choices=['ext4', 'xfs']),
+            restart=dict(type='bool', default=False),
+        ),
+        supports_check_mode=True,
+    )
+    params = {key: module.params[key] for key in LIMIT_KEYS}
+    _ansible.run(module, lambda: _limits.ensure(_ansible.paths_from(module), module.params['name'], params,
+                                                module.check_mode, module.params['restart']))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,289 @@
+"""Resource limits proven from inside running guests, on the host's cgroup backend (v1 here, v2 in the VM).
+
+Every hostile workload is bounded: the fork bomb loop is capped, the memory hog has a fixed size, the CPU
+hogs run under `timeout`, and every command has a timeout.
+"""
+import os
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _config, _context, _limits
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+
+from helpers import guest_sh
+
+pytestmark = pytest.mark.cgroup
+LAYOUT = _cgroup.detect()
+
+
+def _group(paths, name):
+    return _context.Runtime(paths, name, LAYOUT).group
+
+
+def _guest(make_guest, name, limits=None, **extra):
+    section = _limits.validate(limits or {}, layout=LAYOUT)
+    return make_guest(name, start=True, limits=section, stop_timeout=1, stop_signal='SIGKILL', **extra)
+
+
+def _counter(raw, key):
+    for line in (raw or '').splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return int(parts[1])
+    return 0
+
+
+def test_fork_bomb_is_contained(make_guest, host_paths):
+    _guest(make_guest, 'vst-fork', {'nproc': 64})
+    group = _group(host_paths, 'vst-fork')
+    assert group.read('pids.max') == '64'
+    # capped loop: at most 150 forks, each child sleeps 3 s and exits
+    bomb = guest_sh(host_paths, 'vst-fork', 'i=0; while [ $i -lt 150 ]; do sleep 3 & i=$((i+1)); done; wait',
+                    timeout=60)
+    assert 'fork' in bomb.stderr and ('Resource temporarily unavailable' in bomb.stderr or 'EAGAIN' in bomb.stderr), \
+        bomb.stderr
+    assert _counter(group.read('pids.events'), 'max') > 0       # the kernel refused forks in this cgroup
+    assert len(group.procs()) <= 64
+    # the host keeps forking fine meanwhile
+    assert all(subprocess.run(['true'], timeout=10).returncode == 0 for _ in range(20))
+    assert _context.Runtime(host_paths, 'vst-fork').init_pid()
+
+
+def _oom_kills(group):
+    if LAYOUT.version == 2:
+        return _counter(group.read('memory.events'), 'oom_kill')
+    return _counter(group.read('memory.oom_control'), 'oom_kill')
+
+
+def test_memory_hog_is_oom_killed_inside_only(make_guest, host_paths):
+    _guest(make_guest, 'vst-mem', {'memory': '32M', 'swap': 0})
+    group = _group(host_paths, 'vst-mem')
+    init = _context.Runtime(host_paths, 'vst-mem').init_pid()
+    assert _oom_kills(group) == 0
+    # a fixed 64M: the shell buffers the whole command substitution in its own memory
+    hog = guest_sh(host_paths, 'vst-mem', 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}',
+                   timeout=60)
+    assert 'survived' not in hog.stdout
+    assert hog.returncode in (137, 126, 1) or hog.returncode < 0 or hog.returncode > 128, hog
+    assert _oom_kills(group) >= 1
+    assert _context.Runtime(host_paths, 'vst-mem').init_pid() == init       # the guest's init survived
+    assert subprocess.run(['true'], timeout=10).returncode == 0
+
+
+def _cpu_share(group, seconds=2.0):
+    start_ns, start = group.cpu_usage_ns(), time.monotonic()
+    time.sleep(seconds)
+    return (group.cpu_usage_ns() - start_ns) / 1e9 / (time.monotonic() - start)
+
+
+def _throttled(group):
+    raw = group.read('cpu.stat')
+    return _counter(raw, 'nr_throttled')
+
+
+def test_cpu_token_bucket_live(make_guest, host_paths):
+    # a high weight so that other agents loading the 2 cores do not starve the guest below its quota
+    _guest(make_guest, 'vst-cpu', {'cpu': {'fill_rate': 1, 'interval': 4}, 'cpu_weight': 10000})
+    group = _group(host_paths, 'vst-cpu')
+    # two busy loops (so a single thread's ceiling never hides the limit), each ended by timeout
+    proc = subprocess.Popen(['bin/vserver', 'vst-cpu', 'exec', '/bin/sh', '-c',
+                             'timeout 20 sh -c "while :; do :; done" & timeout 20 sh -c "while :; do :; done" & wait'],
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            env=dict(os.environ, VSERVER_CONFIG_DIR=host_paths.config_dir,
+                                     VSERVER_RUN_DIR=host_paths.run_dir, VSERVER_TREE_DIR=host_paths.tree_dir,
+                                     VSERVER_LOG_DIR=host_paths.log_dir,
+                                     VSERVER_CGROUP_PARENT=host_paths.cgroup_parent),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        throttled = _throttled(group)
+        quarter = _cpu_share(group)
+        assert _throttled(group) > throttled                # the quota bites
+        # 0.25 of a CPU; other agents loading the 2 cores can only push it lower, never above the quota
+        assert 0.12 <= quarter <= 0.32, quarter
+        result = _limits.ensure(host_paths, 'vst-cpu', {'cpu': {'fill_rate': 3, 'interval': 4},
+                                                        'cpu_weight': 10000})   # live: 75%
+        assert result['changed'] and result['live'] == [
+            'cpu.max' if group.layout.version == 2 else 'cpu.cfs_quota_us'] and not result['restart_required']
+        time.sleep(0.3)
+        # raised live to 75%: other agents loading the 2 cores may starve the guest below its new quota, so the
+        # proof is a share clearly above the old one (x1.5), or above the old 0.25 with no throttling at all
+        for _ in range(3):
+            throttled = _throttled(group)
+            more = _cpu_share(group, 1.5)
+            unthrottled = _throttled(group) == throttled
+            if more > quarter * 1.5 or (unthrottled and more > 0.27):
+                break
+        assert more <= 0.80, more
+        assert more > quarter * 1.5 or (unthrottled and more > 0.27), (quarter, more, unthrottled)
+        print('cpu share: 25%% bucket %.3f, 75%% bucket %.3f' % (quarter, more))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _limits_line(text, name):
+    for line in text.splitlines():
+        if line.startswith(name):
+            return line[len(name):].split()[:2]
+    return None
+
+
+def test_nofile_rlimit_inside_and_live(make_guest, host_paths):
+    _guest(make_guest, 'vst-rlim', {'rlimits': {'nofile': {'soft': 512, 'hard': 1024}, 'core': 0}})
+    seen = guest_sh(host_paths, 'vst-rlim', 'cat /proc/1/limits')
+    assert _limits_line(seen.stdout, 'Max open files') == ['512', '1024']
+    assert _limits_line(seen.stdout, 'Max core file size') == ['0', '0']
+
+    result = _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': {'soft': 256, 'hard': 1024}}})
+    assert result['changed'] and result['rlimit_pids'] >= 1 and not result['restart_required']
+    seen = guest_sh(host_paths, 'vst-rlim', 'cat /proc/1/limits')
+    assert _limits_line(seen.stdout, 'Max open files') == ['256', '1024']
+    assert not _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': {'soft': 256, 'hard': 1024}}})['changed']
+
+    host = _limits.Host(layout=LAYOUT)
+    own_hard = host.own_rlimit(_limits.RLIMITS['nofile'])[1]
+    above = own_hard + 1000
+    before = open(host_paths.config_file('vst-rlim'), 'rb').read()
+    if host.has_cap(_limits.CAP_SYS_RESOURCE):
+        # root may raise hard limits here (the v2 VM): the value goes through, live
+        above = min(above, host.nr_open())
+        assert _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': above}})['changed']
+        seen = guest_sh(host_paths, 'vst-rlim', 'cat /proc/1/limits')
+        assert _limits_line(seen.stdout, 'Max open files') == [str(above)] * 2
+    else:
+        with pytest.raises(VServerError) as err:
+            _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': above}})
+        assert err.value.field == 'rlimits.nofile'
+        assert 'CAP_SYS_RESOURCE' in str(err.value) and 'at most %d' % own_hard in str(err.value)
+        assert open(host_paths.config_file('vst-rlim'), 'rb').read() == before
+
+
+def test_devices_only_minimal_dev(make_guest, host_paths):
+    # give the guest CAP_MKNOD so that only the device policy stands in the way
+    _guest(make_guest, 'vst-dev', capabilities={'bcaps_add': ['mknod']})
+    ok = guest_sh(host_paths, 'vst-dev', 'mknod /dev/n2 c 1 3 && echo x > /dev/n2 && head -c 4 /dev/urandom | wc -c')
+    assert ok.returncode == 0 and ok.stdout.split() == ['4'], ok
+    for node in ('b 254 0', 'b 7 0', 'c 1 1', 'c 4 1', 'c 10 237'):   # vda, loop0, mem, tty1, loop-control
+        proc = guest_sh(host_paths, 'vst-dev', 'mknod /dev/forbidden %s' % node)
+        assert proc.returncode != 0 and 'Operation not permitted' in proc.stderr, (node, proc)
+    group = _group(host_paths, 'vst-dev')
+    if LAYOUT.version == 1:
+        assert sorted(group.read('devices.list').splitlines()) == sorted(_limits.device_rules())
+    else:
+        assert _limits.bpf_device_programs(group.unified_dir()) == 1
+
+
+def _block_node():
+    """An existing block device node on this host, e.g. /dev/vda or /dev/loop0."""
+    for majmin in sorted(os.listdir('/sys/dev/block')):
+        with open('/sys/dev/block/%s/uevent' % majmin) as handle:
+            for line in handle:
+                if line.startswith('DEVNAME='):
+                    path = '/dev/' + line.split('=', 1)[1].strip()
+                    if os.path.exists(path):
+                        return path
+    raise AssertionError('no block device node on this host')
+
+
+def _probe_in(cgroup_dir, paths):
+    """Open each path in a child that joined ``cgroup_dir`` (cgroup2 only); returns {path: errno or 0}."""
+    import json
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        out = {}
+        try:
+            with open(os.path.join(cgroup_dir, 'cgroup.procs'), 'w') as handle:
+                handle.write(str(os.getpid()))
+            for path in paths:
+                try:
+                    os.close(os.open(path, os.O_RDONLY))
+                    out[path] = 0
+                except OSError as exc:
+                    out[path] = exc.errno
+        finally:
+            os.write(write_end, json.dumps(out).encode())
+            os._exit(0)
+    os.close(write_end)
+    raw = os.read(read_end, 65536)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    return json.loads(raw)
+
+
+def test_bpf_device_program_alone(host_paths):
+    """The cgroup v2 device program on its own (on hybrid hosts in the cgroup2 hierarchy, where it applies too)."""
+    unified = LAYOUT.unified
+    assert unified, 'no cgroup2 hierarchy mounted'
+    path = os.path.join(unified, host_paths.cgroup_parent + '-bpf')
+    os.mkdir(path)
+    try:
+        block = _block_node()
+        assert _probe_in(path, ['/dev/null', block]) == {'/dev/null': 0, block: 0}
+        _limits.bpf_attach_devices(path)
+        _limits.bpf_attach_devices(path)          # re-applying replaces, never stacks
+        assert _limits.bpf_device_programs(path) == 1
+        assert _probe_in(path, ['/dev/null', '/dev/zero', '/dev/urandom', block]) == {
+            '/dev/null': 0, '/dev/zero': 0, '/dev/urandom': 0, block: 1}    # EPERM
+    finally:
+        os.rmdir(path)
+
+
+def test_limits_check_live_idempotent_and_removal(make_guest, host_paths):
+    _guest(make_guest, 'vst-live')
+    group = _group(host_paths, 'vst-live')
+    before_files = _limits.current(group)
+    want = {'memory': '48M', 'memory_high': '40M', 'nproc': 40, 'cpu': {'quota': 30000, 'period': 100000},
+            'cpu_weight': 200, 'cpuset': '0'}
+    check = _limits.ensure(host_paths, 'vst-live', want, check_mode=True)
+    assert check['changed'] and check['live']
+    assert _limits.current(group) == before_files                          # check mode wrote nothing
+    assert _config.load(host_paths, 'vst-live').get('limits') in (None, {})
+
+    done = _limits.ensure(host_paths, 'vst-live', want)
+    assert done['changed'] and sorted(done['live']) == sorted(check['live'])
+    assert done['diff']['before'] == {} and done['diff']['after']['memory'] == 48 << 20
+    mem = 'memory.max' if LAYOUT.version == 2 else 'memory.limit_in_bytes'
+    assert int(group.read(mem)) == 48 << 20 and group.read('pids.max') == '40'
+    if LAYOUT.version == 2:
+        assert group.read('cpu.max') == '30000 100000' and group.read('cpu.weight') == '200'
+        assert int(group.read('memory.high')) == 40 << 20
+    else:
+        assert group.read('cpu.cfs_quota_us') == '30000' and group.read('cpu.shares') == '2048'
+    assert group.read('cpuset.cpus') == '0'
+    assert not _limits.ensure(host_paths, 'vst-live', want)['changed']    # idempotent
+
+    # drift behind the module's back is put back
+    group.write('pids.max', '99')
+    again = _limits.ensure(host_paths, 'vst-live', want)
+    assert again['changed'] and again['live'] == ['pids.max'] and group.read('pids.max') == '40'
+
+    # leaving options out lifts those limits at once
+    less = _limits.ensure(host_paths, 'vst-live', {'memory': '48M'})
+    assert less['changed'] and group.read('pids.max') == 'max'
+    assert _limits.current(group)['cpuset.cpus'] == before_files['cpuset.cpus']
+
+
+def test_bad_input_writes_nothing_on_running_guest(make_guest, host_paths):
+    _guest(make_guest, 'vst-bad', {'nproc': 50})
+    group = _group(host_paths, 'vst-bad')
+    files = _limits.current(group)
+    config = open(host_paths.config_file('vst-bad'), 'rb').read()
+    online = _limits.Host().online_cpus()
+    for params, field in (
+            ({'memory': '-5M'}, 'memory'), ({'memory': 0}, 'memory'), ({'memory': '12Q'}, 'memory'),
+            ({'memory': '64M', 'memory_high': '128M'}, 'memory_high'), ({'nproc': 0}, 'nproc'),
+            ({'nproc': 40, 'cpu': {'quota': 10}}, 'cpu.quota'), ({'cpu': {'fill_rate': 1}}, 'cpu'),
+            ({'cpu_weight': 0}, 'cpu_weight'), ({'cpuset': str(max(online) + 1)}, 'cpuset'),
+            ({'io': {'devices': [{'device': '/dev/vstnope', 'read_bps': '1M'}]}}, 'io.devices[0].device'),
+            ({'rlimits': {'nofiles': 10}}, 'rlimits.nofiles'),
+            ({'rlimits': {'nofile': {'soft': 20, 'hard': 10}}}, 'rlimits.nofile'),
+            ({'disk': '1K'}, 'disk')):
+        with pytest.raises(VServerError) as err:
+            _limits.ensure(host_paths, 'vst-bad', params)
+        assert err.value.field == field, (params, err.value.field, str(err.value))
+    assert _limits.current(group) == files
+    assert open(host_paths.config_file('vst-bad'), 'rb').read() == config
