@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -39,6 +40,10 @@ DEFAULT_BRIDGE = 'vsbr0'
 DEFAULT_INTERFACE = 'eth0'
 IFNAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$')
 SECTION_KEYS = ('mode', 'bridge', 'parent', 'vlan', 'mtu', 'interface', 'addresses', 'gateway')
+
+# ipaddress objects are immutable and slow to build: parse each text once.
+_iface = functools.lru_cache(maxsize=4096)(ipaddress.ip_interface)
+_ip = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
 
 # --- validation ------------------------------------------------------------------------------------------
 
@@ -153,7 +158,7 @@ def desired(current, opts):
 
     Gateways are resolved later (``resolve_gateways``) because defaults depend on the host's bridge."""
     current = dict(current or {})
-    have = [ipaddress.ip_interface(a) for a in current.get('addresses') or []]
+    have = [_iface(a) for a in current.get('addresses') or []]
     if opts['state'] == 'absent':
         if not opts['addresses']:
             return None
@@ -203,9 +208,9 @@ def _first_host(network):
 
 def resolve_gateways(section, explicit, host):
     """Pick one gateway per address family present; explicit ones must lie inside a guest subnet."""
-    ifaces = [ipaddress.ip_interface(a) for a in section['addresses']]
+    ifaces = [_iface(a) for a in section['addresses']]
     own = {i.ip for i in ifaces}
-    wanted = [ipaddress.ip_address(g) for g in section.get('gateway') or []]
+    wanted = [_ip(g) for g in section.get('gateway') or []]
     out = []
     if explicit and not wanted:  # gateway: [] -- no default route at all
         section.pop('gateway', None)
@@ -337,7 +342,7 @@ def parse_addr(payload):
     if raw is None:
         return None
     ip = socket.inet_ntop(family, raw)
-    return {'index': index, 'iface': ipaddress.ip_interface('%s/%d' % (ip, prefix)), 'scope': scope}
+    return {'index': index, 'iface': _iface('%s/%d' % (ip, prefix)), 'scope': scope}
 
 
 def parse_route(payload):
@@ -375,7 +380,7 @@ def in_netns(handle):
 class NetState:
     """Links, addresses and default routes of one network namespace, read over rtnetlink."""
 
-    def __init__(self, netns=None):
+    def __init__(self, netns=None, routes=True):
         with in_netns(netns):
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         self.seq = 0
@@ -388,7 +393,8 @@ class NetState:
             self.addrs = [a for a in (parse_addr(p) for _, p in
                                       self._dump(sock, RTM_GETADDR, struct.pack('=BBBBI', 0, 0, 0, 0, 0))) if a]
             self.routes = [parse_route(p) for _, p in
-                           self._dump(sock, RTM_GETROUTE, struct.pack('=BBBBBBBBI', 0, 0, 0, 0, 0, 0, 0, 0, 0))]
+                           self._dump(sock, RTM_GETROUTE, struct.pack('=BBBBBBBBI', 0, 0, 0, 0, 0, 0, 0, 0, 0))
+                           ] if routes else []
         finally:
             sock.close()
         self.by_index = {link['index']: link for link in self.links.values()}
@@ -484,9 +490,9 @@ def plan_live(section, xid, pid, host, guest, sysroot='/proc'):
             plan.actions.append('set bridge %s up' % bridge)
         bridge_ips = [a['iface'] for a in host.addrs_of(bridge)]
         for gw in section.get('gateway') or []:
-            gw = ipaddress.ip_address(gw)
-            nets = [ipaddress.ip_interface(a).network for a in section['addresses']
-                    if ipaddress.ip_interface(a).network.version == gw.version and gw in ipaddress.ip_interface(a).network]
+            gw = _ip(gw)
+            nets = [_iface(a).network for a in section['addresses']
+                    if _iface(a).network.version == gw.version and gw in _iface(a).network]
             if not nets or any(b.ip in nets[0] for b in bridge_ips):
                 continue  # the bridge already has an address in this subnet
             holder = host.holder(gw)
@@ -556,7 +562,7 @@ def plan_live(section, xid, pid, host, guest, sysroot='/proc'):
         gws = guest.default_gateways(ifname)
         if mode == 'bridge' and not host.links[host_end]['up']:
             plan.host.append('link set %s up' % host_end)
-    wanted = [ipaddress.ip_interface(a) for a in section['addresses']]
+    wanted = [_iface(a) for a in section['addresses']]
     for iface in current:
         if iface not in wanted:
             plan.guest.append('addr del %s dev %s' % (iface.with_prefixlen, ifname))
@@ -567,12 +573,12 @@ def plan_live(section, xid, pid, host, guest, sysroot='/proc'):
             plan.actions.append('add address %s' % iface.with_prefixlen)
     if not up:
         plan.guest.append('link set %s up' % ifname)
-    desired_gws = {ipaddress.ip_address(g).version: g for g in section.get('gateway') or []}
+    desired_gws = {_ip(g).version: g for g in section.get('gateway') or []}
     for version in (4, 6):
         dst = '0.0.0.0/0' if version == 4 else '::/0'
         want = desired_gws.get(version)
         got = gws.get(version)
-        if want and (got is None or ipaddress.ip_address(got) != ipaddress.ip_address(want)):
+        if want and (got is None or _ip(got) != _ip(want)):
             plan.guest.append('route replace %s via %s dev %s' % (dst, want, ifname))
             plan.actions.append('set default route via %s' % want)
         elif not want and got:
@@ -593,12 +599,94 @@ def _batch(lines, handle=None):
         raise VServerError('network change failed: %s\ncommands: %s' % (exc, '; '.join(lines)))
 
 
+# The common live change (addresses, default routes, link up on an existing interface) is sent over rtnetlink in
+# process: the same requests `ip` would send, without two exec()s. Anything else goes through `ip -batch`.
+RTM_NEWLINK, RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE = 16, 20, 21, 24, 25
+NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 4, 0x100, 0x200, 0x400
+IFA_FLAGS, IFA_F_NODAD = 8, 0x02
+_SIMPLE = (
+    ('addr', re.compile(r'^addr (add|del) (\S+) dev (\S+)( nodad)?$')),
+    ('route', re.compile(r'^route (replace|del) (0\.0\.0\.0/0|::/0) via (\S+) dev (\S+)$')),
+    ('up', re.compile(r'^link set (\S+) up$')),
+)
+
+
+def _rta(kind, data):
+    return struct.pack('=HH', 4 + len(data), kind) + data + b'\0' * (-len(data) % 4)
+
+
+def netlink_request(line):
+    """(msg_type, flags, body, device) for a simple `ip` line, or None if it is not one."""
+    for kind, regex in _SIMPLE:
+        m = regex.match(line)
+        if not m:
+            continue
+        if kind == 'addr':
+            iface = _iface(m.group(2))
+            family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+            raw = iface.ip.packed
+            flags = IFA_F_NODAD if m.group(4) else 0
+            body = lambda index, f=family, p=iface.network.prefixlen, fl=flags, r=raw: (  # noqa: E731
+                struct.pack('=BBBBI', f, p, fl, 0, index) + _rta(IFA_LOCAL, r) + _rta(IFA_ADDRESS, r) +
+                _rta(IFA_FLAGS, struct.pack('=I', fl)))
+            if m.group(1) == 'add':
+                return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, m.group(3)
+            return RTM_DELADDR, 0, body, m.group(3)
+        if kind == 'route':
+            gw = _ip(m.group(3))
+            family = socket.AF_INET if gw.version == 4 else socket.AF_INET6
+            if m.group(1) == 'replace':
+                head = struct.pack('=BBBBBBBBI', family, 0, 0, 0, RT_TABLE_MAIN, 3, 0, 1, 0)  # boot, universe, unicast
+                flags = NLM_F_CREATE | NLM_F_REPLACE
+                msg = RTM_NEWROUTE
+            else:
+                head = struct.pack('=BBBBBBBBI', family, 0, 0, 0, RT_TABLE_MAIN, 0, 253, 0, 0)  # scope nowhere
+                flags = 0
+                msg = RTM_DELROUTE
+            body = lambda index, h=head, g=gw.packed: (  # noqa: E731
+                h + _rta(RTA_GATEWAY, g) + _rta(RTA_OIF, struct.pack('=I', index)))
+            return msg, flags, body, m.group(4)
+        body = lambda index: struct.pack('=BxHiII', 0, 0, index, IFF_UP, IFF_UP)  # noqa: E731
+        return RTM_NEWLINK, 0, body, m.group(1)
+    return None
+
+
+def _netlink_batch(lines, handle):
+    """Send simple changes over rtnetlink inside the namespace at ``handle``; False if a line is not simple."""
+    requests = [netlink_request(line) for line in lines]
+    if not lines or any(r is None for r in requests):
+        return False
+    with in_netns(handle):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        try:
+            indexes = {dev: socket.if_nametoindex(dev) for _, _, _, dev in requests}
+        except OSError as exc:
+            sock.close()
+            raise VServerError('network change failed: %s\ncommands: %s' % (exc, '; '.join(lines)))
+    with sock:
+        sock.bind((0, 0))
+        for seq, (line, (msg, flags, body, dev)) in enumerate(zip(lines, requests), start=1):
+            payload = body(indexes[dev])
+            sock.send(struct.pack('=IHHII', 16 + len(payload), msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0)
+                      + payload)
+            while True:
+                answers = [(k, p) for k, p in parse_messages(sock.recv(1 << 16)) if k == NLMSG_ERROR]
+                if answers:
+                    break
+            code = struct.unpack_from('=i', answers[0][1], 0)[0]
+            if code:
+                raise VServerError('network change failed: %s: %s\ncommands: %s'
+                                   % (line, os.strerror(-code), '; '.join(lines)))
+    return True
+
+
 def execute(plan, handle):
     """Run a plan: host side first (bridge, veth/macvlan), then the guest side. Rolls back created host links."""
     try:
         _batch(plan.guest_pre, handle)
         _batch(plan.host)
-        _batch(plan.guest, handle)
+        if plan.host or not _netlink_batch(plan.guest, handle):
+            _batch(plan.guest, handle)
     except BaseException:
         for name in reversed(plan.created):
             try:
@@ -618,17 +706,17 @@ def check_conflicts(paths, name, section, host):
         if other == name:
             continue
         for addr in (doc.get('network') or {}).get('addresses') or []:
-            others[ipaddress.ip_interface(addr).ip] = other
+            others[_iface(addr).ip] = other
     for addr in section['addresses']:
-        ip = ipaddress.ip_interface(addr).ip
+        ip = _iface(addr).ip
         if ip in others:
             raise VServerError('address %s is already held by guest %s' % (ip, others[ip]), 'address')
         holder = host.holder(ip)
         if holder:
             raise VServerError('address %s is already held by the host (interface %s)' % (ip, holder), 'address')
     for gw in section.get('gateway') or []:
-        if ipaddress.ip_address(gw) in others:
-            raise VServerError('gateway %s is the address of guest %s' % (gw, others[ipaddress.ip_address(gw)]),
+        if _ip(gw) in others:
+            raise VServerError('gateway %s is the address of guest %s' % (gw, others[_ip(gw)]),
                                'gateway')
     parent = section.get('parent')
     if parent and parent not in host.links:
@@ -661,8 +749,8 @@ def forwarding(section, host, proc='/proc'):
         return out
     bridge_ips = [a['iface'] for a in host.addrs_of(section['bridge'])]
     for gw in section.get('gateway') or []:
-        ip = ipaddress.ip_address(gw)
-        nets = [ipaddress.ip_interface(a).network for a in section['addresses']]
+        ip = _ip(gw)
+        nets = [_iface(a).network for a in section['addresses']]
         nets = [n for n in nets if n.version == ip.version and ip in n]
         on_host = host.holder(ip) is not None or not any(b.ip in n for b in bridge_ips for n in nets)
         if not on_host:
@@ -685,7 +773,7 @@ def _runtime(paths, name):
 
 def live_addresses(handle, interface=DEFAULT_INTERFACE):
     """Addresses (CIDR) on the guest's interface as the kernel sees them."""
-    state = NetState(handle)
+    state = NetState(handle, routes=False)
     return [a['iface'].with_prefixlen for a in state.addrs_of(interface) if not a['iface'].ip.is_link_local]
 
 
@@ -698,7 +786,7 @@ def ensure(paths, params, check_mode=False):
         if doc is None:
             raise VServerError('guest %s has no config; create it with vserver.core.context first' % name, 'name')
         current = doc.get('network') or None
-        host = NetState()
+        host = NetState(routes=False)
         section = desired(current, opts)
         if section is not None:
             resolve_gateways(section, opts['gateway'] is not None, host)
@@ -754,7 +842,7 @@ def apply_on_start(paths, doc, runtime):
         return
     host = NetState()
     for addr in section['addresses']:
-        holder = host.holder(ipaddress.ip_interface(addr).ip)
+        holder = host.holder(_iface(addr).ip)
         if holder:
             raise VServerError('address %s of guest %s is held by the host (interface %s)'
                                % (addr, doc['name'], holder), 'address')

@@ -258,3 +258,22 @@ def test_forwarding_needed_is_reported_not_changed(tmp_path):
 def test_display_helpers():
     assert N.addresses({'name': 'g'}) == []
     assert N.addresses({'name': 'g', 'network': {'addresses': ['10.0.0.5/24']}}) == ['10.0.0.5/24']
+
+
+def test_simple_live_changes_become_rtnetlink_requests():
+    msg, flags, body, dev = N.netlink_request('addr add fd00:8::5/64 dev eth0 nodad')
+    assert (msg, dev) == (N.RTM_NEWADDR, 'eth0') and flags & N.NLM_F_EXCL
+    parsed = N.parse_addr(body(7))
+    assert parsed['index'] == 7 and str(parsed['iface']) == 'fd00:8::5/64'
+    assert N.parse_attrs(body(7), 8)[N.IFA_FLAGS] == struct.pack('=I', N.IFA_F_NODAD)
+    msg, flags, body, dev = N.netlink_request('addr del 10.0.0.5/24 dev eth0')
+    assert msg == N.RTM_DELADDR and str(N.parse_addr(body(3))['iface']) == '10.0.0.5/24'
+    msg, flags, body, dev = N.netlink_request('route replace ::/0 via fd00:8::1 dev eth0')
+    assert msg == N.RTM_NEWROUTE and flags & N.NLM_F_REPLACE
+    assert N.parse_route(body(4)) == {'family': socket.AF_INET6, 'dst_len': 0, 'table': 254, 'oif': 4,
+                                      'gateway': 'fd00:8::1', 'dst': None}
+    msg, _, body, dev = N.netlink_request('link set eth0 up')
+    assert msg == N.RTM_NEWLINK and N.parse_link(body(2))['up'] is True
+    for line in ('link set eth0 addrgenmode none', 'link del eth0', 'route replace 10.0.0.0/8 via 10.0.0.1 dev eth0',
+                 'link add x type veth peer name eth0 netns 1'):
+        assert N.netlink_request(line) is None       # everything else goes through `ip -batch`
