@@ -995,7 +995,12 @@ def disk_plan(root, before, after, running):
                                    'only offline); remove the disk limit and set it again'
                                    % (cur['size'] >> 20, after['size'] >> 20), 'disk')
             if after['size'] > cur['size']:
-                steps, actions = ['loop_grow'], ['grow the disk image to %dM' % (after['size'] >> 20)]
+                if (cur['fstype'] or after['fstype']) == 'ext4' and not Host().has_cap(CAP_SYS_RESOURCE):
+                    # online ext4 growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE: resize offline instead
+                    steps = ['loop_grow_offline']
+                else:
+                    steps = ['loop_grow']
+                actions = ['grow the disk image to %dM' % (after['size'] >> 20)]
     else:
         if cur['backend'] == 'loop':
             raise VServerError('disk_backend: the tree is on a loop image; remove the disk limit first', 'disk_backend')
@@ -1007,7 +1012,8 @@ def disk_plan(root, before, after, running):
         if cur.get('size') != after['size']:
             steps.append('btrfs_limit')
             actions.append('set the btrfs qgroup limit to %dM' % (after['size'] >> 20))
-    needs_stop = running and any(s in ('loop_create', 'loop_remove', 'btrfs_subvolume') for s in steps)
+    needs_stop = running and any(s in ('loop_create', 'loop_remove', 'loop_grow_offline', 'btrfs_subvolume')
+                                 for s in steps)
     return {'steps': steps, 'actions': actions, 'needs_stop': needs_stop}
 
 
@@ -1116,6 +1122,20 @@ def _loop_grow(root, disk):
         K.run(['resize2fs', devices[0]], timeout=600)
 
 
+def _loop_grow_offline(root, disk):
+    """ext4 without CAP_SYS_RESOURCE: unmount, check, resize the image file's filesystem, mount again."""
+    image = disk_image(root)
+    if _is_mountpoint(root):
+        K.umount(root)
+    os.truncate(image, disk['size'])
+    fsck = K.run(['e2fsck', '-f', '-p', image], check=False, timeout=600)
+    if fsck.returncode not in (0, 1):
+        raise VServerError('disk: e2fsck of %s failed before the resize: %s' % (image, fsck.stdout + fsck.stderr),
+                           'disk')
+    K.run(['resize2fs', image], timeout=600)
+    _mount_image(image, root)
+
+
 def _btrfs_subvolume_convert(root):
     root = os.path.normpath(os.path.abspath(root))
     new = root + '.disk.new'
@@ -1142,6 +1162,8 @@ def disk_execute(root, before, after, plan):
             _loop_remove(root)
         elif step == 'loop_grow':
             _loop_grow(root, after)
+        elif step == 'loop_grow_offline':
+            _loop_grow_offline(root, after)
         elif step == 'btrfs_subvolume':
             _btrfs_subvolume_convert(root)
         elif step == 'btrfs_limit':
