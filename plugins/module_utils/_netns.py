@@ -456,11 +456,17 @@ def _family_flag(iface):
     return ' nodad' if iface.version == 6 else ''
 
 
-def plan_live(section, xid, pid, host, guest, sysroot='/proc'):
-    """What must change so the running guest (netns state ``guest``) matches ``section``."""
+def plan_live(section, xid, pid, host, guest, previous=None):
+    """What must change so the running guest (netns state ``guest``) matches ``section``.
+
+    ``previous`` is the section it had, so an interface given a new name does not stay behind."""
     plan = Plan()
     ifname = (section or {}).get('interface') or DEFAULT_INTERFACE
     have = guest.links.get(ifname)
+    old = (previous or {}).get('interface') or DEFAULT_INTERFACE
+    if section and old != ifname and old in guest.links:
+        plan.guest_pre.append('link del %s' % old)
+        plan.actions.append('remove interface %s from the guest' % old)
     if not section:
         if have is not None:
             plan.guest.append('link del %s' % ifname)
@@ -534,7 +540,8 @@ def plan_live(section, xid, pid, host, guest, sysroot='/proc'):
         mtu_arg = ' mtu %d' % mtu if mtu else ''
         if mode == 'bridge':
             stale = host.links.get(host_end)
-            if stale is not None and (have is None or stale.get('link') != have['index']):
+            doomed = {guest.links[n]['index'] for n in (ifname, old) if n in guest.links}  # deleted first
+            if stale is not None and stale.get('link') not in doomed:
                 raise VServerError('host interface %s (for guest xid %d on bridge %s) already exists and belongs '
                                    'to something else; remove it or use another bridge' % (host_end, xid, bridge),
                                    'bridge')
@@ -796,7 +803,7 @@ def ensure(paths, params, check_mode=False):
         plan = None
         if pid:
             guest = NetState(handle)
-            plan = plan_live(section, doc.get('xid') or 0, pid, host, guest)
+            plan = plan_live(section, doc.get('xid') or 0, pid, host, guest, current)
             actions += plan.actions
         config_changed = _section_view(section) != _section_view(current)
         if config_changed:
@@ -812,7 +819,8 @@ def ensure(paths, params, check_mode=False):
                     execute(plan, handle)
                 except BaseException:
                     try:  # best effort: bring the guest back to its previous network config
-                        execute(plan_live(current, doc.get('xid') or 0, pid, NetState(), NetState(handle)), handle)
+                        execute(plan_live(current, doc.get('xid') or 0, pid, NetState(), NetState(handle), section),
+                                handle)
                     except Exception:
                         pass
                     raise

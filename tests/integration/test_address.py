@@ -471,3 +471,18 @@ def test_vlan_uplink_or_refusal(net, host_paths, make_guest):
         assert 'create VLAN 5 sub-interface %s on %s' % (_netns.vlan_ifname(lan, 5), lan) in res['actions']
         assert _netns.vlan_ifname(lan, 5) in _host_links()
         assert guest_addrs(host_paths, 'tagged')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(7)}
+
+
+def test_live_rename_and_mtu(net, host_paths, make_guest):
+    make_guest('ren', start=True)
+    ensure(host_paths, name='ren', address=net.cidr4(2), bridge=net.bridge, gateway=[net.ip4(1)])
+    res = ensure(host_paths, name='ren', address=net.cidr4(2), interface='net0', mtu=1280)
+    assert res['changed'] and 'remove interface eth0 from the guest' in res['actions']
+    links, addrs = guest_addrs(host_paths, 'ren')
+    assert links == {'lo', 'net0'} and net.cidr4(2) in addrs
+    assert 'mtu 1280' in sh(host_paths, 'ren', 'ip link show net0').stdout
+    assert 'default via %s dev net0' % net.ip4(1) in sh(host_paths, 'ren', 'ip route').stdout
+    assert http_get_or_ping(net.ip4(2))
+    assert ensure(host_paths, name='ren', mtu=1400, address=net.cidr4(2))['actions'] == ['update config', 'set mtu 1400']
+    assert 'mtu 1400' in sh(host_paths, 'ren', 'ip link show net0').stdout
+    assert len([n for n in _host_links() if n.startswith(net.bridge + '-')]) == 1   # one veth, the old one gone

@@ -277,3 +277,10 @@ def test_simple_live_changes_become_rtnetlink_requests():
     for line in ('link set eth0 addrgenmode none', 'link del eth0', 'route replace 10.0.0.0/8 via 10.0.0.1 dev eth0',
                  'link add x type veth peer name eth0 netns 1'):
         assert N.netlink_request(line) is None       # everything else goes through `ip -batch`
+
+
+def test_plan_renames_the_interface_without_leaving_the_old_one():
+    host, guest = synced_states()
+    plan = N.plan_live(dict(BRIDGE_SECTION, interface='net0'), 7, 4242, host, guest, BRIDGE_SECTION)
+    assert plan.guest_pre == ['link del eth0']
+    assert 'link add vstb-7 type veth peer name net0 netns 4242' in plan.host
