@@ -614,7 +614,7 @@ def _is_default(setting):
 def _write_setting(group, setting, raw):
     for line in _render(setting, raw):
         try:
-            group.write(setting.key, line)
+            group.write(setting.key, line or '\n')   # an empty write() never reaches the kernel
         except OSError as exc:
             hint = ''
             if setting.key.startswith('memory') and exc.errno == errno.EBUSY:
@@ -640,7 +640,7 @@ def apply(group, section, host=None):
         for setting, raw in reversed(done):
             try:
                 for line in _restore_lines(setting, raw):
-                    group.write(setting.key, line)
+                    group.write(setting.key, line or '\n')
             except OSError:
                 pass
         raise
