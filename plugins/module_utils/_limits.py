@@ -66,8 +66,8 @@ def parse_size(value, field, allow_max=True, allow_zero=False):
             raise VServerError('%s: expected %s (got %r)' % (field, SIZE_FORM, value), field)
         number = int(match.group(1)) * UNITS[match.group(2).upper()]
     if number < 0 or (number == 0 and not allow_zero):
-        raise VServerError('%s: must be %s (got %r)' % (field, 'zero or more' if allow_zero else 'above zero',
-                                                         value), field)
+        raise VServerError('%s: expected %s, %s (got %r)' % (field, SIZE_FORM, 'zero or more' if allow_zero
+                                                              else 'above zero', value), field)
     return number
 
 
@@ -595,10 +595,8 @@ def diff_files(group, section, host=None):
         except VServerError:
             raw = None
         if raw is None:
-            if setting.key in ('memory.swap.max', 'cpu.max.burst', 'io.weight', 'io.max') and _is_default(setting):
-                continue  # kernel without that file: nothing to do for a default value
             if _is_default(setting):
-                continue
+                continue  # a kernel without that file: nothing to do for a default value
             raise VServerError('%s: this host\'s cgroup has no %s file, so the limit cannot be enforced'
                                % (setting.field, setting.key), setting.field)
         if not _matches(setting, raw):
@@ -606,9 +604,21 @@ def diff_files(group, section, host=None):
     return out
 
 
+KERNEL_DEFAULTS = {
+    'memory.max': MAX, 'memory.high': MAX, 'memory.swap.max': MAX, 'pids.max': MAX,
+    'cpu.max': 'max %d' % CPU_PERIOD_DEFAULT, 'cpu.max.burst': 0, 'cpu.weight': CPU_WEIGHT_DEFAULT,
+    'cpuset.cpus': '', 'io.weight': IO_WEIGHT_DEFAULT, 'io.max': {},
+    'memory.limit_in_bytes': MAX, 'memory.memsw.limit_in_bytes': MAX, 'memory.soft_limit_in_bytes': MAX,
+    'cpu.cfs_period_us': CPU_PERIOD_DEFAULT, 'cpu.cfs_quota_us': MAX, 'cpu.cfs_burst_us': 0, 'cpu.shares': 1024,
+    'blkio.bfq.weight': IO_WEIGHT_DEFAULT, 'blkio.weight': IO_WEIGHT_DEFAULT,
+}
+
+
 def _is_default(setting):
-    return setting.value in (MAX, 0, {}, '', 'max %d' % CPU_PERIOD_DEFAULT, CPU_WEIGHT_DEFAULT, IO_WEIGHT_DEFAULT,
-                             1024)
+    """The value a fresh cgroup has anyway (so a kernel without that file needs nothing written)."""
+    if setting.key.startswith('blkio.throttle.'):
+        return setting.value == {}
+    return setting.key in KERNEL_DEFAULTS and setting.value == KERNEL_DEFAULTS[setting.key]
 
 
 def _write_setting(group, setting, raw):
