@@ -22,7 +22,7 @@ options:
   tree_dir:
     description:
       - Directory under which guest trees are created when O(root) is not given.
-      - Keep it mode C(0700): a guest's root can plant setuid files in its tree, which an unprivileged host
+      - Keep it mode C(0700), because a guest's root can plant setuid files in its tree, which an unprivileged host
         user must not be able to reach.
       - Defaults to E(VSERVER_TREE_DIR) if set, else C(/var/lib/vservers).
     type: path
