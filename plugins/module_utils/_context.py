@@ -411,7 +411,8 @@ def status(paths, doc, layout=None):
     state = rt.state()
     out = {'name': doc['name'], 'xid': doc.get('xid'), 'state': state, 'root': doc.get('root'),
            'hostname': doc.get('hostname') or doc['name'], 'init_pid': None, 'uptime': None,
-           'nproc': 0, 'memory_bytes': None, 'cpu_seconds': None}
+           'nproc': 0, 'memory_bytes': None, 'cpu_seconds': None,
+           'addresses': list((doc.get('network') or {}).get('addresses') or [])}
     if state == 'stopped':
         return out
     pid = rt.init_pid()
@@ -592,12 +593,14 @@ def format_bytes(value):
 
 def stat_table(rows):
     """A vserver-stat-like table from status() rows."""
-    lines = ['%-6s %5s %8s %10s %10s %-9s %s' % ('CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME')]
+    width = max([len('NAME')] + [len(row['name']) for row in rows])
+    fmt = '%-6s %5s %8s %10s %10s %-9s %-' + str(width) + 's %s'
+    lines = [(fmt % ('CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES')).rstrip()]
     for row in sorted(rows, key=lambda r: r.get('xid') or 0):
-        lines.append('%-6s %5d %8s %10s %10s %-9s %s' % (
+        lines.append((fmt % (
             row.get('xid'), row.get('nproc') or 0, format_bytes(row.get('memory_bytes')),
             format_duration(row.get('cpu_seconds')), format_duration(row.get('uptime')),
-            row['state'], row['name']))
+            row['state'], row['name'], ','.join(row.get('addresses') or []) or '-')).rstrip())
     return '\n'.join(lines)
 
 

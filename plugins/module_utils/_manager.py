@@ -280,7 +280,13 @@ def info(paths, names=None, with_processes=True):
         selected = {n: docs[n] for n in names}
     else:
         selected = docs
-    guests = [_context.status(paths, doc) for _, doc in sorted(selected.items())]
+    guests = []
+    for _, doc in sorted(selected.items()):
+        row = _context.status(paths, doc)
+        if doc.get('network'):
+            from ansible_collections.vserver.core.plugins.module_utils import _netns
+            row['network'] = _netns.describe(paths, doc)
+        guests.append(row)
     out = {'changed': False, 'guests': guests}
     if with_processes:
         out['processes'] = _context.processes(paths, docs)

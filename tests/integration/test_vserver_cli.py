@@ -20,7 +20,7 @@ def test_cli_lifecycle_and_tables(host_paths, make_guest):
     assert out.returncode == 7 and out.stdout.split()[1] == 'cli-a'
     out = vserver(host_paths, 'stat')
     rows = [line.split() for line in out.stdout.splitlines()]
-    assert rows[0] == ['CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME']
+    assert rows[0] == ['CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES']
     assert [r[0] for r in rows[1:]] == ['410', '411'] and all(r[5] == 'running' for r in rows[1:])
     out = vserver(host_paths, 'ps')
     init_a = _context.Runtime(host_paths, 'cli-a').init_pid()
