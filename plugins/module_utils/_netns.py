@@ -330,7 +330,9 @@ def parse_link(payload):
         info = parse_attrs(attrs[IFLA_LINKINFO])
         if IFLA_INFO_KIND in info:
             kind = _cstr(info[IFLA_INFO_KIND])
-    u32 = lambda key: struct.unpack('=I', attrs[key][:4])[0] if key in attrs else None  # noqa: E731
+
+    def u32(key):
+        return struct.unpack('=I', attrs[key][:4])[0] if key in attrs else None
     return {'index': index, 'name': _cstr(attrs.get(IFLA_IFNAME, b'')), 'up': bool(flags & IFF_UP),
             'mtu': u32(IFLA_MTU), 'link': u32(IFLA_LINK), 'master': u32(IFLA_MASTER), 'kind': kind}
 
@@ -390,9 +392,9 @@ class NetState:
             for kind, payload in self._dump(sock, RTM_GETLINK, struct.pack('=BxHiII', 0, 0, 0, 0, 0)):
                 link = parse_link(payload)
                 self.links[link['name']] = link
-            self.addrs = [a for a in (parse_addr(p) for _, p in
+            self.addrs = [a for a in (parse_addr(p) for _kind, p in
                                       self._dump(sock, RTM_GETADDR, struct.pack('=BBBBI', 0, 0, 0, 0, 0))) if a]
-            self.routes = [parse_route(p) for _, p in
+            self.routes = [parse_route(p) for _kind, p in
                            self._dump(sock, RTM_GETROUTE, struct.pack('=BBBBBBBBI', 0, 0, 0, 0, 0, 0, 0, 0, 0))
                            ] if routes else []
         finally:
@@ -622,6 +624,19 @@ def _rta(kind, data):
     return struct.pack('=HH', 4 + len(data), kind) + data + b'\0' * (-len(data) % 4)
 
 
+def _addr_body(family, prefix, flags, raw, index):
+    return (struct.pack('=BBBBI', family, prefix, flags, 0, index) + _rta(IFA_LOCAL, raw) + _rta(IFA_ADDRESS, raw)
+            + _rta(IFA_FLAGS, struct.pack('=I', flags)))
+
+
+def _route_body(head, gateway, index):
+    return head + _rta(RTA_GATEWAY, gateway) + _rta(RTA_OIF, struct.pack('=I', index))
+
+
+def _up_body(index):
+    return struct.pack('=BxHiII', 0, 0, index, IFF_UP, IFF_UP)
+
+
 def netlink_request(line):
     """(msg_type, flags, body, device) for a simple `ip` line, or None if it is not one."""
     for kind, regex in _SIMPLE:
@@ -633,9 +648,7 @@ def netlink_request(line):
             family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
             raw = iface.ip.packed
             flags = IFA_F_NODAD if m.group(4) else 0
-            body = lambda index, f=family, p=iface.network.prefixlen, fl=flags, r=raw: (  # noqa: E731
-                struct.pack('=BBBBI', f, p, fl, 0, index) + _rta(IFA_LOCAL, r) + _rta(IFA_ADDRESS, r) +
-                _rta(IFA_FLAGS, struct.pack('=I', fl)))
+            body = functools.partial(_addr_body, family, iface.network.prefixlen, flags, raw)
             if m.group(1) == 'add':
                 return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, m.group(3)
             return RTM_DELADDR, 0, body, m.group(3)
@@ -650,11 +663,9 @@ def netlink_request(line):
                 head = struct.pack('=BBBBBBBBI', family, 0, 0, 0, RT_TABLE_MAIN, 0, 253, 0, 0)  # scope nowhere
                 flags = 0
                 msg = RTM_DELROUTE
-            body = lambda index, h=head, g=gw.packed: (  # noqa: E731
-                h + _rta(RTA_GATEWAY, g) + _rta(RTA_OIF, struct.pack('=I', index)))
+            body = functools.partial(_route_body, head, gw.packed)
             return msg, flags, body, m.group(4)
-        body = lambda index: struct.pack('=BxHiII', 0, 0, index, IFF_UP, IFF_UP)  # noqa: E731
-        return RTM_NEWLINK, 0, body, m.group(1)
+        return RTM_NEWLINK, 0, _up_body, m.group(1)
     return None
 
 
@@ -666,7 +677,7 @@ def _netlink_batch(lines, handle):
     with in_netns(handle):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         try:
-            indexes = {dev: socket.if_nametoindex(dev) for _, _, _, dev in requests}
+            indexes = {req[3]: socket.if_nametoindex(req[3]) for req in requests}
         except OSError as exc:
             sock.close()
             raise VServerError('network change failed: %s\ncommands: %s' % (exc, '; '.join(lines)))

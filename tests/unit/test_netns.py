@@ -218,7 +218,7 @@ def test_netlink_parsers():
     route = struct.pack('=BBBBBBBBI', socket.AF_INET, 0, 0, 0, 254, 3, 0, 1, 0) + \
         rta(4, struct.pack('=I', 5)) + rta(5, socket.inet_aton('10.0.0.1'))
     msgs = N.parse_messages(nlmsg(16, link) + nlmsg(20, addr) + nlmsg(24, route) + nlmsg(3, b'\0' * 4))
-    assert [k for k, _ in msgs] == [16, 20, 24, 3]
+    assert [m[0] for m in msgs] == [16, 20, 24, 3]
     assert N.parse_link(msgs[0][1]) == {'index': 5, 'name': 'eth0', 'up': True, 'mtu': 1400, 'link': 9,
                                         'master': None, 'kind': 'veth'}
     parsed = N.parse_addr(msgs[1][1])
@@ -272,7 +272,7 @@ def test_simple_live_changes_become_rtnetlink_requests():
     assert msg == N.RTM_NEWROUTE and flags & N.NLM_F_REPLACE
     assert N.parse_route(body(4)) == {'family': socket.AF_INET6, 'dst_len': 0, 'table': 254, 'oif': 4,
                                       'gateway': 'fd00:8::1', 'dst': None}
-    msg, _, body, dev = N.netlink_request('link set eth0 up')
+    msg, _flags, body, dev = N.netlink_request('link set eth0 up')
     assert msg == N.RTM_NEWLINK and N.parse_link(body(2))['up'] is True
     for line in ('link set eth0 addrgenmode none', 'link del eth0', 'route replace 10.0.0.0/8 via 10.0.0.1 dev eth0',
                  'link add x type veth peer name eth0 netns 1'):
