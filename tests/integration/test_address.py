@@ -308,10 +308,19 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
     assert info['addresses'] == [net.cidr4(2)] and info['live_addresses'] == [net.cidr4(2)]
     assert _netns.addresses(_config.load(host_paths, 'b')) == [net.cidr4(3)]
 
-    # teardown: stopping the guests removes their veths; the test removes its bridge
+    # teardown: stopping the guests removes their veths and namespaces; the test removes its bridge
+    inodes = {os.stat(_context.Runtime(host_paths, name).netns).st_ino for name in ('a', 'b')}
     for name in ('a', 'b'):
         _context.stop(host_paths, _config.load(host_paths, name))
+        assert not os.path.exists(_context.Runtime(host_paths, name).netns)
     assert not [n for n in _host_links() if n.startswith(net.bridge + '-')]
+    held = set()
+    for pid in K.pids():
+        try:
+            held.add(os.stat('/proc/%d/ns/net' % pid).st_ino)
+        except OSError:
+            pass
+    assert not inodes & held                             # no process is left in either namespace
 
 
 def test_bridge_ipv6(net, host_paths, make_guest):
