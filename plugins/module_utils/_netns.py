@@ -454,8 +454,10 @@ class Plan:
         self.created = []       # host links created (rolled back on failure)
 
 
-def _family_flag(iface):
-    return ' nodad' if iface.version == 6 else ''
+def _family_flag(iface, mode):
+    # On a host bridge the module knows every address (config), so IPv6 addresses are usable at once; on a LAN
+    # (macvlan) duplicate address detection runs as usual.
+    return ' nodad' if iface.version == 6 and mode == 'bridge' else ''
 
 
 def plan_live(section, xid, pid, host, guest, previous=None):
@@ -578,7 +580,7 @@ def plan_live(section, xid, pid, host, guest, previous=None):
             plan.actions.append('remove address %s' % iface.with_prefixlen)
     for iface in wanted:
         if iface not in current:
-            plan.guest.append('addr add %s dev %s%s' % (iface.with_prefixlen, ifname, _family_flag(iface)))
+            plan.guest.append('addr add %s dev %s%s' % (iface.with_prefixlen, ifname, _family_flag(iface, mode)))
             plan.actions.append('add address %s' % iface.with_prefixlen)
     if not up:
         plan.guest.append('link set %s up' % ifname)

@@ -284,3 +284,13 @@ def test_plan_renames_the_interface_without_leaving_the_old_one():
     plan = N.plan_live(dict(BRIDGE_SECTION, interface='net0'), 7, 4242, host, guest, BRIDGE_SECTION)
     assert plan.guest_pre == ['link del eth0']
     assert 'link add vstb-7 type veth peer name net0 netns 4242' in plan.host
+
+
+def test_ipv6_duplicate_address_detection_stays_on_for_lan_guests():
+    host = fake_state([{'name': 'eth9'}])
+    section = {'mode': 'macvlan', 'parent': 'eth9', 'interface': 'eth0', 'addresses': ['fd00:8::5/64']}
+    plan = N.plan_live(section, 7, 4242, host, fake_state([{'name': 'lo'}]))
+    assert 'addr add fd00:8::5/64 dev eth0' in plan.guest
+    bridged = N.plan_live(dict(BRIDGE_SECTION, addresses=['fd00:8::5/64'], gateway=[]), 7, 4242, host,
+                          fake_state([{'name': 'lo'}]))
+    assert 'addr add fd00:8::5/64 dev eth0 nodad' in bridged.guest
