@@ -826,6 +826,11 @@ def ensure(paths, params, check_mode=False):
                   'restart_required': False, 'network': _section_view(section),
                   'diff': {'before': _section_view(current), 'after': _section_view(section)}}
         result['forwarding_needed'] = forwarding(section, host)
+        needed = sorted(k for k, v in result['forwarding_needed'].items() if v)
+        if needed and actions:
+            result['warnings'] = ['guest %s reaches only its own subnet and the host: its gateway is this host, '
+                                  'which does not forward %s (left unchanged; the host role\'s host_ip_forward and '
+                                  'host_nat_masquerade turn forwarding and NAT on)' % (name, ' and '.join(needed))]
         if not check_mode and actions:
             if plan is not None:
                 try:

@@ -80,6 +80,10 @@ def test_module_twice_check_diff_and_bad_input(net, host_paths, tmp_path):
             'mode': 'bridge', 'bridge': net.bridge, 'interface': 'eth0', 'addresses': [net.cidr4(2), net.cidr6(2)],
             'gateway': [net.ip4(1), net.ip6(1)]}}
         assert res['second']['changed'] is False and res['second']['actions'] == []
+        with open('/proc/sys/net/ipv4/ip_forward') as handle:
+            forwarding_off = handle.read().strip() == '0'
+        assert res['first']['forwarding_needed'].get('ipv4') is forwarding_off
+        assert any('does not forward' in w for w in res['first'].get('warnings', [])) is forwarding_off
         assert res['check']['changed'] is True and 'add address %s' % net.cidr4(5) in res['check']['actions']
         assert res['bad']['failed'] is True and res['bad']['field'] == 'address'
         assert 'broadcast address' in res['bad']['msg']
