@@ -52,7 +52,9 @@ install-cli: setup
 
 demo: setup
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml
-	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml | tail -n 4
+	@echo "second run (must change nothing):"
+	@$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml > $(BUILD)/demo-rerun.log; \
+	  tail -n 3 $(BUILD)/demo-rerun.log; grep -q ' changed=0 ' $(BUILD)/demo-rerun.log
 	/usr/local/bin/vserver stat
 
 demo-clean: setup
