@@ -283,7 +283,7 @@ def vlan_supported(proc='/proc', sys='/sys', modules='/lib/modules'):
 
 # --- rtnetlink reads (stdlib only, in process) ------------------------------------------------------------
 
-RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETRULE = 18, 22, 26, 34
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 1
@@ -358,6 +358,19 @@ def parse_route(payload):
             'dst': socket.inet_ntop(family, attrs[RTA_DST]) if RTA_DST in attrs else None}
 
 
+FRA_SRC, FRA_PRIORITY, FRA_TABLE = 2, 6, 15
+
+
+def parse_rule(payload):
+    family, _dst_len, src_len, _tos, table, _res1, _res2, action, _flags = struct.unpack_from('=BBBBBBBBI', payload, 0)
+    attrs = parse_attrs(payload, 12)
+    if FRA_TABLE in attrs:
+        table = struct.unpack('=I', attrs[FRA_TABLE][:4])[0]
+    return {'family': family, 'src_len': src_len, 'table': table, 'action': action,
+            'priority': struct.unpack('=I', attrs[FRA_PRIORITY][:4])[0] if FRA_PRIORITY in attrs else 0,
+            'src': _ip(socket.inet_ntop(family, attrs[FRA_SRC])) if FRA_SRC in attrs else None}
+
+
 @contextlib.contextmanager
 def in_netns(handle):
     """Temporarily move this thread into the network namespace bound at ``handle`` (a path)."""
@@ -397,6 +410,9 @@ class NetState:
             self.routes = [parse_route(p) for _kind, p in
                            self._dump(sock, RTM_GETROUTE, struct.pack('=BBBBBBBBI', 0, 0, 0, 0, 0, 0, 0, 0, 0))
                            ] if routes else []
+            self.rules6 = [parse_rule(p) for _kind, p in self._dump(
+                sock, RTM_GETRULE, struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0))
+            ] if routes else []
         finally:
             sock.close()
         self.by_index = {link['index']: link for link in self.links.values()}
@@ -450,6 +466,7 @@ class Plan:
         self.guest_pre = []     # ip -batch lines in the guest namespace, before the host side
         self.host = []          # ip -batch lines in the host namespace
         self.guest = []         # ip -batch lines in the guest namespace
+        self.guest6 = []        # ip -6 -batch lines in the guest namespace (source address policy rules)
         self.actions = []       # human readable
         self.created = []       # host links created (rolled back on failure)
 
@@ -475,6 +492,7 @@ def plan_live(section, xid, pid, host, guest, previous=None):
         if have is not None:
             plan.guest.append('link del %s' % ifname)
             plan.actions.append('remove interface %s from the guest' % ifname)
+        plan_source_rules(plan, [], guest)
         return plan
     mode = section['mode']
     mtu = section.get('mtu')
@@ -595,13 +613,36 @@ def plan_live(section, xid, pid, host, guest, previous=None):
         elif not want and got:
             plan.guest.append('route del %s via %s dev %s' % (dst, got, ifname))
             plan.actions.append('remove default route via %s' % got)
+    plan_source_rules(plan, wanted, guest)
     return plan
 
 
-def _batch(lines, handle=None):
+# IPv6 lets an unprivileged socket send from an address it does not hold (IPV6_FREEBIND); IPv4 does not (the
+# route lookup fails without IP_TRANSPARENT). So the guest's namespace gets IPv6 policy rules: traffic from
+# each of its own IPv6 addresses uses the main table, anything else from the guest is unreachable. Unbound
+# sockets still work: the kernel picks a source address, then looks the route up again with it.
+RULE_OWN_PREF, RULE_BLOCK_PREF = 101, 200
+FR_ACT_TO_TBL, FR_ACT_UNREACHABLE = 1, 7
+
+
+def plan_source_rules(plan, wanted, guest):
+    own = {i.ip for i in wanted if i.version == 6}
+    have = {r['src'] for r in guest.rules6 if r['priority'] == RULE_OWN_PREF and r['src_len'] == 128}
+    blocked = any(r['priority'] == RULE_BLOCK_PREF and r['action'] == FR_ACT_UNREACHABLE for r in guest.rules6)
+    for ip in sorted(have - own):
+        plan.guest6.append('rule del from %s/128 lookup main pref %d' % (ip, RULE_OWN_PREF))
+    for ip in sorted(own - have):
+        plan.guest6.append('rule add from %s/128 lookup main pref %d' % (ip, RULE_OWN_PREF))
+    if own and not blocked:
+        plan.guest6.append('rule add unreachable pref %d' % RULE_BLOCK_PREF)
+    if plan.guest6:
+        plan.actions.append('set IPv6 source address rules (%s)' % (', '.join(map(str, sorted(own))) or 'none'))
+
+
+def _batch(lines, handle=None, family6=False):
     if not lines:
         return
-    argv = ['ip', '-batch', '-']
+    argv = ['ip'] + (['-6'] if family6 else []) + ['-batch', '-']
     if handle:
         argv = ['nsenter', '--net=%s' % handle] + argv
     try:
@@ -707,6 +748,7 @@ def execute(plan, handle):
         _batch(plan.host)
         if plan.host or not _netlink_batch(plan.guest, handle):
             _batch(plan.guest, handle)
+        _batch(plan.guest6, handle, family6=True)
     except BaseException:
         for name in reversed(plan.created):
             try:

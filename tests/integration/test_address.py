@@ -99,12 +99,10 @@ def ns_ip(paths, name, *args):
                           check=True).stdout
 
 
-def guest_icmp_echo(paths, doc, target, timeout=2.0):
-    """Ping ``target`` as the guest's root would: in its cgroup and network namespace, with exactly the
-    capabilities its root gets (its bounding set), over an ICMP datagram socket (what ping_group_range governs)
-    and over a raw socket. Returns (dgram_result, raw_result): 'reply', 'timeout' or an errno name.
-
-    The busybox ping in the guest tree only opens raw sockets, hence this probe."""
+def as_guest(paths, doc, probe):
+    """Run ``probe()`` (returning a str) as the guest's root would run it: in its cgroup and network namespace,
+    with exactly the capabilities its root gets (its bounding set). The busybox tree has no Python and its
+    tools cannot set socket options such as IP_FREEBIND or open ICMP datagram sockets, hence this."""
     r, w = os.pipe()
     child = os.fork()
     if child == 0:
@@ -117,35 +115,10 @@ def guest_icmp_echo(paths, doc, target, timeout=2.0):
             keep = _caps.mask(_caps.resolve(doc.get('capabilities') or {}))
             _context.drop_privileges(doc)
             K.capset(keep, keep, 0)
-            results = []
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
-                try:
-                    sock = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
-                except OSError as exc:
-                    results.append(errno.errorcode[exc.errno])
-                    continue
-                sock.settimeout(timeout)
-                packet = struct.pack('!BBHHH', 8, 0, 0, 0x5653, 1) + b'vserver!'
-                csum = sum(struct.unpack('!%dH' % (len(packet) // 2), packet + b'\0' * (len(packet) % 2)))
-                csum = (csum >> 16) + (csum & 0xffff)
-                csum = ~(csum + (csum >> 16)) & 0xffff
-                packet = packet[:2] + struct.pack('!H', csum) + packet[4:]
-                sock.sendto(packet, (target, 0))
-                try:
-                    while True:
-                        data = sock.recv(1024)
-                        if kind == socket.SOCK_RAW:
-                            data = data[(data[0] & 0xf) * 4:]
-                        if data[0] == 0:
-                            results.append('reply')
-                            break
-                except socket.timeout:
-                    results.append('timeout')
-                sock.close()
-            os.write(w, ','.join(results).encode())
+            os.write(w, probe().encode())
             os._exit(0)
         except BaseException as exc:
-            os.write(w, ('error:%s' % exc).encode())
+            os.write(w, ('error:%r' % exc).encode())
             os._exit(1)
     os.close(w)
     out = b''
@@ -158,7 +131,65 @@ def guest_icmp_echo(paths, doc, target, timeout=2.0):
     os.waitpid(child, 0)
     text = out.decode()
     assert not text.startswith('error:'), text
-    return tuple(text.split(','))
+    return text
+
+
+def guest_icmp_echo(paths, doc, target, timeout=2.0):
+    """Ping ``target`` from the guest over an ICMP datagram socket (what ping_group_range governs) and over a
+    raw socket. Returns (dgram_result, raw_result): 'reply', 'timeout' or an errno name."""
+    def probe():
+        results = []
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
+            try:
+                sock = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+            except OSError as exc:
+                results.append(errno.errorcode[exc.errno])
+                continue
+            sock.settimeout(timeout)
+            packet = struct.pack('!BBHHH', 8, 0, 0, 0x5653, 1) + b'vserver!'
+            csum = sum(struct.unpack('!%dH' % (len(packet) // 2), packet))
+            csum = (csum >> 16) + (csum & 0xffff)
+            csum = ~(csum + (csum >> 16)) & 0xffff
+            sock.sendto(packet[:2] + struct.pack('!H', csum) + packet[4:], (target, 0))
+            try:
+                while True:
+                    data = sock.recv(1024)
+                    if kind == socket.SOCK_RAW:
+                        data = data[(data[0] & 0xf) * 4:]
+                    if data[0] == 0:
+                        results.append('reply')
+                        break
+            except socket.timeout:
+                results.append('timeout')
+            sock.close()
+        return ','.join(results)
+    return tuple(as_guest(paths, doc, probe).split(','))
+
+
+IP_FREEBIND, IPV6_FREEBIND = 15, 78
+
+
+def guest_send_from(paths, doc, source, target):
+    """UDP datagram from ``source`` (bound with IP(V6)_FREEBIND, an unprivileged option) to ``target`` port 9,
+    sent by the guest: 'sent', or 'bind:ERRNO' / 'send:ERRNO'."""
+    def probe():
+        v6 = ':' in target
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        try:
+            if source:
+                sock.bind((source, 0))
+        except OSError as exc:
+            return 'bind:' + errno.errorcode[exc.errno]
+        try:
+            sock.sendto(b'x', (target, 9))
+        except OSError as exc:
+            return 'send:' + errno.errorcode[exc.errno]
+        return 'sent'
+    return as_guest(paths, doc, probe)
 
 
 def http_get(ip, port, timeout=2.0):
@@ -230,6 +261,12 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
     for foreign in (ip_b, gw):
         res = serve(host_paths, 'a', '%s:7002' % foreign, 'x')
         assert res.returncode != 0 and os.strerror(errno.EADDRNOTAVAIL) in res.stderr, res.stderr
+
+    # even with IP_FREEBIND (no privilege needed) the guest cannot send from an address it does not hold
+    doc_a = _config.load(host_paths, 'a')
+    assert guest_send_from(host_paths, doc_a, ip_b, gw) == 'send:ENETUNREACH'
+    assert guest_send_from(host_paths, doc_a, ip_a, gw) == 'sent'
+    assert guest_send_from(host_paths, doc_a, None, gw) == 'sent'
 
     # a server on 0.0.0.0 in A is reached only on A's address
     port = free_port()
@@ -341,6 +378,12 @@ def test_bridge_ipv6(net, host_paths, make_guest):
     for foreign in (ip_b, gw):
         res = serve(host_paths, 'a6', '[%s]:%d' % (foreign, port + 1), 'x')
         assert res.returncode != 0 and os.strerror(errno.EADDRNOTAVAIL) in res.stderr, res.stderr
+    # IPV6_FREEBIND would let a socket send from any address: the guest's source rules stop it
+    doc_a = _config.load(host_paths, 'a6')
+    assert guest_send_from(host_paths, doc_a, ip_b, gw) == 'send:ENETUNREACH'
+    assert guest_send_from(host_paths, doc_a, net.ip6(77), gw) == 'send:ENETUNREACH'
+    assert guest_send_from(host_paths, doc_a, ip_a, gw) == 'sent'
+    assert guest_send_from(host_paths, doc_a, None, gw) == 'sent'
     assert serve(host_paths, 'b6', '[::]:%d' % port, 'six-b').returncode == 0
     res = sh(host_paths, 'a6', 'timeout 5 wget -q -O - http://[%s]:%d/' % (ip_b, port))
     assert res.returncode == 0 and res.stdout == 'six-b\n', res

@@ -10,7 +10,7 @@ from ansible_collections.vserver.core.plugins.module_utils import _netns as N
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
-def fake_state(links=(), addrs=(), routes=()):
+def fake_state(links=(), addrs=(), routes=(), rules=()):
     """A NetState built from tables instead of the kernel."""
     st = object.__new__(N.NetState)
     st.links = {}
@@ -21,6 +21,7 @@ def fake_state(links=(), addrs=(), routes=()):
     st.by_index = {link['index']: link for link in st.links.values()}
     st.addrs = [{'index': st.links[dev]['index'], 'iface': ipaddress.ip_interface(a), 'scope': 0} for dev, a in addrs]
     st.routes = [dict(r, table=254, dst_len=0, dst=None) for r in routes]
+    st.rules6 = [dict(r, family=socket.AF_INET6, table=254) for r in rules]
     return st
 
 
@@ -294,3 +295,27 @@ def test_ipv6_duplicate_address_detection_stays_on_for_lan_guests():
     bridged = N.plan_live(dict(BRIDGE_SECTION, addresses=['fd00:8::5/64'], gateway=[]), 7, 4242, host,
                           fake_state([{'name': 'lo'}]))
     assert 'addr add fd00:8::5/64 dev eth0 nodad' in bridged.guest
+
+
+def test_ipv6_source_rules_follow_the_guest_addresses():
+    host, guest = synced_states()
+    section = dict(BRIDGE_SECTION, addresses=['10.0.0.5/24', 'fd00:8::5/64', 'fd00:9::5/64'], gateway=[])
+    plan = N.plan_live(section, 7, 4242, host, guest)
+    assert plan.guest6 == ['rule add from fd00:8::5/128 lookup main pref 101',
+                           'rule add from fd00:9::5/128 lookup main pref 101', 'rule add unreachable pref 200']
+    ruled = fake_state(guest.links.values(), [('eth0', '10.0.0.5/24'), ('eth0', 'fd00:8::5/64')], rules=[
+        {'priority': 101, 'src_len': 128, 'src': ipaddress.ip_address('fd00:8::5'), 'action': 1},
+        {'priority': 101, 'src_len': 128, 'src': ipaddress.ip_address('fd00:7::5'), 'action': 1},
+        {'priority': 200, 'src_len': 0, 'src': None, 'action': 7}])
+    ruled.links = guest.links
+    ruled.by_index = guest.by_index
+    plan = N.plan_live(dict(section, addresses=['10.0.0.5/24', 'fd00:8::5/64']), 7, 4242, host, ruled)
+    assert plan.guest6 == ['rule del from fd00:7::5/128 lookup main pref 101']
+    assert N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, guest).guest6 == []   # IPv4 only: no rules
+
+
+def test_rule_parser():
+    body = struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 128, 0, 254, 0, 0, 1, 0) + \
+        rta(6, struct.pack('=I', 101)) + rta(2, socket.inet_pton(socket.AF_INET6, 'fd00:8::5'))
+    assert N.parse_rule(body) == {'family': socket.AF_INET6, 'src_len': 128, 'table': 254, 'action': 1,
+                                  'priority': 101, 'src': ipaddress.ip_address('fd00:8::5')}
