@@ -109,7 +109,6 @@ def resolve(section):
     return normalize_list(caps)
 
 
-
 # --- ccaps in the guest's network namespace, and the capabilities manager ---------------------------------
 
 PING_GROUP_RANGE = 'net/ipv4/ping_group_range'   # also governs ICMPv6 datagram sockets

@@ -66,8 +66,8 @@ def parse_size(value, field, allow_max=True, allow_zero=False):
             raise VServerError('%s: expected %s (got %r)' % (field, SIZE_FORM, value), field)
         number = int(match.group(1)) * UNITS[match.group(2).upper()]
     if number < 0 or (number == 0 and not allow_zero):
-        raise VServerError('%s: expected %s, %s (got %r)' % (field, SIZE_FORM, 'zero or more' if allow_zero
-                                                              else 'above zero', value), field)
+        least = 'zero or more' if allow_zero else 'above zero'
+        raise VServerError('%s: expected %s, %s (got %r)' % (field, SIZE_FORM, least, value), field)
     return number
 
 
@@ -244,8 +244,8 @@ def validate_cpu(raw, host, field='cpu'):
     allowed = {'fill_rate', 'interval', 'quota', 'period', 'burst'}
     unknown = set(raw) - allowed
     if unknown:
-        raise VServerError('%s: unknown keys %s; accepted: %s' % (field, ', '.join(sorted(unknown)),
-                                                                 ', '.join(sorted(allowed))), field)
+        raise VServerError('%s: unknown keys %s; accepted: %s'
+                           % (field, ', '.join(sorted(unknown)), ', '.join(sorted(allowed))), field)
     given = {k: v for k, v in raw.items() if v is not None}
     period = parse_int(given.get('period', CPU_PERIOD_DEFAULT), field + '.period', 1000, 1000000)
     ncpu = len(host.online_cpus())
@@ -631,8 +631,8 @@ def _write_setting(group, setting, raw):
                 hint = ' (the guest uses more memory than that and the kernel could not reclaim it)'
             elif exc.errno == errno.EINVAL:
                 hint = ' (the kernel refused the value)'
-            raise VServerError('%s: writing %r to %s failed: %s%s' % (setting.field, line, setting.key,
-                                                                       exc.strerror, hint), setting.field)
+            raise VServerError('%s: writing %r to %s failed: %s%s'
+                               % (setting.field, line, setting.key, exc.strerror, hint), setting.field)
 
 
 def apply(group, section, host=None):
@@ -654,7 +654,7 @@ def apply(group, section, host=None):
             except OSError:
                 pass
         raise
-    return [setting.key for setting, _ in done]
+    return [setting.key for setting, _raw in done]
 
 
 def _restore_lines(setting, raw):
@@ -678,9 +678,9 @@ def _render_state(setting):
 
 def _ordered(pending, group):
     """v1 memory: limit <= memsw must hold after every write, so raise memsw first when it grows."""
-    keys = [s.key for s, _ in pending]
+    keys = [s.key for s, _raw in pending]
     if 'memory.memsw.limit_in_bytes' in keys and 'memory.limit_in_bytes' in keys:
-        memsw = next(s for s, _ in pending if s.key == 'memory.memsw.limit_in_bytes')
+        memsw = next(s for s, _raw in pending if s.key == 'memory.memsw.limit_in_bytes')
         current_memsw = _v1_mem(group.read('memory.memsw.limit_in_bytes') or '0')
         new = memsw.value
         grows = new == MAX or (current_memsw != MAX and new > current_memsw)
@@ -732,8 +732,8 @@ def rlimit_pairs(section):
 def _explain_rlimit(name, hard, exc):
     if exc.errno == errno.EPERM:
         return ('rlimits.%s: raising the hard limit to %s needs CAP_SYS_RESOURCE, which this host\'s root lacks; '
-                'use at most the host\'s own hard limit' % (name, 'unlimited' if hard == resource.RLIM_INFINITY
-                                                           else hard))
+                'use at most the host\'s own hard limit'
+                % (name, 'unlimited' if hard == resource.RLIM_INFINITY else hard))
     return 'rlimits.%s: %s' % (name, exc)
 
 
@@ -757,7 +757,7 @@ def rlimits_differ(section, pids):
     out = []
     for pid in pids:
         try:
-            if any(resource.prlimit(pid, res) != (soft, hard) for res, _, soft, hard in pairs):
+            if any(resource.prlimit(pid, res) != (soft, hard) for res, _name, soft, hard in pairs):
                 out.append(pid)
         except (ProcessLookupError, PermissionError):
             continue
@@ -874,8 +874,8 @@ def bpf_device_programs(cgroup_dir):
     try:
         ids = ctypes.create_string_buffer(64 * 4)
         attr = struct.pack('<IIIIQI', cg_fd, BPF_CGROUP_DEVICE, 0, 0, ctypes.addressof(ids), 64)
-        _, raw = _bpf(BPF_PROG_QUERY, attr + b'\0' * (64 - len(attr)))
-        return struct.unpack_from('<I', raw, 24)[0]
+        raw = _bpf(BPF_PROG_QUERY, attr + b'\0' * (64 - len(attr)))
+        return struct.unpack_from('<I', raw[1], 24)[0]
     finally:
         os.close(cg_fd)
 
@@ -994,8 +994,8 @@ def disk_plan(root, before, after, running):
                                'set a loop image', 'disk_backend')
         if cur['backend'] is None:
             steps = ['loop_create']
-            actions = ['create a %dM %s image %s and move the tree into it' % (after['size'] >> 20, after['fstype'],
-                                                                             disk_image(root))]
+            actions = ['create a %dM %s image %s and move the tree into it'
+                       % (after['size'] >> 20, after['fstype'], disk_image(root))]
         else:
             if cur['fstype'] and cur['fstype'] != after['fstype']:
                 raise VServerError('disk_fstype: the guest\'s image holds %s; to change it remove the disk limit '
@@ -1258,7 +1258,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
         if running:
             group = rt.group
             pending = diff_files(group, after, host)
-            live = [s.key for s, _ in pending]
+            live = [s.key for s, _raw in pending]
             pids = group.procs()
             rlimit_pids = rlimits_differ(after, pids)
             if pending:
