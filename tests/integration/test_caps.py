@@ -172,6 +172,20 @@ def test_raw_icmp_ccap_ping(make_guest, host_paths, peer_netns):
     assert not _caps.ensure(host_paths, 'vst-noping', {'ccaps': ['raw_icmp']})['changed']
 
 
+def test_no_new_privs_and_custom_set(make_guest, host_paths):
+    make_guest('vst-nnp', start=True, stop_timeout=1, stop_signal='SIGKILL',
+               capabilities=_caps.validate({'bcaps': ['CAP_CHOWN', 'kill', 'setuid', 'setgid'],
+                                            'no_new_privs': True}))
+    status = K.read_status(_context.Runtime(host_paths, 'vst-nnp').init_pid())
+    assert status['NoNewPrivs'] == '1'
+    assert _caps.names_from_mask(int(status['CapBnd'], 16)) == ['chown', 'kill', 'setgid', 'setuid']
+    inside = guest_sh(host_paths, 'vst-nnp', 'grep -E "^(NoNewPrivs|CapBnd)" /proc/self/status; '
+                                             'touch /tmp/x; chown 7 /tmp/x && echo chowned; '
+                                             'httpd -p 127.0.0.1:80 -h /tmp')
+    assert 'NoNewPrivs:\t1' in inside.stdout and 'chowned' in inside.stdout
+    assert 'Permission denied' in inside.stderr or 'not permitted' in inside.stderr   # no net_bind_service
+
+
 def test_bad_capability_names_write_nothing(make_guest, host_paths):
     make_guest('vst-capbad')
     before = open(host_paths.config_file('vst-capbad'), 'rb').read()

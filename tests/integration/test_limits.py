@@ -176,16 +176,22 @@ def test_devices_only_minimal_dev(make_guest, host_paths):
         assert _limits.bpf_device_programs(group.unified_dir()) == 1
 
 
-def _block_node():
-    """An existing block device node on this host, e.g. /dev/vda or /dev/loop0."""
+def _forbidden_nodes():
+    """Existing device nodes outside the guests' allow-list: a block device if the host has one, and a
+    character device such as /dev/kmsg (1:11) or /dev/mem (1:1)."""
+    out = []
     for majmin in sorted(os.listdir('/sys/dev/block')):
         with open('/sys/dev/block/%s/uevent' % majmin) as handle:
-            for line in handle:
-                if line.startswith('DEVNAME='):
-                    path = '/dev/' + line.split('=', 1)[1].strip()
-                    if os.path.exists(path):
-                        return path
-    raise AssertionError('no block device node on this host')
+            names = [line.split('=', 1)[1].strip() for line in handle if line.startswith('DEVNAME=')]
+        if names and os.path.exists('/dev/' + names[0]):
+            out.append('/dev/' + names[0])
+            break
+    for path in ('/dev/kmsg', '/dev/mem', '/dev/tty0'):
+        if os.path.exists(path):
+            out.append(path)
+            break
+    assert out, 'no device node outside the allow-list on this host'
+    return out
 
 
 def _probe_in(cgroup_dir, paths):
@@ -221,13 +227,14 @@ def test_bpf_device_program_alone(host_paths):
     path = os.path.join(unified, host_paths.cgroup_parent + '-bpf')
     os.mkdir(path)
     try:
-        block = _block_node()
-        assert _probe_in(path, ['/dev/null', block]) == {'/dev/null': 0, block: 0}
+        forbidden = _forbidden_nodes()
+        assert _probe_in(path, ['/dev/null'] + forbidden) == dict.fromkeys(['/dev/null'] + forbidden, 0)
         _limits.bpf_attach_devices(path)
         _limits.bpf_attach_devices(path)          # re-applying replaces, never stacks
         assert _limits.bpf_device_programs(path) == 1
-        assert _probe_in(path, ['/dev/null', '/dev/zero', '/dev/urandom', block]) == {
-            '/dev/null': 0, '/dev/zero': 0, '/dev/urandom': 0, block: 1}    # EPERM
+        allowed = ['/dev/null', '/dev/zero', '/dev/urandom']
+        assert _probe_in(path, allowed + forbidden) == dict(dict.fromkeys(allowed, 0),
+                                                            **dict.fromkeys(forbidden, 1))    # EPERM
     finally:
         os.rmdir(path)
 
@@ -236,7 +243,8 @@ def test_limits_check_live_idempotent_and_removal(make_guest, host_paths):
     _guest(make_guest, 'vst-live')
     group = _group(host_paths, 'vst-live')
     before_files = _limits.current(group)
-    want = {'memory': '48M', 'memory_high': '40M', 'nproc': 40, 'cpu': {'quota': 30000, 'period': 100000},
+    want = {'memory': '48M', 'memory_high': '40M', 'nproc': 40,
+            'cpu': {'quota': 30000, 'period': 100000, 'burst': 10000},
             'cpu_weight': 200, 'cpuset': '0'}
     check = _limits.ensure(host_paths, 'vst-live', want, check_mode=True)
     assert check['changed'] and check['live']
@@ -250,9 +258,11 @@ def test_limits_check_live_idempotent_and_removal(make_guest, host_paths):
     assert int(group.read(mem)) == 48 << 20 and group.read('pids.max') == '40'
     if LAYOUT.version == 2:
         assert group.read('cpu.max') == '30000 100000' and group.read('cpu.weight') == '200'
+        assert group.read('cpu.max.burst') == '10000'
         assert int(group.read('memory.high')) == 40 << 20
     else:
         assert group.read('cpu.cfs_quota_us') == '30000' and group.read('cpu.shares') == '2048'
+        assert group.read('cpu.cfs_burst_us') == '10000'
     assert group.read('cpuset.cpus') == '0'
     assert not _limits.ensure(host_paths, 'vst-live', want)['changed']    # idempotent
 
