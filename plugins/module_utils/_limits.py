@@ -380,15 +380,11 @@ def validate(params, host=None, layout=None):
 class Setting:
     """One cgroup file: the value to write and how to compare it with what the kernel reads back."""
 
-    def __init__(self, key, value, field, norm=None, remove=None):
+    def __init__(self, key, value, field, norm=None):
         self.key = key
         self.value = value          # canonical desired value (compared after norm())
         self.field = field          # the option it comes from (for error messages)
         self.norm = norm or (lambda raw: raw.strip())
-        self.remove = remove        # for keyed files: raw -> lines to write that clear stale entries
-
-    def render(self):
-        return self.value if not isinstance(self.value, dict) else None
 
     def __repr__(self):
         return 'Setting(%s=%r)' % (self.key, self.value)
@@ -677,16 +673,25 @@ def _render_state(setting):
 
 
 def _ordered(pending, group):
-    """v1 memory: limit <= memsw must hold after every write, so raise memsw first when it grows."""
+    """Write order that keeps the kernel's invariants true after every single write:
+    v1 memory.limit_in_bytes <= memory.memsw.limit_in_bytes, and a CFS burst <= its quota."""
     keys = [s.key for s, _raw in pending]
+    first = set()
     if 'memory.memsw.limit_in_bytes' in keys and 'memory.limit_in_bytes' in keys:
         memsw = next(s for s, _raw in pending if s.key == 'memory.memsw.limit_in_bytes')
         current_memsw = _v1_mem(group.read('memory.memsw.limit_in_bytes') or '0')
         new = memsw.value
         grows = new == MAX or (current_memsw != MAX and new > current_memsw)
-        first = 'memory.memsw.limit_in_bytes' if grows else 'memory.limit_in_bytes'
-        pending = sorted(pending, key=lambda item: 0 if item[0].key == first else 1)
-    return pending
+        first.add('memory.memsw.limit_in_bytes' if grows else 'memory.limit_in_bytes')
+    for setting, raw in pending:
+        if setting.key in ('cpu.max.burst', 'cpu.cfs_burst_us'):
+            try:
+                shrinks = setting.value < int(raw.strip())
+            except (AttributeError, ValueError):
+                shrinks = False
+            if shrinks:
+                first.add(setting.key)
+    return sorted(pending, key=lambda item: 0 if item[0].key in first else 1)
 
 
 def current(group, section_keys=None):

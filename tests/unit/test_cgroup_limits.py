@@ -203,6 +203,17 @@ def test_v1_memsw_written_first_when_it_grows():
     assert layout.version == 1
 
 
+def test_burst_written_before_a_lower_quota():
+    quota = _limits.Setting('cpu.max', '20000 100000', 'cpu')
+    burst = _limits.Setting('cpu.max.burst', 5000, 'cpu.burst')
+    order = _limits._ordered([(quota, '50000 100000'), (burst, '40000')], None)
+    assert [s.key for s, _raw in order] == ['cpu.max.burst', 'cpu.max']
+    burst_up = _limits.Setting('cpu.max.burst', 30000, 'cpu.burst')
+    quota_up = _limits.Setting('cpu.max', '60000 100000', 'cpu')
+    order = _limits._ordered([(quota_up, '50000 100000'), (burst_up, '5000')], None)
+    assert [s.key for s, _raw in order] == ['cpu.max', 'cpu.max.burst']
+
+
 def test_v1_io_weight_needs_bfq(tmp_path):
     layout, _ = fake_v1(tmp_path / 'a')
     with pytest.raises(VServerError) as err:
