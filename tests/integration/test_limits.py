@@ -297,3 +297,26 @@ def test_bad_input_writes_nothing_on_running_guest(make_guest, host_paths):
         assert err.value.field == field, (params, err.value.field, str(err.value))
     assert _limits.current(group) == files
     assert open(host_paths.config_file('vst-bad'), 'rb').read() == config
+
+
+def test_v2_backend_guest_devices(make_guest, host_paths):
+    """A whole guest on the cgroup v2 backend: on this hybrid host its cgroup lives in the (controller-less)
+    cgroup2 mount, so only the eBPF device program stands between a guest given CAP_MKNOD and the disks;
+    in the v2 VM this is simply the host's layout."""
+    layout = _cgroup.Layout(2, unified=LAYOUT.unified)
+    doc = make_guest('vst-v2dev', capabilities={'bcaps_add': ['mknod']}, stop_timeout=1, stop_signal='SIGKILL')
+    _context.start(host_paths, doc, layout=layout)
+    try:
+        group = _context.Runtime(host_paths, 'vst-v2dev', layout).group
+        assert group.path.startswith(LAYOUT.unified) and _limits.bpf_device_programs(group.path) == 1
+        out = os.path.join(doc['root'], 'tmp', 'out')
+        # /dev is the guest's tmpfs (the tree itself is mounted nodev)
+        script = ('mknod /dev/n c 1 3 && echo x > /dev/n && echo allowed > /tmp/out; '
+                  'for n in "b 254 0" "b 7 0" "c 1 1" "c 10 237"; do mknod /dev/f $n 2>> /tmp/out; done')
+        assert _context.enter(host_paths, doc, ['/bin/sh', '-c', script], layout=layout) != 0
+        lines = open(out).read().splitlines()
+        assert lines[0] == 'allowed' and len(lines) == 5
+        assert all('Operation not permitted' in line for line in lines[1:]), lines
+    finally:
+        _context.stop(host_paths, doc, layout=layout)
+    assert not os.path.exists(os.path.join(LAYOUT.unified, host_paths.cgroup_parent, 'vst-v2dev'))
