@@ -537,3 +537,19 @@ def test_live_rename_and_mtu(net, host_paths, make_guest):
     assert ensure(host_paths, name='ren', mtu=1400, address=net.cidr4(2))['actions'] == ['update config', 'set mtu 1400']
     assert 'mtu 1400' in sh(host_paths, 'ren', 'ip link show net0').stdout
     assert len([n for n in _host_links() if n.startswith(net.bridge + '-')]) == 1   # one veth, the old one gone
+
+
+def test_failed_start_rolls_back_the_links_it_created(net, host_paths, make_guest):
+    """A config edited by hand (gateway off every subnet: the module would refuse it) fails at start, in the
+    guest half of the change; the bridge and veth created by that start are gone and the guest is not running."""
+    doc = make_guest('broken', network={'mode': 'bridge', 'bridge': net.bridge, 'interface': 'eth0',
+                                        'addresses': [net.cidr4(2)], 'gateway': ['203.0.113.1']})
+    with pytest.raises(VServerError) as err:
+        _context.start(host_paths, doc)
+    assert 'route replace 0.0.0.0/0 via 203.0.113.1' in str(err.value)
+    assert not [n for n in _host_links() if n.startswith(net.bridge)]
+    assert _context.Runtime(host_paths, 'broken').state() == 'stopped'
+    # fixed through the module, the same guest starts
+    ensure(host_paths, name='broken', address=net.cidr4(2), gateway=[net.ip4(1)])
+    _context.start(host_paths, _config.load(host_paths, 'broken'))
+    assert guest_addrs(host_paths, 'broken')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(2)}
