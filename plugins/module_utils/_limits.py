@@ -694,7 +694,7 @@ def _ordered(pending, group):
     return sorted(pending, key=lambda item: 0 if item[0].key in first else 1)
 
 
-def current(group, section_keys=None):
+def current(group):
     """The kernel's view of the guest's limits (for reports): {file: raw value}."""
     out = {}
     for setting in settings({}, group.layout, group):

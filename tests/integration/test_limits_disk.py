@@ -72,9 +72,12 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     assert pending['restart_required'] and os.path.exists(image) and _mounted(root)
     assert pending['actions'] == ['at the next start: move the tree out of its disk image %s and delete it' % image]
     assert not _limits.ensure(host_paths, 'vst-disk', {})['changed']
-    # ... which the restart option does: the tree is a plain directory again
-    done = _limits.ensure(host_paths, 'vst-disk', {}, restart=True)
-    assert done['restarted'] and not os.path.exists(image) and not _mounted(root)
+    # ... and happens at the next start (here a plain stop and start): the tree is a plain directory again
+    current = _limits_doc(host_paths, 'vst-disk')
+    _context.stop(host_paths, current)
+    assert os.path.exists(image)
+    _context.start(host_paths, current)
+    assert not os.path.exists(image) and not _mounted(root)
     assert os.path.exists(os.path.join(root, 'bin', 'busybox'))
     assert _context.Runtime(host_paths, 'vst-disk').init_pid()
 
