@@ -197,8 +197,8 @@ def desired(current, opts):
         raise VServerError('mtu must be at least 1280 for a guest with IPv6 addresses (got %d)' % new['mtu'], 'mtu')
     if opts['gateway'] is not None:
         new['gateway'] = [str(g) for g in opts['gateway']]
-    elif current.get('gateway'):
-        new['gateway'] = list(current['gateway'])
+    elif current.get('gateway') is not None:
+        new['gateway'] = list(current['gateway'])  # [] stays: "no default route" until a gateway is given
     return new
 
 
@@ -212,8 +212,7 @@ def resolve_gateways(section, explicit, host):
     own = {i.ip for i in ifaces}
     wanted = [_ip(g) for g in section.get('gateway') or []]
     out = []
-    if explicit and not wanted:  # gateway: [] -- no default route at all
-        section.pop('gateway', None)
+    if not wanted and section.get('gateway') == []:  # gateway: [] -- no default route at all
         return section
     for version in (4, 6):
         nets = [i.network for i in ifaces if i.version == version]

@@ -81,6 +81,7 @@ options:
       - Default gateway(s), at most one IPv4 and one IPv6 address, each inside one of the guest's subnets.
       - Default, per family, the bridge's address in the guest's subnet, else the first host address of that
         subnet (which the bridge then gets). C(macvlan) guests get no default route unless given one.
+      - An empty list means no default route; it is kept until a gateway is given again.
     type: list
     elements: str
   mtu:

@@ -127,7 +127,9 @@ def test_gateway_defaults_and_refusals():
     with pytest.raises(VServerError):
         resolve({'mode': 'bridge', 'bridge': 'b', 'addresses': ['10.0.0.5/24'], 'gateway': ['fd00::1']}, True)
     # an explicit empty list: no default route; a stored gateway outside the new subnet is re-chosen
-    assert 'gateway' not in resolve(dict(base, gateway=[]), True)
+    assert resolve(dict(base, gateway=[]), True)['gateway'] == []
+    assert resolve(dict(base, gateway=[]))['gateway'] == []      # kept until a gateway is given
+    assert desired({'addresses': ['10.0.0.5/24'], 'gateway': []}, address='10.0.0.6/24')['gateway'] == []
     assert resolve(dict(base, gateway=['10.9.0.1']))['gateway'] == ['10.0.0.1', 'fd00:8::1']
     # macvlan: no default unless given; a guest holding .1 gets no automatic gateway
     assert 'gateway' not in resolve({'mode': 'macvlan', 'parent': 'eth0', 'addresses': ['10.0.0.5/24']})
