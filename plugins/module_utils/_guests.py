@@ -22,24 +22,30 @@ from ansible_collections.vserver.core.plugins.module_utils._common import (
 # restart_required). They are written by other parts of the collection; a guest that asks for a concern
 # whose manager is missing fails with a clear message.
 try:
-    from ansible_collections.vserver.core.plugins.module_utils import _capabilities
+    from ansible_collections.vserver.core.plugins.module_utils import _caps
 except ImportError:  # pragma: no cover
-    _capabilities = None
+    _caps = None
 try:
     from ansible_collections.vserver.core.plugins.module_utils import _limits
 except ImportError:  # pragma: no cover
     _limits = None
 try:
-    from ansible_collections.vserver.core.plugins.module_utils import _address
+    from ansible_collections.vserver.core.plugins.module_utils import _netns
 except ImportError:  # pragma: no cover
-    _address = None
+    _netns = None
 
 STATES = ('started', 'stopped', 'present', 'frozen', 'absent')
 TEMPLATES = ('busybox', 'none', 'clone')
 CONTEXT_KEYS = ('xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout')
 GUEST_KEYS = set(CONTEXT_KEYS) | {'name', 'state', 'template', 'clone_from', 'capabilities', 'limits', 'addresses',
-                                  'network', 'autostart', 'purge', 'config'}
+                                  'network', 'autostart', 'purge', 'config', 'files', 'root_password_hash',
+                                  'root_authorized_keys'}
 AUTOSTART_DIR = 'autostart'
+# the single-purpose modules' option defaults, so a guest entry means the same as those modules' tasks
+CAPS_DEFAULTS = {'bcaps': None, 'bcaps_add': None, 'bcaps_drop': None, 'ccaps': None, 'no_new_privs': False}
+LIMITS_DEFAULTS = {'memory': None, 'memory_high': None, 'swap': None, 'nproc': None, 'cpu': None, 'cpu_weight': None,
+                   'cpuset': None, 'io': None, 'rlimits': None, 'disk': None, 'disk_backend': 'auto',
+                   'disk_fstype': 'ext4'}
 FS_IOC_GETFLAGS = 0x80086601
 FS_IMMUTABLE_FL = 0x10
 
@@ -48,11 +54,16 @@ def autostart_dir(paths):
     return os.path.join(paths.config_dir, AUTOSTART_DIR)
 
 
-def _concern(name):
-    module = {'capabilities': _capabilities, 'limits': _limits, 'network': _address}[name]
+def _concern(concern):
+    """``ensure`` of a concern's manager as f(paths, name, params, check_mode)."""
+    module = {'capabilities': _caps, 'limits': _limits, 'network': _netns}[concern]
     if module is None or not hasattr(module, 'ensure'):
-        raise VServerError('%s: this installation of vserver.core has no %s manager' % (name, name), name)
-    return module.ensure
+        raise VServerError('%s: this installation of vserver.core has no %s manager' % (concern, concern), concern)
+    import inspect
+    args = list(inspect.signature(module.ensure).parameters)
+    if len(args) > 1 and args[1] == 'name':
+        return lambda paths, name, params, check_mode: module.ensure(paths, name, params, check_mode)
+    return lambda paths, name, params, check_mode: module.ensure(paths, dict(params, name=name), check_mode)
 
 
 def validate(guests, prune=False):
@@ -99,6 +110,22 @@ def validate(guests, prune=False):
         for key in ('capabilities', 'limits', 'network'):
             if spec.get(key) is not None and not isinstance(spec[key], dict):
                 raise VServerError('%s.%s must be a dict of that module\'s options' % (field, key), field + '.' + key)
+        files = spec.get('files') or {}
+        if not isinstance(files, dict):
+            raise VServerError('%s.files must be a dict of absolute guest paths to contents' % field, field + '.files')
+        for fpath, value in files.items():
+            _check_guest_path(fpath, '%s.files' % field)
+            if not isinstance(value, (str, dict)) or (isinstance(value, dict) and 'content' not in value):
+                raise VServerError('%s.files[%s] must be a string or a dict with content (and mode)' % (field, fpath),
+                                   field + '.files')
+        pw = spec.get('root_password_hash')
+        if pw is not None and (not isinstance(pw, str) or ':' in pw or '\n' in pw or not pw):
+            raise VServerError('%s.root_password_hash must be a crypt(3) hash, "!" (locked) or "*" (no password), '
+                               'without ":"' % field, field + '.root_password_hash')
+        keys = spec.get('root_authorized_keys')
+        if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+            raise VServerError('%s.root_authorized_keys must be a list of public key lines' % field,
+                               field + '.root_authorized_keys')
         # context options are validated by the context manager itself (same messages as the module)
         ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
         ctx.update(name=name, state='present', template='none' if spec['template'] == 'clone' else spec['template'])
@@ -186,6 +213,121 @@ def clone_tree(src, dst):
     return counts
 
 
+def _check_guest_path(path, field):
+    if not isinstance(path, str) or not path.startswith('/') or '\x00' in path or \
+            any(part in ('..', '.') for part in path.split('/')[1:]) or path.endswith('/'):
+        raise VServerError('%s: %r must be an absolute file path inside the guest without "." or ".."'
+                           % (field, path), field)
+
+
+def _open_dir_in_tree(root, parts, create=False):
+    """fd of directory root/parts..., resolving every component with O_NOFOLLOW: a symlink the guest planted
+    cannot lead the host's write outside the tree."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o700 if part == '.ssh' else 0o755, dir_fd=fd)
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except OSError as exc:
+        os.close(fd)
+        raise VServerError('cannot reach %s/%s inside the guest tree safely: %s' % (root, '/'.join(parts), exc),
+                           'files')
+    return fd
+
+
+def read_in_tree(root, path):
+    parts = path.strip('/').split('/')
+    try:
+        dfd = _open_dir_in_tree(root, parts[:-1])
+    except (VServerError, FileNotFoundError):
+        return None, None
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return None, None
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        with os.fdopen(fd, 'rb', closefd=False) as handle:
+            return handle.read(), stat.S_IMODE(st.st_mode)
+    finally:
+        os.close(fd)
+
+
+def write_in_tree(root, path, data, mode):
+    """Atomically replace ROOT/PATH (no symlink followed anywhere), owned by root."""
+    parts = path.strip('/').split('/')
+    dfd = _open_dir_in_tree(root, parts[:-1], create=True)
+    tmp = '.%s.vserver-tmp' % parts[-1]
+    try:
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        try:
+            os.fchmod(fd, mode)
+            os.fchown(fd, 0, 0)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _desired_files(root, spec):
+    """guest path -> (bytes, mode) for the files and root-login policy the spec asks for."""
+    out = {}
+    for fpath, value in (spec.get('files') or {}).items():
+        if isinstance(value, dict):
+            mode = int(str(value.get('mode', '0644')), 8)
+            content = value['content']
+        else:
+            mode, content = 0o644, value
+        out[fpath] = (content.encode(), mode)
+    if spec.get('root_password_hash') is not None:
+        current, mode = read_in_tree(root, '/etc/shadow')
+        lines = (current or b'').decode().splitlines()
+        found = False
+        for i, line in enumerate(lines):
+            fields = line.split(':')
+            if fields[0] == 'root' and len(fields) > 1:
+                fields[1] = spec['root_password_hash']
+                lines[i] = ':'.join(fields)
+                found = True
+        if not found:
+            lines.insert(0, 'root:%s:19000:0:99999:7:::' % spec['root_password_hash'])
+        out['/etc/shadow'] = (('\n'.join(lines) + '\n').encode(), mode or 0o640)
+    if spec.get('root_authorized_keys') is not None:
+        keys = ''.join(k.rstrip('\n') + '\n' for k in spec['root_authorized_keys'])
+        out['/root/.ssh/authorized_keys'] = (keys.encode(), 0o600)
+    return out
+
+
+def _files(root, spec, check_mode):
+    actions = []
+    for fpath, (data, mode) in sorted(_desired_files(root, spec).items()):
+        current, current_mode = read_in_tree(root, fpath)
+        if current == data and current_mode == mode:
+            continue
+        actions.append('write %s' % fpath)
+        if not check_mode:
+            write_in_tree(root, fpath, data, mode)
+    return actions
+
+
 def _autostart(paths, name, wanted, check_mode):
     """The boot mark: CONFIG_DIR/autostart/NAME exists for guests that start at boot."""
     mark = os.path.join(autostart_dir(paths), name)
@@ -261,12 +403,17 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False):
     actions.extend(a for a in res['actions'] if not (template == 'clone' and a.startswith('build tree')))
     diff_before['context'] = res.get('diff', {}).get('before')
     diff_after['context'] = res.get('diff', {}).get('after')
-    exists = _config.load(paths, name) is not None
+    doc = _config.load(paths, name)
+    exists = doc is not None
+    if exists and os.path.isdir(doc.get('root') or ''):
+        actions.extend(_files(doc['root'], spec, check_mode))
+    elif spec.get('files') or spec.get('root_password_hash') or spec.get('root_authorized_keys') is not None:
+        actions.append('write guest files')
     sections = []
     if spec.get('capabilities') is not None:
-        sections.append(('capabilities', dict(spec['capabilities'])))
+        sections.append(('capabilities', dict(CAPS_DEFAULTS, **spec['capabilities'])))
     if spec.get('limits') is not None:
-        sections.append(('limits', dict(spec['limits'])))
+        sections.append(('limits', dict(LIMITS_DEFAULTS, **spec['limits'])))
     if spec.get('addresses') is not None or spec.get('network') is not None:
         params = dict(spec.get('network') or {})
         if spec.get('addresses') is not None:
@@ -276,9 +423,10 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False):
         if check_mode and not exists:
             actions.append('configure %s' % concern)  # new guest: every section will be written
             continue
-        params['name'] = name
-        params.setdefault('state', 'present')
-        res = _concern(concern)(paths, params, check_mode)
+        if concern == 'network':
+            params.setdefault('state', 'present')
+            params.setdefault('exclusive', True)  # the list is the guest's whole set of addresses
+        res = _concern(concern)(paths, name, params, check_mode)
         if res.get('changed'):
             actions.extend('%s: %s' % (concern, a) for a in res.get('actions') or ['update'])
             diff_before[concern] = res.get('diff', {}).get('before')

@@ -1,0 +1,77 @@
+"""Fleet verification, per host (testinfra over the same ssh as Ansible): after site.yml and the migration of
+fleet-web from vst-fleet1 to vst-fleet3, each host runs exactly its guests, in its own cgroup parent."""
+import json
+
+EXPECTED = {
+    'vst-fleet1': {'running': {'fleet-dns'}, 'stopped': {'fleet-web'}},
+    'vst-fleet2': {'running': {'fleet-mail'}, 'stopped': set()},
+    'vst-fleet3': {'running': {'fleet-moodle', 'fleet-web'}, 'stopped': set()},
+}
+
+
+def vserver(host, *args):
+    return host.run("set -a; . /etc/default/vserver; set +a; exec vserver %s" % ' '.join(args))
+
+
+def name(host):
+    return host.ansible.get_variables()['inventory_hostname']
+
+
+def test_own_hostname_and_mounts(host):
+    me = name(host)
+    assert host.run('hostname').stdout.strip() == me
+    for path in ('/etc/vservers', '/var/lib/vservers'):
+        assert host.mount_point(path).exists
+    assert host.file('/etc/default/vserver').contains('VSERVER_CGROUP_PARENT=vstest-%s' % me.replace('vst-', ''))
+
+
+def test_guest_states(host):
+    me = name(host)
+    listed = set(vserver(host, 'list').stdout.split())
+    want = EXPECTED[me]
+    assert listed == want['running'] | want['stopped']
+    for guest in want['running']:
+        assert vserver(host, guest, 'status').rc == 0, guest
+    for guest in want['stopped']:
+        assert vserver(host, guest, 'status').rc == 3, guest
+
+
+def test_guests_live_in_this_hosts_cgroup_parent(host):
+    me = name(host)
+    parent = 'vstest-' + me.replace('vst-', '')
+    for guest in EXPECTED[me]['running']:
+        state = json.loads(host.file('/run/vservers/%s/state.json' % guest).content_string)
+        cgroups = host.file('/proc/%d/cgroup' % state['init_pid']).content_string
+        assert ('/%s/%s' % (parent, guest)) in cgroups
+    # nothing of a stopped (migrated away) guest is left on this host
+    for guest in EXPECTED[me]['stopped']:
+        assert not host.file('/run/vservers/%s' % guest).exists
+        out = host.run("grep -l '/%s/%s' /proc/[0-9]*/cgroup 2>/dev/null" % (parent, guest))
+        assert out.stdout.strip() == ''
+
+
+def test_guests_answer_on_their_addresses(host):
+    me = name(host)
+    addresses = {'fleet-web': '198.18.20.11', 'fleet-dns': '198.18.20.12', 'fleet-mail': '198.18.20.21',
+                 'fleet-moodle': '198.18.20.31'}
+    for guest in EXPECTED[me]['running']:
+        assert host.run('busybox ping -c 1 -W 2 %s' % addresses[guest]).rc == 0, guest
+    for guest in EXPECTED[me]['stopped']:
+        assert host.run('busybox ping -c 1 -W 1 %s' % addresses[guest]).rc != 0, guest
+
+
+def test_migrated_guest(host):
+    me = name(host)
+    mark = host.file('/etc/vservers/autostart/fleet-web')
+    if me == 'vst-fleet3':
+        assert mark.exists
+        tree = host.file('/var/lib/vservers/fleet-web/bin/busybox')
+        assert tree.exists
+        conf = json.loads(host.file('/etc/vservers/fleet-web.json').content_string)
+        assert conf['xid'] == 1101 and conf['root'] == '/var/lib/vservers/fleet-web'
+        assert conf['network']['addresses'] == ['198.18.20.11/24']
+        assert conf['limits']['nproc'] == 64
+        assert host.run("set -a; . /etc/default/vserver; vserver fleet-web exec hostname").stdout.strip() == 'web.fleet.test'
+    elif me == 'vst-fleet1':
+        assert not mark.exists
+        assert host.file('/etc/vservers/fleet-web.json').exists  # retired, kept stopped

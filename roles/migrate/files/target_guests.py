@@ -1,0 +1,24 @@
+# Runs on the migration target: its guests' names, xids and addresses, and the free space for trees (stdlib only).
+import json, os, sys
+config_dir, tree_dir = sys.argv[1], sys.argv[2]
+guests = {}
+try:
+    entries = os.listdir(config_dir)
+except FileNotFoundError:
+    entries = []
+for entry in entries:
+    if entry.endswith('.json') and not entry.startswith('.'):
+        try:
+            with open(os.path.join(config_dir, entry)) as handle:
+                doc = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        guests[entry[:-5]] = {'xid': doc.get('xid'), 'addresses': (doc.get('network') or {}).get('addresses') or []}
+probe = tree_dir
+while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+st = os.statvfs(probe)
+roots = {}
+if os.path.isdir(tree_dir):
+    roots = {name: True for name in os.listdir(tree_dir)}
+print(json.dumps({'guests': guests, 'free_bytes': st.f_bavail * st.f_frsize, 'root_exists': roots}))
