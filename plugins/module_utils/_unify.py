@@ -36,9 +36,7 @@ import sqlite3
 import stat
 import resource
 import struct
-import threading
 import time
-from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.vserver.core.plugins.module_utils import _config
@@ -65,6 +63,7 @@ CHUNK = 1 << 20
 BATCH_BYTES = 64 << 20
 BATCH_FILES = 64
 WORKERS = 4
+ACT_WORKERS = 8
 OURS_IMMUTABLE = 1  # index flags: we set the immutable flag on this inode
 FLAGS_KNOWN = 2  # the flags below were read at this ctime
 FLAGS_IMMUTABLE = 4  # the inode is immutable (ours or not)
@@ -167,9 +166,18 @@ class Rules:
     excluded if it matches an exclude pattern, else it inherits its directory's verdict.
     """
 
-    def __init__(self, exclude, include=(), extra_exclude=()):
-        self.exclude = self._compile(list(exclude) + list(extra_exclude))
+    def __init__(self, exclude, include=(), literal_exclude=()):
+        self.literal = set(literal_exclude)
+        self.literal_dirs = set()
+        globbed = []
+        for pat in exclude:
+            if pat.startswith('/') and not re.search(r'[*?\[]', pat):
+                (self.literal_dirs if pat.endswith('/') else self.literal).add('/' + pat.strip('/'))
+            else:
+                globbed.append(pat)
+        self.exclude = self._compile(globbed)
         self.include = self._compile(list(include))
+        self.has_include = bool(include)
         self.include_anchored = []
         self.include_floating = False
         for pat in include:
@@ -194,9 +202,11 @@ class Rules:
 
     def verdict(self, rel, is_dir, parent_excluded):
         """True if ``rel`` is excluded."""
-        if self._match(self.include, rel, is_dir):
+        if self.has_include and self._match(self.include, rel, is_dir):
             return False
-        if self._match(self.exclude, rel, is_dir):
+        if rel in self.literal or (is_dir and rel in self.literal_dirs):
+            return True
+        if (self.exclude[0] is not None or self.exclude[1] is not None) and self._match(self.exclude, rel, is_dir):
             return True
         return parent_excluded
 
@@ -222,7 +232,7 @@ class Rules:
 
 
 def conffiles(root):
-    """Package manager configuration files of a guest (dpkg ``*.conffiles``), as anchored patterns."""
+    """Package manager configuration files of a guest (dpkg ``*.conffiles``): literal '/'-rooted paths."""
     info = os.path.join(root, 'var/lib/dpkg/info')
     out = []
     try:
@@ -238,14 +248,10 @@ def conffiles(root):
                     words = line.split()
                     path = next((w for w in reversed(words) if w.startswith('/')), None)
                     if path and '..' not in path.split('/'):
-                        out.append(_escape_glob(path))
+                        out.append('/' + path.strip('/'))
         except OSError:
             continue
     return out
-
-
-def _escape_glob(path):
-    return re.sub(r'([*?\[])', r'[\1]', path)
 
 
 # --- kernel helpers -----------------------------------------------------------------------------------
@@ -367,10 +373,13 @@ def open_for_write(proc='/proc'):
     return found
 
 
-def xattr_key(path):
-    """Sorted (name, value) pairs of a file's xattrs (security.capability included), without following."""
+def xattr_key(target):
+    """Digest of a file's sorted xattr (name, value) pairs, security.capability included; b'' if none.
+
+    ``target`` is an open fd (or a path, not followed)."""
+    follow = isinstance(target, int)
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(target, follow_symlinks=follow)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return b''
@@ -380,7 +389,7 @@ def xattr_key(path):
     h = hashlib.sha256()
     for name in sorted(names):
         h.update(name.encode() + b'\0')
-        value = os.getxattr(path, name, follow_symlinks=False)
+        value = os.getxattr(target, name, follow_symlinks=follow)
         h.update(struct.pack('Q', len(value)) + value)
     return h.digest()
 
@@ -423,7 +432,7 @@ class Index:
         if self.conn is None or not devs:
             return
         try:
-            query = 'SELECT dev, ino, size, mtime, ctime, hash, xattr, flags FROM inode WHERE dev IN (%s)' % \
+            query = 'SELECT dev, ino, size, mtime, ctime, hash, xattr, flags, seen FROM inode WHERE dev IN (%s)' % \
                 ','.join('?' * len(devs))
             for row in self.conn.execute(query, sorted(devs)):
                 self.rows[(row[0], row[1])] = row[2:]
@@ -437,12 +446,17 @@ class Index:
         return None
 
     def save(self, rows, drop):
+        """Write the rows that changed (and refresh 'seen' monthly); forget rows unseen for 180 days."""
         now = int(time.time())
+        write = []
+        for row in rows:
+            old = self.rows.get(row[:2])
+            if old is None or tuple(old[:6]) != row[2:] or (old[6] or 0) < now - 30 * 86400:
+                write.append(row + (now,))
         with self.conn:
             if drop:
                 self.conn.executemany('DELETE FROM inode WHERE dev=? AND ino=?', list(drop))
-            self.conn.executemany('INSERT OR REPLACE INTO inode VALUES (?,?,?,?,?,?,?,?,?)',
-                                  [r + (now,) for r in rows])
+            self.conn.executemany('INSERT OR REPLACE INTO inode VALUES (?,?,?,?,?,?,?,?,?)', write)
             self.conn.execute('DELETE FROM inode WHERE seen < ?', (now - 180 * 86400,))
 
     def close(self):
@@ -465,7 +479,7 @@ class Dirs:
         self.paths = []
         self.ids = []
         self.fds = []
-        self.lock = threading.Lock()
+        self.kept = 0
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.saved_limit = (soft, hard)
         if soft < hard:
@@ -479,7 +493,8 @@ class Dirs:
     def add(self, path, fd, st):
         self.paths.append(path)
         self.ids.append((st.st_dev, st.st_ino))
-        if len(self.fds) - self.fds.count(None) < self.budget:
+        if self.kept < self.budget:
+            self.kept += 1
             self.fds.append(fd)
         else:
             os.close(fd)
@@ -624,9 +639,6 @@ def walk(root, guest, mutable, rules, scan, busy, whole=False):
                 except OSError:
                     skipped['unreadable'] += 1
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    skipped['special'] += 1
-                    continue
                 if st.st_dev != dev:
                     skipped['other_filesystem'] += 1
                     continue
@@ -667,21 +679,36 @@ def _read_full(fd, size):
     return b''.join(parts)
 
 
-def partition(nodes):
-    """Split nodes (same size) into classes of byte-identical content, reading each file once.
+def partition(nodes, xattrs=True):
+    """Split nodes (same size) into classes of byte-identical content (and equal xattrs), reading each
+    file once.
 
     Returns [(sha256 digest, [nodes])]. Files that cannot be opened are left out. One hash object per
     class: identical files are hashed once.
     """
     fds = []
-    members = []
+    byx = {}
     try:
         for node in nodes:
             fd = _open_node(node)
-            if fd is not None:
-                fds.append(fd)
-                members.append((node, fd))
-        classes = [(hashlib.new(ALGO), members)]
+            if fd is None:
+                continue
+            fds.append(fd)
+            if node.flags is None:
+                try:
+                    node.flags = get_flags(fd)
+                except OSError:
+                    node.flags = 0
+            if xattrs:
+                if node.xattr is None:
+                    try:
+                        node.xattr = xattr_key(fd)
+                    except OSError:
+                        continue
+                byx.setdefault(node.xattr, []).append((node, fd))
+            else:
+                byx.setdefault(None, []).append((node, fd))
+        classes = [(hashlib.new(ALGO), members) for members in byx.values()]
         size = nodes[0].size if nodes else 0
         step = min(CHUNK, max(size, 1))
         while True:
@@ -719,28 +746,32 @@ def _batches(nodes):
 
 
 def _prove(groups, index, stats, reflink_devs=()):
-    """groups: lists of candidate nodes (same key). Returns lists of nodes proven byte-identical (len >= 2)."""
+    """groups: lists of candidate nodes (same key). Returns lists of nodes proven byte-identical (len >= 2).
+
+    For hardlinks the xattrs must be equal too; reflinked files keep their own inode and metadata."""
     jobs = []
     for group in groups:
+        xattrs = group[0].dev not in reflink_devs
         for node in group:
             row = index.fresh(node)
-            if row is not None and row[3] is not None:
-                node.hash = row[3]
+            if row is not None and row[3] is not None and (row[4] is not None or not xattrs):
+                node.hash, node.xattr = row[3], row[4]
         unknown = [n for n in group if n.hash is None]
         if unknown:
-            jobs.extend(_batches(unknown))
-    stats['hashed'] += sum(len(b) for b in jobs)
-    stats['bytes_hashed'] += sum(n.size for b in jobs for n in b)
+            jobs.extend((batch, xattrs) for batch in _batches(unknown))
+    stats['hashed'] += sum(len(b) for b, _ in jobs)
+    stats['bytes_hashed'] += sum(n.size for b, _ in jobs for n in b)
     proven_of = {}
     if jobs:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            for result in pool.map(partition, jobs):
+            for result in pool.map(lambda job: partition(*job), jobs):
                 for digest, members in result:
                     for node in members:
                         node.hash = digest
                         proven_of[id(node)] = members
     out = []
     for group in groups:
+        xattrs = group[0].dev not in reflink_devs
         sets = {}
         seen = set()
         for node in group:
@@ -748,7 +779,7 @@ def _prove(groups, index, stats, reflink_devs=()):
                 continue
             members = proven_of.get(id(node)) or [node]
             seen.update(id(m) for m in members)
-            sets.setdefault(node.hash, []).append(members)
+            sets.setdefault((node.hash, node.xattr if xattrs else None), []).append(members)
         for lists in sets.values():
             if len(lists) == 1:
                 if len(lists[0]) > 1:
@@ -764,7 +795,7 @@ def _prove(groups, index, stats, reflink_devs=()):
                 if merged[0].dev in reflink_devs and _same_extents(merged[0], other[0]):
                     merged.extend(other)
                     continue
-                result = partition([merged[0], other[0]])
+                result = partition([merged[0], other[0]], xattrs)
                 stats['verified'] += 1
                 if len(result) == 1 and len(result[0][1]) == 2:
                     merged.extend(other)
@@ -882,6 +913,7 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
             else:
                 rules = Rules(p['exclude'], p['include'], conffiles(root))
                 walk(root, name, name in selected, rules, scan, busy)
+        timings = {'scan': time.monotonic() - started}
         index.load({n.dev for n in scan.nodes.values()})
         for node in scan.nodes.values():
             row = index.rows.get((node.dev, node.ino))
@@ -889,6 +921,7 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
                 node.ours = bool((row[5] or 0) & OURS_IMMUTABLE)
         leftovers = _remove_leftovers(scan, check_mode)
         stats = _new_stats()
+        stats['_timings'] = timings
         if p['state'] == 'absent':
             out = _deunify(scan, index, p, stats, check_mode)
         else:
@@ -897,11 +930,12 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
         out['_changed'] = out['_changed'] or leftovers > 0
         out['files_scanned'] = scan.files
         skipped = dict(scan.skipped)
-        skipped.update({k[5:]: v for k, v in stats.items() if k.startswith('skip_')})
+        skipped.update({k[5:]: v for k, v in stats.items() if k.startswith('skip_') and v})
         out['skipped'] = skipped
         out['hashed'] = stats['hashed']
         out['bytes_hashed'] = stats['bytes_hashed']
         out['seconds'] = round(time.monotonic() - started, 3)
+        out['timings'] = {k: round(v, 3) for k, v in timings.items()}
         return out
     finally:
         index.close()
@@ -984,22 +1018,6 @@ def _node_flags(node, index):
     return node.flags
 
 
-def _replace_with_link(target_fd, path, node):
-    tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + secrets.token_hex(8) + '.link')
-    os.link('/proc/self/fd/%d' % target_fd, tmp)
-    try:
-        st = os.lstat(path)
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (node.dev, node.ino, node.size, node.mtime):
-            raise OSError(errno.ESTALE, 'changed during the run')
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _unify(scan, index, p, stats, check_mode):
     nodes = list(scan.nodes.values())
     before = _shared_counts(nodes)
@@ -1042,37 +1060,34 @@ def _unify(scan, index, p, stats, check_mode):
         for grp in sub.values():
             if len(grp) < 2:
                 continue
-            if dev_method.get(dev) == 'reflink':
-                if any(n.mutable for n in grp):
-                    cands.append(grp)
-                continue
-            byx = collections.defaultdict(list)
-            for node in grp:
-                row = index.fresh(node)
-                if row is not None and row[4] is not None:
-                    node.xattr = row[4]
-                else:
-                    try:
-                        node.xattr = xattr_key(_proc_path(node.dirs, node.paths[0]))
-                    except OSError:
-                        stats['skip_unreadable'] += len(node.paths)
-                        continue
-                byx[node.xattr].append(node)
-            cands.extend(g for g in byx.values() if len(g) > 1 and any(n.mutable for n in g))
+            if any(n.mutable for n in grp):
+                cands.append(grp)
     stats['candidates'] = sum(len(n.paths) for g in cands for n in g)
+    mark = time.monotonic()
     classes = _prove(cands, index, stats, {d for d, m in dev_method.items() if m == 'reflink'})
+    stats['_timings']['prove'] = time.monotonic() - mark
+    mark = time.monotonic()
     # 2. act
     linked = saved = 0
     touched = set()
     dropped = set()
-    for cls in classes:
-        dev = cls[0].dev
-        if dev_method.get(dev) == 'reflink':
-            n, s = _reflink_class(cls, stats, check_mode, touched)
+
+    def act(cls):
+        local = collections.Counter()
+        if dev_method.get(cls[0].dev) == 'reflink':
+            n, s = _reflink_class(cls, local, check_mode, touched)
         else:
-            n, s = _link_class(cls, index, stats, check_mode, touched, dropped)
-        linked += n
-        saved += s
+            n, s = _link_class(cls, index, local, check_mode, touched, dropped)
+        return n, s, local
+
+    # Classes share no inode: several threads keep the filesystem's journal busy while one waits.
+    with ThreadPoolExecutor(max_workers=1 if check_mode else ACT_WORKERS) as pool:
+        for n, s, local in pool.map(act, classes):
+            linked += n
+            saved += s
+            stats.update(local)
+    stats['_timings']['act'] = time.monotonic() - mark
+    mark = time.monotonic()
     # 3. protection of hardlinked inodes shared by two guests or more
     protected = unprotected = 0
     for node in nodes:
@@ -1113,9 +1128,12 @@ def _unify(scan, index, p, stats, check_mode):
             stats['skip_protect_' + errno.errorcode.get(exc.errno, str(exc.errno)).lower()] += 1
         finally:
             os.close(fd)
+    stats['_timings']['protect'] = time.monotonic() - mark
+    mark = time.monotonic()
     after = _shared_counts(nodes)
     if not check_mode:
         _save_index(index, nodes, touched, dropped)
+    stats['_timings']['index'] = time.monotonic() - mark
     return {'_changed': bool(linked or protected or unprotected), '_before': before, '_after': after,
             'candidates': stats['candidates'], 'linked': linked, 'bytes_saved': saved,
             'protected': protected, 'unprotected': unprotected, 'verified': stats['verified'],
