@@ -468,6 +468,7 @@ class Plan:
         self.guest6 = []        # ip -6 -batch lines in the guest namespace (source address policy rules)
         self.actions = []       # human readable
         self.created = []       # host links created (rolled back on failure)
+        self.bridge_addrs = []  # (cidr, bridge) added to an existing bridge (rolled back on failure)
 
 
 def _family_flag(iface, mode):
@@ -527,6 +528,8 @@ def plan_live(section, xid, pid, host, guest, previous=None):
                 continue
             plan.host.append('addr add %s/%d dev %s%s' % (gw, nets[0].prefixlen, bridge,
                                                           ' nodad' if gw.version == 6 else ''))
+            if br is not None:
+                plan.bridge_addrs.append(('%s/%d' % (gw, nets[0].prefixlen), bridge))
             plan.actions.append('add gateway address %s/%d to bridge %s' % (gw, nets[0].prefixlen, bridge))
         if section.get('vlan'):
             uplink = vlan_ifname(section['parent'], section['vlan'])
@@ -570,6 +573,7 @@ def plan_live(section, xid, pid, host, guest, previous=None):
                           'link set %s addrgenmode none' % host_end,
                           'link set %s master %s' % (host_end, section['bridge']),
                           'link set %s up' % host_end]
+            plan.created.append(host_end)
             plan.actions.append('create veth %s (host, on %s) <-> %s (guest)' % (host_end, section['bridge'], ifname))
         else:
             plan.host.append('link add link %s name %s%s netns %d type macvlan mode bridge'
@@ -752,6 +756,11 @@ def execute(plan, handle):
         for name in reversed(plan.created):
             try:
                 K.run(['ip', 'link', 'del', name], check=False)
+            except Exception:
+                pass
+        for cidr, bridge in plan.bridge_addrs:
+            try:
+                K.run(['ip', 'addr', 'del', cidr, 'dev', bridge], check=False)
             except Exception:
                 pass
         raise

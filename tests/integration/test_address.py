@@ -549,7 +549,17 @@ def test_failed_start_rolls_back_the_links_it_created(net, host_paths, make_gues
     assert 'route replace 0.0.0.0/0 via 203.0.113.1' in str(err.value)
     assert not [n for n in _host_links() if n.startswith(net.bridge)]
     assert _context.Runtime(host_paths, 'broken').state() == 'stopped'
+    # on a bridge that exists already: the gateway address given to it by the failed start is taken back
+    subprocess.run(['ip', 'link', 'add', net.bridge, 'type', 'bridge'], check=True)
+    doc = dict(doc, network=dict(doc['network'], addresses=[net.cidr4(2), net.cidr6(2)],
+                                 gateway=[net.ip4(1), '2001:db8::1']))
+    _config.save(host_paths, doc)
+    with pytest.raises(VServerError) as err:
+        _context.start(host_paths, doc)
+    assert 'route replace ::/0 via 2001:db8::1' in str(err.value)
+    assert [n for n in _host_links() if n.startswith(net.bridge)] == [net.bridge]
+    assert [a['iface'] for a in _netns.NetState().addrs_of(net.bridge) if not a['iface'].ip.is_link_local] == []
     # fixed through the module, the same guest starts
     ensure(host_paths, name='broken', address=net.cidr4(2), gateway=[net.ip4(1)])
     _context.start(host_paths, _config.load(host_paths, 'broken'))
-    assert guest_addrs(host_paths, 'broken')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(2)}
+    assert guest_addrs(host_paths, 'broken')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(2), net.cidr6(2)}

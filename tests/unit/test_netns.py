@@ -155,7 +155,7 @@ def test_plan_for_a_fresh_guest_creates_bridge_veth_address_route():
                          'link set vstb-7 master vstb', 'link set vstb-7 up']
     assert plan.guest == ['link set eth0 addrgenmode none', 'addr add 10.0.0.5/24 dev eth0', 'link set eth0 up',
                           'route replace 0.0.0.0/0 via 10.0.0.1 dev eth0']
-    assert plan.created == ['vstb'] and plan.guest_pre == []
+    assert plan.created == ['vstb', 'vstb-7'] and plan.guest_pre == []
 
 
 def synced_states(mtu=1500, guest_addrs=('10.0.0.5/24',), gw='10.0.0.1'):
