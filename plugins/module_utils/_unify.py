@@ -399,45 +399,51 @@ def xattr_key(target):
 class Index:
     """Per-host cache: inode -> (size, mtime, ctime, content hash, xattr digest, flags we set)."""
 
-    def __init__(self, path, readonly=False):
+    def __init__(self, path):
         self.path = path
         self.rows = {}
         self.conn = None
-        if readonly and not os.path.exists(path):
-            return
-        if readonly:
-            self.conn = sqlite3.connect('file:%s?mode=ro' % path, uri=True)
-        else:
-            self.conn = sqlite3.connect(path)
-            os.chmod(path, 0o600)
-            self.conn.execute('PRAGMA synchronous=NORMAL')
-        try:
-            self.conn.execute('CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)') \
-                if not readonly else None
-            self.conn.execute('CREATE TABLE IF NOT EXISTS inode (dev INTEGER, ino INTEGER, size INTEGER, '
-                              'mtime INTEGER, ctime INTEGER, hash BLOB, xattr BLOB, flags INTEGER, seen INTEGER, '
-                              'PRIMARY KEY (dev, ino)) WITHOUT ROWID') if not readonly else None
-            if not readonly:
-                row = self.conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-                if row is None or row[0] != '%d:%s' % (INDEX_VERSION, ALGO):
-                    self.conn.execute('DELETE FROM inode')
-                    self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)",
-                                      ('%d:%s' % (INDEX_VERSION, ALGO),))
-                self.conn.commit()
-        except sqlite3.Error as exc:
-            raise VServerError('unify index %s is unusable (%s); remove it, the next run rebuilds it'
-                               % (path, exc))
 
     def load(self, devs):
-        if self.conn is None or not devs:
+        """Read the rows of the given devices (read-only; a missing or unusable index is just empty)."""
+        if not devs or not os.path.exists(self.path):
             return
         try:
-            query = 'SELECT dev, ino, size, mtime, ctime, hash, xattr, flags, seen FROM inode WHERE dev IN (%s)' % \
-                ','.join('?' * len(devs))
-            for row in self.conn.execute(query, sorted(devs)):
-                self.rows[(row[0], row[1])] = row[2:]
+            conn = sqlite3.connect('file:%s?mode=ro' % self.path, uri=True)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+                if row is None or row[0] != '%d:%s' % (INDEX_VERSION, ALGO):
+                    return
+                query = 'SELECT dev, ino, size, mtime, ctime, hash, xattr, flags, seen FROM inode ' \
+                    'WHERE dev IN (%s)' % ','.join('?' * len(devs))
+                for row in conn.execute(query, sorted(devs)):
+                    self.rows[(row[0], row[1])] = row[2:]
+            finally:
+                conn.close()
         except sqlite3.Error:
             self.rows = {}
+
+    def _open(self):
+        if self.conn is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            self.conn = sqlite3.connect(self.path)
+            self.conn.execute('PRAGMA synchronous=NORMAL')
+            self.conn.execute('CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)')
+            self.conn.execute('CREATE TABLE IF NOT EXISTS inode (dev INTEGER, ino INTEGER, size INTEGER, '
+                              'mtime INTEGER, ctime INTEGER, hash BLOB, xattr BLOB, flags INTEGER, seen INTEGER, '
+                              'PRIMARY KEY (dev, ino)) WITHOUT ROWID')
+            row = self.conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if row is None or row[0] != '%d:%s' % (INDEX_VERSION, ALGO):
+                self.conn.execute('DELETE FROM inode')
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)",
+                                  ('%d:%s' % (INDEX_VERSION, ALGO),))
+            self.conn.commit()
+        except sqlite3.Error as exc:
+            raise VServerError('unify index %s is unusable (%s); remove it, the next run rebuilds it'
+                               % (self.path, exc))
 
     def fresh(self, node):
         row = self.rows.get((node.dev, node.ino))
@@ -453,6 +459,7 @@ class Index:
             old = self.rows.get(row[:2])
             if old is None or tuple(old[:6]) != row[2:] or (old[6] or 0) < now - 30 * 86400:
                 write.append(row + (now,))
+        self._open()
         with self.conn:
             if drop:
                 self.conn.executemany('DELETE FROM inode WHERE dev=? AND ino=?', list(drop))
@@ -902,7 +909,7 @@ def _new_stats():
 def _run(paths, p, docs, selected, sources, roots, check_mode):
     started = time.monotonic()
     index_path = os.path.join(paths.config_dir, INDEX_NAME)
-    index = Index(index_path, readonly=check_mode)
+    index = Index(index_path)
     try:
         busy = open_for_write()
         scan = Scan()
