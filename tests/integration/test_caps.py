@@ -109,7 +109,7 @@ def _icmp_echo(address, family):
         sock.settimeout(2)
         echo = 8 if family == socket.AF_INET else 128
         sock.sendto(struct.pack('!BBHHH', echo, 0, 0, 0, 1) + b'vserver', (address, 0))
-        data, _ = sock.recvfrom(1024)
+        data = sock.recvfrom(1024)[0]
         return data[0]
     finally:
         sock.close()

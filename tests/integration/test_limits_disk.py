@@ -38,14 +38,13 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     unmount_after.append(root)
     image = _limits.disk_image(root)
     # stopped guest: the tree moves into the image at once
-    result = _limits.ensure(host_paths, 'vst-disk', {'disk': '%dM' % size, 'disk_backend': 'loop',
-                                                    'disk_fstype': fstype})
+    params = {'disk': '%dM' % size, 'disk_backend': 'loop', 'disk_fstype': fstype}
+    result = _limits.ensure(host_paths, 'vst-disk', params)
     assert result['changed'] and not result['restart_required']
     assert result['diff']['after']['disk'] == {'size': size << 20, 'backend': 'loop', 'fstype': fstype}
     assert os.path.getsize(image) == size << 20 and _mounted(root)
     assert os.path.exists(os.path.join(root, 'bin', 'busybox'))
-    assert not _limits.ensure(host_paths, 'vst-disk', {'disk': '%dM' % size, 'disk_backend': 'loop',
-                                                      'disk_fstype': fstype})['changed']
+    assert not _limits.ensure(host_paths, 'vst-disk', params)['changed']
     _context.start(host_paths, _limits_doc(host_paths, 'vst-disk'))
     total = _df_total_kb(host_paths, 'vst-disk')
     assert total <= size * 1024
@@ -53,8 +52,7 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     assert fill.returncode != 0 and 'No space left on device' in fill.stderr, fill
     guest_sh(host_paths, 'vst-disk', 'rm -f /big')
     grown = size + 32
-    grow = _limits.ensure(host_paths, 'vst-disk', {'disk': '%dM' % grown, 'disk_backend': 'loop',
-                                                  'disk_fstype': fstype}, restart=True)
+    grow = _limits.ensure(host_paths, 'vst-disk', dict(params, disk='%dM' % grown), restart=True)
     assert grow['changed'] and os.path.getsize(image) == grown << 20
     if fstype == 'ext4' and not _limits.Host().has_cap(_limits.CAP_SYS_RESOURCE):
         # online ext4 growth needs CAP_SYS_RESOURCE, which this host's root lacks: the guest was stopped for an
@@ -64,8 +62,7 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
         assert not grow['restarted'] and not grow['restart_required']        # xfs (and ext4 with the cap): live
     assert _df_total_kb(host_paths, 'vst-disk') > total + 20 * 1024
     with pytest.raises(VServerError) as err:
-        _limits.ensure(host_paths, 'vst-disk', {'disk': '%dM' % (grown - 8), 'disk_backend': 'loop',
-                                               'disk_fstype': fstype})
+        _limits.ensure(host_paths, 'vst-disk', dict(params, disk='%dM' % (grown - 8)))
     assert err.value.field == 'disk' and 'shrink' in str(err.value)
     # removal on a running guest waits for a restart ...
     pending = _limits.ensure(host_paths, 'vst-disk', {})

@@ -37,7 +37,8 @@ def fake_v2(tmp_path):
     return _cgroup.detect(str(mountinfo)), root
 
 
-def make_group(layout, root, parent='vservers', name='web', files=V2_DEFAULTS):
+def make_group(layout, root, parent='vservers', name='web', files=None):
+    files = V2_DEFAULTS if files is None else files
     group = layout.group(parent, name)
     group.create()
     path = root / parent / name
@@ -78,7 +79,7 @@ def test_v2_settings_and_live_apply(tmp_path):
     assert _limits.apply(group, section, host) == []
     # drift is seen and put back
     (path / 'pids.max').write_text('100\n')
-    assert [s.key for s, _ in _limits.diff_files(group, section, host)] == ['pids.max']
+    assert [s.key for s, _raw in _limits.diff_files(group, section, host)] == ['pids.max']
 
 
 def test_v2_removing_options_lifts_limits(tmp_path):
@@ -171,7 +172,9 @@ def test_v1_mapping(tmp_path):
                                 'io': {'devices': [{'device': '8:0', 'read_bps': '1M', 'write_iops': 9}]}},
                                host, layout)
     _limits.apply(group, section, host)
-    web = lambda ctrl, name: (base / ctrl / 'vservers' / 'web' / name).read_text()  # noqa: E731
+
+    def web(ctrl, name):
+        return (base / ctrl / 'vservers' / 'web' / name).read_text()
     assert web('memory', 'memory.limit_in_bytes') == str(512 << 20)
     assert web('memory', 'memory.memsw.limit_in_bytes') == str(576 << 20)           # memory + swap
     assert web('memory', 'memory.soft_limit_in_bytes') == str(256 << 20)            # memory_high
@@ -196,10 +199,10 @@ def test_v1_memsw_written_first_when_it_grows():
     limit = _limits.Setting('memory.limit_in_bytes', 4 << 20, 'memory')
     memsw = _limits.Setting('memory.memsw.limit_in_bytes', 8 << 20, 'swap')
     order = _limits._ordered([(limit, '1048576'), (memsw, '1048576')], Group())
-    assert [s.key for s, _ in order] == ['memory.memsw.limit_in_bytes', 'memory.limit_in_bytes']
+    assert [s.key for s, _raw in order] == ['memory.memsw.limit_in_bytes', 'memory.limit_in_bytes']
     memsw_down = _limits.Setting('memory.memsw.limit_in_bytes', 1 << 19, 'swap')
     order = _limits._ordered([(memsw_down, '1048576'), (limit, '1048576')], Group())
-    assert [s.key for s, _ in order][0] == 'memory.limit_in_bytes'
+    assert [s.key for s, _raw in order][0] == 'memory.limit_in_bytes'
     assert layout.version == 1
 
 
@@ -215,18 +218,18 @@ def test_burst_written_before_a_lower_quota():
 
 
 def test_v1_io_weight_needs_bfq(tmp_path):
-    layout, _ = fake_v1(tmp_path / 'a')
+    layout = fake_v1(tmp_path / 'a')[0]
     with pytest.raises(VServerError) as err:
         _limits.check_supported({'io': {'weight': 200}}, layout)
     assert err.value.field == 'io.weight' and 'bfq' in str(err.value)
-    layout, _ = fake_v1(tmp_path / 'b', bfq=True)
+    layout = fake_v1(tmp_path / 'b', bfq=True)[0]
     _limits.check_supported({'io': {'weight': 200}}, layout)
     keys = [s.key for s in _limits.settings({'io': {'weight': 200}}, layout, host=FakeHost(tmp_path))]
     assert 'blkio.bfq.weight' in keys
 
 
 def test_v1_swap_without_accounting(tmp_path):
-    layout, _ = fake_v1(tmp_path, memsw=False)
+    layout = fake_v1(tmp_path, memsw=False)[0]
     with pytest.raises(VServerError) as err:
         _limits.check_supported({'memory': 1 << 20, 'swap': 0}, layout)
     assert err.value.field == 'swap' and 'swapaccount' in str(err.value)

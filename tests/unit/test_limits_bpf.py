@@ -57,7 +57,7 @@ def test_allow_list(dev_type, major, minor, allowed):
 def test_program_shape():
     assert len(PROGRAM) % 8 == 0
     # 4 loads + 5 instructions per exact rule + 4 per wildcard rule + the final deny
-    exact = sum(1 for _, _, minor in _limits.DEVICES if minor is not None)
+    exact = sum(1 for rule in _limits.DEVICES if rule[2] is not None)
     wild = len(_limits.DEVICES) - exact
     assert len(PROGRAM) // 8 == 4 + 5 * exact + 4 * wild + 2
     assert run(_limits.bpf_device_program([]), C, 1, 3) == 0   # an empty allow list denies everything
