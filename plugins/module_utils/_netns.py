@@ -30,6 +30,7 @@ import os
 import re
 import socket
 import struct
+import time
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, VServerError, check_name
@@ -866,6 +867,7 @@ def ensure(paths, params, check_mode=False):
         plan = None
         if pid:
             guest = NetState(handle)
+            host = settle(section, doc.get('xid') or 0, host, guest)
             plan = plan_live(section, doc.get('xid') or 0, pid, host, guest, current)
             actions += plan.actions
         config_changed = _section_view(section) != _section_view(current)
@@ -908,6 +910,24 @@ def ensure(paths, params, check_mode=False):
 # --- hooks and display ----------------------------------------------------------------------------------
 
 
+def settle(section, xid, host, guest, timeout=5.0):
+    """The host state once a stale host end of this guest's veth is gone.
+
+    When a guest stops, the kernel deletes its veth pair with its network namespace, asynchronously. A guest
+    restarted at once may find its old host end (``BRIDGE-XID``) still there: wait for it (bounded)."""
+    if not section or section.get('mode') != 'bridge':
+        return host
+    name = host_ifname(section['bridge'], xid)
+    deadline = time.monotonic() + timeout
+    while True:
+        link = host.links.get(name)
+        mine = guest.links.get(section.get('interface') or DEFAULT_INTERFACE)
+        if link is None or (mine is not None and link.get('link') == mine['index']) or time.monotonic() > deadline:
+            return host
+        time.sleep(0.02)
+        host = NetState(routes=False)
+
+
 def apply_on_start(paths, doc, runtime):
     """``started`` hook: give a freshly started guest its interface, addresses and routes from its config."""
     section = doc.get('network')
@@ -925,7 +945,9 @@ def apply_on_start(paths, doc, runtime):
     if section.get('parent') and section['parent'] not in host.links:
         raise VServerError('parent device %s of guest %s does not exist on the host' % (section['parent'], doc['name']),
                            'parent')
-    execute(plan_live(section, doc.get('xid') or 0, pid, host, NetState(runtime.netns)), runtime.netns)
+    guest = NetState(runtime.netns)
+    host = settle(section, doc.get('xid') or 0, host, guest)
+    execute(plan_live(section, doc.get('xid') or 0, pid, host, guest), runtime.netns)
 
 
 def netns_defaults(doc):

@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -24,6 +25,17 @@ pytestmark = pytest.mark.cgroup
 
 def _host_links():
     return set(_netns.NetState().links)
+
+
+def veths_gone(prefix, timeout=5.0):
+    """True once no host link starts with ``prefix`` (the kernel deletes a stopped guest's veth pair with its
+    namespace, asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while [n for n in _host_links() if n.startswith(prefix)]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 class Net:
@@ -69,8 +81,7 @@ def net():
     tn = Net()
     yield tn
     tn.cleanup()
-    left = [name for name in _host_links() if name.startswith('vst' + tn.tag)]
-    assert not left, 'links left behind: %s' % left
+    assert veths_gone('vst' + tn.tag), 'links left behind: %s' % sorted(_host_links())
 
 
 def ensure(paths, **params):
@@ -350,7 +361,7 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
     for name in ('a', 'b'):
         _context.stop(host_paths, _config.load(host_paths, name))
         assert not os.path.exists(_context.Runtime(host_paths, name).netns)
-    assert not [n for n in _host_links() if n.startswith(net.bridge + '-')]
+    assert veths_gone(net.bridge + '-')
     held = set()
     for pid in K.pids():
         try:
@@ -421,7 +432,7 @@ def test_config_is_reapplied_at_every_start(net, host_paths, make_guest):
         assert http_get_or_ping(net.ip4(2))
         assert ensure(host_paths, name='re', addresses=[net.cidr4(2), net.cidr6(2)])['changed'] is False
         _context.stop(host_paths, doc)
-        assert _netns.host_ifname(net.bridge, doc['xid']) not in _host_links()
+        assert veths_gone(_netns.host_ifname(net.bridge, doc['xid']))
 
 
 def http_get_or_ping(ip):
