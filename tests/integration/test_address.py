@@ -16,9 +16,10 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _context, _kernel as K, _netns
+from ansible_collections.vserver.core.plugins.module_utils import (
+    _caps, _config, _context, _kernel as K, _manager, _netns)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
-from helpers import guest_sh
+from helpers import guest_sh, vserver
 
 pytestmark = pytest.mark.cgroup
 
@@ -574,3 +575,17 @@ def test_failed_start_rolls_back_the_links_it_created(net, host_paths, make_gues
     ensure(host_paths, name='broken', address=net.cidr4(2), gateway=[net.ip4(1)])
     _context.start(host_paths, _config.load(host_paths, 'broken'))
     assert guest_addrs(host_paths, 'broken')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(2), net.cidr6(2)}
+
+
+def test_listings_show_each_guests_addresses(net, host_paths, make_guest):
+    make_guest('shown', start=True)
+    make_guest('bare', start=True)
+    ensure(host_paths, name='shown', addresses=[net.cidr4(2), net.cidr6(2)], bridge=net.bridge)
+    stat = vserver(host_paths, 'stat')
+    assert stat.returncode == 0, stat.stderr
+    rows = {line.split()[6]: line for line in stat.stdout.splitlines()[1:]}
+    assert '%s,%s' % (net.cidr4(2), net.cidr6(2)) in rows['shown'] and rows['bare'].endswith(' -')
+    info = {g['name']: g for g in _manager.info(host_paths, with_processes=False)['guests']}
+    assert info['shown']['network']['addresses'] == [net.cidr4(2), net.cidr6(2)]
+    assert info['shown']['network']['live_addresses'] == [net.cidr4(2), net.cidr6(2)]
+    assert 'network' not in info['bare']
