@@ -21,7 +21,7 @@ options:
     type: path
   tree_dir:
     description:
-      - Directory under which guest trees are created when O(root) is not given.
+      - Directory under which guest trees are created when a guest has no explicit root.
       - Keep it mode C(0700), because a guest's root can plant setuid files in its tree, which an unprivileged host
         user must not be able to reach.
       - Defaults to E(VSERVER_TREE_DIR) if set, else C(/var/lib/vservers).

@@ -36,7 +36,8 @@ GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # name -> list of callables. Each concern (limits, network, ccaps) registers its own.
 #   'cgroup':  f(doc, group)          after the guest cgroup is created, before any process joins it
 #   'netns':   f(doc)                 in the guest's new network namespace, before init is forked
-#   'child':   f(doc)                 in the guest init, after pivot_root, before caps are dropped
+#   'child':   f(doc)                 in every guest process the runtime makes (init after pivot_root, and
+#                                     each `vserver exec/enter`), before caps are dropped: per-process settings
 #   'started': f(paths, doc, runtime) after init runs (host side); may raise to roll back
 #   'absent':  f(paths, doc)          when a guest is removed (after it is stopped, before its config goes)
 HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': [], 'absent': []}
@@ -59,9 +60,13 @@ class Runtime:
         return self._layout
 
     @property
+    def parent(self):
+        """The cgroup parent of this guest: as recorded at start, else where a start would put it."""
+        return self.record.get('cgroup_parent') or _cgroup.guest_parent(self.paths.cgroup_parent, self.layout)
+
+    @property
     def group(self):
-        parent = self.record.get('cgroup_parent') or self.paths.cgroup_parent
-        return self.layout.group(parent, self.name)
+        return self.layout.group(self.parent, self.name)
 
     @property
     def netns(self):
@@ -292,7 +297,10 @@ def start(paths, doc, layout=None):
     if rt.leftovers():
         cleanup(paths, name, rt.layout)
     rt = Runtime(paths, name, rt.layout)
-    group = rt.layout.group(paths.cgroup_parent, name)
+    parent = rt.parent  # under systemd: inside the delegated unit
+    if parent != paths.cgroup_parent:
+        _cgroup.ensure_delegation(rt.layout)
+    group = rt.layout.group(parent, name)
     os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
     log_fd = pid_r = pid_w = err_r = err_w = None
     try:
@@ -332,7 +340,7 @@ def start(paths, doc, layout=None):
         st = K.read_stat(pid)
         record = {
             'name': name, 'init_pid': pid, 'init_start': st[2] if st else None,
-            'started_at': time.time(), 'cgroup_parent': paths.cgroup_parent,
+            'started_at': time.time(), 'cgroup_parent': parent,
             'cgroup': group.paths(), 'root': root,
             'ns': {kind: K.ns_inode(pid, kind) for kind in NAMESPACES},
         }
@@ -483,6 +491,7 @@ def enter(paths, doc, argv, layout=None, env=None):
     pid = rt.init_pid()
     if not pid:
         raise VServerError('guest %s is not running' % doc['name'])
+    load_hooks()
     fds = []
     try:
         for kind in ('cgroup', 'ipc', 'uts', 'net', 'pid', 'time', 'mnt'):
@@ -496,6 +505,8 @@ def enter(paths, doc, argv, layout=None, env=None):
                 os.chdir('/')
                 grandchild = os.fork()
                 if grandchild == 0:
+                    for hook in HOOKS['child']:  # per-process settings of guest processes (rlimits)
+                        hook(doc)
                     drop_privileges(doc)
                     _reset_signals()
                     environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
@@ -544,6 +555,7 @@ def processes(paths, docs=None, proc='/proc'):
     """Every process on the host labelled with its context: 0 for the host, the guest's xid otherwise."""
     docs = _config.load_all(paths) if docs is None else docs
     xids = {name: doc.get('xid') for name, doc in docs.items()}
+    parent = _cgroup.guest_parent(paths.cgroup_parent, None, proc=proc)
     out = []
     for pid in K.pids(proc):
         try:
@@ -555,7 +567,7 @@ def processes(paths, docs=None, proc='/proc'):
             continue
         if st is None:
             continue
-        guest = guest_of(cgroups, paths.cgroup_parent)
+        guest = guest_of(cgroups, parent)
         if guest is not None and guest not in xids:
             guest = None
         nspid = status_.get('NSpid', str(pid)).split()

@@ -25,7 +25,7 @@ description:
     RV(restart_required) and restarts the guest only with O(restart=true).
   - The section is stored in the guest's config document (key C(capabilities)) and applied at every start.
 author:
-  - vserver.core contributors
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

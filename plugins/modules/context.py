@@ -15,7 +15,7 @@ description:
     minimal C(/dev) and its own cgroup; its uptime starts at guest start. No host-side process stays behind per guest.
   - The guest's config is one JSON document C(CONFIG_DIR/NAME.json), written atomically under a host-wide lock.
 author:
-  - vserver.core contributors
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

@@ -14,7 +14,7 @@ description:
   - The spectator view (VServer's context 1) lists every process on the host labelled with its context, 0 for the
     host and the guest's xid otherwise.
 author:
-  - vserver.core contributors
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.INFO_MODULE

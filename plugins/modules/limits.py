@@ -23,7 +23,7 @@ description:
     C(unlimited) mean no limit. Bad input (negative, zero where meaningless, memory_high above memory, unknown
     device, CPUs outside the online ones, an rlimit above what the host can grant) fails before anything is written.
 author:
-  - vserver.core contributors
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

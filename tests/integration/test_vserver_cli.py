@@ -37,3 +37,15 @@ def test_cli_lifecycle_and_tables(host_paths, make_guest):
     bad = vserver(host_paths, 'nosuch', 'start')
     assert bad.returncode == 1 and 'no such guest' in bad.stderr
     assert vserver(host_paths, 'cli-a', 'bogus').returncode == 2
+
+
+def test_exec_gets_the_guest_rlimits_and_bounding_set(host_paths, make_guest):
+    make_guest('cli-rl', stop_signal='SIGKILL', start=True,
+               limits={'rlimits': {'nofile': {'soft': 512, 'hard': 1024}}})
+    out = vserver(host_paths, 'cli-rl', 'exec', 'sh', '-c', 'ulimit -Sn; ulimit -Hn; grep CapBnd /proc/self/status')
+    assert out.returncode == 0, out.stderr
+    soft, hard, capbnd = out.stdout.splitlines()
+    assert (soft, hard) == ('512', '1024')
+    with open('/proc/%d/status' % _context.Runtime(host_paths, 'cli-rl').init_pid()) as handle:
+        init_bnd = [line for line in handle.read().splitlines() if line.startswith('CapBnd')][0]
+    assert capbnd.split()[1] == init_bnd.split()[1]
