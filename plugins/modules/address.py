@@ -20,7 +20,7 @@ description:
     not forward, RV(forwarding_needed) says so; the C(host) role's C(host_ip_forward) and C(host_nat_masquerade)
     variables turn them on explicitly.
 author:
-  - vserver.core contributors
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL
