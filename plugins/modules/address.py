@@ -14,6 +14,8 @@ description:
   - A guest is reachable on, and can only use, its own addresses; it has no C(CAP_NET_ADMIN), so it cannot add
     addresses or links, change routes or its firewall. IPv6 autoconfiguration (SLAAC, router advertisements,
     link-local addresses) is off in every guest namespace.
+  - A guest with IPv6 addresses gets policy rules in its namespace so that it cannot send from any other IPv6
+    source address, even with C(IPV6_FREEBIND) (IPv4 refuses that by itself).
   - Changes apply live to a running guest (no restart) and are stored in the C(network) section of the guest's
     config, re-applied at every start.
   - The host's IP forwarding and NAT are never changed. When the guest's gateway is the host and the host does
