@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _config, _manager, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, write_json)  # noqa: F401
 
@@ -397,10 +397,11 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False):
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
     if template == 'clone':
         ctx['root'] = root
-        if check_mode and not os.path.exists(root):
-            ctx['template'] = 'busybox'  # the clone would exist here; only report
+    if check_mode and template in ('clone', 'none') and _template.tree_is_empty(root):
+        # the clone (or the role's bootstrap, skipped in check mode) would have made the tree: only report
+        ctx['template'] = 'busybox'
     res = _manager.ensure_context(paths, ctx, check_mode)
-    actions.extend(a for a in res['actions'] if not (template == 'clone' and a.startswith('build tree')))
+    actions.extend(a for a in res['actions'] if not (template in ('clone', 'none') and a.startswith('build tree')))
     diff_before['context'] = res.get('diff', {}).get('before')
     diff_after['context'] = res.get('diff', {}).get('after')
     doc = _config.load(paths, name)
