@@ -948,14 +948,6 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
         index.close()
 
 
-def _proc_path(dirs, entry):
-    """A path through our verified directory fd (final component not followed by the *at callers)."""
-    fd = dirs.fds[entry[0]]
-    if fd is None:
-        return dirs.path(entry)
-    return '/proc/self/fd/%d/%s' % (fd, entry[1])
-
-
 def _remove_leftovers(scan, check_mode):
     """Temp names of a killed run: extra links to a complete file, or unfinished private copies."""
     count = 0

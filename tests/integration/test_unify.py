@@ -5,6 +5,7 @@ import os
 import random
 import stat
 import struct
+import subprocess
 
 import pytest
 
@@ -202,6 +203,18 @@ def test_unify_links_only_equal_files(three, unify_paths):
     assert again['diff']['before'] == again['diff']['after']
     assert _config.load(unify_paths, 'a')['unify'] == {'state': 'present', 'method': 'hardlink', 'protect': True}
 
+    # protect: false lifts the flags this module set (and only those), once
+    shared = [paths[0] for paths in classes.values() if len(paths) > 1]
+    off = _unify.ensure(unify_paths, dict(params, protect=False))
+    assert off['changed'] is True and off['unprotected'] == len(shared) and off['linked'] == 0
+    assert not any(_unify.path_flags(p) & _unify.FS_IMMUTABLE_FL for p in shared)
+    assert _unify.ensure(unify_paths, dict(params, protect=False))['changed'] is False
+    # ignore_mtime: the files differing only in their mtime are equal now
+    mt = [os.path.join(r, 'usr/share/vstest/mtimeonly') for r in roots]
+    loose = _unify.ensure(unify_paths, dict(params, ignore_mtime=True))
+    assert loose['linked'] == 1 and loose['protected'] == len(shared)
+    assert len({inode(p) for p in mt}) == 1 and manifest(roots).keys() == before.keys()
+
 
 def test_bad_input_fails_before_anything_is_written(three, unify_paths):
     roots = [three[n]['root'] for n in 'abc']
@@ -268,10 +281,19 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
         _context.stop(unify_paths, dict(a, stop_timeout=1))
 
 
-def test_open_for_writing_is_skipped(three, unify_paths):
+def test_open_files_and_other_filesystems_are_skipped(three, unify_paths):
     path = os.path.join(three['b']['root'], 'usr/share/vstest/dup07')
-    with open(path, 'ab'):
-        out = _unify.ensure(unify_paths, {})
+    mnt = os.path.join(three['a']['root'], 'usr/share/vstest/mnt')
+    os.mkdir(mnt)
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'vstest-unify', mnt], check=True)
+    try:
+        write(os.path.join(mnt, 'dup08'), open(os.path.join(three['c']['root'], 'usr/share/vstest/dup08'), 'rb').read())
+        with open(path, 'ab'):
+            out = _unify.ensure(unify_paths, {})
+        assert out['skipped']['other_filesystem'] == 1
+        assert os.lstat(os.path.join(mnt, 'dup08')).st_nlink == 1
+    finally:
+        subprocess.run(['umount', mnt], check=True)
     assert out['skipped']['open_for_write'] == 1
     assert os.lstat(path).st_nlink == 1
     assert inode(os.path.join(three['a']['root'], 'usr/share/vstest/dup07')) == \
