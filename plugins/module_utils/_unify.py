@@ -36,6 +36,7 @@ import sqlite3
 import stat
 import resource
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -487,6 +488,7 @@ class Dirs:
         self.ids = []
         self.fds = []
         self.kept = 0
+        self.lock = threading.Lock()
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.saved_limit = (soft, hard)
         if soft < hard:
@@ -498,6 +500,10 @@ class Dirs:
         self.budget = max(0, min(soft, 1 << 20) - 1024 - 4 * BATCH_FILES * WORKERS)
 
     def add(self, path, fd, st):
+        with self.lock:
+            return self._add(path, fd, st)
+
+    def _add(self, path, fd, st):
         self.paths.append(path)
         self.ids.append((st.st_dev, st.st_ino))
         if self.kept < self.budget:
@@ -589,13 +595,29 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def walk(root, guest, mutable, rules, scan, busy, whole=False):
     """Add the regular files of one guest tree to ``scan`` (lstat only, one filesystem, no symlinks)."""
+    skipped, files, leftovers = _walk(root, guest, mutable, rules, scan.dirs, busy, scan.nodes, whole)
+    scan.skipped.update(skipped)
+    scan.files += files
+    scan.guest_files[guest] += files
+    scan.leftovers.extend(leftovers)
+
+
+def _walk(root, guest, mutable, rules, dirs, busy, nodes, whole=False):
     try:
         fd = os.open(root, DIR_FLAGS)
     except OSError as exc:
         raise VServerError('root %s of guest %s cannot be opened as a directory: %s' % (root, guest, exc), 'guests')
     root_st = os.fstat(fd)
     dev = root_st.st_dev
-    nodes, skipped, dirs = scan.nodes, scan.skipped, scan.dirs
+    skipped = collections.Counter()
+    leftovers = []
+    files = 0
+    if whole:
+        rules = Rules([])
+    literal, literal_dirs = rules.literal, rules.literal_dirs
+    simple = not rules.has_include and rules.exclude == (None, None)
+    verdict = rules.verdict
+    entry_of = (guest, mutable)
     stack = [(dirs.add(root, fd, root_st), '', False)]
     while stack:
         index, rel, excluded = stack.pop()
@@ -612,18 +634,21 @@ def walk(root, guest, mutable, rules, scan, busy, whole=False):
                 continue
             for entry in entries:
                 name = entry.name
-                if TMP_RE.match(name):
-                    scan.leftovers.append((index, name))
+                if name.startswith(TMP_PREFIX) and TMP_RE.match(name):
+                    leftovers.append((index, name))
                     continue
                 sub = rel + '/' + name
                 try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    ex = False if whole else rules.verdict(sub, is_dir, excluded)
-                    if is_dir:
-                        if ex and not excluded:
-                            skipped['excluded'] += 1
-                        if ex and not rules.may_include_below(sub):
-                            continue
+                    if entry.is_dir(follow_symlinks=False):
+                        if simple:
+                            ex = excluded or sub in literal or sub in literal_dirs
+                        else:
+                            ex = verdict(sub, True, excluded)
+                        if ex:
+                            if not excluded:
+                                skipped['excluded'] += 1
+                            if not rules.may_include_below(sub):
+                                continue
                         cfd = os.open(name, DIR_FLAGS, dir_fd=dfd)
                         st = os.fstat(cfd)
                         if st.st_dev != dev:
@@ -632,15 +657,13 @@ def walk(root, guest, mutable, rules, scan, busy, whole=False):
                             continue
                         stack.append((dirs.add(dirs.paths[index] + '/' + name, cfd, st), sub, ex))
                         continue
+                    ex = (excluded or sub in literal) if simple else verdict(sub, False, excluded)
                     if ex:
                         if not excluded:
                             skipped['excluded'] += 1
                         continue
-                    if entry.is_symlink():
-                        skipped['symlink'] += 1
-                        continue
                     if not entry.is_file(follow_symlinks=False):
-                        skipped['special'] += 1
+                        skipped['symlink' if entry.is_symlink() else 'special'] += 1
                         continue
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
@@ -659,14 +682,14 @@ def walk(root, guest, mutable, rules, scan, busy, whole=False):
                 node = nodes.get(key)
                 if node is None:
                     node = nodes[key] = Node(st, dirs)
-                node.paths.append((index, name, guest, mutable))
+                node.paths.append((index, name) + entry_of)
                 node.guests.add(guest)
                 if mutable:
                     node.mutable = True
-                scan.files += 1
-                scan.guest_files[guest] += 1
+                files += 1
         finally:
             dirs.release(index, dfd)
+    return skipped, files, leftovers
 
 
 # --- content comparison -----------------------------------------------------------------------------
@@ -913,13 +936,15 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
     try:
         busy = open_for_write()
         scan = Scan()
+        jobs = []
         for name in selected + sources:
             root = roots[name]
             if p['state'] == 'absent':
-                walk(root, name, True, None, scan, busy, whole=True)
+                jobs.append((root, name, True, None, True))
             else:
-                rules = Rules(p['exclude'], p['include'], conffiles(root))
-                walk(root, name, name in selected, rules, scan, busy)
+                jobs.append((root, name, name in selected, Rules(p['exclude'], p['include'], conffiles(root))))
+        for job in jobs:
+            walk(*(job[:4] + (scan, busy) + job[4:]))
         timings = {'scan': time.monotonic() - started}
         index.load({n.dev for n in scan.nodes.values()})
         for node in scan.nodes.values():
