@@ -933,9 +933,9 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
     started = time.monotonic()
     index_path = os.path.join(paths.config_dir, INDEX_NAME)
     index = Index(index_path)
+    scan = Scan()
     try:
         busy = open_for_write()
-        scan = Scan()
         jobs = []
         for name in selected + sources:
             root = roots[name]
@@ -951,13 +951,14 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
             row = index.rows.get((node.dev, node.ino))
             if row is not None:
                 node.ours = bool((row[5] or 0) & OURS_IMMUTABLE)
-        leftovers = _remove_leftovers(scan, check_mode)
+        dev_method = _probe(scan, p['method']) if p['state'] == 'present' else {}
+        leftovers = _remove_leftovers(scan, check_mode)  # the first write of the run
         stats = _new_stats()
         stats['_timings'] = timings
         if p['state'] == 'absent':
             out = _deunify(scan, index, p, stats, check_mode)
         else:
-            out = _unify(scan, index, p, stats, check_mode)
+            out = _unify(scan, index, p, stats, check_mode, dev_method)
         out['leftovers_removed'] = leftovers
         out['_changed'] = out['_changed'] or leftovers > 0
         out['files_scanned'] = scan.files
@@ -970,6 +971,7 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
         out['timings'] = {k: round(v, 3) for k, v in timings.items()}
         return out
     finally:
+        scan.dirs.close()
         index.close()
 
 
@@ -1042,13 +1044,10 @@ def _node_flags(node, index):
     return node.flags
 
 
-def _unify(scan, index, p, stats, check_mode):
-    nodes = list(scan.nodes.values())
-    before = _shared_counts(nodes)
-    method = p['method']
-    # 1. candidate groups (device and size first; metadata unless reflinking separate inodes)
+def _probe(scan, method):
+    """The method per device: hardlink, or reflink where a read-only FIDEDUPERANGE probe says it works."""
     groups = collections.defaultdict(list)
-    for node in nodes:
+    for node in scan.nodes.values():
         groups[(node.dev, node.size)].append(node)
     dev_method = {}
     probe_nodes = {}
@@ -1071,6 +1070,17 @@ def _unify(scan, index, p, stats, check_mode):
                                'btrfs); the tree at %s does not; use method hardlink or auto'
                                % node.dirs.path(node.paths[0]), 'method')
         dev_method[dev] = 'reflink' if ok else 'hardlink'
+    return dev_method
+
+
+def _unify(scan, index, p, stats, check_mode, dev_method):
+    nodes = list(scan.nodes.values())
+    before = _shared_counts(nodes)
+    method = p['method']
+    # 1. candidate groups (device and size first; metadata unless reflinking separate inodes)
+    groups = collections.defaultdict(list)
+    for node in nodes:
+        groups[(node.dev, node.size)].append(node)
     cands = []
     for (dev, size), group in groups.items():
         if len(group) < 2:
