@@ -101,9 +101,8 @@ def validate(params):
     p.update({k: v for k, v in (params or {}).items() if v is not None})
     unknown = set(p) - set(PARAM_DEFAULTS)
     if unknown:
-        raise VServerError('unknown unify option(s): %s (accepted: %s)' % (', '.join(sorted(unknown)),
-                                                                        ', '.join(sorted(PARAM_DEFAULTS))),
-                           sorted(unknown)[0])
+        raise VServerError('unknown unify option(s): %s (accepted: %s)'
+                           % (', '.join(sorted(unknown)), ', '.join(sorted(PARAM_DEFAULTS))), sorted(unknown)[0])
     guests = p['guests']
     if guests is None or guests == 'all':
         guests = ['all']
@@ -294,7 +293,7 @@ def dedupe(src_fd, dst_fd, length):
         want = min(DEDUPE_CHUNK, length - done)
         buf = bytearray(struct.pack('QQHHI', done, want, 1, 0, 0) + struct.pack('qQQiI', dst_fd, done, 0, 0, 0))
         fcntl.ioctl(src_fd, FIDEDUPERANGE, buf, True)
-        _, _, got, status, _ = struct.unpack_from('qQQiI', buf, 24)
+        got, status = struct.unpack_from('qQQiI', buf, 24)[2:4]
         if status < 0:
             raise OSError(-status, os.strerror(-status))
         if status == 1:
@@ -533,7 +532,6 @@ class Dirs:
     def release(self, i, fd):
         if self.fds[i] != fd:
             os.close(fd)
-
 
     def path(self, entry):
         return self.paths[entry[0]] + '/' + entry[1]
@@ -775,7 +773,7 @@ def partition(nodes, xattrs=True):
             classes = new
             if eof:
                 break
-        return [(h.digest(), [node for node, _ in group]) for h, group in classes]
+        return [(h.digest(), [member[0] for member in group]) for h, group in classes]
     finally:
         for fd in fds:
             os.close(fd)
@@ -801,8 +799,8 @@ def _prove(groups, index, stats, reflink_devs=()):
         unknown = [n for n in group if n.hash is None]
         if unknown:
             jobs.extend((batch, xattrs) for batch in _batches(unknown))
-    stats['hashed'] += sum(len(b) for b, _ in jobs)
-    stats['bytes_hashed'] += sum(n.size for b, _ in jobs for n in b)
+    stats['hashed'] += sum(len(job[0]) for job in jobs)
+    stats['bytes_hashed'] += sum(n.size for job in jobs for n in job[0])
     proven_of = {}
     if jobs:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:

@@ -18,7 +18,7 @@ description:
   - Never follows symlinks, never touches devices, FIFOs, sockets, empty files or files any process holds open
     for writing (or maps shared-writable), and never crosses into another filesystem (mount points inside a
     tree are skipped).
-  - Every change is atomic: a link is made under a temp name in the same directory and renamed over the path, a
+  - Every change is atomic. A link is made under a temp name in the same directory and renamed over the path, a
     private copy is written, synced and renamed over. A run killed at any point leaves every path naming a
     complete file with its content; the next run removes the temp names and finishes the work.
   - With O(state=absent) the named guests get a private copy of every file they share (owner, mode, xattrs,
@@ -27,7 +27,7 @@ description:
     O(state=present).
   - Holds the host lock while it works. See C(docs/unify.md) for the update workflow.
 author:
-  - vserver.core contributors
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL
@@ -37,8 +37,8 @@ options:
     description:
       - Guests whose trees may be changed, or C(all) (every configured guest whose unify state is not
         C(absent)).
-      - With O(state=present), guests that were unified before (unify state C(present)) are used as sources:
-        the selected guests link to their files, their own paths are not replaced.
+      - With O(state=present), guests that were unified before (unify state C(present)) are used as sources.
+        The selected guests link to their files, their own paths are not replaced.
     type: list
     elements: str
     default: [all]
@@ -53,7 +53,7 @@ options:
       - C(hardlink) replaces each duplicate path by a hardlink to one inode (works on every filesystem; protect
         it with O(protect)).
       - C(reflink) keeps separate inodes and shares their extents with C(FIDEDUPERANGE) (XFS with C(reflink=1),
-        btrfs): a write inside one guest is copy-on-write and never reaches the others. Owner, mode and
+        btrfs). A write inside one guest is copy-on-write and never reaches the others. Owner, mode and
         timestamps stay per file, so only the content must be equal.
       - C(auto) uses C(reflink) on filesystems that support it and C(hardlink) elsewhere.
     type: str
@@ -169,6 +169,36 @@ leftovers_removed:
   description: Temp names left by a killed run that were removed.
   returned: always
   type: int
+shared_paths:
+  description: After the run, paths sharing their inode with another scanned path (present), or paths still
+    sharing an inode with something outside the guest (absent).
+  returned: always
+  type: int
+bytes_hashed:
+  description: Bytes read and hashed in this run.
+  returned: always
+  type: int
+verified:
+  description: Extra byte-for-byte comparisons of a changed file against an inode known from the index.
+  returned: when O(state=present)
+  type: int
+bytes_copied:
+  description: Bytes written into private copies.
+  returned: when O(state=absent)
+  type: int
+methods:
+  description: Methods used, per filesystem (C(hardlink), C(reflink)).
+  returned: when O(state=present)
+  type: list
+  elements: str
+timings:
+  description: Seconds spent per phase (scan, prove, act, protect, index).
+  returned: always
+  type: dict
+seconds:
+  description: Wall time of the run.
+  returned: always
+  type: float
 '''
 
 from ansible.module_utils.basic import AnsibleModule
