@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _manager, _template
+from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _manager, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, write_json)  # noqa: F401
 
@@ -402,6 +402,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False):
         ctx['template'] = 'busybox'
     res = _manager.ensure_context(paths, ctx, check_mode)
     actions.extend(a for a in res['actions'] if not (template in ('clone', 'none') and a.startswith('build tree')))
+    restart_required = bool(res.get('restart_required'))  # root or init changed under a running guest
     diff_before['context'] = res.get('diff', {}).get('before')
     diff_after['context'] = res.get('diff', {}).get('after')
     doc = _config.load(paths, name)
@@ -440,7 +441,11 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False):
     if restart_required and state == 'started' and allow_restart:
         state = 'restarted'
         restart_required = False
-    if exists or not check_mode:
+    observed = _context.Runtime(paths, name).state() if exists else None
+    if exists and not restart_required and (state, observed) in (('started', 'running'), ('frozen', 'frozen'),
+                                                                  ('stopped', 'stopped'), ('present', observed)):
+        pass  # already in the requested run state: no second pass through the context manager
+    elif exists or not check_mode:
         res = _manager.ensure_context(paths, {'name': name, 'state': state}, check_mode)
         actions.extend(a for a in res['actions'] if a not in ('update config',))
         after = res.get('diff', {}).get('after') or {}
