@@ -74,6 +74,7 @@ test: setup
 	$(REAPER) $(PY) -m pytest -q tests/unit tests/integration
 	$(REAPER) $(PY) tests/leakcheck.py
 	$(MAKE) sanity
+	$(MAKE) molecule
 
 # Release hygiene: ansible-test sanity (no ignore entries) and changelog lint.
 # ansible-test wants the collection under .../ansible_collections/vserver/core and lists files through git,
@@ -100,3 +101,13 @@ sanity: setup changelog-lint
 build: venv
 	@mkdir -p $(DIST)
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(DIST) $(TOP)
+
+# Molecule: `default` converges the roles on this machine (connection local, private paths under
+# /var/tmp/vstest-molecule), `fleet` makes three hosts (netns + sshd + private mounts) and rolls site.yml out over
+# ssh, then migrates a guest. Both run under the reaper (PID 1 here never reaps orphans), then the leak check.
+.PHONY: molecule molecule-default molecule-fleet
+molecule: molecule-default molecule-fleet
+	$(REAPER) $(PY) tests/leakcheck.py
+
+molecule-default molecule-fleet: setup
+	cd $(TOP) && NO_COLOR=1 $(REAPER) $(VENV)/bin/molecule test -s $(@:molecule-%=%)
