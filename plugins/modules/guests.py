@@ -18,7 +18,7 @@ description:
     RV(restart_required); it is restarted only with O(allow_restart=true).
   - Guests configured on the host but missing from O(guests) are left alone unless O(prune=true).
 author:
-  - vserver.core contributors
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL
@@ -32,7 +32,10 @@ options:
         C(absent)), C(purge) (with C(state=absent): remove the tree), C(autostart) (bool: the boot mark
         C(CONFIG_DIR/autostart/NAME)), C(capabilities) (options of M(vserver.core.capabilities)), C(limits)
         (options of M(vserver.core.limits)), C(addresses) (a list of CIDRs) and C(network) (further options of
-        M(vserver.core.address)), and C(config) (a whole config document brought from another host, used by
+        M(vserver.core.address)), C(files) (guest path to content, or to a dict with C(content) and C(mode),
+        written atomically into the tree without following any symlink), C(root_password_hash) (the root entry of
+        the guest's C(/etc/shadow); C(!) locks it) and C(root_authorized_keys) (a list, written to
+        C(/root/.ssh/authorized_keys)), and C(config) (a whole config document brought from another host, used by
         cold migration).
       - C(clone) copies the source guest's tree, hardlinking its unified (immutable, shared) files as
         util-vserver's clone did; everything else is copied.
