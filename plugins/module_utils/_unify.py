@@ -1120,10 +1120,14 @@ def _unify(scan, index, p, stats, check_mode, dev_method):
 
     def act(cls):
         local = collections.Counter()
-        if dev_method.get(cls[0].dev) == 'reflink':
-            n, s = _reflink_class(cls, local, check_mode, touched)
-        else:
-            n, s = _link_class(cls, index, local, check_mode, touched, dropped)
+        try:
+            if dev_method.get(cls[0].dev) == 'reflink':
+                n, s = _reflink_class(cls, local, check_mode, touched)
+            else:
+                n, s = _link_class(cls, index, local, check_mode, touched, dropped)
+        except OSError as exc:  # e.g. flags refused on this filesystem: leave the class alone, go on
+            local[_reason(exc)] += sum(len(node.paths) for node in cls)
+            return 0, 0, local
         return n, s, local
 
     # Classes share no inode: several threads keep the filesystem's journal busy while one waits.
