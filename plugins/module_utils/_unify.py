@@ -4,11 +4,14 @@
 
 ``ensure(paths, params, check_mode)`` is the one manager (module, roles and the CLI call it):
 
-scan    walk each guest tree with lstat only (never follows symlinks, never crosses into another
-        filesystem), apply the rsync-like exclude/include rules, note leftovers of a killed run;
-plan    group inodes by (device, size, owner, group, mode[, mtime]) then xattrs, then prove content
-        equality: the members of a group are read in lock-step and split chunk by chunk with byte
-        comparisons (each file is read once; one SHA-256 per distinct content, kept in the index);
+scan    walk each guest tree with lstat only, directories opened one component at a time with
+        O_NOFOLLOW and every later operation relative to those fds (never follows symlinks, never
+        crosses into another filesystem), apply the rsync-like exclude/include rules, note leftovers
+        of a killed run; skip files any process holds open for writing;
+plan    group inodes by (device, size, owner, group, mode[, mtime]), then prove content and xattr
+        equality: the members of a group are read in lock-step (worker threads) and split chunk by
+        chunk with byte comparisons (each file is read once; one SHA-256 per distinct content, kept
+        in the index);
         inodes whose size/mtime/ctime/inode are unchanged since the last run take their hash from the
         persistent index and are only re-read when they have to be proven equal to a new inode;
 act     hardlink: ``link(/proc/self/fd/N, dir/.vsunify.RANDOM.link)`` then ``rename`` over the path, so
@@ -58,7 +61,6 @@ FS_IMMUTABLE_FL = 0x00000010
 FS_APPEND_FL = 0x00000020
 FIDEDUPERANGE = 0xC0189436
 FS_IOC_FIEMAP = 0xC020660B
-FIEMAP_EXTENT_LAST = 0x1
 DEDUPE_CHUNK = 16 << 20
 CHUNK = 1 << 20
 BATCH_BYTES = 64 << 20
@@ -589,7 +591,6 @@ class Scan:
         self.files = 0
         self.skipped = collections.Counter()
         self.leftovers = []
-        self.guest_files = collections.Counter()
         self.dirs = Dirs()
 
 
@@ -601,7 +602,6 @@ def walk(root, guest, mutable, rules, scan, busy, whole=False):
     skipped, files, leftovers = _walk(root, guest, mutable, rules, scan.dirs, busy, scan.nodes, whole)
     scan.skipped.update(skipped)
     scan.files += files
-    scan.guest_files[guest] += files
     scan.leftovers.extend(leftovers)
 
 
