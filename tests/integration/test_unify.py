@@ -267,6 +267,10 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
         assert os.getxattr(os.path.join(a['root'], 'usr/share/vstest/caps'), 'security.capability') == a_caps
         assert not _unify.path_flags(pa) & _unify.FS_IMMUTABLE_FL
         assert _unify.path_flags(pb) & _unify.FS_IMMUTABLE_FL  # b and c still share theirs
+        # the guest's own hardlinks stay hardlinks, to its private copy
+        a0, a1 = (os.path.join(a['root'], 'usr/share/vstest', rel) for rel in ('dup00', 'sub/dup00-again'))
+        assert inode(a0) == inode(a1) != inode(os.path.join(b['root'], 'usr/share/vstest/dup00'))
+        assert os.lstat(a0).st_nlink == 2
         assert run_in(unify_paths, a, 'echo x >> %s' % guest_file) == 0
         assert sha(pa) != b_sha and sha(pb) == b_sha
         assert _unify.ensure(unify_paths, {'guests': ['a'], 'state': 'absent'})['changed'] is False
@@ -279,6 +283,24 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
             inode(os.path.join(b['root'], 'usr/share/vstest/dup05'))
     finally:
         _context.stop(unify_paths, dict(a, stop_timeout=1))
+
+
+def test_symlinks_out_of_a_tree_are_never_followed(three, unify_paths, tmp_path):
+    """A guest plants a symlink to a host directory holding a file equal to one of its own: the host file
+    is never read, linked or protected."""
+    host_dir = tmp_path / 'host-secrets'
+    host_dir.mkdir()
+    victim = host_dir / 'dup05'
+    src = os.path.join(three['b']['root'], 'usr/share/vstest/dup05')
+    st = os.lstat(src)
+    write(str(victim), open(src, 'rb').read(), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+          mtime=st.st_mtime)
+    os.symlink(str(host_dir), os.path.join(three['a']['root'], 'usr/share/vstest/evil'))
+    os.symlink(str(victim), os.path.join(three['a']['root'], 'usr/share/vstest/evil-file'))
+    out = _unify.ensure(unify_paths, {})
+    assert out['linked'] > 0
+    assert os.lstat(victim).st_nlink == 1 and not _unify.path_flags(str(victim)) & _unify.FS_IMMUTABLE_FL
+    assert os.path.islink(os.path.join(three['a']['root'], 'usr/share/vstest/evil'))
 
 
 def test_open_files_and_other_filesystems_are_skipped(three, unify_paths):

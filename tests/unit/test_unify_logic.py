@@ -193,3 +193,39 @@ def test_immutable_flag(tmp_path):
         os.close(fd)
     with open(path, 'ab') as handle:
         handle.write(b'y')
+
+
+def test_directories_swapped_for_symlinks_are_refused(tmp_path):
+    """A directory replaced by a symlink (to a host directory) after the walk is never entered: kept fds
+    still name the original directory, reopened ones must be the very directory the walk saw."""
+    tree, host = tmp_path / 'tree', tmp_path / 'host'
+    (tree / 'a' / 'b').mkdir(parents=True)
+    (tree / 'a' / 'b' / 'f').write_bytes(b'guest')
+    host.mkdir()
+    (host / 'f').write_bytes(b'host')
+    scan = scan_tree(tree)
+    try:
+        dirs = scan.dirs
+        node = next(iter(scan.nodes.values()))
+        entry = node.paths[0]
+        kept = dirs.fds[entry[0]]
+        os.rename(str(tree / 'a'), str(tree / 'moved'))
+        os.symlink(str(host), str(tree / 'a'))
+        fd = _unify.open_entry(dirs, entry)  # the kept fd: still the guest's directory
+        try:
+            assert os.read(fd, 10) == b'guest'
+        finally:
+            os.close(fd)
+        os.close(kept)  # as if over the fd budget: reopened by path, and checked
+        dirs.fds[entry[0]] = None
+        with pytest.raises(OSError):
+            _unify.open_entry(dirs, entry)
+        (tree / 'a').unlink()
+        os.symlink(str(tree / 'moved'), str(tree / 'a'))  # the very same directory through a symlink: harmless
+        fd = _unify.open_entry(dirs, entry)
+        try:
+            assert os.read(fd, 10) == b'guest'
+        finally:
+            os.close(fd)
+    finally:
+        scan.dirs.close()
