@@ -75,3 +75,17 @@ def test_migrated_guest(host):
     elif me == 'vst-fleet1':
         assert not mark.exists
         assert host.file('/etc/vservers/fleet-web.json').exists  # retired, kept stopped
+
+
+def test_status_table(host):
+    """status.yml (run after the migration) printed one table of every guest on every host."""
+    import os
+    with open(os.path.join(os.environ['MOLECULE_EPHEMERAL_DIRECTORY'], 'status.txt')) as handle:
+        rows = [line.split() for line in handle.read().splitlines()]
+    assert rows[0] == ['HOST', 'NAME', 'XID', 'STATE', 'ADDRESSES', 'MEMORY', 'PROC']
+    table = {(r[0], r[1]): r for r in rows[1:]}
+    assert table[('vst-fleet3', 'fleet-web')][2:5] == ['1101', 'running', '198.18.20.11/24']
+    assert table[('vst-fleet1', 'fleet-web')][3] == 'stopped'
+    assert table[('vst-fleet2', 'fleet-mail')][3:5] == ['running', '198.18.20.21/24']
+    assert int(table[('vst-fleet3', 'fleet-moodle')][6]) >= 1
+    assert len(rows) == 1 + 5
