@@ -47,6 +47,7 @@ LIMITS_DEFAULTS = {'memory': None, 'memory_high': None, 'swap': None, 'nproc': N
                    'cpuset': None, 'io': None, 'rlimits': None, 'disk': None, 'disk_backend': 'auto',
                    'disk_fstype': 'ext4'}
 FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
 FS_IMMUTABLE_FL = 0x10
 
 
@@ -149,6 +150,22 @@ def _is_immutable(path):
         os.close(fd)
 
 
+def _link_immutable(source, target):
+    """link(2) refuses an immutable inode: clear the flag around the link, as unification does."""
+    import fcntl
+    import struct
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        flags = struct.unpack('l', fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack('l', 0)))[0]
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack('l', flags & ~FS_IMMUTABLE_FL))
+        try:
+            os.link(source, target, follow_symlinks=False)
+        finally:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack('l', flags))
+    finally:
+        os.close(fd)
+
+
 def _copy_xattrs(src, dst):
     try:
         names = os.listxattr(src, follow_symlinks=False)
@@ -186,7 +203,7 @@ def clone_tree(src, dst):
                     os.symlink(os.readlink(source), target)
                 elif stat.S_ISREG(est.st_mode):
                     if est.st_nlink > 1 and _is_immutable(source):
-                        os.link(source, target)
+                        _link_immutable(source, target)
                         counts['linked'] += 1
                         continue
                     shutil.copyfile(source, target, follow_symlinks=False)
