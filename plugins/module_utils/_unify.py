@@ -976,7 +976,7 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
         out['files_scanned'] = scan.files
         skipped = dict(scan.skipped)
         skipped.update({k[5:]: v for k, v in stats.items() if k.startswith('skip_') and v})
-        out['skipped'] = skipped
+        out['skipped_by_reason'] = skipped
         out['hashed'] = stats['hashed']
         out['bytes_hashed'] = stats['bytes_hashed']
         out['seconds'] = round(time.monotonic() - started, 3)

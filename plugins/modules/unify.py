@@ -159,7 +159,7 @@ deunified:
   description: Paths that got a private copy.
   returned: when O(state=absent)
   type: int
-skipped:
+skipped_by_reason:
   description: Paths left alone, by reason (excluded, symlink, special, empty, open_for_write, other_filesystem,
     immutable, changed_during_run, link_limit, unreadable).
   returned: always

@@ -164,12 +164,12 @@ def test_unify_links_only_equal_files(three, unify_paths):
 
     real = _unify.ensure(unify_paths, params)
     assert real['changed'] is True
-    for key in ('files_scanned', 'candidates', 'linked', 'bytes_saved', 'protected', 'skipped'):
+    for key in ('files_scanned', 'candidates', 'linked', 'bytes_saved', 'protected', 'skipped_by_reason'):
         assert dry[key] == real[key], key
     assert real['linked'] == want_linked
     assert real['files_scanned'] == sum(len(paths) for paths in classes.values())
-    assert real['skipped']['empty'] == 3 and real['skipped']['special'] == 3
-    assert real['skipped']['symlink'] >= 3 and real['skipped']['excluded'] >= 3 * 9
+    assert real['skipped_by_reason']['empty'] == 3 and real['skipped_by_reason']['special'] == 3
+    assert real['skipped_by_reason']['symlink'] >= 3 and real['skipped_by_reason']['excluded'] >= 3 * 9
     assert real['diff']['before']['shared_paths'] == 0
     assert real['diff']['after']['shared_paths'] == sum(len(p) for p in classes.values() if len(p) > 1)
 
@@ -312,13 +312,13 @@ def test_open_files_and_other_filesystems_are_skipped(three, unify_paths):
         write(os.path.join(mnt, 'dup08'), open(os.path.join(three['c']['root'], 'usr/share/vstest/dup08'), 'rb').read())
         with open(path, 'ab'):
             out = _unify.ensure(unify_paths, {})
-        assert out['skipped']['other_filesystem'] == 1
+        assert out['skipped_by_reason']['other_filesystem'] == 1
         assert os.lstat(os.path.join(mnt, 'dup08')).st_nlink == 1
     finally:
         subprocess.run(['umount', mnt], check=True)
-    assert out['skipped']['open_for_write'] == 1
+    assert out['skipped_by_reason']['open_for_write'] == 1
     assert os.lstat(path).st_nlink == 1
     assert inode(os.path.join(three['a']['root'], 'usr/share/vstest/dup07')) == \
         inode(os.path.join(three['c']['root'], 'usr/share/vstest/dup07'))
     out = _unify.ensure(unify_paths, {})
-    assert out['linked'] == 1 and 'open_for_write' not in out['skipped']
+    assert out['linked'] == 1 and 'open_for_write' not in out['skipped_by_reason']

@@ -35,7 +35,7 @@ def test_module_check_diff_idempotence_and_bad_input(host_paths, make_guest, tmp
         dry, real, again = res['dry'], res['real'], res['again']
         assert dry['changed'] is True and real['changed'] is True and again['changed'] is False
         assert dry['linked'] == real['linked'] > 0 and dry['bytes_saved'] == real['bytes_saved'] > 0
-        assert dry['skipped'] == real['skipped'] and again['linked'] == 0 and again['hashed'] == 0
+        assert dry['skipped_by_reason'] == real['skipped_by_reason'] and not real.get('skipped') and again['linked'] == 0 and again['hashed'] == 0
         assert dry['diff']['before']['shared_paths'] == 0
         assert dry['diff']['after']['shared_paths'] == real['diff']['after']['shared_paths'] == real['shared_paths']
         assert dry['diff']['after']['guests']['ma'] == {'state': 'present', 'method': 'hardlink', 'protect': True}
