@@ -68,6 +68,16 @@ def detect(mountinfo='/proc/self/mountinfo'):
     raise VServerError('no cgroup filesystem is mounted on this host (need cgroup v1 controllers or cgroup2)')
 
 
+_HOST_LAYOUT = []
+
+
+def host_layout():
+    """This host's layout, detected once per process (cgroup mounts do not move under a running tool)."""
+    if not _HOST_LAYOUT:
+        _HOST_LAYOUT.append(detect())
+    return _HOST_LAYOUT[0]
+
+
 class _Base:
     def __init__(self, layout, parent, name):
         self.layout = layout

@@ -87,8 +87,10 @@ def check_xid(xid, field='xid'):
     return value
 
 
-def atomic_write(path, data, mode=0o644):
-    """Write ``data`` (str or bytes) to ``path`` via a temp file in the same directory, fsync, rename."""
+def atomic_write(path, data, mode=0o644, durable=True):
+    """Write ``data`` (str or bytes) to ``path`` via a temp file in the same directory, fsync, rename.
+
+    ``durable=False`` skips the fsync (for volatile state under /run: the rename alone keeps it atomic)."""
     directory = os.path.dirname(path)
     if isinstance(data, str):
         data = data.encode()
@@ -96,7 +98,8 @@ def atomic_write(path, data, mode=0o644):
     try:
         os.fchmod(fd, mode)
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         os.close(fd)
         fd = None
         os.rename(tmp, path)
@@ -110,8 +113,8 @@ def atomic_write(path, data, mode=0o644):
         raise
 
 
-def write_json(path, doc, mode=0o644):
-    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + '\n', mode)
+def write_json(path, doc, mode=0o644, durable=True):
+    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + '\n', mode, durable)
 
 
 def read_json(path, default=None):

@@ -56,7 +56,7 @@ class Runtime:
     @property
     def layout(self):
         if self._layout is None:
-            self._layout = _cgroup.detect()
+            self._layout = _cgroup.host_layout()
         return self._layout
 
     @property
@@ -344,7 +344,7 @@ def start(paths, doc, layout=None):
             'cgroup': group.paths(), 'root': root,
             'ns': {kind: K.ns_inode(pid, kind) for kind in NAMESPACES},
         }
-        write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600)
+        write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600, durable=False)  # /run: volatile
         if st is not None and st[0] not in ('Z', 'X'):
             _bind_netns(pid, os.path.join(rt.dir, NETNS_HANDLE))
         rt = Runtime(paths, name, rt.layout)

@@ -1238,7 +1238,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
     live (cgroup files written / would be written), rlimit_pids.
     """
     from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _context
-    layout = layout or _cgroup.detect()
+    layout = layout or _cgroup.host_layout()
     host = host or Host(layout=layout)
     with _common.HostLock(paths):
         doc = _config.load(paths, name)
