@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 
 NAME_RE = re.compile(r'^[a-z0-9_-][a-z0-9_.-]{0,62}$')
@@ -91,6 +90,7 @@ def atomic_write(path, data, mode=0o644, durable=True):
     """Write ``data`` (str or bytes) to ``path`` via a temp file in the same directory, fsync, rename.
 
     ``durable=False`` skips the fsync (for volatile state under /run: the rename alone keeps it atomic)."""
+    import tempfile  # here, not at the top: only writers need it
     directory = os.path.dirname(path)
     if isinstance(data, str):
         data = data.encode()

@@ -13,8 +13,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import platform
-import subprocess
 
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
@@ -97,9 +95,9 @@ def umount(target, flags=0):
 
 
 def pivot_root(new_root, put_old):
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(errno.ENOSYS, 'pivot_root: unsupported architecture %s' % platform.machine())
+        raise OSError(errno.ENOSYS, 'pivot_root: unsupported architecture %s' % os.uname().machine)
     _check(libc().syscall(ctypes.c_long(number), _b(new_root), _b(put_old)), 'pivot_root')
 
 
@@ -130,9 +128,9 @@ def capset(effective, permitted, inheritable):
         data[i].effective = (effective >> shift) & 0xffffffff
         data[i].permitted = (permitted >> shift) & 0xffffffff
         data[i].inheritable = (inheritable >> shift) & 0xffffffff
-    number = _SYS_CAPSET.get(platform.machine())
+    number = _SYS_CAPSET.get(os.uname().machine)
     if number is None:
-        raise OSError(errno.ENOSYS, 'capset: unsupported architecture %s' % platform.machine())
+        raise OSError(errno.ENOSYS, 'capset: unsupported architecture %s' % os.uname().machine)
     _check(libc().syscall(ctypes.c_long(number), ctypes.byref(header), ctypes.byref(data)), 'capset')
 
 
@@ -147,6 +145,7 @@ def set_subreaper():
 
 def run(argv, check=True, input=None, env=None, timeout=60):
     """Run a command given as a list (never a shell string), with a pinned locale."""
+    import subprocess  # here, not at the top: the vserver command's hot paths never run one
     environ = dict(os.environ if env is None else env)
     environ.update(LC_ALL='C', LANG='C')
     proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=environ, timeout=timeout)

@@ -224,8 +224,8 @@ def ensure_context(paths, params, check_mode=False):
             plan = (['stop'] if running_state != 'stopped' else []) + ['start']
         elif target == 'started':
             plan = {'stopped': ['start'], 'frozen': ['thaw'], 'running': []}[running_state]
-        elif target == 'stopped':
-            plan = [] if running_state == 'stopped' else ['stop']
+        elif target == 'stopped':  # also clears what an init that died on its own left behind
+            plan = [] if running_state == 'stopped' and not rt.leftovers() else ['stop']
         elif target == 'frozen':
             plan = {'stopped': ['start', 'freeze'], 'running': ['freeze'], 'frozen': []}[running_state]
         if live_uts and 'stop' not in plan and running_state != 'stopped':

@@ -49,3 +49,15 @@ def test_exec_gets_the_guest_rlimits_and_bounding_set(host_paths, make_guest):
     with open('/proc/%d/status' % _context.Runtime(host_paths, 'cli-rl').init_pid()) as handle:
         init_bnd = [line for line in handle.read().splitlines() if line.startswith('CapBnd')][0]
     assert capbnd.split()[1] == init_bnd.split()[1]
+
+
+def test_stop_clears_what_a_dead_init_left(host_paths, make_guest):
+    make_guest('cli-dead', init=['/bin/true'], stop_signal='SIGKILL')
+    assert vserver(host_paths, 'cli-dead', 'start').returncode == 0
+    rt = _context.Runtime(host_paths, 'cli-dead')
+    assert vserver(host_paths, 'cli-dead', 'status').returncode == 3   # init exited at once
+    assert rt.leftovers()
+    out = vserver(host_paths, 'cli-dead', 'stop')
+    assert out.returncode == 0 and 'stop' in out.stdout
+    assert not _context.Runtime(host_paths, 'cli-dead').leftovers()
+    assert vserver(host_paths, 'cli-dead', 'stop').stdout.strip() == 'cli-dead: nothing to do'
