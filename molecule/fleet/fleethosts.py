@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Test harness for the molecule `fleet` scenario: three "hosts" on this machine, reached over ssh.
 
     fleethosts.py create DIR     make vst-fleet1..3 (see below); state goes to DIR/fleet.json
@@ -72,7 +71,7 @@ exec {python} {reaper} -- /usr/sbin/sshd -D -e -f {dir}/sshd_config
 
 
 def sh(*argv, check=True):
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and proc.returncode:
         raise SystemExit('%s failed (%d): %s' % (' '.join(argv), proc.returncode, proc.stderr.strip()))
     return proc
@@ -173,14 +172,14 @@ def cgroup_dirs(prefix):
         base = os.path.join(root, hierarchy)
         if not os.path.isdir(base) or os.path.islink(base):
             continue
-        for parent_dir, dirs, _ in os.walk(base):
+        for parent_dir, dirs, _files in os.walk(base):
             depth = parent_dir[len(base):].count('/')
             if depth > 3:
                 dirs[:] = []
                 continue
             for d in list(dirs):
                 if d.startswith(prefix):
-                    for sub, _subdirs, _ in os.walk(os.path.join(parent_dir, d), topdown=False):
+                    for sub, _subdirs, _files2 in os.walk(os.path.join(parent_dir, d), topdown=False):
                         found.append(sub)
                     dirs.remove(d)
     return found
@@ -215,7 +214,7 @@ def kill_cgroups(prefix, timeout=10):
             break
         time.sleep(0.1)
     for d in dirs:
-        for _ in range(50):
+        for _attempt in range(50):
             try:
                 os.rmdir(d)
                 break

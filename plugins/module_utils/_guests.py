@@ -16,7 +16,7 @@ import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _manager, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    HostLock, VServerError, check_name, write_json)  # noqa: F401
+    VServerError, check_name, write_json)
 
 # Concern managers, each ``ensure(paths, params, check_mode) -> result`` (changed, actions, diff,
 # restart_required). They are written by other parts of the collection; a guest that asks for a concern
@@ -63,8 +63,11 @@ def _concern(concern):
     import inspect
     args = list(inspect.signature(module.ensure).parameters)
     if len(args) > 1 and args[1] == 'name':
-        return lambda paths, name, params, check_mode: module.ensure(paths, name, params, check_mode)
-    return lambda paths, name, params, check_mode: module.ensure(paths, dict(params, name=name), check_mode)
+        return module.ensure
+
+    def by_params(paths, name, params, check_mode):
+        return module.ensure(paths, dict(params, name=name), check_mode)
+    return by_params
 
 
 def validate(guests, prune=False):
@@ -80,8 +83,8 @@ def validate(guests, prune=False):
             raise VServerError('%s must be a dict with at least a name (got %r)' % (field, raw), field)
         unknown = sorted(set(raw) - GUEST_KEYS)
         if unknown:
-            raise VServerError('%s: unknown keys %s; accepted: %s' % (field, ', '.join(unknown),
-                                                                       ', '.join(sorted(GUEST_KEYS))), field)
+            raise VServerError('%s: unknown keys %s; accepted: %s'
+                               % (field, ', '.join(unknown), ', '.join(sorted(GUEST_KEYS))), field)
         name = check_name(raw['name'], field + '.name')
         if name in seen:
             raise VServerError('%s: guest %s is listed twice' % (field, name), field + '.name')
@@ -217,7 +220,7 @@ def clone_tree(src, dst):
                     os.chmod(target, stat.S_IMODE(est.st_mode))
                 _copy_xattrs(source, target)
                 os.utime(target, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
-        for dirpath, _, _ in os.walk(src, topdown=False):
+        for dirpath, _dirs, _files in os.walk(src, topdown=False):
             rel = os.path.relpath(dirpath, src)
             target_dir = dst if rel == '.' else os.path.join(dst, rel)
             st = os.lstat(dirpath)
@@ -459,8 +462,8 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False):
         state = 'restarted'
         restart_required = False
     observed = _context.Runtime(paths, name).state() if exists else None
-    if exists and not restart_required and (state, observed) in (('started', 'running'), ('frozen', 'frozen'),
-                                                                  ('stopped', 'stopped'), ('present', observed)):
+    in_state = (('started', 'running'), ('frozen', 'frozen'), ('stopped', 'stopped'), ('present', observed))
+    if exists and not restart_required and (state, observed) in in_state:
         pass  # already in the requested run state: no second pass through the context manager
     elif exists or not check_mode:
         res = _manager.ensure_context(paths, {'name': name, 'state': state}, check_mode)

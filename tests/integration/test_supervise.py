@@ -11,7 +11,7 @@ import pytest
 from ansible_collections.vserver.core.plugins.module_utils import _context, _manager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUPERVISE = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'roles', 'host', 'files', 'vserver-supervise')
+SUPERVISE = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'roles', 'host', 'files', 'vserver_supervise.py')
 
 
 def wait_for(predicate, timeout=15):
@@ -35,7 +35,9 @@ def test_supervise_starts_restarts_and_respects_clean_stops(host_paths, make_gue
     proc = subprocess.Popen([sys.executable, SUPERVISE, '--interval', '0.3'], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        rt = lambda name: _context.Runtime(host_paths, name)  # noqa: E731
+        def rt(name):
+            return _context.Runtime(host_paths, name)
+
         assert wait_for(lambda: rt('sv-a').init_pid() and rt('sv-b').init_pid())
         assert rt('sv-c').state() == 'stopped'
         first = rt('sv-a').init_pid()

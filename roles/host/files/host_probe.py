@@ -1,11 +1,16 @@
 # Runs on the host (python3 -c): one read-only look at everything the host role manages, as JSON, so an
 # idempotent re-run costs one task instead of one per item. Standard library only.
-import hashlib, json, os, stat, subprocess, sys
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
 
 want = json.loads(sys.argv[1])
 out = {'systemd': os.path.isdir('/run/systemd/system')}
 proc = subprocess.run(['dpkg-query', '-W', '-f=${Package} ${db:Status-Status}\n'] + want['packages'],
-                      capture_output=True, text=True)
+                      capture_output=True, text=True, check=False)
 installed = {l.split()[0] for l in proc.stdout.splitlines() if l.endswith(' installed')}
 out['missing_packages'] = [p for p in want['packages'] if p not in installed]
 out['dirs_bad'] = []
@@ -32,7 +37,8 @@ out['links_bad'] = [l['dest'] for l in want['links']
                     if not os.path.islink(l['dest']) or os.readlink(l['dest']) != l['src']]
 bridge = {'exists': False, 'up': False, 'addrs': []}
 if want.get('bridge'):
-    proc = subprocess.run(['ip', '-j', 'addr', 'show', 'dev', want['bridge']], capture_output=True, text=True)
+    proc = subprocess.run(['ip', '-j', 'addr', 'show', 'dev', want['bridge']], capture_output=True, text=True,
+                          check=False)
     if proc.returncode == 0 and proc.stdout.strip():
         info = json.loads(proc.stdout)[0]
         bridge = {'exists': True, 'up': 'UP' in info.get('flags', []),

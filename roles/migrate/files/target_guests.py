@@ -1,5 +1,7 @@
 # Runs on the migration target: its guests' names, xids and addresses, and the free space for trees (stdlib only).
-import json, os, sys
+import json
+import os
+import sys
 config_dir, tree_dir = sys.argv[1], sys.argv[2]
 guests = {}
 try:

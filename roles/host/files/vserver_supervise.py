@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """vserver-supervise — start the marked guests at boot and restart the ones that die (no systemd needed).
@@ -94,7 +93,7 @@ def restart(paths, name, recent, now):
 def reap():
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, _status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
