@@ -1,5 +1,6 @@
-"""Fleet verification, per host (testinfra over the same ssh as Ansible): after site.yml and the migration of
-fleet-web from vst-fleet1 to vst-fleet3, each host runs exactly its guests, in its own cgroup parent."""
+"""Fleet verification, per host (testinfra over the same ssh as Ansible): after site.yml, the migration of
+fleet-web from vst-fleet1 to vst-fleet3 and a failed migration of fleet-dns to vst-fleet2 (rolled back), each host
+runs exactly its guests, in its own cgroup parent."""
 import json
 
 EXPECTED = {
@@ -89,3 +90,13 @@ def test_status_table(host):
     assert table[('vst-fleet2', 'fleet-mail')][3:5] == ['running', '198.18.20.21/24']
     assert int(table[('vst-fleet3', 'fleet-moodle')][6]) >= 1
     assert len(rows) == 1 + 5
+
+
+def test_failed_migration_left_no_trace_on_the_target(host):
+    if name(host) == 'vst-fleet2':
+        assert not host.file('/etc/vservers/fleet-dns.json').exists
+        assert not host.file('/var/lib/vservers/fleet-dns').exists
+        assert not host.file('/run/vservers/fleet-dns').exists
+    elif name(host) == 'vst-fleet1':
+        assert host.file('/etc/vservers/autostart/fleet-dns').exists
+        assert vserver(host, 'fleet-dns', 'status').rc == 0
