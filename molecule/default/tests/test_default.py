@@ -116,3 +116,10 @@ def test_autostart_marks(host):
     assert host.file('%s/etc/autostart/mol-web' % TOP).exists
     assert host.file('%s/etc/autostart/mol-mail' % TOP).exists
     assert not host.file('%s/etc/autostart/mol-dns' % TOP).exists
+
+
+def test_periodic_unify_job(host):
+    cron = host.file('%s/cron.vserver-unify' % TOP).content_string
+    assert 'root nice -n 10 %s/cli/vserver-unify' % TOP in cron
+    out = json.loads(host.check_output('%s/cli/vserver-unify' % TOP))
+    assert out['changed'] is False  # the converge already unified everything
