@@ -116,7 +116,7 @@ molecule-default molecule-fleet: setup
 # cgroup v2: tests/unit and the `cgroup`-marked integration tests inside a qemu VM (TCG) booting Debian's kernel
 # with cgroup v1 disabled. VM parts (kernel, root image, initramfs) are cached in /var/cache/vserver-v2vm;
 # results and the console log land in .build/v2vm/. How it works: docs/testing.md.
-V2VM_MAKE_TIMEOUT ?= 480
+V2VM_MAKE_TIMEOUT ?= 720
 .PHONY: test-v2
 test-v2: setup
 	timeout -k 20 $(V2VM_MAKE_TIMEOUT) $(TOP)/tests/vm/run
