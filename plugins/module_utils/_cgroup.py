@@ -133,11 +133,22 @@ def _rmdir(path, attempts=100):
     os.rmdir(path)
 
 
-def _rmdir_if_empty(path):
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
+def _rmdir_if_empty(path, attempts=50):
+    """Remove the shared parent once its last guest is gone. A just-removed child can keep it busy for a
+    moment (its css is released asynchronously), so EBUSY is retried while it has no child cgroup left."""
+    for _ in range(attempts):
+        try:
+            os.rmdir(path)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                return
+        try:
+            if any(entry.is_dir(follow_symlinks=False) for entry in os.scandir(path)):
+                return  # other guests live here
+        except OSError:
+            return
+        time.sleep(0.02)
 
 
 class CgroupV1(_Base):
