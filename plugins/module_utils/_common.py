@@ -34,14 +34,36 @@ class VServerError(Exception):
         self.field = field
 
 
-class Paths:
-    """Where guest state lives on a host. Each root can be overridden (options, then env, then defaults)."""
+DEFAULTS_FILE = '/etc/default/vserver'
 
-    def __init__(self, config_dir=None, run_dir=None, tree_dir=None, log_dir=None, cgroup_parent=None):
+
+def read_defaults_file(path=DEFAULTS_FILE):
+    """VSERVER_*=VALUE lines of the host's defaults file (written by the host role), as a dict."""
+    out = {}
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except (FileNotFoundError, PermissionError):
+        return out
+    for line in lines:
+        key, eq, value = line.strip().partition('=')
+        if eq and key in ENV.values():
+            out[key] = value.strip().strip('"\'')
+    return out
+
+
+class Paths:
+    """Where guest state lives on a host. Each root comes from, in order: the option given, the VSERVER_*
+    environment variable, the host's defaults file (/etc/default/vserver, written by the host role), the
+    built-in default."""
+
+    def __init__(self, config_dir=None, run_dir=None, tree_dir=None, log_dir=None, cgroup_parent=None,
+                 defaults_file=DEFAULTS_FILE):
         given = dict(config_dir=config_dir, run_dir=run_dir, tree_dir=tree_dir, log_dir=log_dir,
                      cgroup_parent=cgroup_parent)
+        host = read_defaults_file(defaults_file) if defaults_file else {}
         for key, default in DEFAULTS.items():
-            value = given[key] or os.environ.get(ENV[key]) or default
+            value = given[key] or os.environ.get(ENV[key]) or host.get(ENV[key]) or default
             if key == 'cgroup_parent':
                 if not CGROUP_PARENT_RE.match(value) or any(p in ('.', '..') for p in value.split('/')):
                     raise VServerError('cgroup_parent must be a relative cgroup path of letters, digits, '

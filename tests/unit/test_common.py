@@ -43,3 +43,18 @@ def test_paths_defaults_env_and_overrides(monkeypatch):
     with pytest.raises(VServerError) as err:
         Paths(cgroup_parent='../escape')
     assert err.value.field == 'cgroup_parent'
+
+
+def test_paths_from_the_hosts_defaults_file(tmp_path, monkeypatch):
+    for var in ('VSERVER_CONFIG_DIR', 'VSERVER_RUN_DIR', 'VSERVER_CGROUP_PARENT'):
+        monkeypatch.delenv(var, raising=False)
+    defaults = tmp_path / 'vserver'
+    defaults.write_text('# written by the host role\nVSERVER_CONFIG_DIR=/srv/vs/etc\n'
+                        'VSERVER_CGROUP_PARENT="fleet1"\nOTHER=ignored\n')
+    paths = Paths(defaults_file=str(defaults))
+    assert paths.config_dir == '/srv/vs/etc' and paths.cgroup_parent == 'fleet1'
+    assert paths.run_dir == '/run/vservers'
+    monkeypatch.setenv('VSERVER_CONFIG_DIR', '/from/env')
+    assert Paths(defaults_file=str(defaults)).config_dir == '/from/env'
+    assert Paths(config_dir='/given', defaults_file=str(defaults)).config_dir == '/given'
+    assert Paths(defaults_file=str(tmp_path / 'missing')).config_dir == '/from/env'
