@@ -33,9 +33,9 @@ def test_bad_xids(xid):
 
 def test_paths_defaults_env_and_overrides(monkeypatch):
     monkeypatch.delenv('VSERVER_CONFIG_DIR', raising=False)
-    assert Paths().config_dir == '/etc/vservers'
+    assert Paths(defaults_file=None).config_dir == '/etc/vservers'
     monkeypatch.setenv('VSERVER_CONFIG_DIR', '/srv/etc')
-    assert Paths().config_dir == '/srv/etc'
+    assert Paths(defaults_file=None).config_dir == '/srv/etc'
     assert Paths(config_dir='/x/y/').config_dir == '/x/y'
     with pytest.raises(VServerError) as err:
         Paths(run_dir='relative')
