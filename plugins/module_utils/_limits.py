@@ -923,9 +923,15 @@ def disk_image(root):
     return os.path.normpath(os.path.abspath(root)) + '.disk.img'
 
 
-def _fstype(path):
-    proc = K.run(['findmnt', '-n', '-o', 'FSTYPE', '--target', path], check=False)
-    return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+def _fstype(path, mountinfo='/proc/self/mountinfo'):
+    """Filesystem type of the mount holding ``path`` (like ``findmnt --target``, without a subprocess)."""
+    real = os.path.realpath(path)
+    best, kind = -1, None
+    for entry in K.read_mountinfo(mountinfo):  # later entries stack over earlier ones on the same point
+        point = entry['mountpoint']
+        if (real == point or real.startswith(point.rstrip('/') + '/')) and len(point) >= best:
+            best, kind = len(point), entry['fstype']
+    return kind
 
 
 def _is_mountpoint(path, mountinfo='/proc/self/mountinfo'):
