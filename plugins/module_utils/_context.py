@@ -392,6 +392,8 @@ def stop(paths, doc, layout=None):
     rt = Runtime(paths, name, layout)
     pid = rt.init_pid()
     if pid:
+        # mark the stop first: a watcher (vserver-supervise) seeing init gone must not take it for a crash
+        write_json(os.path.join(rt.dir, STATE_FILE), dict(rt.record, stopping=True), 0o600, durable=False)
         if rt.group.exists() and rt.group.frozen():
             rt.group.thaw()
         sig = signal.Signals[doc.get('stop_signal', 'SIGTERM')]

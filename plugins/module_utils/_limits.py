@@ -595,9 +595,21 @@ def diff_files(group, section, host=None):
                 continue  # a kernel without that file: nothing to do for a default value
             raise VServerError('%s: this host\'s cgroup has no %s file, so the limit cannot be enforced'
                                % (setting.field, setting.key), setting.field)
-        if not _matches(setting, raw):
+        if not _matches(setting, raw) and not _v2_cpuset_inherited(group, setting, raw):
             out.append((setting, raw))
     return out
+
+
+def _v2_parent_cpus(group):
+    return _cgroup._read(os.path.join(os.path.dirname(group.path), 'cpuset.cpus.effective'), '') or ''
+
+
+def _v2_cpuset_inherited(group, setting, raw):
+    """v2, no cpuset wanted: the parent's CPUs written explicitly count as no limit (some kernels refuse an
+    empty cpuset.cpus on a populated cgroup, so that is what removing a cpuset writes there)."""
+    if setting.key != 'cpuset.cpus' or setting.value or group.layout.version != 2 or not raw.strip():
+        return False
+    return _cpus_norm(raw) == _cpus_norm(_v2_parent_cpus(group))
 
 
 KERNEL_DEFAULTS = {
@@ -620,7 +632,13 @@ def _is_default(setting):
 def _write_setting(group, setting, raw):
     for line in _render(setting, raw):
         try:
-            group.write(setting.key, line or '\n')   # an empty write() never reaches the kernel
+            try:
+                group.write(setting.key, line or '\n')   # an empty write() never reaches the kernel
+            except OSError as exc:
+                if not (setting.key == 'cpuset.cpus' and not line and exc.errno == errno.ENOSPC
+                        and group.layout.version == 2):
+                    raise
+                group.write(setting.key, _v2_parent_cpus(group))  # see _v2_cpuset_inherited
         except OSError as exc:
             hint = ''
             if setting.key.startswith('memory') and exc.errno == errno.EBUSY:

@@ -536,8 +536,10 @@ def plan_live(section, xid, pid, host, guest, previous=None):
             uplink = vlan_ifname(section['parent'], section['vlan'])
             up = host.links.get(uplink)
             if up is None:
+                # a VLAN link cannot come up while its parent is down (ENETDOWN): the parent comes up first
                 plan.host += ['link add link %s name %s type vlan id %d' % (section['parent'], uplink, section['vlan']),
-                              'link set %s master %s' % (uplink, bridge), 'link set %s up' % uplink]
+                              'link set %s master %s' % (uplink, bridge), 'link set %s up' % section['parent'],
+                              'link set %s up' % uplink]
                 plan.created.append(uplink)
                 plan.actions.append('create VLAN %d uplink %s on bridge %s' % (section['vlan'], uplink, bridge))
             elif br is None or up['master'] != br['index']:
@@ -549,7 +551,7 @@ def plan_live(section, xid, pid, host, guest, previous=None):
             lower = vlan_ifname(parent, section['vlan'])
             if lower not in host.links:
                 plan.host += ['link add link %s name %s type vlan id %d' % (parent, lower, section['vlan']),
-                              'link set %s up' % lower]
+                              'link set %s up' % parent, 'link set %s up' % lower]
                 plan.created.append(lower)
                 plan.actions.append('create VLAN %d sub-interface %s on %s' % (section['vlan'], lower, parent))
         else:

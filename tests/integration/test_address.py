@@ -21,7 +21,6 @@ from ansible_collections.vserver.core.plugins.module_utils import (
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import guest_sh, vserver
 
-pytestmark = pytest.mark.cgroup
 
 
 def _host_links():
@@ -294,7 +293,7 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
     listener.bind(('127.0.0.1', 0))
     listener.listen(4)
     lport = listener.getsockname()[1]
-    listener.settimeout(3)
+    listener.settimeout(30)  # the guest side is a `vserver exec`: slow on a loaded machine
 
     def accept():
         try:

@@ -5,7 +5,6 @@ from ansible_collections.vserver.core.plugins.module_utils import _config, _cont
 from ansible_helpers import path_vars, run_playbook, task_results
 from test_address import Net, guest_addrs, ns_ip  # noqa: F401  (Net: the test network helper)
 
-pytestmark = pytest.mark.cgroup
 
 PLAYBOOK = """
 - hosts: localhost

@@ -97,6 +97,10 @@ def test_cpu_token_bucket_live(make_guest, host_paths):
                                      VSERVER_CGROUP_PARENT=host_paths.cgroup_parent),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # wait (bounded) for both loops to run in the guest: on a slow machine `vserver exec` itself takes a while
+        deadline = time.monotonic() + 60
+        while len(group.procs()) < 4 and time.monotonic() < deadline:   # init, sh, 2 x timeout/sh loops
+            time.sleep(0.1)
         time.sleep(0.5)
         throttled = _throttled(group)
         quarter = _cpu_share(group)

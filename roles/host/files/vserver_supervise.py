@@ -59,6 +59,8 @@ def condition(paths, name):
     rt = _context.Runtime(paths, name)
     if rt.init_pid():
         return 'running'
+    if rt.record.get('stopping'):  # `_context.stop` marks a stop before it signals init
+        return 'stopped'
     return 'crashed' if os.path.isdir(rt.dir) else 'stopped'
 
 
