@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run a command as a child subreaper: orphaned guest init processes are reaped here when they exit.
 
 Guests are not supervised: once started, their init is reparented to the nearest subreaper or PID 1.
@@ -30,7 +29,7 @@ def main():
     # reap whatever already died; live orphans (leaks) go to PID 1 and the leak check reports them
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, dummy = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
         if pid == 0:

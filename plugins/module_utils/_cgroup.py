@@ -120,7 +120,7 @@ class _Base:
 
 
 def _rmdir(path, attempts=100):
-    for _ in range(attempts):
+    for dummy in range(attempts):
         try:
             os.rmdir(path)
             return
@@ -136,7 +136,7 @@ def _rmdir(path, attempts=100):
 def _rmdir_if_empty(path, attempts=50):
     """Remove the shared parent once its last guest is gone. A just-removed child can keep it busy for a
     moment (its css is released asynchronously), so EBUSY is retried while it has no child cgroup left."""
-    for _ in range(attempts):
+    for dummy in range(attempts):
         try:
             os.rmdir(path)
             return
@@ -164,7 +164,7 @@ class CgroupV1(_Base):
         return out
 
     def paths(self):
-        return {ctrl: path for ctrl, path in self._dirs()}
+        return dict(self._dirs())
 
     def dir_for(self, controller):
         mnt = self.layout.v1.get(controller)
@@ -173,7 +173,7 @@ class CgroupV1(_Base):
         return os.path.join(mnt, self.rel)
 
     def exists(self):
-        return any(os.path.isdir(path) for _, path in self._dirs())
+        return any(os.path.isdir(path) for dummy, path in self._dirs())
 
     def create(self):
         for ctrl, path in self._dirs():
@@ -196,12 +196,12 @@ class CgroupV1(_Base):
                         _write(os.path.join(current, key), value)
 
     def join(self, pid):
-        for _, path in self._dirs():
+        for dummy, path in self._dirs():
             _write(os.path.join(path, 'cgroup.procs'), pid)
 
     def procs(self):
         found = set()
-        for _, path in self._dirs():
+        for dummy, path in self._dirs():
             raw = _read(os.path.join(path, 'cgroup.procs'), '')
             found.update(int(x) for x in raw.split())
         return sorted(found)
@@ -264,7 +264,7 @@ class CgroupV1(_Base):
         _write(os.path.join(self.dir_for(key.split('.')[0]), key), value)
 
     def remove(self):
-        for _, path in self._dirs():
+        for dummy, path in self._dirs():
             _rmdir(path)
             _rmdir_if_empty(os.path.dirname(path))
 
@@ -337,7 +337,7 @@ class CgroupV2(_Base):
         if not raw:
             return None
         for line in raw.splitlines():
-            key, _, value = line.partition(' ')
+            key, dummy, value = line.partition(' ')
             if key == 'usage_usec':
                 return int(value) * 1000
         return None

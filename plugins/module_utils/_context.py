@@ -320,7 +320,7 @@ def start(paths, doc, layout=None):
         pid_w = None
         os.close(err_w)
         err_w = None
-        _, status = os.waitpid(child, 0)
+        dummy, status = os.waitpid(child, 0)
         raw = b''
         while True:
             chunk = os.read(pid_r, 64)
@@ -334,8 +334,8 @@ def start(paths, doc, layout=None):
                 break
             errors += chunk
         if errors or not raw:
-            raise VServerError('guest %s failed to start: %s' % (name, errors.decode(errors='replace') or
-                                                                   'intermediate exited with %d' % status))
+            reason = errors.decode(errors='replace') or 'intermediate exited with %d' % status
+            raise VServerError('guest %s failed to start: %s' % (name, reason))
         pid = int(raw)
         st = K.read_stat(pid)
         record = {
@@ -465,7 +465,7 @@ def _in_namespaces(pid, kinds, func):
             if not chunk:
                 break
             message += chunk
-        _, status = os.waitpid(child, 0)
+        dummy, status = os.waitpid(child, 0)
         if status or message:
             raise VServerError(message.decode(errors='replace') or 'namespace helper failed (%d)' % status)
     finally:
@@ -515,7 +515,7 @@ def enter(paths, doc, argv, layout=None, env=None):
                                'TERM': os.environ.get('TERM', 'linux')}
                     environ.update(env or {})
                     os.execvpe(argv[0], argv, environ)
-                _, status = os.waitpid(grandchild, 0)
+                dummy, status = os.waitpid(grandchild, 0)
                 os._exit(os.waitstatus_to_exitcode(status) & 0xff if os.WIFEXITED(status)
                          else 128 + os.WTERMSIG(status))
             except BaseException as exc:
@@ -523,7 +523,7 @@ def enter(paths, doc, argv, layout=None, env=None):
                 os._exit(126)
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            _, status = os.waitpid(child, 0)
+            dummy, status = os.waitpid(child, 0)
         finally:
             signal.signal(signal.SIGINT, old)
         return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)

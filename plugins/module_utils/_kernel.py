@@ -148,7 +148,8 @@ def run(argv, check=True, input=None, env=None, timeout=60):
     import subprocess  # here, not at the top: the vserver command's hot paths never run one
     environ = dict(os.environ if env is None else env)
     environ.update(LC_ALL='C', LANG='C')
-    proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=environ, timeout=timeout)
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=environ, timeout=timeout,
+                          check=False)
     if check and proc.returncode != 0:
         raise OSError('%s failed (rc=%d): %s' % (' '.join(argv), proc.returncode,
                                                  (proc.stderr or proc.stdout).strip()))
@@ -180,7 +181,7 @@ def parse_stat(raw):
 def parse_status(raw):
     out = {}
     for line in raw.splitlines():
-        key, _, value = line.partition(':')
+        key, dummy, value = line.partition(':')
         out[key] = value.strip()
     return out
 
@@ -216,7 +217,7 @@ def parse_mountinfo(raw):
     for line in raw.splitlines():
         if not line.strip():
             continue
-        left, _, right = line.partition(' - ')
+        left, dummy, right = line.partition(' - ')
         fields = left.split()
         tail = right.split()
         mounts.append({

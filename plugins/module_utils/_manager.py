@@ -10,7 +10,7 @@ import re
 import shutil
 import signal
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _template
+from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, check_xid)
 
@@ -281,7 +281,7 @@ def info(paths, names=None, with_processes=True):
     else:
         selected = docs
     guests = []
-    for _, doc in sorted(selected.items()):
+    for dummy, doc in sorted(selected.items()):
         row = _context.status(paths, doc)
         if doc.get('network'):
             from ansible_collections.vserver.core.plugins.module_utils import _netns
@@ -291,4 +291,3 @@ def info(paths, names=None, with_processes=True):
     if with_processes:
         out['processes'] = _context.processes(paths, docs)
     return out
-

@@ -51,8 +51,8 @@ guests:
     name: {description: Guest name., type: str, returned: always}
     xid: {description: Context id., type: int, returned: always}
     state: {description: "C(running), C(frozen) or C(stopped).", type: str, returned: always}
-    init_pid: {description: Host pid of the guest's init, or null., type: int, returned: always}
-    uptime: {description: Seconds since the guest started, or null., type: float, returned: always}
+    init_pid: {description: "Host pid of the guest's init, or null.", type: int, returned: always}
+    uptime: {description: "Seconds since the guest started, or null.", type: float, returned: always}
     nproc: {description: Processes in the guest's cgroup., type: int, returned: always}
     memory_bytes: {description: Memory charged to the guest's cgroup., type: int, returned: always}
     cpu_seconds: {description: CPU time used by the guest's cgroup., type: float, returned: always}

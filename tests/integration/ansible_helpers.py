@@ -36,7 +36,7 @@ def run_playbook(playbook, extra_vars=None, check=False, diff=False, timeout=300
         argv.append('--check')
     if diff:
         argv.append('--diff')
-    proc = subprocess.run(argv, env=ansible_env(), capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(argv, env=ansible_env(), capture_output=True, text=True, timeout=timeout, check=False,
                           stdin=subprocess.DEVNULL)
     try:
         data = json.loads(proc.stdout)

@@ -1,6 +1,7 @@
 """Shared helpers for integration tests: run the vserver command against a test's private host roots."""
 import os
 import subprocess
+import sys
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VSERVER = os.path.join(TOP, 'bin', 'vserver')
@@ -16,8 +17,8 @@ def env_for(paths):
 
 def vserver(paths, *args, timeout=60):
     """Run `vserver ARGS...`; returns CompletedProcess (text)."""
-    return subprocess.run([VSERVER] + list(args), env=env_for(paths), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, VSERVER] + list(args), env=env_for(paths), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 def guest_sh(paths, name, script, timeout=60):

@@ -22,7 +22,6 @@ from ansible_collections.vserver.core.plugins.module_utils._common import VServe
 from helpers import guest_sh, vserver
 
 
-
 def _host_links():
     return set(_netns.NetState().links)
 

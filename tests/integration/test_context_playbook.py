@@ -110,7 +110,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize('params,field', BAD, ids=[str(p) for p, _ in BAD])
+@pytest.mark.parametrize('params,field', BAD, ids=[str(p) for p, dummy in BAD])
 def test_bad_input_leaves_nothing(host_paths, make_guest, tmp_path, params, field):
     if params.get('xid') == 'TAKEN':
         make_guest('holder', xid=777)

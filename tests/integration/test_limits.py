@@ -5,6 +5,7 @@ hogs run under `timeout`, and every command has a timeout.
 """
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -88,7 +89,7 @@ def test_cpu_token_bucket_live(make_guest, host_paths):
     _guest(make_guest, 'vst-cpu', {'cpu': {'fill_rate': 1, 'interval': 4}, 'cpu_weight': 10000})
     group = _group(host_paths, 'vst-cpu')
     # two busy loops (so a single thread's ceiling never hides the limit), each ended by timeout
-    proc = subprocess.Popen(['bin/vserver', 'vst-cpu', 'exec', '/bin/sh', '-c',
+    proc = subprocess.Popen([sys.executable, 'bin/vserver', 'vst-cpu', 'exec', '/bin/sh', '-c',
                              'timeout 20 sh -c "while :; do :; done" & timeout 20 sh -c "while :; do :; done" & wait'],
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                             env=dict(os.environ, VSERVER_CONFIG_DIR=host_paths.config_dir,

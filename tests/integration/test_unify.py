@@ -262,8 +262,8 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
         pa = os.path.join(a['root'], target)
         st = os.lstat(pa)
         assert inode(pa) != inode(pb) and st.st_nlink == 1
-        assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (a_st.st_mode, a_st.st_uid, a_st.st_gid,
-                                                                     a_st.st_mtime_ns)
+        assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == \
+            (a_st.st_mode, a_st.st_uid, a_st.st_gid, a_st.st_mtime_ns)
         assert os.getxattr(os.path.join(a['root'], 'usr/share/vstest/caps'), 'security.capability') == a_caps
         assert not _unify.path_flags(pa) & _unify.FS_IMMUTABLE_FL
         assert _unify.path_flags(pb) & _unify.FS_IMMUTABLE_FL  # b and c still share theirs

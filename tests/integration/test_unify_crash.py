@@ -23,7 +23,7 @@ def test_sigkill_at_random_points(host_paths, make_guest):
     print('random seed', seed)
     rnd = random.Random(seed)
     data = random.Random(11)
-    contents = [data.randbytes(data.randint(1, 6000)) for _ in range(2400)]
+    contents = [data.randbytes(data.randint(1, 6000)) for dummy in range(2400)]
     docs = [make_guest(name) for name in ('ka', 'kb', 'kc')]
     try:
         for n, doc in enumerate(docs):
@@ -39,7 +39,7 @@ def test_sigkill_at_random_points(host_paths, make_guest):
         # python start-up + the dry run's work (scan, read, compare), then the links: kill anywhere in there
         span = 0.3 + (time.monotonic() - t) * 1.5
         kills = 0
-        for _ in range(12):
+        for dummy in range(12):
             proc = subprocess.Popen([sys.executable, '-c', script])
             delay = rnd.uniform(0.1, span)
             try:
@@ -68,7 +68,7 @@ def test_sigkill_at_random_points(host_paths, make_guest):
         assert again['changed'] is False and again['leftovers_removed'] == 0
         for paths in expected_classes(roots).values():
             assert len({inode(p) for p in paths}) == 1, paths
-        leftovers = [name for root in roots for _, _, files in os.walk(root) for name in files
+        leftovers = [name for root in roots for dummy, dummy2, files in os.walk(root) for name in files
                      if _unify.TMP_RE.match(name)]
         assert leftovers == []
         print('kills', kills, 'final run', {k: final[k] for k in ('linked', 'leftovers_removed', 'protected')})

@@ -27,13 +27,13 @@ def xfs_mount(tmp_path):
         subprocess.run(['mount', '-t', 'xfs', loop, mnt], check=True, capture_output=True)
         yield mnt
     finally:
-        for _ in range(50):
-            if subprocess.run(['umount', mnt], capture_output=True).returncode == 0 or not os.path.ismount(mnt):
+        for dummy in range(50):
+            if subprocess.run(['umount', mnt], capture_output=True, check=False).returncode == 0 or not os.path.ismount(mnt):
                 break
             time.sleep(0.1)
         else:
-            subprocess.run(['umount', '-l', mnt], capture_output=True)
-        subprocess.run(['losetup', '-d', loop], capture_output=True)
+            subprocess.run(['umount', '-l', mnt], capture_output=True, check=False)
+        subprocess.run(['losetup', '-d', loop], capture_output=True, check=False)
         os.unlink(img)
 
 
@@ -47,7 +47,7 @@ def test_reflink_shares_extents_and_stays_copy_on_write(xfs_mount, host_paths, m
     host_paths.tree_dir = os.path.join(xfs_mount, 'trees')
     a, b = make_guest('ra'), make_guest('rb')
     rnd = random.Random(3)
-    blobs = [rnd.randbytes(8 * MB) for _ in range(3)]
+    blobs = [rnd.randbytes(8 * MB) for dummy in range(3)]
     for doc, uid in ((a, 0), (b, 1)):  # owners differ: reflinked inodes keep their own metadata
         for i, blob in enumerate(blobs):
             write(os.path.join(doc['root'], 'usr/lib/vstest/blob%d' % i), blob, uid=uid)

@@ -13,7 +13,7 @@ import sys
 def codename(os_release='/etc/os-release'):
     with open(os_release) as handle:
         for line in handle:
-            key, _, value = line.strip().partition('=')
+            key, dummy, value = line.strip().partition('=')
             if key == 'VERSION_CODENAME':
                 return value.strip('"')
     raise SystemExit('mirror.py: no VERSION_CODENAME in %s' % os_release)
@@ -49,7 +49,7 @@ def deb822(path):
             if raw[0] in ' \t' and key:
                 fields[key] += ' ' + raw.strip()
                 continue
-            key, _, value = raw.partition(':')
+            key, dummy, value = raw.partition(':')
             key = key.strip().lower()
             fields[key] = value.strip()
         if 'deb' not in fields.get('types', '').split() or fields.get('enabled', 'yes').lower() == 'no':
