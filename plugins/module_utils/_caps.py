@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
@@ -150,37 +149,10 @@ def netns_hook(doc):
 def in_netns(handle, func):
     """Run ``func()`` in a child that joined the network namespace bound at ``handle``; return its result."""
     from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
-    fd = os.open(handle, os.O_RDONLY | os.O_CLOEXEC)
-    read_end, write_end = os.pipe()
     try:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(read_end)
-                K.setns(fd, 0x40000000)  # CLONE_NEWNET
-                payload = {'ok': func()}
-            except BaseException as exc:  # reported to the parent
-                payload = {'error': str(exc)}
-            os.write(write_end, json.dumps(payload).encode())
-            os._exit(0)
-        os.close(write_end)
-        write_end = None
-        raw = b''
-        while True:
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            raw += chunk
-        os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
-        os.close(read_end)
-        if write_end is not None:
-            os.close(write_end)
-    payload = json.loads(raw.decode() or '{"error": "netns helper died"}')
-    if 'error' in payload:
-        raise VServerError('guest network namespace %s: %s' % (handle, payload['error']))
-    return payload['ok']
+        return K.call_in_namespaces([handle], func)
+    except OSError as exc:
+        raise VServerError('guest network namespace %s: %s' % (handle, exc))
 
 
 def validate(params):

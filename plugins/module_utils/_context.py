@@ -441,38 +441,6 @@ def status(paths, doc, layout=None):
     return out
 
 
-def _in_namespaces(pid, kinds, func):
-    """Run ``func()`` in a forked child that joined the given namespaces of ``pid``; raise its error."""
-    fds = [os.open('/proc/%d/ns/%s' % (pid, kind), os.O_RDONLY | os.O_CLOEXEC) for kind in kinds]
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        child = os.fork()
-        if child == 0:
-            try:
-                os.close(err_r)
-                for fd in fds:
-                    K.setns(fd, 0)
-                func()
-                os._exit(0)
-            except BaseException as exc:
-                os.write(err_w, str(exc).encode()[:4000])
-                os._exit(1)
-        os.close(err_w)
-        err_w = None
-        message = b''
-        while True:
-            chunk = os.read(err_r, 4096)
-            if not chunk:
-                break
-            message += chunk
-        dummy, status = os.waitpid(child, 0)
-        if status or message:
-            raise VServerError(message.decode(errors='replace') or 'namespace helper failed (%d)' % status)
-    finally:
-        for fd in fds + [err_r] + ([err_w] if err_w is not None else []):
-            os.close(fd)
-
-
 def set_uts(paths, doc, layout=None):
     """Apply hostname/domainname to a running guest, live."""
     pid = Runtime(paths, doc['name'], layout).init_pid()
@@ -482,7 +450,10 @@ def set_uts(paths, doc, layout=None):
     def apply():
         socket.sethostname(doc.get('hostname') or doc['name'])
         K.setdomainname(doc.get('domainname') or '(none)')
-    _in_namespaces(pid, ('uts',), apply)
+    try:
+        K.call_in_namespaces(['/proc/%d/ns/uts' % pid], apply)
+    except OSError as exc:
+        raise VServerError('guest %s: cannot set its host name: %s' % (doc['name'], exc), 'hostname')
 
 
 # --- entering a running guest -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 
 CLONE_NEWTIME = 0x00000080
@@ -137,6 +138,47 @@ def capset(effective, permitted, inheritable):
 def cap_last_cap(path='/proc/sys/kernel/cap_last_cap'):
     with open(path) as handle:
         return int(handle.read())
+
+
+def call_in_namespaces(ns_files, func):
+    """Run ``func()`` in a forked child that joined the namespaces at ``ns_files`` (e.g. /proc/PID/ns/uts or a
+    bind-mounted handle); return its JSON-serializable result. The caller's own namespaces never change.
+    Raises OSError with the child's error message."""
+    fds = []
+    read_end = write_end = None
+    try:
+        for path in ns_files:
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in fds:
+                    setns(fd, 0)
+                payload = {'ok': func()}
+            except BaseException as exc:  # reported to the parent
+                payload = {'error': str(exc) or exc.__class__.__name__}
+            try:
+                os.write(write_end, json.dumps(payload).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        write_end = None
+        raw = b''
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            raw += chunk
+        os.waitpid(pid, 0)
+    finally:
+        for fd in fds + [read_end, write_end]:
+            if fd is not None:
+                os.close(fd)
+    payload = json.loads(raw.decode() or '{"error": "namespace helper died"}')
+    if 'error' in payload:
+        raise OSError(payload['error'])
+    return payload['ok']
 
 
 def set_subreaper():
