@@ -321,18 +321,8 @@ def start(paths, doc, layout=None):
         os.close(err_w)
         err_w = None
         dummy, status = os.waitpid(child, 0)
-        raw = b''
-        while True:
-            chunk = os.read(pid_r, 64)
-            if not chunk:
-                break
-            raw += chunk
-        errors = b''
-        while True:  # EOF once init has exec'd (close-on-exec) or died
-            chunk = os.read(err_r, 4096)
-            if not chunk:
-                break
-            errors += chunk
+        raw = K.read_all(pid_r)
+        errors = K.read_all(err_r)  # EOF once init has exec'd (close-on-exec) or died
         if errors or not raw:
             reason = errors.decode(errors='replace') or 'intermediate exited with %d' % status
             raise VServerError('guest %s failed to start: %s' % (name, reason))

@@ -140,6 +140,16 @@ def cap_last_cap(path='/proc/sys/kernel/cap_last_cap'):
         return int(handle.read())
 
 
+def read_all(fd):
+    """Read a pipe until EOF (every writer closed it, e.g. by exec with close-on-exec, or by exiting)."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b''.join(chunks)
+        chunks.append(chunk)
+
+
 def call_in_namespaces(ns_files, func):
     """Run ``func()`` in a forked child that joined the namespaces at ``ns_files`` (e.g. /proc/PID/ns/uts or a
     bind-mounted handle); return its JSON-serializable result. The caller's own namespaces never change.
@@ -164,12 +174,7 @@ def call_in_namespaces(ns_files, func):
                 os._exit(0)
         os.close(write_end)
         write_end = None
-        raw = b''
-        while True:
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            raw += chunk
+        raw = read_all(read_end)
         os.waitpid(pid, 0)
     finally:
         for fd in fds + [read_end, write_end]:
