@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _manager, _template
+from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _manager, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     VServerError, check_name, write_json)
 
@@ -46,9 +46,6 @@ CAPS_DEFAULTS = {'bcaps': None, 'bcaps_add': None, 'bcaps_drop': None, 'ccaps': 
 LIMITS_DEFAULTS = {'memory': None, 'memory_high': None, 'swap': None, 'nproc': None, 'cpu': None, 'cpu_weight': None,
                    'cpuset': None, 'io': None, 'rlimits': None, 'disk': None, 'disk_backend': 'auto',
                    'disk_fstype': 'ext4'}
-FS_IOC_GETFLAGS = 0x80086601
-FS_IOC_SETFLAGS = 0x40086602
-FS_IMMUTABLE_FL = 0x10
 
 
 def autostart_dir(paths):
@@ -139,14 +136,12 @@ def validate(guests, prune=False):
 
 
 def _is_immutable(path):
-    import fcntl
-    import struct
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     try:
-        return bool(struct.unpack('l', fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack('l', 0)))[0] & FS_IMMUTABLE_FL)
+        return bool(K.get_flags(fd) & K.FS_IMMUTABLE_FL)
     except OSError:
         return False
     finally:
@@ -155,16 +150,14 @@ def _is_immutable(path):
 
 def _link_immutable(source, target):
     """link(2) refuses an immutable inode: clear the flag around the link, as unification does."""
-    import fcntl
-    import struct
     fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        flags = struct.unpack('l', fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack('l', 0)))[0]
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack('l', flags & ~FS_IMMUTABLE_FL))
+        flags = K.get_flags(fd)
+        K.set_flags(fd, flags & ~K.FS_IMMUTABLE_FL)
         try:
             os.link(source, target, follow_symlinks=False)
         finally:
-            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack('l', flags))
+            K.set_flags(fd, flags)
     finally:
         os.close(fd)
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
 import os
+import struct
 
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
@@ -184,6 +186,25 @@ def call_in_namespaces(ns_files, func):
     if 'error' in payload:
         raise OSError(payload['error'])
     return payload['ok']
+
+
+# inode flags (chattr): unified files are immutable
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_IMMUTABLE_FL = 0x00000010
+FS_APPEND_FL = 0x00000020
+
+
+def get_flags(fd):
+    buf = bytearray(8)
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
+    return struct.unpack_from('i', buf)[0]
+
+
+def set_flags(fd, flags):
+    buf = bytearray(8)
+    struct.pack_into('i', buf, 0, flags)
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, buf, True)
 
 
 def set_subreaper():

@@ -10,7 +10,7 @@ import re
 import shutil
 import signal
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _template
+from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, check_xid)
 
@@ -130,16 +130,15 @@ def _observed_state(state):
 
 def _clear_immutable(path):
     """Clear the immutable/append-only flags (unified files are immutable) so a purge can remove them."""
-    import fcntl
-    import struct
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return
     try:
-        flags = struct.unpack('l', fcntl.ioctl(fd, 0x80086601, struct.pack('l', 0)))[0]  # FS_IOC_GETFLAGS
-        if flags & 0x30:
-            fcntl.ioctl(fd, 0x40086602, struct.pack('l', flags & ~0x30))  # FS_IOC_SETFLAGS
+        flags = K.get_flags(fd)
+        both = K.FS_IMMUTABLE_FL | K.FS_APPEND_FL
+        if flags & both:
+            K.set_flags(fd, flags & ~both)
     except OSError:
         pass
     finally:

@@ -44,6 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.vserver.core.plugins.module_utils import _config
+from ansible_collections.vserver.core.plugins.module_utils._kernel import FS_APPEND_FL, FS_IMMUTABLE_FL, get_flags, set_flags
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, VServerError
 
 DEFAULT_EXCLUDE = ('/etc', '/var', '/home', '/tmp', '/root', '/dev', '/proc', '/sys', '/run', '/mnt')
@@ -55,10 +56,6 @@ ALGO = 'sha256'
 TMP_PREFIX = '.vsunify.'
 TMP_RE = re.compile(r'^\.vsunify\.[0-9a-f]{16}\.(link|copy)$')
 
-FS_IOC_GETFLAGS = 0x80086601
-FS_IOC_SETFLAGS = 0x40086602
-FS_IMMUTABLE_FL = 0x00000010
-FS_APPEND_FL = 0x00000020
 FIDEDUPERANGE = 0xC0189436
 FS_IOC_FIEMAP = 0xC020660B
 DEDUPE_CHUNK = 16 << 20
@@ -257,18 +254,6 @@ def conffiles(root):
 
 
 # --- kernel helpers -----------------------------------------------------------------------------------
-
-def get_flags(fd):
-    buf = bytearray(8)
-    fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
-    return struct.unpack_from('i', buf)[0]
-
-
-def set_flags(fd, flags):
-    buf = bytearray(8)
-    struct.pack_into('i', buf, 0, flags)
-    fcntl.ioctl(fd, FS_IOC_SETFLAGS, buf, True)
-
 
 def path_flags(path):
     fd = os.open(path, O_READ)
