@@ -364,19 +364,24 @@ class CgroupV2(_Base):
 # systemd owns the cgroup tree it runs on and may move or prune cgroups it did not create. A manager that
 # creates its own cgroups must do so inside a unit with Delegate=yes; systemd then leaves that subtree alone
 # (and marks it with the trusted.delegate xattr, systemd >= 251). Slices cannot be delegated, so the guests
-# live under a oneshot service that stays active with no process of its own (the cgroup v2 "no internal
-# processes" rule holds: the service's cgroup has only the guests' cgroups below it).
+# live under a service, vservers.service. It must stay active with a process: systemd releases (prunes) the
+# cgroup of a service whose processes are all gone, even one that "remains after exit" (seen on systemd 252:
+# ControlGroup= empty, no xattr), and a cgroup it released is a stranger's. Its one idle process moves itself to
+# a leaf (hold/) on a pure cgroup v2 host, because a cgroup with processes of its own cannot hand controllers
+# to its children (the "no internal processes" rule); the guests' cgroups go beside it (PARENT/NAME).
+# Stopping the unit kills every guest: RefuseManualStop keeps that to shutdown, after the vserver@ units.
 
 DELEGATE_UNIT = 'vservers.service'
 DELEGATE_SLICE = 'system.slice'
+# (systemd expands $ in ExecStart: every $ of the shell is written $$)
 DELEGATE_UNIT_TEXT = """[Unit]
 Description=Linux-VServer style guests (vserver.core): delegated cgroup subtree
+RefuseManualStop=yes
 
 [Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/true
+Type=exec
 Delegate=yes
+ExecStart=/bin/sh -c 'if [ -f /sys/fs/cgroup/cgroup.controllers ]; then d=/sys/fs/cgroup$$(sed -n "s/^0:://p" /proc/self/cgroup)/hold; mkdir -p "$$d" && echo $$$$ > "$$d/cgroup.procs" || exit 1; fi; exec sleep infinity'
 
 [Install]
 WantedBy=multi-user.target
@@ -431,6 +436,10 @@ def delegation_status(layout, proc='/proc'):
             'delegated': bool(path and os.path.isdir(path) and (layout.version == 1 or is_delegated(path)))}
 
 
+def _delegates(text):
+    return bool(text) and any(line.strip().replace(' ', '') == 'Delegate=yes' for line in text.splitlines())
+
+
 def ensure_delegation(layout, proc='/proc', unit_dir='/etc/systemd/system', run=None):
     """Under systemd: install and start the delegated unit the guests' cgroups live in. Returns actions."""
     if not systemd_is_pid1(proc):
@@ -439,7 +448,8 @@ def ensure_delegation(layout, proc='/proc', unit_dir='/etc/systemd/system', run=
     run = run or _kernel.run
     actions = []
     unit = os.path.join(unit_dir, DELEGATE_UNIT)
-    if _read(unit) != DELEGATE_UNIT_TEXT.strip():
+    # the host role installs its own copy (with a managed-file header): any unit that delegates is kept as is
+    if not _delegates(_read(unit)):
         os.makedirs(unit_dir, exist_ok=True)
         _common.atomic_write(unit, DELEGATE_UNIT_TEXT, 0o644)
         run(['systemctl', 'daemon-reload'])

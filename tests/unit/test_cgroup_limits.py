@@ -293,3 +293,12 @@ def test_delegation_status_and_install(tmp_path):
     other = fake_proc(tmp_path / 'o', 'init', '/sbin/init')
     assert _cgroup.ensure_delegation(layout, other, str(unit_dir), run) == []
     assert _cgroup.delegation_status(layout, other)['systemd'] is False
+
+
+def test_host_role_installs_the_same_delegated_unit_as_the_runtime():
+    """The host role's vservers.service and the one the runtime installs on its own are the same unit (the
+    runtime keeps any unit that delegates, so they must not drift apart)."""
+    template = os.path.join(os.path.dirname(__file__), '..', '..', 'roles', 'host', 'templates', 'vservers.service.j2')
+    with open(template) as handle:
+        body = ''.join(line for line in handle if not line.startswith('#'))
+    assert body == _cgroup.DELEGATE_UNIT_TEXT

@@ -1,0 +1,226 @@
+"""The roles on a host whose PID 1 is systemd: boot units, restart on failure, the delegated cgroup, the timer.
+
+This machine's PID 1 is not systemd; a container booting Debian's systemd 252 on this kernel stands in for such
+a host (see systemd_container.py). Everything is done as an admin would: ansible-playbook with the host, guest
+and unify roles, then systemctl, the `vserver` command and the kernel's files, from inside the container.
+"""
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from helpers import TOP
+from systemd_container import SystemdContainer, build_tree
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not shutil.which('systemd-nspawn'), reason='systemd-nspawn (systemd-container) missing')]
+
+VENV_BIN = os.path.join(TOP, '.venv', 'bin')
+CG = '/sys/fs/cgroup'
+PLAYBOOK = """
+- name: A systemd host with two guests
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    host_install_packages: false
+    vserver_bridge: vstsdbr0
+    vserver_bridge_addresses: [198.18.77.1/24]
+    unify_schedule: auto
+    vserver_guests:
+      - name: sd-a
+        xid: 4101
+        template: busybox
+        stop_timeout: 2
+        autostart: true
+        capabilities: {ccaps: [raw_icmp]}
+        addresses: [198.18.77.11/24]
+        network: {bridge: vstsdbr0}
+      - name: sd-b
+        xid: 4102
+        template: clone
+        clone_from: sd-a
+        stop_timeout: 2
+        autostart: false
+        addresses: [198.18.77.12/24]
+        network: {bridge: vstsdbr0}
+  roles:
+    - role: vserver.core.host
+    - role: vserver.core.guest
+    - role: vserver.core.unify
+"""
+ENV = {
+    'PATH': '%s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' % VENV_BIN,
+    'HOME': '/root', 'LANG': 'C.UTF-8',
+    'ANSIBLE_COLLECTIONS_PATH': os.path.join(TOP, '.build', 'collections'),
+    'ANSIBLE_PYTHON_INTERPRETER': '/usr/bin/python3',
+    'ANSIBLE_STDOUT_CALLBACK': 'json_results',
+    'ANSIBLE_CALLBACK_PLUGINS': os.path.join(TOP, 'tests', 'integration', 'callback_plugins'),
+    'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_RETRY_FILES_ENABLED': '0', 'ANSIBLE_LOCALHOST_WARNING': '0',
+    'ANSIBLE_INVENTORY_UNPARSED_WARNING': '0', 'ANSIBLE_LOCAL_TEMP': '/root/.ansible/tmp',
+}
+
+
+@pytest.fixture(scope='module')
+def host(tmp_path_factory):
+    box = SystemdContainer(build_tree(), tmp_path_factory.mktemp('systemd-host'))
+    box.setup()
+    try:
+        box.boot()
+        with open(box.path('/root/site.yml'), 'w') as handle:
+            handle.write(PLAYBOOK)
+        yield box
+    finally:
+        box.cleanup()
+
+
+def playbook(box, *options):
+    proc = box.sh('ansible-playbook -i localhost, /root/site.yml ' + ' '.join(options), check=False, env=ENV,
+                  timeout=600)
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError('ansible-playbook output is not JSON:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-4000:]))
+    failed = [(task['task']['name'], res.get('msg'), res.get('stderr', '')[-2000:], res.get('module_stderr', '')[-2000:])
+              for play in data['plays'] for task in play['tasks'] for res in task['hosts'].values() if res.get('failed')]
+    assert proc.returncode == 0, failed or proc.stderr[-4000:]
+    return data['stats']['localhost']['changed']
+
+
+def systemctl(box, *args):
+    return box.sh('systemctl ' + ' '.join(args), check=False).stdout.strip()
+
+
+def show(box, unit, prop):
+    return systemctl(box, 'show', '-P', prop, unit)
+
+
+def guest_init(box, name):
+    """The guest's init PID (in the container's PID namespace), from `vserver NAME status`."""
+    found = re.search(r'init pid (\d+)', box.sh('vserver %s status' % name, check=False).stdout)
+    return int(found.group(1)) if found else None
+
+
+def cgroup_of(box, pid):
+    """A process's cgroup v2 path (the 0:: line; the kernel lists its v1 hierarchies too)."""
+    lines = box.sh('cat /proc/%d/cgroup' % pid).stdout.splitlines()
+    return [line[3:] for line in lines if line.startswith('0::')][0]
+
+
+def wait_for(predicate, timeout, step=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+@pytest.fixture(scope='module')
+def converged(host):
+    # check mode on the fresh host first: it must go through (no unit systemd does not know yet is touched)
+    # and write nothing
+    host.checked = playbook(host, '--check')
+    host.after_check = host.sh('ls /etc/systemd/system /etc/vservers 2>&1; ls /var/lib/vservers').stdout
+    first = playbook(host)
+    second = playbook(host)
+    return first, second
+
+
+def test_check_mode_then_converge_then_idempotent(host, converged):
+    first, second = converged
+    assert host.checked > 0
+    assert 'vserver@.service' not in host.after_check and 'vservers.service' not in host.after_check
+    assert 'sd-a' not in host.after_check
+    assert first > 0
+    assert second == 0
+
+
+def test_marked_guest_runs_under_its_unit_and_unmarked_does_not(host, converged):
+    assert systemctl(host, 'is-enabled', 'vserver@sd-a.service') == 'enabled'
+    assert systemctl(host, 'is-enabled', 'vserver@sd-b.service') == 'disabled'
+    assert systemctl(host, 'is-active', 'vserver@sd-a.service') == 'active'
+    assert systemctl(host, 'is-active', 'vserver@sd-b.service') == 'inactive'
+    # both run (the guest role started sd-b directly: state started, not marked for boot)
+    assert guest_init(host, 'sd-a') and guest_init(host, 'sd-b')
+
+
+def test_guest_cgroups_live_in_the_delegated_unit(host, converged):
+    state = show(host, 'vservers.service', 'ActiveState')
+    assert state == 'active'
+    assert show(host, 'vservers.service', 'Delegate') == 'yes'
+    unit_cg = show(host, 'vservers.service', 'ControlGroup')
+    assert unit_cg == '/system.slice/vservers.service'
+    # systemd marked the subtree as delegated (trusted.delegate, systemd >= 251)
+    assert host.sh('getfattr -n trusted.delegate --only-values %s%s 2>/dev/null || '
+                   'python3 -c "import os,sys; print(os.getxattr(sys.argv[1], \'trusted.delegate\').decode())" %s%s'
+                   % (CG, unit_cg, CG, unit_cg)).stdout.strip() == '1'
+    for name in ('sd-a', 'sd-b'):
+        pid = guest_init(host, name)
+        assert cgroup_of(host, pid) == '/system.slice/vservers.service/vservers/' + name
+    # its idle process sits in a leaf, so the unit's own cgroup has no process (it can hand out controllers)
+    unit_dir = CG + unit_cg
+    assert host.sh('cat %s/cgroup.procs' % unit_dir).stdout.strip() == ''
+    assert host.sh('cat %s/hold/cgroup.procs' % unit_dir).stdout.strip()
+    # stopping it would kill every guest: refused outside shutdown
+    assert host.sh('systemctl stop vservers.service', check=False).returncode != 0
+    assert show(host, 'vservers.service', 'ActiveState') == 'active'
+    # systemd leaves the delegated subtree alone across a reload and a re-exec
+    before = {name: guest_init(host, name) for name in ('sd-a', 'sd-b')}
+    host.sh('systemctl daemon-reload && systemctl daemon-reexec')
+    time.sleep(1)
+    for name, pid in before.items():
+        assert guest_init(host, name) == pid
+        assert cgroup_of(host, pid) == '/system.slice/vservers.service/vservers/' + name
+
+
+def test_crashed_marked_guest_is_restarted_and_a_clean_stop_is_not(host, converged):
+    old = guest_init(host, 'sd-a')
+    main_pid = show(host, 'vserver@sd-a.service', 'MainPID')
+    host.sh('kill -KILL %d' % old)
+    new = wait_for(lambda: (guest_init(host, 'sd-a') or 0) not in (0, old) and guest_init(host, 'sd-a'), 30)
+    assert new and new != old, 'vserver@sd-a did not restart the guest: %s' % systemctl(
+        host, 'status', '--no-pager', 'vserver@sd-a.service')
+    assert show(host, 'vserver@sd-a.service', 'MainPID') != main_pid
+    assert int(show(host, 'vserver@sd-a.service', 'NRestarts')) >= 1
+    # an unmarked guest that dies stays dead (nothing supervises it): sd-b
+    pid_b = guest_init(host, 'sd-b')
+    host.sh('kill -KILL %d' % pid_b)
+    time.sleep(7)
+    assert not guest_init(host, 'sd-b')
+    # a clean stop ends the unit without a restart
+    host.sh('vserver sd-a stop')
+    assert wait_for(lambda: systemctl(host, 'is-active', 'vserver@sd-a.service') == 'inactive', 15)
+    time.sleep(6)
+    assert not guest_init(host, 'sd-a')
+    assert systemctl(host, 'is-active', 'vserver@sd-a.service') == 'inactive'
+
+
+def test_unify_timer_and_service(host, converged):
+    assert systemctl(host, 'is-enabled', 'vserver-unify.timer') == 'enabled'
+    assert systemctl(host, 'is-active', 'vserver-unify.timer') == 'active'
+    assert show(host, 'vserver-unify.timer', 'NextElapseUSecRealtime')
+    host.sh('systemctl start vserver-unify.service')
+    assert show(host, 'vserver-unify.service', 'Result') == 'success'
+    a = os.stat(os.path.join(host.trees, 'sd-a', 'bin', 'busybox'))
+    b = os.stat(os.path.join(host.trees, 'sd-b', 'bin', 'busybox'))
+    assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def test_marked_guest_starts_at_boot(host, converged):
+    host.poweroff()
+    host.boot()
+    # sd-a was stopped cleanly before the reboot but is marked: its unit starts it at boot; sd-b is not marked
+    assert wait_for(lambda: guest_init(host, 'sd-a'), 30), systemctl(host, 'status', '--no-pager',
+                                                                     'vserver@sd-a.service')
+    assert systemctl(host, 'is-active', 'vserver@sd-a.service') == 'active'
+    assert not guest_init(host, 'sd-b')
+    pid = guest_init(host, 'sd-a')
+    assert cgroup_of(host, pid) == '/system.slice/vservers.service/vservers/sd-a'
+    # the bridge came back too? not the role's promise at boot: the guest's address is on its own link
+    out = host.sh('vserver sd-a exec ip -o addr show').stdout
+    assert '198.18.77.11/24' in out
