@@ -96,3 +96,38 @@ def test_list_converges_check_mode_first_then_idempotent(host_paths):
         assert not os.path.exists(os.path.join(host_paths.tree_dir, 'lg-b'))
     finally:
         _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
+
+
+def _bounding_set(pid):
+    with open('/proc/%d/status' % pid) as handle:
+        return int([line.split()[1] for line in handle if line.startswith('CapBnd:')][0], 16)
+
+
+@pytest.mark.cgroup
+def test_unlisted_guest_is_left_alone_and_a_restart_needs_consent(host_paths):
+    """A guest missing from the list keeps running without prune; a change that needs a restart (the bounding set)
+    is reported and not applied to the running init until allow_restart says so."""
+    cap_sys_chroot = 1 << 18
+    guests = [{'name': 'rc-a', 'xid': 911, 'stop_timeout': 2}, {'name': 'rc-b', 'xid': 912, 'stop_timeout': 2}]
+    try:
+        _guests.ensure(host_paths, {'guests': guests})
+        pid_a = _context.Runtime(host_paths, 'rc-a').init_pid()
+        pid_b = _context.Runtime(host_paths, 'rc-b').init_pid()
+        assert pid_a and pid_b and _bounding_set(pid_a) & cap_sys_chroot
+        # rc-b no longer listed, rc-a loses sys_chroot: rc-b untouched, rc-a reported, not restarted
+        changed = [dict(guests[0], capabilities={'bcaps_drop': ['sys_chroot']})]
+        res = _guests.ensure(host_paths, {'guests': changed})
+        assert res['restart_required'] == ['rc-a'], res
+        assert _context.Runtime(host_paths, 'rc-a').init_pid() == pid_a and _bounding_set(pid_a) & cap_sys_chroot
+        assert _context.Runtime(host_paths, 'rc-b').init_pid() == pid_b and _config.load(host_paths, 'rc-b')
+        again = _guests.ensure(host_paths, {'guests': changed})
+        assert again['restart_required'] == ['rc-a']                    # still pending, still reported
+        # with consent: restarted, the new init runs without the capability
+        res = _guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})
+        assert res['changed'] and not res['restart_required']
+        new_a = _context.Runtime(host_paths, 'rc-a').init_pid()
+        assert new_a and new_a != pid_a and not _bounding_set(new_a) & cap_sys_chroot
+        assert not _guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})['changed']
+        assert _context.Runtime(host_paths, 'rc-b').init_pid() == pid_b
+    finally:
+        _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
