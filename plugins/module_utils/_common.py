@@ -68,6 +68,10 @@ class Paths:
                 if not CGROUP_PARENT_RE.match(value) or any(p in ('.', '..') for p in value.split('/')):
                     raise VServerError('cgroup_parent must be a relative cgroup path of letters, digits, '
                                        '"_", ".", "@" and "-" (got %r)' % value, 'cgroup_parent')
+                if value.split('/')[0] == 'hold':
+                    # under systemd, vservers.service/hold is the leaf of the unit's idle process
+                    raise VServerError('cgroup_parent must not start with "hold" (reserved under systemd)',
+                                       'cgroup_parent')
             elif not os.path.isabs(value):
                 raise VServerError('%s must be an absolute path (got %r)' % (key, value), key)
             else:

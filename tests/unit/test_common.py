@@ -43,6 +43,10 @@ def test_paths_defaults_env_and_overrides(monkeypatch):
     with pytest.raises(VServerError) as err:
         Paths(cgroup_parent='../escape')
     assert err.value.field == 'cgroup_parent'
+    with pytest.raises(VServerError) as err:
+        Paths(cgroup_parent='hold/guests')      # the delegated unit's own leaf under systemd
+    assert err.value.field == 'cgroup_parent' and 'hold' in str(err.value)
+    assert Paths(cgroup_parent='holdings').cgroup_parent == 'holdings'
 
 
 def test_paths_from_the_hosts_defaults_file(tmp_path, monkeypatch):
