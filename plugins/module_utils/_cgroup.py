@@ -381,7 +381,9 @@ RefuseManualStop=yes
 [Service]
 Type=exec
 Delegate=yes
-ExecStart=/bin/sh -c 'if [ -f /sys/fs/cgroup/cgroup.controllers ]; then d=/sys/fs/cgroup$$(sed -n "s/^0:://p" /proc/self/cgroup)/hold; mkdir -p "$$d" && echo $$$$ > "$$d/cgroup.procs" || exit 1; fi; exec sleep infinity'
+ExecStart=/bin/sh -c 'if [ -f /sys/fs/cgroup/cgroup.controllers ]; then \\
+  d=/sys/fs/cgroup$$(sed -n "s/^0:://p" /proc/self/cgroup)/hold; \\
+  mkdir -p "$$d" && echo $$$$ > "$$d/cgroup.procs" || exit 1; fi; exec sleep infinity'
 
 [Install]
 WantedBy=multi-user.target

@@ -175,8 +175,8 @@ class SystemdContainer:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                               stdin=subprocess.DEVNULL)
         if check and proc.returncode != 0:
-            raise AssertionError('in the container, %r exited %d:\n%s\n%s' % (script, proc.returncode,
-                                                                            proc.stdout[-4000:], proc.stderr[-4000:]))
+            raise AssertionError('in the container, %r exited %d:\n%s\n%s'
+                                 % (script, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
         return proc
 
     def path(self, inside):
