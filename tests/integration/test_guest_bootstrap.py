@@ -2,9 +2,8 @@
 
 One successful mmdebstrap build is shared by the module (check mode, rollback of a failing build and of a leftover
 temporary directory, the guest seen from inside, idempotence); the failing cases fail fast. Nothing here names a
-mirror: it is read from /etc/apt/sources* like tests/vm/mirror.py does.
+mirror: apt itself says which one this host uses (`apt-get indextargets`), independently of the role's parser.
 """
-import importlib.util
 import json
 import os
 import secrets
@@ -16,7 +15,7 @@ import pytest
 from ansible_collections.vserver.core.plugins.module_utils import _common, _context
 from ansible_helpers import changed_count, run_playbook
 from conftest import TEST_CGROUP_PREFIX
-from helpers import TOP, vserver
+from helpers import vserver
 
 pytestmark = pytest.mark.slow
 
@@ -29,30 +28,19 @@ PLAYBOOK = """
 BOOTSTRAP_TASK = 'Bootstrap Debian trees'
 
 
-def _load_mirror_module():
-    spec = importlib.util.spec_from_file_location('vm_mirror', os.path.join(TOP, 'tests', 'vm', 'mirror.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def host_release_and_mirror():
-    """(codename, archive URI) of this host's apt sources, one-line or deb822: the entry for its release with main."""
-    mod = _load_mirror_module()
-    release = mod.codename()
-    entries = []
-    if os.path.isfile('/etc/apt/sources.list'):
-        entries += mod.one_line('/etc/apt/sources.list')
-    for name in sorted(os.listdir('/etc/apt/sources.list.d')):
-        path = os.path.join('/etc/apt/sources.list.d', name)
-        if name.endswith('.list'):
-            entries += mod.one_line(path)
-        elif name.endswith('.sources'):
-            entries += mod.deb822(path)
-    for uri, suite, comps in entries:
-        if suite == release and 'main' in comps:
-            return release, uri
-    pytest.skip('no apt source for %s main on this host' % release)
+    """(codename, archive URI) of this host's release with main, as apt itself sees its sources: an oracle
+    independent of the role's own parser (`apt-get indextargets` lists what `apt-get update` would fetch)."""
+    with open('/etc/os-release') as handle:
+        release = dict(line.strip().split('=', 1) for line in handle if '=' in line).get('VERSION_CODENAME', '')
+    release = release.strip('"')
+    out = subprocess.run(['apt-get', 'indextargets', '--format', '$(REPO_URI) $(RELEASE) $(COMPONENT) $(IDENTIFIER)'],
+                         capture_output=True, text=True, timeout=60, check=False).stdout
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[1:] == [release, 'main', 'Packages']:
+            return release, words[0]
+    pytest.skip('no apt source for %s main on this host' % release, allow_module_level=True)
     return None
 
 
