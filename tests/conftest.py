@@ -26,7 +26,11 @@ def host_paths(tmp_path):
         config_dir=str(tmp_path / 'etc'), run_dir=str(tmp_path / 'run'), tree_dir=str(tmp_path / 'trees'),
         log_dir=str(tmp_path / 'log'), cgroup_parent=TEST_CGROUP_PREFIX + secrets.token_hex(4))
     yield paths
-    # stop whatever a failing test left running
+    stop_guests(paths)  # whatever a failing test left running
+
+
+def stop_guests(paths):
+    """Stop (kill, unmount, remove the cgroups of) every guest with runtime state under ``paths``."""
     if os.path.isdir(paths.run_dir):
         for name in os.listdir(paths.run_dir):
             if not name.startswith('.'):

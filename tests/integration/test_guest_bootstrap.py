@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _common, _context
+from ansible_collections.vserver.core.plugins.module_utils import _common
 from ansible_helpers import changed_count, run_playbook
-from conftest import TEST_CGROUP_PREFIX
+from conftest import TEST_CGROUP_PREFIX, stop_guests
 from helpers import vserver
 
 pytestmark = pytest.mark.slow
@@ -120,13 +120,7 @@ def tree_entries(paths):
 
 
 def stop_and_remove(paths):
-    if os.path.isdir(paths.run_dir):
-        for name in os.listdir(paths.run_dir):
-            if not name.startswith('.'):
-                try:
-                    _context.cleanup(paths, name)
-                except Exception:
-                    pass
+    stop_guests(paths)
     for point in sorted(mounts_under(paths.tree_dir), key=len, reverse=True):
         subprocess.run(['umount', '-l', point], check=False)
     subprocess.run(['rm', '-rf', '--one-file-system', paths.tree_dir], check=False)
