@@ -224,3 +224,37 @@ def test_marked_guest_starts_at_boot(host, converged):
     # the bridge came back too? not the role's promise at boot: the guest's address is on its own link
     out = host.sh('vserver sd-a exec ip -o addr show').stdout
     assert '198.18.77.11/24' in out
+
+
+@pytest.fixture(scope='module')
+def bare_host(tmp_path_factory):
+    """A second systemd host where no role ran: only the collection's modules."""
+    box = SystemdContainer(build_tree(), tmp_path_factory.mktemp('systemd-bare'))
+    box.setup()
+    try:
+        box.boot()
+        yield box
+    finally:
+        box.cleanup()
+
+
+def test_modules_alone_install_and_start_the_delegated_unit(bare_host):
+    """Without the host role the runtime itself installs vservers.service on the first start and puts the guest's
+    cgroup below it: a systemd host is never left with guests in cgroups systemd did not delegate."""
+    box = bare_host
+    assert systemctl(box, 'is-active', 'vservers.service') == 'inactive'
+    args = json.dumps({'name': 'sd-raw', 'xid': 4109, 'state': 'started', 'stop_timeout': 2})
+    env = dict(ENV, ANSIBLE_STDOUT_CALLBACK='minimal')
+    proc = box.sh("ansible localhost -i localhost, -c local -m vserver.core.context -a '%s'" % args, check=False,
+                  env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'Delegate=yes' in box.sh('cat /etc/systemd/system/vservers.service').stdout
+    assert systemctl(box, 'is-enabled', 'vservers.service') == 'enabled'
+    assert show(box, 'vservers.service', 'ControlGroup') == '/system.slice/vservers.service'
+    # no host role, so no installed command: the checkout's own
+    out = box.sh('/usr/bin/python3 %s/bin/vserver sd-raw status' % TOP, check=False).stdout
+    pid = int(re.search(r'init pid (\d+)', out).group(1))
+    assert cgroup_of(box, pid) == '/system.slice/vservers.service/vservers/sd-raw'
+    xattr = box.sh('python3 -c "import os; print(os.getxattr(\'%s/system.slice/vservers.service\', '
+                   '\'trusted.delegate\').decode())"' % CG).stdout.strip()
+    assert xattr == '1'
