@@ -13,10 +13,12 @@ import time
 import pytest
 
 from helpers import TOP
-from systemd_container import SystemdContainer, build_tree
+from systemd_container import CGROUP2, SystemdContainer, build_tree
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not shutil.which('systemd-nspawn'), reason='systemd-nspawn (systemd-container) missing')]
+              pytest.mark.skipif(not shutil.which('systemd-nspawn'), reason='systemd-nspawn (systemd-container) missing'),
+              pytest.mark.skipif(not os.path.isfile(os.path.join(CGROUP2, 'cgroup.procs')),
+                                 reason='the harness expects a hybrid host (cgroup2 at %s) like the CI machine' % CGROUP2)]
 
 VENV_BIN = os.path.join(TOP, '.venv', 'bin')
 CG = '/sys/fs/cgroup'
