@@ -902,7 +902,14 @@ def ensure(paths, params, check_mode=False):
     p = validate(params)
     with HostLock(paths):
         docs, selected, sources, roots = _select(paths, p)
-        result = _run(paths, p, docs, selected, sources, roots, check_mode)
+        if p['state'] == 'absent' and len(selected) > 1:
+            # One guest at a time. De-unification gives private copies to the inodes a guest shares with names
+            # outside its scan; de-unified together, two guests would keep the inodes they share with each other,
+            # only no longer immutable: root in one guest could then write into the other's files.
+            result = _merge([_run(paths, p, docs, [name], [], {name: roots[name]}, check_mode)
+                             for name in selected])
+        else:
+            result = _run(paths, p, docs, selected, sources, roots, check_mode)
         before = {name: docs[name].get('unify') for name in selected}
         after = {name: _section(p) for name in selected}
         section_changed = any(before[n] != after[n] for n in selected)
@@ -918,6 +925,26 @@ def ensure(paths, params, check_mode=False):
         result['guests'] = selected
         result['sources'] = sources
         return result
+
+
+def _merge(results):
+    """One result from the per-guest de-unification runs (counts added up)."""
+    out = dict(results[-1])
+    for key in ('deunified', 'bytes_copied', 'unprotected', 'leftovers_removed', 'files_scanned', 'hashed',
+                'bytes_hashed', 'shared_paths', 'bytes_shared'):
+        out[key] = sum(r[key] for r in results)
+    out['_changed'] = any(r['_changed'] for r in results)
+    for key in ('_before', '_after'):
+        out[key] = {k: sum(r[key][k] for r in results) for k in results[0][key]}
+    skipped = collections.Counter()
+    timings = collections.Counter()
+    for r in results:
+        skipped.update(r['skipped_by_reason'])
+        timings.update(r['timings'])
+    out['skipped_by_reason'] = dict(skipped)
+    out['timings'] = {k: round(v, 3) for k, v in timings.items()}
+    out['seconds'] = round(sum(r['seconds'] for r in results), 3)
+    return out
 
 
 def _new_stats():

@@ -285,6 +285,31 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
         _context.stop(unify_paths, dict(a, stop_timeout=1))
 
 
+def test_deunifying_guests_together_gives_each_its_own_files(three, unify_paths):
+    """De-unified in one call, guests must not keep sharing inodes with each other (writable now): root in one
+    would write into the other's files. Each gets private copies; the originals stay with one of them."""
+    a, b, c = (three[n] for n in 'abc')
+    _unify.ensure(unify_paths, {})
+    target = 'usr/share/vstest/dup04'
+    pa, pb, pc = (os.path.join(g['root'], target) for g in (a, b, c))
+    assert inode(pa) == inode(pb) == inode(pc)
+    check = _unify.ensure(unify_paths, {'guests': ['a', 'b'], 'state': 'absent'}, check_mode=True)
+    assert check['changed'] and inode(pa) == inode(pb)
+    out = _unify.ensure(unify_paths, {'guests': ['a', 'b'], 'state': 'absent'})
+    assert out['changed'] and out['deunified'] > 0 and out['guests'] == ['a', 'b']
+    assert len({inode(pa), inode(pb), inode(pc)}) == 3
+    for path in (pa, pb):
+        assert not _unify.path_flags(path) & _unify.FS_IMMUTABLE_FL
+    assert _unify.path_flags(pc) & _unify.FS_IMMUTABLE_FL or os.lstat(pc).st_nlink == 1
+    # all three at once: nothing shared across guests afterwards, and a later unify links them again
+    _unify.ensure(unify_paths, {'guests': ['all'], 'state': 'absent'})
+    assert len({inode(pa), inode(pb), inode(pc)}) == 3
+    assert not any(_unify.path_flags(p) & _unify.FS_IMMUTABLE_FL for p in (pa, pb, pc))
+    assert not _unify.ensure(unify_paths, {'guests': ['all'], 'state': 'absent'})['changed']
+    again = _unify.ensure(unify_paths, {'guests': ['a', 'b', 'c']})
+    assert again['linked'] > 0 and inode(pa) == inode(pb) == inode(pc)
+
+
 def test_symlinks_out_of_a_tree_are_never_followed(three, unify_paths, tmp_path):
     """A guest plants a symlink to a host directory holding a file equal to one of its own: the host file
     is never read, linked or protected."""
