@@ -23,7 +23,7 @@ description:
     complete file with its content; the next run removes the temp names and finishes the work.
   - With O(state=absent) the named guests get a private copy of every file they share (owner, mode, xattrs,
     times and their own internal hardlinks kept) and lose the immutable flags this module set, so their
-    packages can be upgraded. Guests named together are de-unified one after the other: none keeps sharing a
+    packages can be upgraded. Guests named together are de-unified one after the other, so none keeps sharing a
     file with another. Such guests are left out of O(guests=all) runs until they are named again with
     O(state=present).
   - Holds the host lock while it works. See C(docs/unify.md) for the update workflow.
