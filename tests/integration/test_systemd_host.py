@@ -66,17 +66,23 @@ ENV = {
 }
 
 
-@pytest.fixture(scope='module')
-def host(tmp_path_factory):
-    box = SystemdContainer(build_tree(), tmp_path_factory.mktemp('systemd-host'))
+def booted(tmp_path_factory, name):
+    """A booted systemd container, powered off and removed when the fixture ends."""
+    box = SystemdContainer(build_tree(), tmp_path_factory.mktemp(name))
     box.setup()
     try:
         box.boot()
-        with open(box.path('/root/site.yml'), 'w') as handle:
-            handle.write(PLAYBOOK)
         yield box
     finally:
         box.cleanup()
+
+
+@pytest.fixture(scope='module')
+def host(tmp_path_factory):
+    for box in booted(tmp_path_factory, 'systemd-host'):
+        with open(box.path('/root/site.yml'), 'w') as handle:
+            handle.write(PLAYBOOK)
+        yield box
 
 
 def playbook(box, *options):
@@ -231,13 +237,7 @@ def test_marked_guest_starts_at_boot(host, converged):
 @pytest.fixture(scope='module')
 def bare_host(tmp_path_factory):
     """A second systemd host where no role ran: only the collection's modules."""
-    box = SystemdContainer(build_tree(), tmp_path_factory.mktemp('systemd-bare'))
-    box.setup()
-    try:
-        box.boot()
-        yield box
-    finally:
-        box.cleanup()
+    yield from booted(tmp_path_factory, 'systemd-bare')
 
 
 def test_modules_alone_install_and_start_the_delegated_unit(bare_host):
