@@ -209,14 +209,20 @@ def ensure(paths, name, params, check_mode=False, restart=False):
         after = validate(params)
         before = dict(doc.get('capabilities') or {})
         rt = _context.Runtime(paths, name)
-        pid = rt.init_pid()
+        init_status = None
+        proc_fd = rt.open_init()  # init's status read once, through its /proc fd
+        if proc_fd is not None:
+            try:
+                init_status = K.read_at(proc_fd, 'status')
+            finally:
+                os.close(proc_fd)
         actions = []
         needs_restart = False
         live = {}
         current = None
-        if pid:
+        if init_status:
             last = K.cap_last_cap()
-            current = observed(K.read_status(pid) or {}, last)
+            current = observed(K.parse_status(init_status), last)
             wanted = [n for n in resolve(after) if CAP_BITS[n] <= last]
             if set(current['bcaps']) != set(wanted) or current['no_new_privs'] != bool(after.get('no_new_privs')):
                 needs_restart = True
@@ -247,6 +253,6 @@ def ensure(paths, name, params, check_mode=False, restart=False):
         return {
             'changed': changed, 'diff': {'before': before, 'after': after}, 'actions': actions,
             'restart_required': needs_restart and not restarted, 'restarted': restarted,
-            'bcaps': resolve(after), 'ccaps': after.get('ccaps', []), 'running': bool(pid),
+            'bcaps': resolve(after), 'ccaps': after.get('ccaps', []), 'running': bool(init_status),
             'observed': current,
         }

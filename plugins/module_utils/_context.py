@@ -72,18 +72,45 @@ class Runtime:
     def netns(self):
         return os.path.join(self.dir, NETNS_HANDLE)
 
+    def init(self):
+        """One read of the guest's init: ``(pid, stat)`` if that very process still runs (pid and start time
+        match), else ``(None, None)``. Callers use what this one read returned, never a second look: init may
+        exit at any moment."""
+        pid = self.record.get('init_pid')
+        if not pid:
+            return None, None
+        st = K.read_stat(pid)
+        if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start'):
+            return None, None
+        return pid, st
+
     def init_pid(self):
-        """The guest's init pid if that very process still runs (pid and start time match), else None."""
+        """The guest's init pid if that very process still runs, else None."""
+        return self.init()[0]
+
+    def open_init(self):
+        """A directory fd on /proc/PID of the guest's init, checked through that fd, or None if init is gone.
+
+        What is opened through this fd belongs to that very process: once it exits, opening fails (ESRCH)
+        even if its pid is reused meanwhile. The caller closes it."""
         pid = self.record.get('init_pid')
         if not pid:
             return None
-        st = K.read_stat(pid)
-        if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start'):
+        try:
+            fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
             return None
-        return pid
+        try:
+            st = K.read_stat_at(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start'):
+            os.close(fd)
+            return None
+        return fd
 
-    def state(self):
-        pid = self.init_pid()
+    def _state_of(self, pid):
         if pid is None:
             return 'stopped'
         try:
@@ -92,6 +119,9 @@ class Runtime:
         except (OSError, VServerError):
             pass
         return 'running'
+
+    def state(self):
+        return self._state_of(self.init_pid())
 
     def leftovers(self):
         """Anything of this guest still on the host (for cleanup after a crash of init)."""
@@ -254,16 +284,31 @@ def _intermediate(doc, group, root, log_fd, pid_w, err_w):
             os._exit(126)
 
 
-def _bind_netns(pid, handle):
-    """Keep the guest's netns reachable at ``handle`` (for address changes); False if init already exited."""
-    with open(handle, 'w'):
-        pass
+def _bind_netns(proc_fd, handle):
+    """Keep the guest's netns reachable at ``handle`` (for address changes); False if init already exited.
+
+    ``proc_fd`` is init's /proc/PID directory fd: the namespace bound is that process's, never a reused pid's."""
     try:
-        K.mount('/proc/%d/ns/net' % pid, handle, None, K.MS_BIND)
-    except FileNotFoundError:
-        os.unlink(handle)
+        ns_fd = os.open('ns/net', os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    try:
+        with open(handle, 'w'):
+            pass
+        K.mount('/proc/self/fd/%d' % ns_fd, handle, None, K.MS_BIND)
+    finally:
+        os.close(ns_fd)
     return True
+
+
+def _ns_inodes(proc_fd):
+    out = {}
+    for kind in NAMESPACES:
+        try:
+            out[kind] = os.readlink('ns/' + kind, dir_fd=proc_fd)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            out[kind] = None
+    return out
 
 
 def cleanup(paths, name, layout=None, timeout=5.0):
@@ -327,16 +372,26 @@ def start(paths, doc, layout=None):
             reason = errors.decode(errors='replace') or 'intermediate exited with %d' % status
             raise VServerError('guest %s failed to start: %s' % (name, reason))
         pid = int(raw)
-        st = K.read_stat(pid)
-        record = {
-            'name': name, 'init_pid': pid, 'init_start': st[2] if st else None,
-            'started_at': time.time(), 'cgroup_parent': parent,
-            'cgroup': group.paths(), 'root': root,
-            'ns': {kind: K.ns_inode(pid, kind) for kind in NAMESPACES},
-        }
-        write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600, durable=False)  # /run: volatile
-        if st is not None and st[0] not in ('Z', 'X'):
-            _bind_netns(pid, os.path.join(rt.dir, NETNS_HANDLE))
+        # Everything about init is read once, through its /proc fd: it may exit (or its pid be reused) any time.
+        try:
+            proc_fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            proc_fd = None
+        try:
+            st = K.read_stat_at(proc_fd) if proc_fd is not None else None
+            alive = st is not None and st[0] not in ('Z', 'X')
+            record = {
+                'name': name, 'init_pid': pid, 'init_start': st[2] if st else None,
+                'started_at': time.time(), 'cgroup_parent': parent,
+                'cgroup': group.paths(), 'root': root,
+                'ns': _ns_inodes(proc_fd) if alive else {kind: None for kind in NAMESPACES},
+            }
+            write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600, durable=False)  # /run: volatile
+            if alive:
+                _bind_netns(proc_fd, os.path.join(rt.dir, NETNS_HANDLE))
+        finally:
+            if proc_fd is not None:
+                os.close(proc_fd)
         rt = Runtime(paths, name, rt.layout)
         for hook in HOOKS['started']:
             hook(paths, doc, rt)
@@ -408,18 +463,16 @@ def thaw(paths, doc, layout=None):
 def status(paths, doc, layout=None):
     """Facts about one guest, read from the kernel."""
     rt = Runtime(paths, doc['name'], layout)
-    state = rt.state()
+    pid, st = rt.init()  # read once: an init that exits from here on is reported as it was seen
+    state = rt._state_of(pid)
     out = {'name': doc['name'], 'xid': doc.get('xid'), 'state': state, 'root': doc.get('root'),
            'hostname': doc.get('hostname') or doc['name'], 'init_pid': None, 'uptime': None,
            'nproc': 0, 'memory_bytes': None, 'cpu_seconds': None,
            'addresses': list((doc.get('network') or {}).get('addresses') or [])}
     if state == 'stopped':
         return out
-    pid = rt.init_pid()
-    st = K.read_stat(pid)
     out['init_pid'] = pid
-    if st:
-        out['uptime'] = round(K.uptime() - st[2] / float(K.clock_ticks()), 2)
+    out['uptime'] = round(K.uptime() - st[2] / float(K.clock_ticks()), 2)
     group = rt.group
     procs = group.procs()
     out['nproc'] = len(procs)
@@ -433,17 +486,19 @@ def status(paths, doc, layout=None):
 
 def set_uts(paths, doc, layout=None):
     """Apply hostname/domainname to a running guest, live."""
-    pid = Runtime(paths, doc['name'], layout).init_pid()
-    if not pid:
+    proc_fd = Runtime(paths, doc['name'], layout).open_init()
+    if proc_fd is None:
         return
 
     def apply():
         socket.sethostname(doc.get('hostname') or doc['name'])
         K.setdomainname(doc.get('domainname') or '(none)')
-    try:
-        K.call_in_namespaces(['/proc/%d/ns/uts' % pid], apply)
+    try:  # through init's /proc fd: never the UTS namespace of a process that reused its pid
+        K.call_in_namespaces(['/proc/self/fd/%d/ns/uts' % proc_fd], apply)
     except OSError as exc:
         raise VServerError('guest %s: cannot set its host name: %s' % (doc['name'], exc), 'hostname')
+    finally:
+        os.close(proc_fd)
 
 
 # --- entering a running guest -----------------------------------------------------------------------
@@ -451,14 +506,20 @@ def set_uts(paths, doc, layout=None):
 def enter(paths, doc, argv, layout=None, env=None):
     """Run ``argv`` inside the running guest (its namespaces, cgroup, bounding set). Returns the exit code."""
     rt = Runtime(paths, doc['name'], layout)
-    pid = rt.init_pid()
-    if not pid:
-        raise VServerError('guest %s is not running' % doc['name'])
+    not_running = VServerError('guest %s is not running' % doc['name'])
+    proc_fd = rt.open_init()
+    if proc_fd is None:
+        raise not_running
     load_hooks()
     fds = []
     try:
-        for kind in ('cgroup', 'ipc', 'uts', 'net', 'pid', 'time', 'mnt'):
-            fds.append(os.open('/proc/%d/ns/%s' % (pid, kind), os.O_RDONLY | os.O_CLOEXEC))
+        try:  # through init's /proc fd: an init that exits (or a reused pid) is never entered
+            for kind in ('cgroup', 'ipc', 'uts', 'net', 'pid', 'time', 'mnt'):
+                fds.append(os.open('ns/' + kind, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
+        except (FileNotFoundError, ProcessLookupError):
+            raise not_running from None
+        finally:
+            os.close(proc_fd)
         child = os.fork()
         if child == 0:
             try:

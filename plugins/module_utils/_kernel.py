@@ -240,6 +240,26 @@ def read_stat(pid, proc='/proc'):
     return parse_stat(raw)
 
 
+def read_at(proc_fd, name):
+    """A file of one process read through its open /proc/PID directory fd (text); None once it is gone."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        return read_all(fd).decode(errors='replace') or None
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_stat_at(proc_fd):
+    """read_stat through an open /proc/PID directory fd; None if that process is gone."""
+    raw = read_at(proc_fd, 'stat')
+    return parse_stat(raw) if raw else None
+
+
 def parse_stat(raw):
     rest = raw[raw.rindex(')') + 2:].split()
     # rest[0] is field 3 (state); starttime is field 22 -> rest[19]; utime/stime fields 14/15.
