@@ -41,38 +41,41 @@ def test_status_while_init_exits(host_paths, make_guest):
     assert seen['stopped'] == ROUNDS and seen['running'] > 0, seen
 
 
-def _under_reaper(argv, env, timeout):
-    return subprocess.run([sys.executable, REAPER, '--'] + argv, env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+def _under_reaper(argv, env):
+    return subprocess.Popen([sys.executable, REAPER, '--'] + argv, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
 
-def test_start_of_an_init_that_exits_at_once_through_the_command(host_paths, make_guest):
+def test_start_of_an_init_that_exits_at_once_through_the_command_and_the_module(host_paths, make_guest, tmp_path):
+    """200 starts through `vserver` (with status and stat) and 200 through the context module (run as Ansible
+    runs it: one process per call, arguments in a file), on two guests at once."""
     make_guest('race-cli', init=['/bin/true'], stop_signal='SIGKILL', stop_timeout=1)
-    script = ('for i in $(seq %d); do "$PY" "$VS" race-cli start >/dev/null || exit 10; '
-              '"$PY" "$VS" race-cli status >/dev/null; [ $? -le 3 ] || exit 11; '
-              '[ $((i %% 10)) -ne 0 ] || "$PY" "$VS" stat >/dev/null || exit 12; done' % ROUNDS)
-    env = dict(env_for(host_paths), PY=sys.executable, VS=VSERVER)
-    proc = _under_reaper(['/bin/bash', '-c', script], env, timeout=600)
-    assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    out = subprocess.run([sys.executable, VSERVER, 'race-cli', 'status'], env=env_for(host_paths),
-                         capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 3 and 'race-cli is stopped' in out.stdout
-
-
-def test_start_of_an_init_that_exits_at_once_through_the_module(host_paths, make_guest, tmp_path):
-    """The context module itself (run as Ansible runs it: one process per call, arguments in a file)."""
     make_guest('race-mod', init=['/bin/true'], stop_signal='SIGKILL', stop_timeout=1)
+    cli = ('for i in $(seq %d); do "$PY" "$VS" race-cli start >/dev/null || exit 10; '
+           '"$PY" "$VS" race-cli status >/dev/null; [ $? -le 3 ] || exit 11; '
+           '[ $((i %% 10)) -ne 0 ] || "$PY" "$VS" stat >/dev/null || exit 12; done' % ROUNDS)
     args = tmp_path / 'args.json'
     args.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': dict(
         name='race-mod', state='started', config_dir=host_paths.config_dir, run_dir=host_paths.run_dir,
         tree_dir=host_paths.tree_dir, log_dir=host_paths.log_dir, cgroup_parent=host_paths.cgroup_parent)}))
     out = tmp_path / 'results'
-    module = os.path.join(TOP, 'plugins', 'modules', 'context.py')
-    script = ('for i in $(seq %d); do "$PY" "$MOD" "$ARGS" >>"$OUT" || exit 10; echo >>"$OUT"; done' % ROUNDS)
-    env = dict(os.environ, PY=sys.executable, MOD=module, ARGS=str(args), OUT=str(out),
+    mod = 'for i in $(seq %d); do "$PY" "$MOD" "$ARGS" >>"$OUT" || exit 10; echo >>"$OUT"; done' % ROUNDS
+    env = dict(env_for(host_paths), PY=sys.executable, VS=VSERVER, ARGS=str(args), OUT=str(out),
+               MOD=os.path.join(TOP, 'plugins', 'modules', 'context.py'),
                PYTHONPATH=os.path.join(TOP, '.build', 'collections'))
-    proc = _under_reaper(['/bin/bash', '-c', script], env, timeout=600)
-    assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    procs = [_under_reaper(['/bin/bash', '-c', script], env) for script in (cli, mod)]
+    try:
+        for proc in procs:
+            dummy, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0 and 'Traceback' not in err, err[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    status = subprocess.run([sys.executable, VSERVER, 'race-cli', 'status'], env=env_for(host_paths),
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 3 and 'race-cli is stopped' in status.stdout
     results = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     assert len(results) == ROUNDS
     for result in results:
