@@ -23,6 +23,16 @@ def argument_spec(**spec):
     return out
 
 
+def hide_nested(module, option, key):
+    """Mask ``key`` of every dict in the list option ``option`` in the module's results and logs (a secret inside a
+    free-form list of dicts, which argument_spec's no_log cannot reach). One-character values ('!', '*') are markers,
+    not secrets: masking them would garble every string holding that character."""
+    for item in module.params.get(option) or []:
+        value = item.get(key) if isinstance(item, dict) else None
+        if isinstance(value, str) and len(value) > 1:
+            module.no_log_values.add(value)
+
+
 def paths_from(module):
     params = module.params
     return Paths(**{key: params.get(key) for key in PATH_OPTIONS})

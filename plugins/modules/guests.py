@@ -109,6 +109,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _ansible.hide_nested(module, 'guests', 'root_password_hash')
     _ansible.run(module, lambda: _guests.ensure(_ansible.paths_from(module), module.params, module.check_mode))
 
 
