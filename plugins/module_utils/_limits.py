@@ -593,11 +593,26 @@ def diff_files(group, section, host=None):
         if raw is None:
             if _is_default(setting):
                 continue  # a kernel without that file: nothing to do for a default value
+            _check_group_dir(group, setting)
             raise VServerError('%s: this host\'s cgroup has no %s file, so the limit cannot be enforced'
                                % (setting.field, setting.key), setting.field)
         if not _matches(setting, raw) and not _v2_cpuset_inherited(group, setting, raw):
             out.append((setting, raw))
     return out
+
+
+def _check_group_dir(group, setting):
+    """A file missing because the guest's own cgroup directory is gone (removed behind the module's back: the
+    guest runs without that controller's limits) is said so, not blamed on the host."""
+    try:
+        directory = os.path.dirname(group.file(setting.key))
+    except VServerError:
+        return  # the controller is not mounted at all: the host's limit
+    if not os.path.isdir(directory):
+        what = 'cgroup' if group.layout.version == 2 else '%s cgroup' % setting.key.split('.')[0]
+        raise VServerError('%s: the guest\'s %s %s is missing (removed while the guest runs), so the guest runs '
+                           'without this limit; restart the guest (state: restarted, or stop then start) to recreate '
+                           'its cgroups' % (setting.field, what, directory), setting.field)
 
 
 def _v2_parent_cpus(group):
