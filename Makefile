@@ -14,7 +14,7 @@ export ANSIBLE_NOCOLOR := 1
 export PATH := $(VENV)/bin:$(PATH)
 
 # Debian packages the project uses: runtime (busybox-static ...), benchmarks' peer tools, test tooling.
-APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs btrfs-progs nftables \
+APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs btrfs-progs nftables strace \
 	iperf3 jdupes lxc systemd-container debootstrap mmdebstrap openssh-server openssh-client \
 	qemu-system-x86 cpio gcc libc6-dev python-is-python3
 

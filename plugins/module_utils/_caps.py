@@ -186,6 +186,28 @@ def validate(params):
     return section
 
 
+def _undo_sysctls(handle, previous, name, exc):
+    """The config could not be saved: the guest's namespace gets its previous sysctls back. Raises VServerError
+    saying so (an interrupt is re-raised as it is, after the undo)."""
+    error = None
+    if previous:
+        try:
+            in_netns(handle, lambda: write_sysctls(previous) or True)
+        except Exception as undo_exc:  # reported below
+            error = undo_exc
+    if not isinstance(exc, Exception):
+        raise exc
+    msg = 'capabilities: saving the config of guest %s failed (%s); ' % (name, exc)
+    if error is not None:
+        msg += ('putting back %s failed (%s): the guest differs from its config until this task runs again or the '
+                'guest restarts' % (', '.join(sorted(previous)), error))
+    elif previous:
+        msg += 'the live change was undone'
+    else:
+        msg += 'nothing was changed on the guest'
+    raise VServerError(msg) from exc
+
+
 def observed(status, last_cap):
     """A running init's bounding set (names) and no_new_privs flag from its /proc status."""
     bound = int(status.get('CapBnd', '0'), 16)
@@ -219,6 +241,7 @@ def ensure(paths, name, params, check_mode=False, restart=False):
         actions = []
         needs_restart = False
         live = {}
+        previous = {}
         current = None
         if init_status:
             last = K.cap_last_cap()
@@ -230,6 +253,7 @@ def ensure(paths, name, params, check_mode=False, restart=False):
                 desired = {k: _norm_sysctl(v) for k, v in ccap_sysctls(after).items()}
                 have = in_netns(rt.netns, lambda: read_sysctls(list(desired)))
                 live = {k: v for k, v in desired.items() if have.get(k) != v}
+                previous = {k: have[k] for k in live}
         config_changed = before != after
         if config_changed:
             actions.append('update config')
@@ -240,11 +264,17 @@ def ensure(paths, name, params, check_mode=False, restart=False):
         if needs_restart and restart:
             actions.append('restart the guest')
         if not check_mode:
-            if config_changed:
-                doc['capabilities'] = after
-                _config.save(paths, doc)
-            if live and not (needs_restart and restart):
+            # the guest first, then the config; a failed save puts the previous sysctls back (docs/security.md)
+            live_now = bool(live) and not (needs_restart and restart)
+            if live_now:
                 in_netns(rt.netns, lambda: write_sysctls(live) or True)
+            if config_changed:
+                try:
+                    _config.save(paths, dict(doc, capabilities=after))
+                except BaseException as exc:
+                    _undo_sysctls(rt.netns, previous if live_now else {}, name, exc)
+                    raise
+                doc['capabilities'] = after
             if needs_restart and restart:
                 _context.stop(paths, doc)
                 _context.start(paths, doc)

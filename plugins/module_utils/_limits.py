@@ -593,11 +593,26 @@ def diff_files(group, section, host=None):
         if raw is None:
             if _is_default(setting):
                 continue  # a kernel without that file: nothing to do for a default value
+            _check_group_dir(group, setting)
             raise VServerError('%s: this host\'s cgroup has no %s file, so the limit cannot be enforced'
                                % (setting.field, setting.key), setting.field)
         if not _matches(setting, raw) and not _v2_cpuset_inherited(group, setting, raw):
             out.append((setting, raw))
     return out
+
+
+def _check_group_dir(group, setting):
+    """A file missing because the guest's own cgroup directory is gone (removed behind the module's back: the
+    guest runs without that controller's limits) is said so, not blamed on the host."""
+    try:
+        directory = os.path.dirname(group.file(setting.key))
+    except VServerError:
+        return  # the controller is not mounted at all: the host's limit
+    if not os.path.isdir(directory):
+        what = 'cgroup' if group.layout.version == 2 else '%s cgroup' % setting.key.split('.')[0]
+        raise VServerError('%s: the guest\'s %s %s is missing (removed while the guest runs), so the guest runs '
+                           'without this limit; restart the guest (state: restarted, or stop then start) to recreate '
+                           'its cgroups' % (setting.field, what, directory), setting.field)
 
 
 def _v2_parent_cpus(group):
@@ -654,6 +669,11 @@ def apply(group, section, host=None):
 
     On failure the files already written get their previous values back, then the error is raised.
     """
+    return [setting.key for setting, _raw in apply_undoable(group, section, host)]
+
+
+def apply_undoable(group, section, host=None):
+    """Like ``apply``, but returns [(setting, previous raw value)] so ``restore`` can undo the writes later."""
     pending = diff_files(group, section, host)
     done = []
     try:
@@ -661,14 +681,22 @@ def apply(group, section, host=None):
             _write_setting(group, setting, raw)
             done.append((setting, raw))
     except BaseException:
-        for setting, raw in reversed(done):
-            try:
-                for line in _restore_lines(setting, raw):
-                    group.write(setting.key, line or '\n')
-            except OSError:
-                pass
+        restore(group, done)
         raise
-    return [setting.key for setting, _raw in done]
+    return done
+
+
+def restore(group, done):
+    """Write back the values ``apply_undoable`` replaced, last written first (that order keeps the kernel's
+    invariants, see ``_ordered``). Returns the files that could not be restored."""
+    failed = []
+    for setting, raw in reversed(done):
+        try:
+            for line in _restore_lines(setting, raw):
+                group.write(setting.key, line or '\n')
+        except OSError:
+            failed.append(setting.key)
+    return failed
 
 
 def _restore_lines(setting, raw):
@@ -785,6 +813,33 @@ def rlimits_differ(section, pids):
         except (ProcessLookupError, PermissionError):
             continue
     return out
+
+
+def rlimits_snapshot(section, pids):
+    """{pid: [(resource, (soft, hard))]}: the current values of the rlimits the section names, for every
+    process whose rlimits differ from it (what ``rlimits_restore`` puts back)."""
+    out = {}
+    for pid in rlimits_differ(section, pids):
+        try:
+            out[pid] = [(res, resource.prlimit(pid, res)) for res, _name, _soft, _hard in rlimit_pairs(section)]
+        except (ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def rlimits_restore(snapshot):
+    """Put back the rlimits of a snapshot; returns the pids that could not get them back (raising a hard limit
+    again needs CAP_SYS_RESOURCE). Processes that exited meanwhile are skipped."""
+    failed = []
+    for pid, pairs in sorted(snapshot.items()):
+        try:
+            for res, limits in pairs:
+                resource.prlimit(pid, res, limits)
+        except ProcessLookupError:
+            continue
+        except (OSError, ValueError):
+            failed.append(pid)
+    return failed
 
 
 def apply_rlimits_live(section, pids):
@@ -1255,6 +1310,39 @@ def child_hook(doc):
 
 # --- the manager -----------------------------------------------------------------------------------------
 
+def _undo_live(paths, doc, rt, live, disk, exc):
+    """The config could not be saved: give the running guest its previous cgroup values and rlimits back, so the
+    kernel and the config still agree. Raises VServerError saying what was undone and what could not be (an
+    interrupt is re-raised as it is, after the undo)."""
+    from ansible_collections.vserver.core.plugins.module_utils import _context
+    written, snapshot = live
+    disk_actions, restarted = disk
+    failed = ['rlimits of pid %d' % pid for pid in rlimits_restore(snapshot)]
+    if not restarted:
+        failed = restore(rt.group, written) + failed
+    if not isinstance(exc, Exception):
+        raise exc
+    msg = 'limits: saving the config of guest %s failed (%s); ' % (doc['name'], exc)
+    if failed:
+        msg += ('the live change could not be undone for %s: the guest runs with values its config does not '
+                'record until this task runs again (it compares with the kernel) or the guest restarts'
+                % ', '.join(failed))
+    elif written or snapshot:
+        msg += 'the live change was undone: the guest keeps its previous limits'
+    else:
+        msg += 'nothing was changed on the guest'
+    if disk_actions:
+        msg += '; the disk change was made and stays (%s): run the task again once the config can be written' \
+            % '; '.join(disk_actions)
+        if restarted:
+            try:
+                _context.start(paths, doc, rt.layout)
+                msg += ' (the guest was started again)'
+            except Exception as start_exc:  # report both failures
+                msg += ' (starting the guest again failed too: %s)' % start_exc
+    raise VServerError(msg) from exc
+
+
 def ensure(paths, name, params, check_mode=False, restart=False, host=None, layout=None):
     """Make guest ``name``'s limits section equal ``params``; live on a running guest.
 
@@ -1301,16 +1389,24 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
         if dplan['needs_stop'] and not restart:
             actions = [a for a in actions if a not in dplan['actions']] + [
                 'at the next start: %s' % a for a in dplan['actions']]
+        if config_changed:
+            actions.insert(0, 'update config')
         changed = config_changed or bool(live) or bool(rlimit_pids) or disk_now
         if changed and not check_mode:
+            # Kernel first, then the config; a config that cannot be saved undoes the live change (see
+            # docs/limits.md, "Live changes and the config"). A run killed between the two leaves the kernel
+            # ahead of the config: the next run compares with the kernel and only saves the config.
+            written, snapshot = [], {}
             if running:
-                written = apply(rt.group, after, host)
+                written = apply_undoable(rt.group, after, host)
                 try:
-                    apply_rlimits_live(after, rt.group.procs())
+                    snapshot = rlimits_snapshot(after, rt.group.procs())
+                    apply_rlimits_live(after, list(snapshot))
                 except BaseException:
-                    apply(rt.group, before, host)
+                    rlimits_restore(snapshot)
+                    restore(rt.group, written)
                     raise
-                live = written
+                live = [setting.key for setting, _raw in written]
             if disk_now:
                 if dplan['needs_stop'] and running:
                     _context.stop(paths, doc)
@@ -1320,11 +1416,19 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
                 except BaseException:
                     if restarted:  # bring the guest back as it was
                         _context.start(paths, doc, layout)
+                    else:
+                        rlimits_restore(snapshot)
+                        restore(rt.group, written)
                     raise
-            doc['limits'] = after
-            _config.save(paths, doc)
+            new = dict(doc, limits=after)
+            try:
+                _config.save(paths, new)
+            except BaseException as exc:
+                _undo_live(paths, new, rt, (written, snapshot), (dplan['actions'] if disk_now else [], restarted),
+                           exc)
+                raise
             if restarted:
-                _context.start(paths, doc, layout)
+                _context.start(paths, new, layout)
         return {
             'changed': changed, 'diff': {'before': before, 'after': after}, 'actions': actions,
             'restart_required': restart_required and not restarted, 'restarted': restarted,

@@ -124,6 +124,41 @@ def _view(doc, state):
     return out
 
 
+def _uts_wanted(doc):
+    return [doc.get('hostname') or doc['name'], doc.get('domainname') or '(none)']
+
+
+def _read_uts():
+    with open('/proc/sys/kernel/domainname') as handle:
+        return [os.uname().nodename, handle.read().strip()]
+
+
+def _live_uts(pid):
+    """[host name, domain name] of a running guest as its UTS namespace holds them (None if it stopped)."""
+    if not pid:
+        return None
+    try:
+        return K.call_in_namespaces(['/proc/%d/ns/uts' % pid], _read_uts)
+    except OSError:
+        return None
+
+
+def _undo_uts(paths, doc, old_uts, exc):
+    """The config could not be saved: give the running guest its previous host and domain name back."""
+    outcome = 'nothing was changed on the guest'
+    if old_uts:
+        try:
+            _context.set_uts(paths, dict(doc, hostname=old_uts[0], domainname=old_uts[1]))
+            outcome = 'the guest keeps its previous host name %s' % old_uts[0]
+        except VServerError as undo_exc:
+            outcome = ('giving the guest its previous host name back failed (%s): it differs from its config until '
+                       'this task runs again' % undo_exc)
+    if not isinstance(exc, Exception):
+        raise exc
+    raise VServerError('context: saving the config of guest %s failed (%s); %s' % (doc['name'], exc, outcome)) \
+        from exc
+
+
 def _observed_state(state):
     return {'running': 'started', 'frozen': 'frozen', 'stopped': 'stopped'}[state]
 
@@ -216,8 +251,8 @@ def ensure_context(paths, params, check_mode=False):
         if running_state != 'stopped' and current is not None:
             if any(doc.get(k) != current.get(k) for k in RESTART_KEYS):
                 result['restart_required'] = target != 'restarted'
-            if any(doc.get(k) != current.get(k) for k in ('hostname', 'domainname')):
-                live_uts = True
+            # against the kernel, not the config: a run killed after the config was saved converges on the next
+            live_uts = _uts_wanted(doc) != _live_uts(rt.init_pid())
         plan = []
         if target == 'restarted':
             plan = (['stop'] if running_state != 'stopped' else []) + ['start']
@@ -244,7 +279,16 @@ def ensure_context(paths, params, check_mode=False):
                 os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
                 _template.build_busybox(root, doc.get('hostname') or name)
                 built = True
-            if config_changed:
+            if 'set hostname' in plan:  # live first, then the config (undone if the config cannot be saved)
+                old_uts = _live_uts(rt.init_pid())
+                _context.set_uts(paths, doc)
+                plan.remove('set hostname')
+                try:
+                    _config.save(paths, doc)
+                except BaseException as exc:
+                    _undo_uts(paths, doc, old_uts, exc)
+                    raise
+            elif config_changed:
                 _config.save(paths, doc)
             for step in plan:
                 if step == 'stop':

@@ -886,15 +886,14 @@ def ensure(paths, params, check_mode=False):
                                   'which does not forward %s (left unchanged; the host role\'s host_ip_forward and '
                                   'host_nat_masquerade turn forwarding and NAT on)' % (name, ' and '.join(needed))]
         if not check_mode and actions:
+            # The guest's namespace first, then the config; a config that cannot be saved undoes the live change
+            # (docs/network.md, "Live changes and the config"). A run killed between the two leaves the kernel
+            # ahead of the config: the next run plans against the kernel and only saves the config.
             if plan is not None:
                 try:
                     execute(plan, handle)
                 except BaseException:
-                    try:  # best effort: bring the guest back to its previous network config
-                        execute(plan_live(current, doc.get('xid') or 0, pid, NetState(), NetState(handle), section),
-                                handle)
-                    except Exception:
-                        pass
+                    _undo_live(plan, current, section, doc, pid, handle)
                     raise
             if config_changed:
                 new = dict(doc)
@@ -902,11 +901,43 @@ def ensure(paths, params, check_mode=False):
                     new['network'] = section
                 else:
                     new.pop('network', None)
-                _config.save(paths, new)
+                try:
+                    _config.save(paths, new)
+                except BaseException as exc:
+                    failed = _undo_live(plan, current, section, doc, pid, handle) if plan is not None else None
+                    if not isinstance(exc, Exception):
+                        raise
+                    raise VServerError('address: saving the config of guest %s failed (%s); %s'
+                                       % (name, exc, _undo_outcome(plan, failed))) from exc
         if pid:
             result['live_addresses'] = live_addresses(handle, (section or current or {}).get('interface')
                                                       or DEFAULT_INTERFACE)
         return result
+
+
+def _undo_live(plan, current, section, doc, pid, handle):
+    """Bring a running guest's network back to ``current`` after ``plan`` ran (or failed half-way): the guest side
+    planned against the kernel again, then the host links and bridge addresses the plan created are removed.
+    Returns None, or the error that kept the guest side from being undone."""
+    error = None
+    try:
+        execute(plan_live(current, doc.get('xid') or 0, pid, NetState(), NetState(handle), section), handle)
+    except Exception as exc:  # reported by the caller; the created host links are still removed below
+        error = exc
+    for link in reversed(plan.created):
+        K.run(['ip', 'link', 'del', link], check=False)
+    for cidr, bridge in plan.bridge_addrs:
+        K.run(['ip', 'addr', 'del', cidr, 'dev', bridge], check=False)
+    return error
+
+
+def _undo_outcome(plan, error):
+    if plan is None or not plan.actions:
+        return 'nothing was changed on the guest'
+    if error is not None:
+        return ('undoing the live change failed (%s): the guest\'s network differs from its config until this task '
+                'runs again (it plans against the kernel) or the guest restarts' % error)
+    return 'the live change was undone: the guest keeps its previous network'
 
 
 # --- hooks and display ----------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     # removal on a running guest waits for a restart ...
     pending = _limits.ensure(host_paths, 'vst-disk', {})
     assert pending['restart_required'] and os.path.exists(image) and _mounted(root)
-    assert pending['actions'] == ['at the next start: move the tree out of its disk image %s and delete it' % image]
+    assert pending['actions'] == ['update config',
+                                  'at the next start: move the tree out of its disk image %s and delete it' % image]
     assert not _limits.ensure(host_paths, 'vst-disk', {})['changed']
     # ... and happens at the next start (here a plain stop and start): the tree is a plain directory again
     current = _limits_doc(host_paths, 'vst-disk')
