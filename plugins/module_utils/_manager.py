@@ -133,14 +133,17 @@ def _read_uts():
         return [os.uname().nodename, handle.read().strip()]
 
 
-def _live_uts(pid):
+def _live_uts(rt):
     """[host name, domain name] of a running guest as its UTS namespace holds them (None if it stopped)."""
-    if not pid:
+    proc_fd = rt.open_init()  # through init's /proc fd: never a process that reused its pid
+    if proc_fd is None:
         return None
     try:
-        return K.call_in_namespaces(['/proc/%d/ns/uts' % pid], _read_uts)
+        return K.call_in_namespaces(['/proc/self/fd/%d/ns/uts' % proc_fd], _read_uts)
     except OSError:
         return None
+    finally:
+        os.close(proc_fd)
 
 
 def _undo_uts(paths, doc, old_uts, exc):
@@ -252,7 +255,7 @@ def ensure_context(paths, params, check_mode=False):
             if any(doc.get(k) != current.get(k) for k in RESTART_KEYS):
                 result['restart_required'] = target != 'restarted'
             # against the kernel, not the config: a run killed after the config was saved converges on the next
-            live_uts = _uts_wanted(doc) != _live_uts(rt.init_pid())
+            live_uts = _uts_wanted(doc) != _live_uts(rt)
         plan = []
         if target == 'restarted':
             plan = (['stop'] if running_state != 'stopped' else []) + ['start']
@@ -280,7 +283,7 @@ def ensure_context(paths, params, check_mode=False):
                 _template.build_busybox(root, doc.get('hostname') or name)
                 built = True
             if 'set hostname' in plan:  # live first, then the config (undone if the config cannot be saved)
-                old_uts = _live_uts(rt.init_pid())
+                old_uts = _live_uts(rt)
                 _context.set_uts(paths, doc)
                 plan.remove('set hostname')
                 try:
