@@ -19,8 +19,8 @@ PAGE = 4096
 RUN = """
 import sys
 sys.path.insert(0, %r)
-from ansible_collections.vserver.core.plugins.module_utils import _common, _manager
-_manager.ensure_context(_common.Paths(**%r), %r)
+from ansible_collections.vserver.core.plugins.module_utils import _common, _guests, _manager
+_%s.%s(_common.Paths(**%r), %r)
 """
 
 
@@ -48,9 +48,10 @@ def fill(directory, leave=PAGE):
     assert st.f_bavail * st.f_frsize == leave
 
 
-def killed_run(paths, params, syscall, when):
-    """Run ensure_context(params) in a child interpreter killed on entering its WHEN-th SYSCALL."""
-    script = RUN % (os.path.join(TOP, '.build', 'collections'), paths.as_dict(), params)
+def killed_run(paths, params, syscall, when, call=('manager', 'ensure_context')):
+    """Run ensure_context(params) (or another manager CALL) in a child interpreter killed on entering its
+    WHEN-th SYSCALL."""
+    script = RUN % ((os.path.join(TOP, '.build', 'collections'),) + call + (paths.as_dict(), params))
     proc = subprocess.run(['strace', '-f', '-o', '/dev/null', '-e', 'trace=' + syscall,
                            '-e', 'inject=%s:signal=KILL:when=%d' % (syscall, when), sys.executable, '-c', script],
                           capture_output=True, text=True, timeout=120, check=False)
@@ -158,6 +159,22 @@ def test_killed_template_build_never_leaves_a_half_tree(host_paths):
         assert out.stdout.strip() == 'shell-ok', out.stderr
     finally:
         _manager.ensure_context(host_paths, {'name': 'kb', 'state': 'absent', 'purge': True})
+
+
+def test_killed_clone_never_leaves_a_half_tree(host_paths):
+    """guests cloning a tree, killed at the 100th symlink of the copy: no half tree at the clone's root; the
+    re-run removes the unfinished copy and clones completely."""
+    _manager.ensure_context(host_paths, {'name': 'cs', 'state': 'present'})
+    params = {'guests': [{'name': 'cs', 'state': 'present'},
+                         {'name': 'cc', 'template': 'clone', 'clone_from': 'cs', 'state': 'present'}]}
+    killed_run(host_paths, params, 'symlink', 100, call=('guests', 'ensure'))
+    root = host_paths.default_root('cc')
+    assert not os.path.lexists(root) and len(builds(host_paths, 'cc')) == 1
+    assert _config.load(host_paths, 'cc') is None
+    res = _guests.ensure(host_paths, params)
+    assert 'failed' not in res and res['guests']['cc']['actions'][0] == 'clone tree from cs'
+    assert_complete_tree(root)
+    assert builds(host_paths, 'cc') == [] and _guests.ensure(host_paths, params)['changed'] is False
 
 
 @pytest.mark.slow
