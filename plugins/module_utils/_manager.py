@@ -151,9 +151,10 @@ def mounts_below(root, mountinfo='/proc/self/mountinfo'):
     return sorted({m['mountpoint'] for m in K.read_mountinfo(mountinfo) if m['mountpoint'].startswith(prefix)})
 
 
-def check_purgeable(root):
-    """Refuse to delete a tree through a mount point: rmtree would delete whatever is mounted there."""
-    if os.path.ismount(root):
+def check_purgeable(root, own_mount=False):
+    """Refuse to delete a tree through a mount point: rmtree would delete whatever is mounted there.
+    ``own_mount``: the root itself may still be a mount point (its disk image, unmounted by the absent hook)."""
+    if os.path.ismount(root) and not own_mount:
         raise VServerError('root %s is a mount point; unmount it (or remove its disk limit) before purge' % root,
                            'purge')
     below = mounts_below(root)
@@ -187,7 +188,7 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
         result['diff'] = {'before': before, 'after': before}
         return result
     if purge:
-        check_purgeable(root)  # before anything is touched
+        check_purgeable(root, own_mount=True)  # before anything is touched
     if running_state != 'stopped' or leftovers:
         actions.append('stop')
     actions.extend('remove unfinished build %s' % build for build in builds)

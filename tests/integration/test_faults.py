@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _limits, _manager
 from ansible_collections.vserver.core.plugins.module_utils._common import CONFIG_TMP_RE, VServerError
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, guest_sh
@@ -279,3 +279,20 @@ def test_one_broken_guest_does_not_stop_the_list(host_paths, tmp_path):
     assert _config.load(host_paths, 'lb') is None and not os.path.exists(missing)
     again = _guests.ensure(host_paths, {'guests': [guests[0], guests[2]]})
     assert again['changed'] is False and 'failed' not in again
+
+
+def test_purge_of_a_guest_on_its_own_disk_image(host_paths, make_guest):
+    """A root that is the guest's own loop disk image is a mount point only until the absent hook takes the
+    tree out of it: the purge goes through and leaves no tree, image, mount or config."""
+    doc = make_guest('kd')
+    root = doc['root']
+    try:
+        _limits.ensure(host_paths, 'kd', {'disk': '32M', 'disk_backend': 'loop', 'disk_fstype': 'ext4'})
+        assert os.path.ismount(root)
+        res = _manager.ensure_context(host_paths, {'name': 'kd', 'state': 'absent', 'purge': True})
+        assert res['actions'] == ['purge tree %s' % root, 'remove config']
+        assert not os.path.lexists(root) and not os.path.exists(_limits.disk_image(root))
+        assert _config.load(host_paths, 'kd') is None
+    finally:
+        while os.path.ismount(root):
+            subprocess.run(['umount', '-l', root], check=False, timeout=30)
