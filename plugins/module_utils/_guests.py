@@ -188,7 +188,10 @@ def clone_tree(src, dst):
         _copy_tree(src, build, counts)
         _template.install_build(build, dst)
     except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
+        try:
+            _manager.remove_build(build)
+        except (OSError, VServerError):
+            pass  # the next run under the lock removes it
         raise
     return counts
 
@@ -429,7 +432,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
         if not check_mode:
             with HostLock(paths):  # the build sibling is swept by runs holding the lock
                 for stale in _template.stale_builds(root):
-                    _manager.purge_tree(stale)
+                    _manager.remove_build(stale)
                 clone_tree(source['root'], root)
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)

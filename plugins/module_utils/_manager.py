@@ -173,6 +173,34 @@ def purge_tree(root):
     shutil.rmtree(root, onerror=onerror)
 
 
+def _unlink_shared(path):
+    """Remove one name of an immutable inode (a unified file hardlinked from a clone's source): lift the flag
+    around the unlink and put it back, so the inode's other names (other guests' files) stay protected."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        flags = K.get_flags(fd)
+        K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
+        try:
+            os.unlink(path)
+        finally:
+            if os.fstat(fd).st_nlink:
+                K.set_flags(fd, flags)
+    finally:
+        os.close(fd)
+
+
+def remove_build(build):
+    """Remove an unfinished build sibling (``_template.stale_builds``): never a guest's tree, so nothing of it is
+    left writable; a hardlinked unified file keeps its immutable flag for the trees still linking it."""
+    def onerror(func, path, exc_info):
+        if func is os.unlink and isinstance(exc_info[1], PermissionError):
+            _unlink_shared(path)
+        else:
+            raise exc_info[1]
+    check_purgeable(build)
+    shutil.rmtree(build, onerror=onerror)
+
+
 def _absent(paths, opts, current, rt, running_state, result, check_mode):
     """state=absent: stop, the concerns' absent hooks, (purge: mark the config ``purging``, delete the tree),
     remove the config. The config goes last, so a run killed at any point leaves something a re-run finds and
@@ -198,7 +226,7 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
         actions.append('remove config')
     if not check_mode:
         for build in builds:
-            purge_tree(build)
+            remove_build(build)
         if current is not None:
             _context.stop(paths, current)
         else:
@@ -287,7 +315,7 @@ def ensure_context(paths, params, check_mode=False):
         built = False
         try:
             for stale in builds:
-                purge_tree(stale)
+                remove_build(stale)
             if build:
                 os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
                 _template.build_busybox(root, doc.get('hostname') or name)

@@ -161,20 +161,37 @@ def test_killed_template_build_never_leaves_a_half_tree(host_paths):
         _manager.ensure_context(host_paths, {'name': 'kb', 'state': 'absent', 'purge': True})
 
 
-def test_killed_clone_never_leaves_a_half_tree(host_paths):
-    """guests cloning a tree, killed at the 100th symlink of the copy: no half tree at the clone's root; the
-    re-run removes the unfinished copy and clones completely."""
+def test_killed_clone_never_leaves_a_half_tree(host_paths, tmp_path):
+    """guests cloning a tree with a unified (immutable, hardlinked) file, killed at the 100th symlink of the copy
+    and on the rename onto the root: no half tree at the clone's root; the re-run removes the unfinished copy
+    (the shared inode stays immutable) and clones completely."""
     _manager.ensure_context(host_paths, {'name': 'cs', 'state': 'present'})
+    shared = os.path.join(host_paths.default_root('cs'), 'bin', 'busybox')
+    os.link(shared, str(tmp_path / 'other-guest-copy'))  # unified with another guest: nlink > 1 and immutable
+    subprocess.run(['chattr', '+i', shared], check=True, timeout=30)
     params = {'guests': [{'name': 'cs', 'state': 'present'},
                          {'name': 'cc', 'template': 'clone', 'clone_from': 'cs', 'state': 'present'}]}
-    killed_run(host_paths, params, 'symlink', 100, call=('guests', 'ensure'))
     root = host_paths.default_root('cc')
-    assert not os.path.lexists(root) and len(builds(host_paths, 'cc')) == 1
-    assert _config.load(host_paths, 'cc') is None
-    res = _guests.ensure(host_paths, params)
-    assert 'failed' not in res and res['guests']['cc']['actions'][0] == 'clone tree from cs'
-    assert_complete_tree(root)
-    assert builds(host_paths, 'cc') == [] and _guests.ensure(host_paths, params)['changed'] is False
+    try:
+        for syscall, when in (('symlink', 100), ('rename', 1)):
+            killed_run(host_paths, params, syscall, when, call=('guests', 'ensure'))
+            assert not os.path.lexists(root) and len(builds(host_paths, 'cc')) == 1
+            assert _config.load(host_paths, 'cc') is None
+            res = _guests.ensure(host_paths, params)
+            assert 'failed' not in res and res['guests']['cc']['actions'][0] == 'clone tree from cs'
+            assert_complete_tree(root)
+            assert builds(host_paths, 'cc') == [] and _guests.ensure(host_paths, params)['changed'] is False
+            assert os.stat(os.path.join(root, 'bin', 'busybox')).st_ino == os.stat(shared).st_ino
+            assert os.stat(shared).st_nlink == 3
+            assert 'i' in subprocess.run(['lsattr', '-d', shared], capture_output=True, text=True, check=True,
+                                         timeout=30).stdout.split()[0]
+            _guests.ensure(host_paths, {'guests': [params['guests'][0]], 'prune': True, 'purge_pruned': False})
+            subprocess.run(['chattr', '-i', os.path.join(root, 'bin', 'busybox')], check=True, timeout=30)
+            os.unlink(os.path.join(root, 'bin', 'busybox'))
+            subprocess.run(['chattr', '+i', shared], check=True, timeout=30)
+            subprocess.run(['rm', '-rf', root], check=True, timeout=30)
+    finally:
+        subprocess.run(['chattr', '-i', shared], check=False, timeout=30)
 
 
 @pytest.mark.slow
