@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, fsync_dir
@@ -47,13 +48,15 @@ def build_prefix(root):
 
 
 def stale_builds(root):
-    """The build siblings of ``root`` (left by a killed run when no build is running: hold the host lock)."""
-    parent, prefix = os.path.dirname(root), build_prefix(root)
+    """The build siblings of ``root`` (left by a killed run when no build is running: hold the host lock).
+    Exactly the prefix and mkdtemp's 8 random characters: another guest's siblings never match."""
+    parent = os.path.dirname(root)
+    pattern = re.compile(re.escape(build_prefix(root)) + r'[a-z0-9_]{8}$')
     try:
         entries = os.listdir(parent)
     except FileNotFoundError:
         return []
-    return sorted(os.path.join(parent, e) for e in entries if e.startswith(prefix))
+    return sorted(os.path.join(parent, e) for e in entries if pattern.match(e))
 
 
 def new_build_dir(root):

@@ -51,3 +51,12 @@ def test_mounts_below_a_tree(tmp_path, root, below):
     mountinfo = tmp_path / 'mountinfo'
     mountinfo.write_text(MOUNTINFO)
     assert _manager.mounts_below(root, str(mountinfo)) == below
+
+
+def test_only_own_build_siblings_are_stale(tmp_path):
+    from ansible_collections.vserver.core.plugins.module_utils import _template
+    for entry in ('.web.build-k2x9_q0a', '.web.build-abc', '.web.build-.build-abcdefgh', '.web.build-x.bootstrap',
+                  '.web2.build-abcdefgh', 'web', '.web.bootstrap'):
+        (tmp_path / entry).mkdir()
+    assert _template.stale_builds(str(tmp_path / 'web')) == [str(tmp_path / '.web.build-k2x9_q0a')]
+    assert _template.stale_builds(str(tmp_path / 'missing' / 'web')) == []
