@@ -39,7 +39,8 @@ def paths_from(module):
 
 
 def run(module, manager):
-    """Call ``manager()`` and turn domain errors into one ``fail_json`` naming the field."""
+    """Call ``manager()`` and turn domain errors into one ``fail_json`` naming the field; a result with
+    ``failed`` set (and its ``msg``) fails the task too, keeping every other key of the result."""
     try:
         result = manager()
     except VServerError as exc:
@@ -47,4 +48,6 @@ def run(module, manager):
         module.fail_json(msg=str(exc), **extra)
     except OSError as exc:
         module.fail_json(msg='%s' % exc, exception=traceback.format_exc())
+    if result.get('failed'):  # a manager that carried on past a failure (guests: one broken guest of many)
+        module.fail_json(**result)
     module.exit_json(**result)

@@ -112,31 +112,93 @@ def check_xid(xid, field='xid'):
     return value
 
 
-def atomic_write(path, data, mode=0o644, durable=True):
-    """Write ``data`` (str or bytes) to ``path`` via a temp file in the same directory, fsync, rename.
+def write_fully(fd, data):
+    """Write every byte of ``data`` to ``fd`` (os.write may write less, e.g. on a nearly full disk), then check
+    the file's size: a short write raises OSError (ENOSPC when the disk took nothing more)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        count = os.write(fd, view[done:])
+        if count <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += count
+    size = os.fstat(fd).st_size
+    if size != len(data):
+        raise OSError(errno.EIO, 'wrote %d bytes but the file holds %d' % (len(data), size))
 
-    ``durable=False`` skips the fsync (for volatile state under /run: the rename alone keeps it atomic)."""
+
+def fsync_dir(path, dir_fd=None):
+    """fsync a directory (so a rename or unlink in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_error(path, exc):
+    """The one message for a failed write: the file named, the reason (``cannot write P: No space left...``)."""
+    return VServerError('cannot write %s: %s' % (path, exc.strerror or exc))
+
+
+# atomic_write's temp files: ".BASENAME." + mkstemp's 8 random characters; only config documents (.json)
+CONFIG_TMP_RE = re.compile(r'^\..+\.json\.[a-z0-9_]{8}$')
+
+
+def atomic_write(path, data, mode=0o644, durable=True):
+    """Write ``data`` (str or bytes) to ``path`` completely or not at all: a temp file in the same directory,
+    every byte written and its size checked, fsync, rename, fsync of the directory. On failure the old file is
+    untouched, the temp file removed and VServerError names the file (``cannot write PATH: REASON``).
+
+    ``durable=False`` skips the fsyncs (for volatile state under /run: the rename alone keeps it atomic)."""
     import tempfile  # here, not at the top: only writers need it
-    directory = os.path.dirname(path)
+    directory = os.path.dirname(path) or '.'
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     try:
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        write_fully(fd, data)
         if durable:
             os.fsync(fd)
         os.close(fd)
         fd = None
         os.rename(tmp, path)
-    except BaseException:
+        tmp = None
+        if durable:
+            fsync_dir(directory)
+    except BaseException as exc:
         if fd is not None:
             os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
         raise
+
+
+def remove_stale_temps(directory):
+    """Remove the config temp files (CONFIG_TMP_RE) a killed run left in ``directory``. Only call this while
+    holding the host lock: every config writer holds it, so none of these files belongs to a live writer."""
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        if CONFIG_TMP_RE.match(entry):
+            try:
+                os.unlink(os.path.join(directory, entry))
+                removed.append(entry)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def write_json(path, doc, mode=0o644, durable=True):
@@ -154,7 +216,9 @@ def read_json(path, default=None):
 
 
 class HostLock:
-    """Host-wide exclusive lock (flock on CONFIG_DIR/.lock) so two runs cannot interleave."""
+    """Host-wide exclusive lock (flock on CONFIG_DIR/.lock) so two runs cannot interleave.
+
+    Every writer of CONFIG_DIR holds it; so taking it also removes the temp files killed writers left there."""
 
     def __init__(self, paths, timeout=300):
         self.path = os.path.join(paths.config_dir, '.lock')
@@ -177,6 +241,7 @@ class HostLock:
                         raise VServerError('could not take the host lock %s within %ss' % (self.path, self.timeout))
                     time.sleep(0.05)
             self.fd = fd
+            remove_stale_temps(os.path.dirname(self.path))  # no writer is active now: what is there is left over
         self.depth += 1
         return self
 

@@ -16,7 +16,7 @@ import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _manager, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    VServerError, check_name, write_json)
+    HostLock, VServerError, check_name, write_error, write_fully, write_json)
 
 # Concern managers, each ``ensure(paths, params, check_mode) -> result`` (changed, actions, diff,
 # restart_required). They are written by other parts of the collection; a guest that asks for a concern
@@ -177,53 +177,65 @@ def _copy_xattrs(src, dst):
 def clone_tree(src, dst):
     """util-vserver's clone: unified files (immutable, shared) are hardlinked, everything else is copied.
 
-    Returns counts. ``dst`` must not exist; it is removed again if the copy fails half-way.
+    Returns counts. ``dst`` must not exist. The copy is made in a build sibling of ``dst`` and renamed onto it
+    when complete (removed again if the copy fails half-way); hold the host lock, which covers the siblings.
     """
     if os.path.lexists(dst):
         raise VServerError('clone target %s exists' % dst, 'root')
     counts = {'linked': 0, 'copied': 0}
-    os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+    build = _template.new_build_dir(dst)
     try:
-        for dirpath, dirnames, filenames in os.walk(src):
-            rel = os.path.relpath(dirpath, src)
-            target_dir = dst if rel == '.' else os.path.join(dst, rel)
-            st = os.lstat(dirpath)
-            os.mkdir(target_dir, stat.S_IMODE(st.st_mode))
-            for entry in dirnames + filenames:
-                source = os.path.join(dirpath, entry)
-                target = os.path.join(target_dir, entry)
-                est = os.lstat(source)
-                if stat.S_ISDIR(est.st_mode):
-                    continue
-                if stat.S_ISLNK(est.st_mode):
-                    os.symlink(os.readlink(source), target)
-                elif stat.S_ISREG(est.st_mode):
-                    if est.st_nlink > 1 and _is_immutable(source):
-                        _link_immutable(source, target)
-                        counts['linked'] += 1
-                        continue
-                    shutil.copyfile(source, target, follow_symlinks=False)
-                    counts['copied'] += 1
-                elif stat.S_ISFIFO(est.st_mode):
-                    os.mkfifo(target, stat.S_IMODE(est.st_mode))
-                else:  # device nodes, sockets: the guest's /dev is built at start; skip
-                    continue
-                os.lchown(target, est.st_uid, est.st_gid)
-                if not stat.S_ISLNK(est.st_mode):
-                    os.chmod(target, stat.S_IMODE(est.st_mode))
-                _copy_xattrs(source, target)
-                os.utime(target, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
-        for dirpath, _dirs, _files in os.walk(src, topdown=False):
-            rel = os.path.relpath(dirpath, src)
-            target_dir = dst if rel == '.' else os.path.join(dst, rel)
-            st = os.lstat(dirpath)
-            os.lchown(target_dir, st.st_uid, st.st_gid)
-            _copy_xattrs(dirpath, target_dir)
-            os.utime(target_dir, ns=(st.st_atime_ns, st.st_mtime_ns))
+        _copy_tree(src, build, counts)
+        _template.install_build(build, dst)
     except BaseException:
-        shutil.rmtree(dst, ignore_errors=True)
+        try:
+            _manager.remove_build(build)
+        except (OSError, VServerError):
+            pass  # the next run under the lock removes it
         raise
     return counts
+
+
+def _copy_tree(src, dst, counts):
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dst if rel == '.' else os.path.join(dst, rel)
+        st = os.lstat(dirpath)
+        if rel == '.':
+            os.chmod(target_dir, stat.S_IMODE(st.st_mode))
+        else:
+            os.mkdir(target_dir, stat.S_IMODE(st.st_mode))
+        for entry in dirnames + filenames:
+            source = os.path.join(dirpath, entry)
+            target = os.path.join(target_dir, entry)
+            est = os.lstat(source)
+            if stat.S_ISDIR(est.st_mode):
+                continue
+            if stat.S_ISLNK(est.st_mode):
+                os.symlink(os.readlink(source), target)
+            elif stat.S_ISREG(est.st_mode):
+                if est.st_nlink > 1 and _is_immutable(source):
+                    _link_immutable(source, target)
+                    counts['linked'] += 1
+                    continue
+                shutil.copyfile(source, target, follow_symlinks=False)
+                counts['copied'] += 1
+            elif stat.S_ISFIFO(est.st_mode):
+                os.mkfifo(target, stat.S_IMODE(est.st_mode))
+            else:  # device nodes, sockets: the guest's /dev is built at start; skip
+                continue
+            os.lchown(target, est.st_uid, est.st_gid)
+            if not stat.S_ISLNK(est.st_mode):
+                os.chmod(target, stat.S_IMODE(est.st_mode))
+            _copy_xattrs(source, target)
+            os.utime(target, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
+    for dirpath, _dirs, _files in os.walk(src, topdown=False):
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dst if rel == '.' else os.path.join(dst, rel)
+        st = os.lstat(dirpath)
+        os.lchown(target_dir, st.st_uid, st.st_gid)
+        _copy_xattrs(dirpath, target_dir)
+        os.utime(target_dir, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _check_guest_path(path, field):
@@ -278,24 +290,37 @@ def read_in_tree(root, path):
 
 
 def write_in_tree(root, path, data, mode):
-    """Atomically replace ROOT/PATH (no symlink followed anywhere), owned by root."""
+    """Atomically replace ROOT/PATH (no symlink followed anywhere), owned by root: every byte written and the
+    size checked, fsync, rename, fsync of the directory. On failure the old file stays, the temp file is removed
+    and VServerError names the file."""
     parts = path.strip('/').split('/')
     dfd = _open_dir_in_tree(root, parts[:-1], create=True)
     tmp = '.%s.vserver-tmp' % parts[-1]
+    created = False
     try:
         try:
             os.unlink(tmp, dir_fd=dfd)
         except FileNotFoundError:
             pass
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        created = True
         try:
             os.fchmod(fd, mode)
             os.fchown(fd, 0, 0)
-            os.write(fd, data)
+            write_fully(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
+        created = False
+        os.fsync(dfd)
+    except OSError as exc:
+        if created:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+        raise write_error(os.path.join(root, path.lstrip('/')), exc) from exc
     finally:
         os.close(dfd)
 
@@ -362,23 +387,25 @@ def _adopt(paths, spec, check_mode):
     doc = dict(spec['config'])
     doc['name'] = spec['name']
     doc['root'] = spec.get('root') or paths.default_root(spec['name'])
-    current = _config.load(paths, spec['name'])
-    if current == doc:
-        return None
-    taken = _config.xids_in_use(paths, exclude=spec['name'])
-    if doc.get('xid') in taken:
-        raise VServerError('xid %s of guest %s is taken on this host by guest %s'
-                           % (doc.get('xid'), spec['name'], taken[doc['xid']]), 'xid')
-    if not check_mode:
-        os.makedirs(paths.config_dir, mode=0o755, exist_ok=True)
-        write_json(paths.config_file(spec['name']), doc, 0o644)
+    with HostLock(paths):  # every config writer holds it (HostLock removes temp files of killed writers)
+        current = _config.load(paths, spec['name'])
+        if current == doc:
+            return None
+        taken = _config.xids_in_use(paths, exclude=spec['name'])
+        if doc.get('xid') in taken:
+            raise VServerError('xid %s of guest %s is taken on this host by guest %s'
+                               % (doc.get('xid'), spec['name'], taken[doc['xid']]), 'xid')
+        if not check_mode:
+            os.makedirs(paths.config_dir, mode=0o755, exist_ok=True)
+            write_json(paths.config_file(spec['name']), doc, 0o644)
     return 'adopt config'
 
 
-def ensure_one(paths, spec, allow_restart=False, check_mode=False):
-    """Context, then each concern, then the run state; one guest."""
+def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None):
+    """Context, then each concern, then the run state; one guest. ``actions`` (a list) collects what was done,
+    also when a later step fails."""
     name = spec['name']
-    actions = []
+    actions = [] if actions is None else actions
     diff_before, diff_after = {}, {}
     restart_required = False
     if spec['state'] == 'absent':
@@ -403,9 +430,10 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False):
             raise VServerError('clone_from: no such guest %s on this host' % spec['clone_from'], 'clone_from')
         actions.append('clone tree from %s' % spec['clone_from'])
         if not check_mode:
-            clone_tree(source['root'], root)
-        elif source['root'] is None or not os.path.isdir(source['root']):
-            pass
+            with HostLock(paths):  # the build sibling is swept by runs holding the lock
+                for stale in _template.stale_builds(root):
+                    _manager.remove_build(stale)
+                clone_tree(source['root'], root)
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
     if template == 'clone':
@@ -482,19 +510,37 @@ def ensure(paths, params, check_mode=False):
     # Clones after their sources.
     ordered = [s for s in specs if s['template'] != 'clone'] + [s for s in specs if s['template'] == 'clone']
     for spec in ordered:
-        results.append(ensure_one(paths, spec, allow_restart, check_mode))
+        results.append(_guarded(paths, spec, allow_restart, check_mode))
     if prune:
         listed = {s['name'] for s in specs}
         for name in _config.names(paths):
             if name not in listed:
-                results.append(ensure_one(paths, {'name': name, 'state': 'absent', 'template': 'none',
-                                                  'purge': bool(params.get('purge_pruned'))}, False, check_mode))
+                results.append(_guarded(paths, {'name': name, 'state': 'absent', 'template': 'none',
+                                                'purge': bool(params.get('purge_pruned'))}, False, check_mode))
     changed = [r for r in results if r['changed']]
-    return {
+    out = {
         'changed': bool(changed),
-        'guests': {r['name']: {k: r[k] for k in ('changed', 'actions', 'restart_required')} for r in results},
+        'guests': {r['name']: {k: r[k] for k in ('changed', 'actions', 'restart_required', 'failed', 'msg')
+                               if k in r} for r in results},
         'actions': ['%s: %s' % (r['name'], a) for r in results for a in r['actions']],
         'restart_required': sorted(r['name'] for r in results if r['restart_required']),
         'diff': {'before': {r['name']: r['diff'].get('before') for r in changed},
                  'after': {r['name']: r['diff'].get('after') for r in changed}},
     }
+    failed = [r for r in results if r.get('failed')]
+    if failed:
+        out['failed'] = True
+        out['msg'] = '%d of %d guests failed (the others were converged): %s' % (
+            len(failed), len(results), '; '.join('%s: %s' % (r['name'], r['msg']) for r in failed))
+    return out
+
+
+def _guarded(paths, spec, allow_restart, check_mode):
+    """ensure_one, with a failure reported for this guest only (failed, msg and what was done before it), so
+    one broken guest does not stop the rest of the list."""
+    actions = []
+    try:
+        return ensure_one(paths, spec, allow_restart, check_mode, actions)
+    except (VServerError, OSError) as exc:
+        return {'name': spec['name'], 'changed': bool(actions), 'actions': actions, 'restart_required': False,
+                'failed': True, 'msg': str(exc), 'diff': {}}

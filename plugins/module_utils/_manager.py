@@ -183,15 +183,103 @@ def _clear_immutable(path):
         os.close(fd)
 
 
+def mounts_below(root, mountinfo='/proc/self/mountinfo'):
+    """Mount points strictly below ``root`` (host data bind-mounted into a tree, a guest's extra disk...)."""
+    prefix = os.path.realpath(root).rstrip('/') + '/'
+    return sorted({m['mountpoint'] for m in K.read_mountinfo(mountinfo) if m['mountpoint'].startswith(prefix)})
+
+
+def check_purgeable(root, own_mount=False):
+    """Refuse to delete a tree through a mount point: rmtree would delete whatever is mounted there.
+    ``own_mount``: the root itself may still be a mount point (its disk image, unmounted by the absent hook)."""
+    if os.path.ismount(root) and not own_mount:
+        raise VServerError('root %s is a mount point; unmount it (or remove its disk limit) before purge' % root,
+                           'purge')
+    below = mounts_below(root)
+    if below:
+        raise VServerError('purge: %s %s mounted inside the tree %s; unmount %s first (purge never deletes '
+                           'through a mount point)' % (', '.join(below), 'is' if len(below) == 1 else 'are', root,
+                                                      'it' if len(below) == 1 else 'them'), 'purge')
+
+
 def purge_tree(root):
     def onerror(func, path, _exc):
         _clear_immutable(path)
         _clear_immutable(os.path.dirname(path))
         func(path)
-    if os.path.ismount(root):
-        raise VServerError('root %s is a mount point; unmount it (or remove its disk limit) before purge' % root,
-                           'purge')
+    check_purgeable(root)
     shutil.rmtree(root, onerror=onerror)
+
+
+def _unlink_shared(path):
+    """Remove one name of an immutable inode (a unified file hardlinked from a clone's source): lift the flag
+    around the unlink and put it back, so the inode's other names (other guests' files) stay protected."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        flags = K.get_flags(fd)
+        K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
+        try:
+            os.unlink(path)
+        finally:
+            if os.fstat(fd).st_nlink:
+                K.set_flags(fd, flags)
+    finally:
+        os.close(fd)
+
+
+def remove_build(build):
+    """Remove an unfinished build sibling (``_template.stale_builds``): never a guest's tree, so nothing of it is
+    left writable; a hardlinked unified file keeps its immutable flag for the trees still linking it."""
+    def onerror(func, path, exc_info):
+        if func is os.unlink and isinstance(exc_info[1], PermissionError):
+            _unlink_shared(path)
+        else:
+            raise exc_info[1]
+    check_purgeable(build)
+    shutil.rmtree(build, onerror=onerror)
+
+
+def _absent(paths, opts, current, rt, running_state, result, check_mode):
+    """state=absent: stop, the concerns' absent hooks, (purge: mark the config ``purging``, delete the tree),
+    remove the config. The config goes last, so a run killed at any point leaves something a re-run finds and
+    finishes: a config marked ``purging`` is purged again even without purge=true."""
+    name = opts['name']
+    actions = result['actions']
+    root = (current or {}).get('root') or paths.default_root(name)
+    purge = current is not None and bool(opts['purge'] or current.get('purging')) and os.path.isdir(root)
+    builds = _template.stale_builds(root)
+    leftovers = rt.leftovers()
+    before = result['diff']['before']
+    if current is None and not leftovers and not builds:
+        result['diff'] = {'before': before, 'after': before}
+        return result
+    if purge:
+        check_purgeable(root, own_mount=True)  # before anything is touched
+    if running_state != 'stopped' or leftovers:
+        actions.append('stop')
+    actions.extend('remove unfinished build %s' % build for build in builds)
+    if purge:
+        actions.append('purge tree %s' % root)
+    if current is not None:
+        actions.append('remove config')
+    if not check_mode:
+        for build in builds:
+            remove_build(build)
+        if current is not None:
+            _context.stop(paths, current)
+        else:
+            _context.cleanup(paths, name)
+        _context.load_hooks()
+        for hook in _context.HOOKS['absent']:
+            hook(paths, current)
+        if purge:
+            if not current.get('purging'):
+                _config.save(paths, dict(current, purging=True))
+            purge_tree(root)
+        if current is not None:
+            _config.remove(paths, name)
+    result.update(changed=True, diff={'before': before, 'after': {'state': 'absent'}})
+    return result
 
 
 def ensure_context(paths, params, check_mode=False):
@@ -204,33 +292,19 @@ def ensure_context(paths, params, check_mode=False):
         rt = _context.Runtime(paths, name)
         running_state = rt.state()
         before = _view(current, _observed_state(running_state) if current else 'absent')
-        result = {'changed': False, 'actions': actions, 'restart_required': False}
+        result = {'changed': False, 'actions': actions, 'restart_required': False,
+                  'diff': {'before': before, 'after': before}}
 
         if opts['state'] == 'absent':
-            if current is None and not rt.leftovers():
-                result['diff'] = {'before': before, 'after': before}
-                return result
-            if running_state != 'stopped' or rt.leftovers():
-                actions.append('stop')
-            actions.append('remove config')
-            if opts['purge'] and current and os.path.isdir(current.get('root', '')):
-                actions.append('purge tree %s' % current['root'])
-            if not check_mode:
-                if current is not None:
-                    _context.stop(paths, current)
-                else:
-                    _context.cleanup(paths, name)
-                _context.load_hooks()
-                for hook in _context.HOOKS['absent']:
-                    hook(paths, current)
-                _config.remove(paths, name)
-                if opts['purge'] and current and os.path.isdir(current.get('root', '')):
-                    purge_tree(current['root'])
-            result.update(changed=True, diff={'before': before, 'after': {'state': 'absent'}})
-            return result
+            return _absent(paths, opts, current, rt, running_state, result, check_mode)
+        if current is not None and current.get('purging'):
+            raise VServerError('guest %s was being purged when a run stopped half-way (its tree may be partly '
+                               'deleted); finish with state absent, then create it again' % name, 'state')
 
         doc = _desired(paths, opts, current)
         root = doc['root']
+        builds = _template.stale_builds(root)  # a killed build's sibling: never a tree, removed under the lock
+        actions.extend('remove unfinished build %s' % b for b in builds)
         build = False
         if _template.tree_is_empty(root):
             if opts['template'] == 'none':
@@ -278,6 +352,8 @@ def ensure_context(paths, params, check_mode=False):
 
         built = False
         try:
+            for stale in builds:
+                remove_build(stale)
             if build:
                 os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
                 _template.build_busybox(root, doc.get('hostname') or name)

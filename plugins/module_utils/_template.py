@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
-from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, fsync_dir
 from ansible_collections.vserver.core.plugins.module_utils._kernel import run
 
 BUSYBOX_CANDIDATES = ('/bin/busybox', '/usr/bin/busybox', '/sbin/busybox')
@@ -41,38 +42,81 @@ def tree_is_empty(root):
     return not os.path.exists(root) or (os.path.isdir(root) and not os.listdir(root))
 
 
+def build_prefix(root):
+    """Trees are built in PARENT/.BASE.build-XXXXXXXX (same filesystem) and renamed onto ROOT when complete."""
+    return '.%s.build-' % os.path.basename(root)
+
+
+def stale_builds(root):
+    """The build siblings of ``root`` (left by a killed run when no build is running: hold the host lock).
+    Exactly the prefix and mkdtemp's 8 random characters: another guest's siblings never match."""
+    parent = os.path.dirname(root)
+    pattern = re.compile(re.escape(build_prefix(root)) + r'[a-z0-9_]{8}$')
+    try:
+        entries = os.listdir(parent)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(parent, e) for e in entries if pattern.match(e))
+
+
+def new_build_dir(root):
+    """A fresh, empty build sibling of ``root`` (mode 0700 until it becomes the root)."""
+    import tempfile
+    parent = os.path.dirname(root)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    return tempfile.mkdtemp(prefix=build_prefix(root), dir=parent)
+
+
+def install_build(build, root):
+    """Rename the finished tree ``build`` onto ``root`` (absent or an empty directory): one step, so ROOT is
+    either the old empty directory or the whole tree, never half of it."""
+    fsync_dir(build)
+    os.rename(build, root)
+    fsync_dir(os.path.dirname(root))
+
+
+def _fill(root, busybox, applets, hostname):
+    os.chmod(root, 0o755)
+    for directory in DIRS:
+        os.makedirs(os.path.join(root, directory), mode=0o755, exist_ok=True)
+    os.chmod(os.path.join(root, 'tmp'), 0o1777)
+    os.chmod(os.path.join(root, 'var/tmp'), 0o1777)
+    os.chmod(os.path.join(root, 'root'), 0o700)
+    shutil.copy2(busybox, os.path.join(root, 'bin/busybox'))
+    for applet in applets:
+        rel = applet.lstrip('/')
+        if rel == 'bin/busybox':
+            continue
+        target = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if not os.path.lexists(target):
+            os.symlink('/bin/busybox', target)
+    files = dict(FILES)
+    files['etc/hostname'] = (hostname or 'localhost') + '\n'
+    for rel, content in files.items():
+        path = os.path.join(root, rel)
+        with open(path, 'w') as handle:
+            handle.write(content)
+        os.chmod(path, MODES.get(rel, 0o644))
+
+
 def build_busybox(root, hostname=None):
-    """Build a minimal guest tree at ``root`` (which must be absent or empty)."""
+    """Build a minimal guest tree at ``root`` (which must be absent or empty).
+
+    The tree is made in a build sibling and renamed onto ``root`` only when complete, so a killed build
+    never leaves a half tree at ``root``; the caller removes stale siblings (``stale_builds``) under the lock."""
     if not tree_is_empty(root):
         raise VServerError('root %s exists and is not empty; the busybox template only fills new trees' % root,
                            'root')
+    if os.path.ismount(root):
+        raise VServerError('root %s is a mount point: a new tree is built beside it and renamed into place, '
+                           'which a mount point cannot take; unmount it or give an existing tree with template none'
+                           % root, 'root')
     busybox, applets = find_busybox()
-    created = not os.path.exists(root)
+    build = new_build_dir(root)
     try:
-        os.makedirs(root, mode=0o755, exist_ok=True)
-        os.chmod(root, 0o755)
-        for directory in DIRS:
-            os.makedirs(os.path.join(root, directory), mode=0o755, exist_ok=True)
-        os.chmod(os.path.join(root, 'tmp'), 0o1777)
-        os.chmod(os.path.join(root, 'var/tmp'), 0o1777)
-        os.chmod(os.path.join(root, 'root'), 0o700)
-        shutil.copy2(busybox, os.path.join(root, 'bin/busybox'))
-        for applet in applets:
-            rel = applet.lstrip('/')
-            if rel == 'bin/busybox':
-                continue
-            target = os.path.join(root, rel)
-            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-            if not os.path.lexists(target):
-                os.symlink('/bin/busybox', target)
-        files = dict(FILES)
-        files['etc/hostname'] = (hostname or 'localhost') + '\n'
-        for rel, content in files.items():
-            path = os.path.join(root, rel)
-            with open(path, 'w') as handle:
-                handle.write(content)
-            os.chmod(path, MODES.get(rel, 0o644))
+        _fill(build, busybox, applets, hostname)
+        install_build(build, root)
     except BaseException:
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(build, ignore_errors=True)
         raise

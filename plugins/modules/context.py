@@ -79,11 +79,19 @@ options:
   purge:
     description:
       - With O(state=absent), also delete the guest's tree. The tree is kept by default.
+      - The config is first marked C(purging), then the tree is deleted, then the config removed, so a run
+        killed half-way is finished by the next O(state=absent) run (with or without O(purge)); O(state=present)
+        and the run states are refused for a half-purged guest until then.
+      - A purge never deletes through a mount point. It fails, naming them, before anything is touched when
+        something is mounted below the tree (host data bind-mounted into the guest, say).
     type: bool
     default: false
 notes:
   - Run as root. Bad input fails before anything is written, with a message naming the option.
   - A failure while creating a new guest removes the config and tree created by that run.
+  - A busybox tree is built in a sibling directory C(.NAME.build-XXXXXXXX) and renamed onto the root when
+    complete, so a killed build never leaves a half tree at the root; the next run removes such leftovers.
+  - Config writes are complete or not at all (a full disk fails the task naming the file, the old config stays).
 seealso:
   - module: vserver.core.context_info
 '''

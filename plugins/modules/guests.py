@@ -17,6 +17,12 @@ description:
   - A guest whose capabilities or other start-time settings changed while it runs is reported in
     RV(restart_required); it is restarted only with O(allow_restart=true).
   - Guests configured on the host but missing from O(guests) are left alone unless O(prune=true).
+  - A guest that fails does not stop the others. Every guest of the list (and every pruned guest) is tried; a
+    failed one is reported in RV(guests) with C(failed) and C(msg) and the actions done before the failure, and
+    the task fails at the end with a message naming each failed guest. A bad list (unknown key, bad value) still
+    fails before anything is touched.
+  - Files are written into trees completely or not at all; clones are made in a sibling C(.NAME.build-XXXXXXXX)
+    of the root and renamed onto it when complete.
 author:
   - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
@@ -78,10 +84,13 @@ EXAMPLES = r'''
 
 RETURN = r'''
 guests:
-  description: Per guest, whether it changed, what was done and whether it waits for a restart.
+  description:
+    - Per guest, whether it changed, what was done and whether it waits for a restart.
+    - A guest that failed also has C(failed=true) and C(msg); its C(actions) are those done before the failure.
   returned: always
   type: dict
-  sample: {web: {changed: true, actions: [create config, start], restart_required: false}}
+  sample: {web: {changed: true, actions: [create config, start], restart_required: false},
+           db: {changed: false, actions: [], restart_required: false, failed: true, msg: "root /srv/db does not exist"}}
 actions:
   description: Every action, prefixed with the guest name.
   returned: always

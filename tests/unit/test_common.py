@@ -2,7 +2,7 @@
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    Paths, VServerError, check_name, check_xid)
+    Paths, VServerError, atomic_write, check_name, check_xid, remove_stale_temps)
 
 
 @pytest.mark.parametrize('name', ['web', 'a', 'mail-1', 'db_2', 'x.y', '0abc', 'a' * 63])
@@ -62,3 +62,35 @@ def test_paths_from_the_hosts_defaults_file(tmp_path, monkeypatch):
     assert Paths(defaults_file=str(defaults)).config_dir == '/from/env'
     assert Paths(config_dir='/given', defaults_file=str(defaults)).config_dir == '/given'
     assert Paths(defaults_file=str(tmp_path / 'missing')).config_dir == '/from/env'
+
+
+@pytest.mark.parametrize('entry, stale', [
+    ('.web.json.k2x9_q0a', True),      # atomic_write's temp file of web.json (mkstemp: 8 random characters)
+    ('.a.b-c.json.abcdefgh', True),
+    ('.web.json.abcdefghi', False),    # 9 characters: not ours
+    ('.web.json.ABCDEFGH', False),
+    ('.web.json.keep', False),
+    ('web.json.abcdefgh', False),      # no leading dot
+    ('web.json', False),
+    ('.lock', False),
+    ('.unify-index', False),
+    ('..unify-index.abcdefgh', False),  # a temp file, but not of a config document
+])
+def test_only_config_temp_files_count_as_stale(tmp_path, entry, stale):
+    (tmp_path / entry).write_text('x')
+    assert remove_stale_temps(str(tmp_path)) == ([entry] if stale else [])
+    assert (tmp_path / entry).exists() is not stale
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / 'g.json'
+    target.write_text('old')
+    atomic_write(str(target), 'new', 0o600)
+    assert target.read_text() == 'new' and oct(target.stat().st_mode & 0o777) == '0o600'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['g.json']
+
+
+def test_atomic_write_failure_names_the_file(tmp_path):
+    with pytest.raises(VServerError) as err:
+        atomic_write(str(tmp_path / 'missing-dir' / 'g.json'), 'x')
+    assert str(err.value) == 'cannot write %s: No such file or directory' % (tmp_path / 'missing-dir' / 'g.json')
