@@ -269,18 +269,21 @@ def ensure_context(paths, params, check_mode=False):
 
 def info(paths, names=None, with_processes=True):
     """Facts about all (or the named) guests and, optionally, the spectator view of every process."""
-    docs = _config.load_all(paths)
+    docs, broken = _config.scan(paths)
     if names:
         for name in names:
             check_name(name, 'names')
-        missing = [n for n in names if n not in docs]
+        missing = [n for n in names if n not in docs and n not in broken]
         if missing:
             raise VServerError('names: no such guest: %s' % ', '.join(missing), 'names')
-        selected = {n: docs[n] for n in names}
     else:
-        selected = docs
+        names = sorted(set(docs) | set(broken))
     guests = []
-    for dummy, doc in sorted(selected.items()):
+    for name in sorted(set(names)):
+        if name in broken:
+            guests.append(broken_status(paths, name, broken[name]))
+            continue
+        doc = docs[name]
         row = _context.status(paths, doc)
         if doc.get('network'):
             from ansible_collections.vserver.core.plugins.module_utils import _netns
@@ -288,5 +291,16 @@ def info(paths, names=None, with_processes=True):
         guests.append(row)
     out = {'changed': False, 'guests': guests}
     if with_processes:
-        out['processes'] = _context.processes(paths, docs)
+        # a guest with a broken config still labels its processes, by name (its xid is null if unreadable)
+        labels = dict(docs)
+        labels.update((name, {'name': name, 'xid': exc.xid}) for name, exc in broken.items())
+        out['processes'] = _context.processes(paths, labels)
     return out
+
+
+def broken_status(paths, name, broken):
+    """The listing row of a guest whose config is unusable: state ``broken``, the problem in ``error``, and
+    what the kernel says about its processes (``runtime_state``: running, frozen or stopped)."""
+    row = _context.status(paths, {'name': name, 'xid': broken.xid})
+    row.update(runtime_state=row['state'], state='broken', error=str(broken), config=broken.path)
+    return row

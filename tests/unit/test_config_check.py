@@ -178,3 +178,30 @@ def test_creating_a_guest_next_to_broken_configs_takes_a_free_xid(paths):
     with pytest.raises(VServerError) as err:
         _manager._desired(paths, _manager.validate({'name': 'new', 'xid': 2}), None)
     assert 'xid 2 is taken by guest b' in str(err.value)
+
+
+def test_info_lists_good_and_broken_guests(paths):
+    put(paths, 'db', good('db', xid=102))
+    put(paths, 'web', good(xid='101'))
+    put(paths, 'zz', 'null')
+    rows = {row['name']: row for row in _manager.info(paths, with_processes=False)['guests']}
+    assert sorted(rows) == ['db', 'web', 'zz']
+    assert rows['db']['state'] == 'stopped' and rows['db']['xid'] == 102 and 'error' not in rows['db']
+    assert rows['web']['state'] == 'broken' and rows['web']['xid'] == 101
+    assert rows['web']['runtime_state'] == 'stopped' and rows['web']['config'] == paths.config_file('web')
+    assert rows['web']['error'] == paths.config_file('web') + ": xid must be stored as the number 101 (got the " \
+        "string '101')"
+    assert rows['zz']['state'] == 'broken' and rows['zz']['xid'] is None and 'holds null' in rows['zz']['error']
+    only = _manager.info(paths, names=['zz'], with_processes=False)['guests']
+    assert [row['name'] for row in only] == ['zz']
+    with pytest.raises(VServerError) as err:
+        _manager.info(paths, names=['nope'])
+    assert 'no such guest: nope' in str(err.value)
+
+
+def test_stat_table_shows_a_broken_guest_without_xid():
+    from ansible_collections.vserver.core.plugins.module_utils import _context
+    lines = _context.stat_table([{'name': 'zz', 'xid': None, 'state': 'broken', 'nproc': 2},
+                                 {'name': 'db', 'xid': 102, 'state': 'stopped'}]).splitlines()
+    assert lines[1].split() == ['-', '2', '-', '-', '-', 'broken', 'zz', '-']
+    assert lines[2].split()[0] == '102'
