@@ -156,13 +156,51 @@ def purge_tree(root):
     shutil.rmtree(root, onerror=onerror)
 
 
+def _ensure_broken(paths, opts, broken, check_mode):
+    """state=stopped/absent for a guest whose config is unusable: the runtime record knows its init and
+    cgroup, so it is stopped with the default signal and timeout; absent also removes the broken file."""
+    name = opts['name']
+    if opts['state'] == 'absent' and opts['purge']:
+        raise VServerError('%s; purge cannot tell which tree to remove: remove the guest without purge, then '
+                           'delete its tree yourself' % broken, 'purge')
+    rt = _context.Runtime(paths, name)
+    running = rt.state() != 'stopped' or bool(rt.leftovers())
+    actions = ['stop'] if running else []
+    if opts['state'] == 'absent':
+        actions.append('remove config')
+    warning = 'config of guest %s is broken (%s)' % (name, broken)
+    if running:
+        warning += '; stopping it with the default stop_signal SIGTERM and stop_timeout 10 s'
+    before = {'state': 'broken', 'error': str(broken)}
+    after = {'state': 'absent'} if opts['state'] == 'absent' else before
+    result = {'changed': bool(actions), 'actions': actions, 'restart_required': False, 'warnings': [warning],
+              'diff': {'before': before, 'after': after}}
+    if not check_mode:
+        if running:
+            _context.stop(paths, {'name': name})
+        if opts['state'] == 'absent':
+            _context.load_hooks()
+            for hook in _context.HOOKS['absent']:
+                hook(paths, None)
+            _config.remove(paths, name)
+    if opts['state'] == 'stopped':
+        result['guest'] = broken_status(paths, name, broken)
+    return result
+
+
 def ensure_context(paths, params, check_mode=False):
     """Bring one guest to the requested state. Returns a module result (changed, actions, diff, guest...)."""
     opts = validate(params)
     name = opts['name']
     actions = []
     with HostLock(paths):
-        current = _config.load(paths, name)
+        try:
+            current = _config.load(paths, name)
+        except _config.BrokenConfig as exc:
+            if opts['state'] not in ('stopped', 'absent'):
+                raise VServerError('%s; repair or remove that file (state=absent removes the guest and its '
+                                   'config, keeping its tree) before state=%s' % (exc, opts['state']), 'name')
+            return _ensure_broken(paths, opts, exc, check_mode)
         rt = _context.Runtime(paths, name)
         running_state = rt.state()
         before = _view(current, _observed_state(running_state) if current else 'absent')

@@ -84,6 +84,11 @@ options:
 notes:
   - Run as root. Bad input fails before anything is written, with a message naming the option.
   - A failure while creating a new guest removes the config and tree created by that run.
+  - A guest whose config file is unusable (not a JSON object, empty or truncated, an unknown key, a wrong type or
+    range, another guest's name) is never overwritten. O(state=stopped) and O(state=absent) still stop it (its
+    runtime record names its init and cgroup; default signal SIGTERM and timeout 10 s) and warn that the config is
+    broken; O(state=absent) also removes the broken file, which is how to repair it (the tree is kept, and
+    O(purge=true) is refused since the tree cannot be known). Every other state fails naming the file and the problem.
 seealso:
   - module: vserver.core.context_info
 '''
