@@ -206,3 +206,16 @@ def test_stat_table_shows_a_broken_guest_without_xid():
                                  {'name': 'db', 'xid': 102, 'state': 'stopped'}]).splitlines()
     assert lines[1].split() == ['-', '2', '-', '-', '-', 'broken', 'zz', '-']
     assert lines[2].split()[0] == '102'
+
+
+def test_unify_names_a_broken_guest_and_skips_it_for_all(paths):
+    from ansible_collections.vserver.core.plugins.module_utils import _unify
+    put(paths, 'a', good('a', xid=2))
+    put(paths, 'b', good('b', xid=3, unify={'state': 'bogus'}))
+    put(paths, 'c', '[]')
+    for name, words in (('b', 'unify: state must be one of'), ('c', 'holds a JSON list')):
+        with pytest.raises(VServerError) as err:
+            _unify._select(paths, _unify.validate({'guests': [name]}))
+        assert str(err.value).startswith('guests: %s: ' % paths.config_file(name)) and words in str(err.value)
+    docs, selected, sources, roots = _unify._select(paths, _unify.validate({'guests': 'all'}))
+    assert selected == ['a'] and sorted(docs) == ['a']
