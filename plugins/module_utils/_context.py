@@ -634,9 +634,9 @@ def stat_table(rows):
     lines = [(fmt % ('CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES')).rstrip()]
     for row in sorted(rows, key=lambda r: r.get('xid') or 0):
         lines.append((fmt % (
-            row.get('xid'), row.get('nproc') or 0, format_bytes(row.get('memory_bytes')),
-            format_duration(row.get('cpu_seconds')), format_duration(row.get('uptime')),
-            row['state'], row['name'], ','.join(row.get('addresses') or []) or '-')).rstrip())
+            '-' if row.get('xid') is None else row['xid'], row.get('nproc') or 0,
+            format_bytes(row.get('memory_bytes')), format_duration(row.get('cpu_seconds')),
+            format_duration(row.get('uptime')), row['state'], row['name'], ','.join(row.get('addresses') or []) or '-')).rstrip())
     return '\n'.join(lines)
 
 

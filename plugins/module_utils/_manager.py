@@ -282,13 +282,51 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
     return result
 
 
+def _ensure_broken(paths, opts, broken, check_mode):
+    """state=stopped/absent for a guest whose config is unusable: the runtime record knows its init and
+    cgroup, so it is stopped with the default signal and timeout; absent also removes the broken file."""
+    name = opts['name']
+    if opts['state'] == 'absent' and opts['purge']:
+        raise VServerError('%s; purge cannot tell which tree to remove: remove the guest without purge, then '
+                           'delete its tree yourself' % broken, 'purge')
+    rt = _context.Runtime(paths, name)
+    running = rt.state() != 'stopped' or bool(rt.leftovers())
+    actions = ['stop'] if running else []
+    if opts['state'] == 'absent':
+        actions.append('remove config')
+    warning = 'config of guest %s is broken (%s)' % (name, broken)
+    if running:
+        warning += '; stopping it with the default stop_signal SIGTERM and stop_timeout 10 s'
+    before = {'state': 'broken', 'error': str(broken)}
+    after = {'state': 'absent'} if opts['state'] == 'absent' else before
+    result = {'changed': bool(actions), 'actions': actions, 'restart_required': False, 'warnings': [warning],
+              'diff': {'before': before, 'after': after}}
+    if not check_mode:
+        if running:
+            _context.stop(paths, {'name': name})
+        if opts['state'] == 'absent':
+            _context.load_hooks()
+            for hook in _context.HOOKS['absent']:
+                hook(paths, None)
+            _config.remove(paths, name)
+    if opts['state'] == 'stopped':
+        result['guest'] = broken_status(paths, name, broken)
+    return result
+
+
 def ensure_context(paths, params, check_mode=False):
     """Bring one guest to the requested state. Returns a module result (changed, actions, diff, guest...)."""
     opts = validate(params)
     name = opts['name']
     actions = []
     with HostLock(paths):
-        current = _config.load(paths, name)
+        try:
+            current = _config.load(paths, name)
+        except _config.BrokenConfig as exc:
+            if opts['state'] not in ('stopped', 'absent'):
+                raise VServerError('%s; repair or remove that file (state=absent removes the guest and its '
+                                   'config, keeping its tree) before state=%s' % (exc, opts['state']), 'name')
+            return _ensure_broken(paths, opts, exc, check_mode)
         rt = _context.Runtime(paths, name)
         running_state = rt.state()
         before = _view(current, _observed_state(running_state) if current else 'absent')
@@ -392,18 +430,21 @@ def ensure_context(paths, params, check_mode=False):
 
 def info(paths, names=None, with_processes=True):
     """Facts about all (or the named) guests and, optionally, the spectator view of every process."""
-    docs = _config.load_all(paths)
+    docs, broken = _config.scan(paths)
     if names:
         for name in names:
             check_name(name, 'names')
-        missing = [n for n in names if n not in docs]
+        missing = [n for n in names if n not in docs and n not in broken]
         if missing:
             raise VServerError('names: no such guest: %s' % ', '.join(missing), 'names')
-        selected = {n: docs[n] for n in names}
     else:
-        selected = docs
+        names = sorted(set(docs) | set(broken))
     guests = []
-    for dummy, doc in sorted(selected.items()):
+    for name in sorted(set(names)):
+        if name in broken:
+            guests.append(broken_status(paths, name, broken[name]))
+            continue
+        doc = docs[name]
         row = _context.status(paths, doc)
         if doc.get('network'):
             from ansible_collections.vserver.core.plugins.module_utils import _netns
@@ -411,5 +452,16 @@ def info(paths, names=None, with_processes=True):
         guests.append(row)
     out = {'changed': False, 'guests': guests}
     if with_processes:
-        out['processes'] = _context.processes(paths, docs)
+        # a guest with a broken config still labels its processes, by name (its xid is null if unreadable)
+        labels = dict(docs)
+        labels.update((name, {'name': name, 'xid': exc.xid}) for name, exc in broken.items())
+        out['processes'] = _context.processes(paths, labels)
     return out
+
+
+def broken_status(paths, name, broken):
+    """The listing row of a guest whose config is unusable: state ``broken``, the problem in ``error``, and
+    what the kernel says about its processes (``runtime_state``: running, frozen or stopped)."""
+    row = _context.status(paths, {'name': name, 'xid': broken.xid})
+    row.update(runtime_state=row['state'], state='broken', error=str(broken), config=broken.path)
+    return row

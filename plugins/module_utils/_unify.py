@@ -849,7 +849,7 @@ def _same_extents(a, b):
 # --- the manager ------------------------------------------------------------------------------------
 
 def _select(paths, p):
-    docs = _config.load_all(paths)
+    docs, broken = _config.scan(paths, _config.SECTIONS)  # the unify sections too: this is their reader
     if p['guests'] == ['all']:
         if p['state'] == 'absent':
             selected = sorted(docs)
@@ -858,6 +858,8 @@ def _select(paths, p):
     else:
         selected = []
         for name in p['guests']:
+            if name in broken:
+                raise VServerError('guests: %s' % broken[name], 'guests')
             if name not in docs:
                 raise VServerError('guests: no guest named %r on this host (known: %s)'
                                    % (name, ', '.join(sorted(docs)) or 'none'), 'guests')

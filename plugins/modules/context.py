@@ -92,6 +92,11 @@ notes:
   - A busybox tree is built in a sibling directory C(.NAME.build-XXXXXXXX) and renamed onto the root when
     complete, so a killed build never leaves a half tree at the root; the next run removes such leftovers.
   - Config writes are complete or not at all (a full disk fails the task naming the file, the old config stays).
+  - A guest whose config file is unusable (not a JSON object, empty or truncated, an unknown key, a wrong type or
+    range, another guest's name) is never overwritten. O(state=stopped) and O(state=absent) still stop it (its
+    runtime record names its init and cgroup; default signal SIGTERM and timeout 10 s) and warn that the config is
+    broken; O(state=absent) also removes the broken file, which is how to repair it (the tree is kept, and
+    O(purge=true) is refused since the tree cannot be known). Every other state fails naming the file and the problem.
 seealso:
   - module: vserver.core.context_info
 '''

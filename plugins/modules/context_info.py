@@ -13,6 +13,10 @@ description:
     memory and CPU usage of each guest's cgroup.
   - The spectator view (VServer's context 1) lists every process on the host labelled with its context, 0 for the
     host and the guest's xid otherwise.
+  - A guest whose config file is unusable (not a JSON object, empty or truncated, an unknown key, a value of the
+    wrong type or out of range, another guest's name) is listed with RV(guests[].state=broken) and the problem in
+    RV(guests[].error); it never hides the other guests and never fails the task. Its processes are still
+    labelled with its name.
 author:
   - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
@@ -49,8 +53,29 @@ guests:
   elements: dict
   contains:
     name: {description: Guest name., type: str, returned: always}
-    xid: {description: Context id., type: int, returned: always}
-    state: {description: "C(running), C(frozen) or C(stopped).", type: str, returned: always}
+    xid: {description: "Context id; null for a broken config that holds no readable xid.", type: int, returned: always}
+    state:
+      description:
+        - C(running), C(frozen) or C(stopped).
+        - C(broken) when the guest's config file cannot be used; see RV(guests[].error).
+      type: str
+      returned: always
+      sample: running
+    error:
+      description: The config file and what is wrong with it.
+      type: str
+      returned: when RV(guests[].state=broken)
+      sample: "/etc/vservers/web.json: xid must be stored as the number 101 (got the string '101')"
+    config:
+      description: Path of the broken config file.
+      type: str
+      returned: when RV(guests[].state=broken)
+      sample: /etc/vservers/web.json
+    runtime_state:
+      description: What the kernel says about a guest with a broken config, C(running), C(frozen) or C(stopped).
+      type: str
+      returned: when RV(guests[].state=broken)
+      sample: running
     init_pid: {description: "Host pid of the guest's init, or null.", type: int, returned: always}
     uptime: {description: "Seconds since the guest started, or null.", type: float, returned: always}
     nproc: {description: Processes in the guest's cgroup., type: int, returned: always}
@@ -62,6 +87,15 @@ processes:
   type: list
   elements: dict
   sample: [{pid: 4242, xid: 101, guest: web, guest_pid: 1, comm: init, state: S, rss_kb: 1024, cpu_seconds: 0.01}]
+  contains:
+    xid:
+      description: The guest's context id, 0 for the host; null for a guest whose broken config holds no readable xid.
+      type: int
+      returned: always
+    guest:
+      description: The guest's name (also for a guest whose config is broken), empty for the host.
+      type: str
+      returned: always
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -16,7 +16,7 @@ def fake_proc(root, pid, cgroup, nspid, comm='sh'):
 def test_processes_are_labelled_with_their_context(tmp_path):
     paths = Paths(config_dir=str(tmp_path / 'etc'), cgroup_parent='vservers')
     os.makedirs(paths.config_dir)
-    _config.save(paths, {'name': 'web', 'xid': 101, 'root': '/x'})
+    _config.save(paths, {'name': 'web', 'xid': 101, 'root': '/x', 'init': ['/sbin/init']})
     proc = tmp_path / 'proc'
     fake_proc(proc, 1, '1:name=systemd:/\n0::/init.scope\n', '1', 'init')
     fake_proc(proc, 500, '5:memory:/vservers/web\n0::/vservers/web\n', '500\t1', 'init')
