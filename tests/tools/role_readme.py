@@ -1,7 +1,6 @@
-#!/usr/bin/python3
 """Write (or check) roles/NAME/README.md from roles/NAME/meta/argument_specs.yml.
 
-    role_readme.py [--check] [ROLES_DIR]
+    python tests/tools/role_readme.py [--check] [ROLES_DIR]
 
 Without --check every role's README.md is rewritten. With --check nothing is written: it lists the roles whose
 README.md differs from what their argument_specs give and exits 1 (`make lint` runs it, and
