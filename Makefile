@@ -22,7 +22,9 @@ APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs
 
 help:
 	@echo "make demo   deploy three busybox guests on this host and print the status table"
-	@echo "make test   run every test (unit, integration, sanity, molecule, cgroup v2 VM)"
+	@echo "make test   run every test (unit, integration, sanity, lint, import-check, molecule, cgroup v2 VM)"
+	@echo "make lint   ansible-lint (production profile) and the role READMEs' check"
+	@echo "make import-check   galaxy-importer on the built collection artifact"
 
 $(BUILD)/.apt-stamp: Makefile
 	@mkdir -p $(BUILD)
@@ -74,6 +76,8 @@ test: setup
 	$(REAPER) $(PY) -m pytest -q tests/unit tests/integration
 	$(REAPER) $(PY) tests/leakcheck.py
 	$(MAKE) sanity
+	$(MAKE) lint
+	$(MAKE) import-check
 	$(MAKE) molecule
 	$(MAKE) test-v2
 
@@ -86,7 +90,7 @@ SANITY_ROOT   := $(BUILD)/sanity/ansible_collections/vserver/core
 SANITY_PYTHON ?= 3.11
 DIST          := $(BUILD)/dist
 
-.PHONY: changelog-lint build
+.PHONY: changelog-lint build lint role-readmes import-check
 
 changelog-lint: venv
 	$(VENV)/bin/antsibull-changelog lint
@@ -99,9 +103,35 @@ sanity: setup changelog-lint
 	cd $(SANITY_ROOT) && { [ -d .git ] || git init -q; } && git add -A
 	cd $(SANITY_ROOT) && env -u ANSIBLE_COLLECTIONS_PATH $(VENV)/bin/ansible-test sanity --venv --python $(SANITY_PYTHON) --color no
 
+# The artifact holds what galaxy.yml's `manifest:` lists (tests/integration/test_packaging.py checks it).
 build: venv
 	@mkdir -p $(DIST)
+	rm -f $(DIST)/vserver-core-*.tar.gz
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(DIST) $(TOP)
+
+# ansible-lint, production profile, offline (.ansible-lint), on roles/, playbooks/, molecule/, changelogs/ ...; and
+# every roles/*/README.md in step with its meta/argument_specs.yml (`make role-readmes` rewrites them).
+lint: setup
+	$(PY) tests/tools/role_readme.py --check
+	cd $(TOP) && $(VENV)/bin/ansible-lint --nocolor --offline
+
+role-readmes: venv
+	$(PY) tests/tools/role_readme.py
+
+# galaxy-importer (what Galaxy/Automation Hub run on upload) on the built artifact, offline
+# (tests/tools/galaxy-importer.cfg: no ansible-test container; ansible-lint --offline on the artifact, ansible-doc,
+# metadata, README and changelog checks). Any WARNING or ERROR line fails the target; the log and
+# importer_result.json are in .build/importer/.
+IMPORTER := $(BUILD)/importer
+import-check: build
+	@rm -rf $(IMPORTER) && mkdir -p $(IMPORTER)
+	cd $(IMPORTER) && GALAXY_IMPORTER_CONFIG=$(TOP)/tests/tools/galaxy-importer.cfg \
+	  GALAXY_IMPORTER_TMP_ROOT_DIR=$(IMPORTER) GALAXY_IMPORTER_ANSIBLE_LOCAL_TMP=$(IMPORTER)/ansible-tmp \
+	  $(PY) -m galaxy_importer.main $(DIST)/vserver-core-*.tar.gz > importer.log 2>&1; \
+	  rc=$$?; grep -v '^Loading ' importer.log; \
+	  if [ $$rc -ne 0 ] || grep -qE '^(WARNING|ERROR):' importer.log; then \
+	    echo "import-check: galaxy-importer failed or warned (full log: $(IMPORTER)/importer.log)"; exit 1; fi
+	@echo "import-check: galaxy-importer passed"
 
 # Molecule: `default` converges the roles on this machine (connection local, private paths under
 # /var/tmp/vstest-molecule), `fleet` makes three hosts (netns + sshd + private mounts) and rolls site.yml out over

@@ -48,24 +48,47 @@ def _host_result(stdout):
     return json.loads(body)
 
 
+def _tracked(*dirs):
+    """The files git tracks under ``dirs`` (what a user of the collection needs from those directories)."""
+    res = subprocess.run(['git', 'ls-files', '-z', '--'] + list(dirs), cwd=TOP, capture_output=True, text=True,
+                         timeout=60, check=True)
+    return {name for name in res.stdout.split('\0') if name and os.path.isfile(os.path.join(TOP, name))}
+
+
 def test_artifact_contents(tmp_path):
     artifact = _build(tmp_path)
     with tarfile.open(artifact) as tar:
         names = set(tar.getnames())
         manifest = json.load(tar.extractfile('MANIFEST.json'))
+        copying = tar.extractfile('COPYING').read().decode('utf-8')
     info = manifest['collection_info']
     assert (info['namespace'], info['name']) == ('vserver', 'core')
     assert info['license'] == ['GPL-3.0-or-later']
+    assert 'GNU GENERAL PUBLIC LICENSE' in copying and 'Version 3, 29 June 2007' in copying
+    for key in ('repository', 'issues', 'documentation', 'homepage'):
+        assert info[key].startswith('https://github.com/vserver-core/vserver.core'), (key, info[key])
     for needed in ('meta/runtime.yml', 'plugins/modules/context.py', 'plugins/modules/context_info.py',
                    'plugins/module_utils/_context.py', 'plugins/doc_fragments/_paths.py', 'changelogs/config.yaml',
-                   'changelogs/changelog.yaml', 'README.md'):
+                   'changelogs/changelog.yaml', 'README.md', 'COPYING', 'bin/vserver', 'playbooks/site.yml',
+                   'playbooks/migrate.yml', 'roles/host/files/vserver_supervise.py',
+                   'roles/migrate/meta/argument_specs.yml'):
         assert needed in names, needed
-    # build_ignore keeps build products, the venv, VCS data and test output out of the artifact
+    roles = sorted(d for d in os.listdir(os.path.join(TOP, 'roles')) if os.path.isdir(os.path.join(TOP, 'roles', d)))
+    assert roles
+    for role in roles:
+        assert 'roles/%s/README.md' % role in names, role
+    # everything tracked under plugins/, roles/ and playbooks/ ships (role files/, templates/, the inventory example)
+    missing = _tracked('plugins', 'roles', 'playbooks', 'meta', 'docs') - names
+    assert not missing, sorted(missing)
+    # only what users need: no test suites, benchmarks, molecule scenarios, make/CI/dev tooling, build products,
+    # the venv, VCS data, caches
     for name in names:
         top = name.split('/')[0]
-        assert top not in ('.build', '.venv', '.git', '.ci'), name
+        assert top not in ('tests', 'bench', 'molecule', '.build', '.venv', '.git', '.ci', '.cache',
+                           'Makefile', 'requirements-dev.txt', 'pytest.ini', '.ansible-lint', '.gitignore'), name
         assert not name.startswith('tests/output'), name
         assert '__pycache__' not in name and not name.endswith(('.pyc', '.tar.gz')), name
+        assert '.pytest_cache' not in name, name
 
 
 def test_installed_artifact_runs_a_module(tmp_path, make_guest, host_paths):

@@ -65,3 +65,33 @@ def test_a_failed_host_stops_the_rollout(tmp_path):
     finally:
         for name in hosts:
             _guests.ensure(paths[name], {'guests': [], 'prune': True, 'purge_pruned': True})
+
+
+@pytest.mark.parametrize('given, missing', [
+    ({'migrate_guest': 'mg-web', 'migrate_target': 'mig2'}, ['migrate_source']),
+    ({'migrate_guest': 'mg-web', 'migrate_source': 'mig1', 'migrate_target': ''}, ['migrate_target']),
+    ({'migrate_source': 'mig1', 'migrate_target': 'mig2'}, ['migrate_guest']),
+    # the names before the rename (from/to are Python keywords) are no longer read: all three are missing
+    ({'guest': 'mg-web', 'from': 'mig1', 'to': 'mig2'}, ['migrate_guest', 'migrate_source', 'migrate_target']),
+])
+def test_migrate_names_the_missing_variable(tmp_path, given, missing):
+    """migrate.yml stops in its first play, naming the variable the request lacks; no host is touched."""
+    base = str(tmp_path)
+    inventory = {'vserver_hosts': {'hosts': {name: host_vars(base, name, []) for name in ('mig1', 'mig2')}}}
+    inv = tmp_path / 'inventory.yml'
+    inv.write_text(yaml.safe_dump(inventory))
+    proc = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', str(inv),
+                           os.path.join(TOP, 'playbooks', 'migrate.yml'), '-e', json.dumps(given)],
+                          env=ansible_env(), capture_output=True, text=True, timeout=300, check=False,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    data = json.loads(proc.stdout)
+    # only the check play ran, and only on localhost
+    assert [play['play']['name'] for play in data['plays']] == ['Check the migration request']
+    assert set(data['stats']) == {'localhost'} and data['stats']['localhost']['failures'] == 1, data['stats']
+    failed = [res for task in data['plays'][0]['tasks'] for res in task['hosts'].values() if res.get('failed')]
+    msgs = [item.get('msg', '') for res in failed for item in res.get('results', [res]) if item.get('failed')]
+    assert len(msgs) == len(missing), msgs
+    for msg, name in zip(msgs, missing):
+        assert msg.startswith('migrate.yml needs -e %s=NAME' % name) and msg.endswith('%s is missing or empty' % name)
+    assert not os.path.exists(os.path.join(base, 'mig1')) and not os.path.exists(os.path.join(base, 'mig2'))

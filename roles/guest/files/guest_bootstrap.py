@@ -1,3 +1,5 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # Runs on the host (python3 -c '<this file>' JSON): builds the Debian trees of debootstrap/mmdebstrap guests.
 # Standard library only. Prints one JSON document on stdout and exits 0, or 1 with {"failed": true, "msg": ...}.
 #

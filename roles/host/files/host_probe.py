@@ -1,3 +1,5 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # Runs on the host (python3 -c): one read-only look at everything the host role manages, as JSON, so an
 # idempotent re-run costs one task instead of one per item. Standard library only.
 import hashlib

@@ -1,3 +1,5 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # Runs on the migration target: its guests' names, xids and addresses, and the free space for trees (stdlib only).
 import json
 import os
