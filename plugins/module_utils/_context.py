@@ -102,7 +102,7 @@ class Runtime:
             return None, None
         try:
             fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # ESRCH: exiting right now
             return None, None
         try:
             st = K.read_stat_at(fd)
@@ -126,6 +126,10 @@ class Runtime:
             want = os.stat('ns/net', dir_fd=proc_fd)
         except (FileNotFoundError, ProcessLookupError):
             return False  # init is gone: there is nothing to keep reachable
+        except PermissionError:  # EACCES while init exits
+            if _exiting(proc_fd):
+                return False
+            raise
         try:
             have = os.stat(self.netns)
         except FileNotFoundError:
@@ -375,6 +379,10 @@ def _bind_netns(proc_fd, handle):
         ns_fd = os.open('ns/net', os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
     except (FileNotFoundError, ProcessLookupError):
         return False
+    except PermissionError:  # EACCES: the kernel refuses the namespaces of a process that is exiting
+        if _exiting(proc_fd):
+            return False
+        raise
     try:
         with open(handle, 'w'):
             pass
@@ -382,6 +390,19 @@ def _bind_netns(proc_fd, handle):
     finally:
         os.close(ns_fd)
     return True
+
+
+def _exiting(proc_fd, timeout=2.0):
+    """After EACCES on a namespace of the process behind ``proc_fd``: is it exiting? (It is then a zombie, or
+    gone, within moments; its /proc state may still say running while it tears down.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = K.read_stat_at(proc_fd)
+        if st is None or st[0] in ('Z', 'X'):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def _ns_inodes(proc_fd):
@@ -458,7 +479,7 @@ def start(paths, doc, layout=None):
         # Everything about init is read once, through its /proc fd: it may exit (or its pid be reused) any time.
         try:
             proc_fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             proc_fd = None
         try:
             st = K.read_stat_at(proc_fd) if proc_fd is not None else None
