@@ -5,14 +5,13 @@ sees, what is left on the host, and that a re-run converges with honest actions.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _netns
+from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _manager, _netns
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import VSERVER, env_for, vserver
 from test_address import Net, veths_gone, _host_links
@@ -218,7 +217,6 @@ def test_stop_with_sigrtmin3(host_paths, make_guest, tmp_path):
     doc = make_guest('rtmin')
     subprocess.run([gcc, '-static', '-O2', '-o', os.path.join(doc['root'], 'sbin', 'rtinit'), str(src)],
                    check=True, timeout=120)
-    from ansible_collections.vserver.core.plugins.module_utils import _manager
     res = _manager.ensure_context(host_paths, {'name': 'rtmin', 'init': '/sbin/rtinit', 'stop_signal': 'rtmin+3',
                                                'stop_timeout': 60, 'state': 'started'})
     assert res['guest']['state'] == 'running'

@@ -71,7 +71,9 @@ def test_a_stop_killed_before_it_signals_does_not_switch_off_crash_restarts(host
     proc = subprocess.Popen([sys.executable, SUPERVISE, '--interval', '0.3'], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        rt = lambda: _context.Runtime(host_paths, 'sv-k')  # noqa: E731
+        def rt():
+            return _context.Runtime(host_paths, 'sv-k')
+
         first = wait_for(lambda: rt().init_pid())
         assert first
         killed_at(host_paths, 'pidfd_send_signal', 'sv-k', 'stop')
