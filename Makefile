@@ -16,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 # Debian packages the project uses: runtime (busybox-static ...), benchmarks' peer tools, test tooling.
 APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs btrfs-progs nftables strace \
 	iperf3 jdupes lxc systemd-container debootstrap mmdebstrap openssh-server openssh-client \
-	qemu-system-x86 cpio gcc libc6-dev python-is-python3
+	qemu-system-x86 cpio gcc libc6-dev python-is-python3 strace
 
 .PHONY: demo-clean help setup apt venv collection demo test unit integration sanity clean-test-leftovers install-cli
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +41,8 @@ GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 #   'started': f(paths, doc, runtime) after init runs (host side); may raise to roll back
 #   'absent':  f(paths, doc)          when a guest is removed (after it is stopped, before its config goes)
 HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': [], 'absent': []}
+BROKEN_MESSAGE = ("processes in the guest's cgroup but no tracked init (a start or stop was killed half-way); "
+                  "state started kills them and starts the guest afresh, state stopped kills them")
 
 
 class Runtime:
@@ -52,6 +54,7 @@ class Runtime:
         self.dir = paths.runtime(name)
         self.record = read_json(os.path.join(self.dir, STATE_FILE), {}) or {}
         self._layout = layout
+        self.repaired = False
 
     @property
     def layout(self):
@@ -74,15 +77,13 @@ class Runtime:
 
     def init(self):
         """One read of the guest's init: ``(pid, stat)`` if that very process still runs (pid and start time
-        match), else ``(None, None)``. Callers use what this one read returned, never a second look: init may
-        exit at any moment."""
-        pid = self.record.get('init_pid')
-        if not pid:
+        match, and it is in the guest's cgroup), else ``(None, None)``. Callers use what this one read returned,
+        never a second look: init may exit at any moment."""
+        fd, st = self._open_init()
+        if fd is None:
             return None, None
-        st = K.read_stat(pid)
-        if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start'):
-            return None, None
-        return pid, st
+        os.close(fd)
+        return self.record['init_pid'], st
 
     def init_pid(self):
         """The guest's init pid if that very process still runs, else None."""
@@ -92,27 +93,113 @@ class Runtime:
         """A directory fd on /proc/PID of the guest's init, checked through that fd, or None if init is gone.
 
         What is opened through this fd belongs to that very process: once it exits, opening fails (ESRCH)
-        even if its pid is reused meanwhile. The caller closes it."""
+        even if its pid is reused meanwhile. It is also a pidfd (signal.pidfd_send_signal). The caller closes it."""
+        return self._open_init()[0]
+
+    def _open_init(self):
         pid = self.record.get('init_pid')
-        if not pid:
-            return None
+        if not pid or not isinstance(pid, int):
+            return None, None
         try:
             fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, ProcessLookupError):  # ESRCH: exiting right now
+            return None, None
         try:
             st = K.read_stat_at(fd)
+            if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start') or not self._owns(fd):
+                os.close(fd)
+                return None, None
         except BaseException:
             os.close(fd)
             raise
-        if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start'):
+        return fd, st
+
+    def _owns(self, proc_fd):
+        """Is the process behind ``proc_fd`` in this guest's cgroup? A recorded pid and start time alone may
+        match a host process (a forged or stale state file): that one is not the guest's init."""
+        raw = K.read_at(proc_fd, 'cgroup')
+        return raw is not None and guest_of(parse_proc_cgroup(raw), self.parent) == self.name
+
+    def netns_lost(self, proc_fd):
+        """True when the netns handle is not (a bind mount of) the network namespace of init (``proc_fd``)."""
+        try:
+            want = os.stat('ns/net', dir_fd=proc_fd)
+        except (FileNotFoundError, ProcessLookupError):
+            return False  # init is gone: there is nothing to keep reachable
+        except PermissionError:  # EACCES while init exits
+            if _exiting(proc_fd):
+                return False
+            raise
+        try:
+            have = os.stat(self.netns)
+        except FileNotFoundError:
+            return True
+        return (have.st_dev, have.st_ino) != (want.st_dev, want.st_ino)
+
+    def repair_netns(self, proc_fd):
+        """Bind init's network namespace (through its /proc fd) at the handle again, over whatever is there."""
+        for dummy in range(8):  # a stale mount stacked on the handle
+            if not os.path.ismount(self.netns):
+                break
+            K.umount(self.netns, K.MNT_DETACH)
+        return _bind_netns(proc_fd, self.netns)
+
+    def netns_handle(self, repair=False):
+        """``(pid, handle)`` of a running guest, the handle checked against init's network namespace; else
+        ``(None, None)``. A lost handle (unmounted, removed) is bound again when ``repair`` (the caller holds the
+        host lock; ``self.repaired`` is then True), else VServerError."""
+        self.repaired = False
+        fd = self.open_init()
+        if fd is None:
+            return None, None
+        try:
+            if self.netns_lost(fd):
+                if not repair:
+                    raise VServerError(
+                        'guest %s runs but its network namespace handle %s is lost (unmounted or removed); '
+                        'state started (vserver.core.context, or vserver %s start) repairs it'
+                        % (self.name, self.netns, self.name), 'name')
+                self.repair_netns(fd)
+                self.repaired = True
+            return self.record['init_pid'], self.netns
+        finally:
             os.close(fd)
-            return None
-        return fd
+
+    def stop_mark_trusted(self, grace):
+        """A ``stopping`` mark explains a dead init only while that stop can still be the cause: up to its
+        stop_timeout plus ``grace`` seconds after the mark. A stop killed before it signalled leaves a mark that
+        must not turn a later crash into a clean stop."""
+        mark = self.record.get('stopping')
+        if not isinstance(mark, dict):
+            return bool(mark)
+        try:
+            return K.boottime_now() <= float(mark['at']) + float(mark['timeout']) + grace
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    def repairs(self, proc_fd):
+        """What is wrong with the runtime state of a running guest (init ``proc_fd``): a list of actions."""
+        out = []
+        if self.netns_lost(proc_fd):
+            out.append('repair netns handle')
+        if self.record.get('stopping'):
+            out.append('clear stale stop mark')
+        return out
+
+    def repair(self, proc_fd, actions):
+        if 'repair netns handle' in actions:
+            self.repair_netns(proc_fd)
+        if 'clear stale stop mark' in actions:
+            self.record.pop('stopping', None)
+            write_json(os.path.join(self.dir, STATE_FILE), self.record, 0o600, durable=False)
 
     def _state_of(self, pid):
         if pid is None:
-            return 'stopped'
+            # no tracked init: a start or stop killed half-way may have left processes in the cgroup
+            try:
+                return 'broken' if self.group.exists() and self.group.procs() else 'stopped'
+            except (OSError, VServerError):
+                return 'stopped'
         try:
             if self.group.frozen():
                 return 'frozen'
@@ -292,6 +379,10 @@ def _bind_netns(proc_fd, handle):
         ns_fd = os.open('ns/net', os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
     except (FileNotFoundError, ProcessLookupError):
         return False
+    except PermissionError:  # EACCES: the kernel refuses the namespaces of a process that is exiting
+        if _exiting(proc_fd):
+            return False
+        raise
     try:
         with open(handle, 'w'):
             pass
@@ -299,6 +390,19 @@ def _bind_netns(proc_fd, handle):
     finally:
         os.close(ns_fd)
     return True
+
+
+def _exiting(proc_fd, timeout=2.0):
+    """After EACCES on a namespace of the process behind ``proc_fd``: is it exiting? (It is then a zombie, or
+    gone, within moments; its /proc state may still say running while it tears down.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = K.read_stat_at(proc_fd)
+        if st is None or st[0] in ('Z', 'X'):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def _ns_inodes(proc_fd):
@@ -375,7 +479,7 @@ def start(paths, doc, layout=None):
         # Everything about init is read once, through its /proc fd: it may exit (or its pid be reused) any time.
         try:
             proc_fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             proc_fd = None
         try:
             st = K.read_stat_at(proc_fd) if proc_fd is not None else None
@@ -408,46 +512,120 @@ def start(paths, doc, layout=None):
                 os.close(fd)
 
 
-def _wait_gone(pid, start_ticks, timeout):
+# --- stopping ----------------------------------------------------------------------------------------
+
+DEFAULT_STOP_SIGNAL = 'SIGTERM'
+DEFAULT_STOP_TIMEOUT = 10
+_RT_SIGNAL = re.compile(r'^SIGRT(MIN|MAX)(?:([+-])([0-9]+))?$')
+
+
+def signal_name(num):
+    """The canonical name of a signal number: SIGTERM, SIGRTMIN+3 (real-time ones counted from SIGRTMIN)."""
+    if num == signal.SIGRTMIN:
+        return 'SIGRTMIN'
+    if num == signal.SIGRTMAX:
+        return 'SIGRTMAX'
+    if signal.SIGRTMIN < num < signal.SIGRTMAX:
+        return 'SIGRTMIN+%d' % (num - signal.SIGRTMIN)
+    return signal.Signals(num).name
+
+
+def parse_signal(value, field='stop_signal'):
+    """A stop signal -> its number. Accepts names (SIGTERM, term), SIGRTMIN+N / SIGRTMAX-N and numbers;
+    refuses SIGSTOP and SIGCONT (they stop or resume, never end init) and anything out of range."""
+    bad = VServerError('%s must be a signal name such as SIGTERM, SIGPWR or SIGKILL, SIGRTMIN+N or SIGRTMAX-N '
+                       '(N from 0 to %d; SIGRTMIN+3 for systemd), or a number from 1 to %d; not SIGSTOP or SIGCONT '
+                       '(got %r)' % (field, signal.SIGRTMAX - signal.SIGRTMIN, signal.SIGRTMAX, value), field)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise bad
+    text = str(value).strip().upper()
+    if text.isdigit():
+        num = int(text)
+    else:
+        name = text if text.startswith('SIG') else 'SIG' + text
+        match = _RT_SIGNAL.match(name)
+        if match:
+            offset = int(match.group(3) or 0)
+            if (match.group(1) == 'MIN') == (match.group(2) == '-') and offset:
+                raise bad  # SIGRTMIN-N, SIGRTMAX+N
+            num = signal.SIGRTMIN + offset if match.group(1) == 'MIN' else signal.SIGRTMAX - offset
+        elif name in signal.Signals.__members__:
+            num = int(signal.Signals[name])
+        else:
+            raise bad
+    if num not in signal.valid_signals() or num in (signal.SIGSTOP, signal.SIGCONT) or \
+            signal.SIGSYS < num < signal.SIGRTMIN:  # 32, 33: the C library's own
+        raise bad
+    return int(num)
+
+
+def parse_stop_timeout(value, field='stop_timeout'):
+    """Seconds from 0 to 3600 (int when whole)."""
+    try:
+        timeout = float(value) if not isinstance(value, bool) else -1
+    except (TypeError, ValueError):
+        timeout = -1
+    if not 0 <= timeout <= 3600:  # also refuses nan
+        raise VServerError('%s must be a number of seconds from 0 to 3600 (got %r)' % (field, value), field)
+    return int(timeout) if timeout == int(timeout) else timeout
+
+
+def stop_settings(doc):
+    """``(signal number, timeout, warnings)`` for stopping ``doc``'s guest. A config with a bad stop_signal or
+    stop_timeout still stops (an admin must be able to stop such a guest): with the default, and a warning."""
+    warnings = []
+    try:
+        sig = parse_signal(doc.get('stop_signal', DEFAULT_STOP_SIGNAL))
+    except VServerError as exc:
+        sig = int(signal.Signals[DEFAULT_STOP_SIGNAL])
+        warnings.append('%s; stopped with %s instead' % (exc, DEFAULT_STOP_SIGNAL))
+    try:
+        timeout = parse_stop_timeout(doc.get('stop_timeout', DEFAULT_STOP_TIMEOUT))
+    except VServerError as exc:
+        timeout = DEFAULT_STOP_TIMEOUT
+        warnings.append('%s; waited %d seconds instead' % (exc, DEFAULT_STOP_TIMEOUT))
+    return sig, timeout, warnings
+
+
+def _wait_gone(proc_fd, timeout):
+    """Wait until the process behind ``proc_fd`` has exited (zombie or reaped), at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        pidfd = None
-    try:
-        while True:
-            st = K.read_stat(pid)
-            if st is None or st[0] in ('Z', 'X') or st[2] != start_ticks:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if pidfd is not None:
-                select.select([pidfd], [], [], min(left, 0.2))
-            else:
-                time.sleep(min(left, 0.05))
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+    while True:
+        st = K.read_stat_at(proc_fd)
+        if st is None or st[0] in ('Z', 'X'):
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, 0.05))
 
 
 def stop(paths, doc, layout=None):
-    """Signal init, wait ``stop_timeout``, kill what is left; leave nothing of the guest behind."""
+    """Signal init, wait ``stop_timeout``, kill what is left; leave nothing of the guest behind.
+
+    Returns a list of warnings (bad stop settings in the config, replaced by the defaults). Only a process in
+    the guest's cgroup is signalled, through its /proc fd (a pidfd): never a host process that matches a
+    stale record or reused init's pid."""
     name = doc['name']
+    sig, timeout, warnings = stop_settings(doc)  # before anything is touched
     rt = Runtime(paths, name, layout)
-    pid = rt.init_pid()
-    if pid:
-        # mark the stop first: a watcher (vserver-supervise) seeing init gone must not take it for a crash
-        write_json(os.path.join(rt.dir, STATE_FILE), dict(rt.record, stopping=True), 0o600, durable=False)
-        if rt.group.exists() and rt.group.frozen():
-            rt.group.thaw()
-        sig = signal.Signals[doc.get('stop_signal', 'SIGTERM')]
+    proc_fd = rt.open_init()
+    if proc_fd is not None:
         try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        _wait_gone(pid, rt.record.get('init_start'), float(doc.get('stop_timeout', 10)))
+            # mark the stop first: a watcher (vserver-supervise) seeing init gone must not take it for a crash
+            mark = {'at': K.boottime_now(), 'timeout': timeout}
+            write_json(os.path.join(rt.dir, STATE_FILE), dict(rt.record, stopping=mark), 0o600, durable=False)
+            if rt.group.exists() and rt.group.frozen():
+                rt.group.thaw()
+            try:
+                signal.pidfd_send_signal(proc_fd, sig)
+            except ProcessLookupError:
+                pass
+            _wait_gone(proc_fd, timeout)
+        finally:
+            os.close(proc_fd)
     cleanup(paths, name, rt.layout)
+    return warnings
 
 
 def freeze(paths, doc, layout=None):
@@ -470,6 +648,11 @@ def status(paths, doc, layout=None):
            'nproc': 0, 'memory_bytes': None, 'cpu_seconds': None,
            'addresses': list((doc.get('network') or {}).get('addresses') or [])}
     if state == 'stopped':
+        return out
+    if state == 'broken':
+        out['message'] = BROKEN_MESSAGE
+        out['nproc'] = len(rt.group.procs())
+        out['cgroup'] = rt.group.paths()
         return out
     out['init_pid'] = pid
     out['uptime'] = round(K.uptime() - st[2] / float(K.clock_ticks()), 2)

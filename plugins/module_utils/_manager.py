@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _template
 from ansible_collections.vserver.core.plugins.module_utils._common import (
@@ -22,18 +21,14 @@ RESTART_KEYS = ('root', 'init')
 HOSTNAME_RE = re.compile(r'^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
                          r'(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$')
 DEFAULT_INIT = ['/sbin/init']
+KILL_UNTRACKED = 'kill untracked processes'
 REFUSED_ROOTS = ('/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64', '/proc', '/root', '/run', '/sbin',
                  '/sys', '/tmp', '/usr', '/var', '/var/lib')
 
 
 def _check_signal(value):
-    name = str(value).upper()
-    if not name.startswith('SIG'):
-        name = 'SIG' + name
-    if name not in signal.Signals.__members__ or name in ('SIGSTOP', 'SIGCONT'):
-        raise VServerError('stop_signal must be a signal name such as SIGTERM, SIGPWR, SIGRTMIN+3 or SIGKILL '
-                           '(got %r)' % (value,), 'stop_signal')
-    return name
+    """A stop signal in its canonical stored form (SIGTERM, SIGRTMIN+3); numbers and aliases are normalised."""
+    return _context.signal_name(_context.parse_signal(value))
 
 
 def _check_init(value):
@@ -83,14 +78,7 @@ def validate(params):
     if params.get('stop_signal') is not None:
         out['stop_signal'] = _check_signal(params['stop_signal'])
     if params.get('stop_timeout') is not None:
-        try:
-            timeout = float(params['stop_timeout'])
-        except (TypeError, ValueError):
-            timeout = -1
-        if not 0 <= timeout <= 3600:
-            raise VServerError('stop_timeout must be a number of seconds from 0 to 3600 (got %r)'
-                               % (params['stop_timeout'],), 'stop_timeout')
-        out['stop_timeout'] = int(timeout) if timeout == int(timeout) else timeout
+        out['stop_timeout'] = _context.parse_stop_timeout(params['stop_timeout'])
     out['purge'] = bool(params.get('purge'))
     return out
 
@@ -163,7 +151,7 @@ def _undo_uts(paths, doc, old_uts, exc):
 
 
 def _observed_state(state):
-    return {'running': 'started', 'frozen': 'frozen', 'stopped': 'stopped'}[state]
+    return {'running': 'started', 'frozen': 'frozen', 'stopped': 'stopped', 'broken': 'broken'}[state]
 
 
 def _clear_immutable(path):
@@ -363,7 +351,8 @@ def ensure_context(paths, params, check_mode=False):
 
         target = opts['state']
         live_uts = False
-        if running_state != 'stopped' and current is not None:
+        live = running_state in ('running', 'frozen')
+        if live and current is not None:
             if any(doc.get(k) != current.get(k) for k in RESTART_KEYS):
                 result['restart_required'] = target != 'restarted'
             # against the kernel, not the config: a run killed after the config was saved converges on the next
@@ -372,14 +361,26 @@ def ensure_context(paths, params, check_mode=False):
         if target == 'restarted':
             plan = (['stop'] if running_state != 'stopped' else []) + ['start']
         elif target == 'started':
-            plan = {'stopped': ['start'], 'frozen': ['thaw'], 'running': []}[running_state]
-        elif target == 'stopped':  # also clears what an init that died on its own left behind
+            plan = {'stopped': ['start'], 'frozen': ['thaw'], 'running': [], 'broken': [KILL_UNTRACKED, 'start']}[
+                running_state]
+        elif target == 'stopped':  # also clears what an init that died on its own (or a killed start) left behind
             plan = [] if running_state == 'stopped' and not rt.leftovers() else ['stop']
         elif target == 'frozen':
-            plan = {'stopped': ['start', 'freeze'], 'running': ['freeze'], 'frozen': []}[running_state]
-        if live_uts and 'stop' not in plan and running_state != 'stopped':
+            plan = {'stopped': ['start', 'freeze'], 'running': ['freeze'], 'frozen': [],
+                    'broken': [KILL_UNTRACKED, 'start', 'freeze']}[running_state]
+        if live_uts and 'stop' not in plan and live:
             plan.insert(0, 'set hostname')
-        actions.extend(plan)
+        repairs = []
+        if live and target in ('started', 'frozen'):  # runtime state a killed run left wrong
+            proc_fd = rt.open_init()
+            if proc_fd is not None:
+                try:
+                    repairs = rt.repairs(proc_fd)
+                    if repairs and not check_mode:
+                        rt.repair(proc_fd, repairs)
+                finally:
+                    os.close(proc_fd)
+        actions.extend(repairs + plan)
 
         after_state = {'present': _observed_state(running_state), 'restarted': 'started'}.get(target, target)
         result['diff'] = {'before': before, 'after': _view(doc, after_state)}
@@ -389,6 +390,7 @@ def ensure_context(paths, params, check_mode=False):
             return result
 
         built = False
+        warnings = []
         try:
             for stale in builds:
                 remove_build(stale)
@@ -409,7 +411,9 @@ def ensure_context(paths, params, check_mode=False):
                 _config.save(paths, doc)
             for step in plan:
                 if step == 'stop':
-                    _context.stop(paths, current or doc)
+                    warnings.extend(_context.stop(paths, current or doc))
+                elif step == KILL_UNTRACKED:
+                    _context.cleanup(paths, name)
                 elif step == 'start':
                     _context.start(paths, doc)
                 elif step == 'freeze':
@@ -425,6 +429,8 @@ def ensure_context(paths, params, check_mode=False):
                     purge_tree(root)
             raise
         result['guest'] = _context.status(paths, doc)
+        if warnings:
+            result['warnings'] = warnings
         return result
 
 

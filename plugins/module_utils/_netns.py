@@ -837,11 +837,16 @@ def forwarding(section, host, proc='/proc'):
 # --- the manager ----------------------------------------------------------------------------------------
 
 
-def _runtime(paths, name):
+def _runtime(paths, name, repair=False, actions=None):
+    """``(init pid, netns handle)`` of a running guest, else ``(None, None)``. The handle is checked against
+    init's network namespace; a lost one is bound again when ``repair`` (the caller holds the host lock; the
+    action goes to ``actions``), else VServerError saying what repairs it."""
     from ansible_collections.vserver.core.plugins.module_utils import _context  # late: _context imports us
     rt = _context.Runtime(paths, name)
-    pid = rt.init_pid()
-    return (pid, rt.netns) if pid and os.path.exists(rt.netns) else (None, None)
+    pid, handle = rt.netns_handle(repair)
+    if rt.repaired and actions is not None:
+        actions.append('repair netns handle')
+    return pid, handle
 
 
 def live_addresses(handle, interface=DEFAULT_INTERFACE):
@@ -864,8 +869,8 @@ def ensure(paths, params, check_mode=False):
         if section is not None:
             resolve_gateways(section, opts['gateway'] is not None, host)
             check_conflicts(paths, name, section, host)
-        pid, handle = _runtime(paths, name)
         actions = []
+        pid, handle = _runtime(paths, name, repair=not check_mode, actions=actions)
         plan = None
         if pid:
             guest = NetState(handle)
@@ -966,7 +971,7 @@ def apply_on_start(paths, doc, runtime):
     section = doc.get('network')
     if not section or not section.get('addresses'):
         return
-    pid = runtime.init_pid()
+    pid, handle = runtime.netns_handle(repair=True)  # start holds the host lock
     if not pid:
         return
     host = NetState()
@@ -978,9 +983,9 @@ def apply_on_start(paths, doc, runtime):
     if section.get('parent') and section['parent'] not in host.links:
         raise VServerError('parent device %s of guest %s does not exist on the host' % (section['parent'], doc['name']),
                            'parent')
-    guest = NetState(runtime.netns)
+    guest = NetState(handle)
     host = settle(section, doc.get('xid') or 0, host, guest)
-    execute(plan_live(section, doc.get('xid') or 0, pid, host, guest), runtime.netns)
+    execute(plan_live(section, doc.get('xid') or 0, pid, host, guest), handle)
 
 
 def netns_defaults(doc):
@@ -1007,7 +1012,12 @@ def describe(paths, doc):
     section = doc.get('network') or {}
     out = dict(_section_view(section))
     out.setdefault('addresses', [])
-    pid, handle = _runtime(paths, doc['name'])
+    try:
+        pid, handle = _runtime(paths, doc['name'])
+    except VServerError as exc:  # a lost netns handle: say so, a listing repairs nothing
+        out['live_addresses'] = None
+        out['netns_error'] = str(exc)
+        return out
     if pid:
         try:
             out['live_addresses'] = live_addresses(handle, section.get('interface') or DEFAULT_INTERFACE)

@@ -62,6 +62,11 @@ options:
     description:
       - Signal sent to the guest's init to stop it (C(SIGTERM) stops busybox init and sysvinit; use
         C(SIGRTMIN+3) for systemd). Default C(SIGTERM).
+      - A name (C(SIGTERM), C(term)), C(SIGRTMIN+N) or C(SIGRTMAX-N) within the real-time range, or a number
+        from 1 to SIGRTMAX; stored in canonical form (C(37) and C(rtmin+3) become C(SIGRTMIN+3)). C(SIGSTOP)
+        and C(SIGCONT) are refused.
+      - A config edited by hand with a bad O(stop_signal) or O(stop_timeout) still stops, with C(SIGTERM) and
+        10 seconds, and a warning naming the field.
     type: str
   stop_timeout:
     description:
@@ -73,6 +78,11 @@ options:
       - C(present) ensures config and tree; C(started) also runs the guest (and thaws a frozen one); C(stopped)
         stops it; C(restarted) stops (if running) and starts it; C(frozen) suspends all its processes with the
         cgroup freezer (starting it first if needed); C(absent) stops it and removes its config and runtime state.
+      - C(started) and C(frozen) also repair the runtime state of a running guest that a killed run left wrong
+        (a lost network namespace handle, a stale stop mark; actions C(repair netns handle), C(clear stale stop
+        mark)). A guest with processes in its cgroup but no tracked init (a start killed half-way) reads as
+        C(broken); C(started) kills them and starts it afresh (action C(kill untracked processes)), C(stopped)
+        kills them.
     type: str
     choices: [present, started, stopped, restarted, frozen, absent]
     default: present
@@ -141,6 +151,12 @@ guest:
   returned: unless state is absent
   type: dict
   sample: {name: web, xid: 101, state: running, init_pid: 4242, uptime: 0.05, nproc: 1}
+  contains:
+    state:
+      description:
+        - C(running), C(frozen), C(stopped), or C(broken) (processes in the guest's cgroup but no tracked init;
+          C(message) then says so).
+      type: str
 diff:
   description: Before and after of the guest's context settings and state.
   returned: always

@@ -56,3 +56,39 @@ def test_supervise_starts_restarts_and_respects_clean_stops(host_paths, make_gue
             proc.wait()
     log = proc.stdout.read()
     assert 'sv-a: init died, restarting' in log and 'sv-b: init died' not in log
+
+
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_a_stop_killed_before_it_signals_does_not_switch_off_crash_restarts(host_paths, make_guest):
+    """`vserver NAME stop` SIGKILLed on entering pidfd_send_signal (strace): its stop mark stays in state.json,
+    init runs on. A crash long after that mark is still a crash: the supervisor restarts the guest."""
+    from test_runtime_faults import killed_at
+    make_guest('sv-k', stop_timeout=1)
+    os.makedirs(os.path.join(host_paths.config_dir, 'autostart'))
+    open(os.path.join(host_paths.config_dir, 'autostart', 'sv-k'), 'w').close()
+    env = dict(os.environ, **{'VSERVER_' + k.upper(): v for k, v in host_paths.as_dict().items()})
+    proc = subprocess.Popen([sys.executable, SUPERVISE, '--interval', '0.3'], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def rt():
+            return _context.Runtime(host_paths, 'sv-k')
+
+        first = wait_for(lambda: rt().init_pid())
+        assert first
+        killed_at(host_paths, 'pidfd_send_signal', 'sv-k', 'stop')
+        mark = rt().record.get('stopping')
+        assert mark and rt().init_pid() == first  # the stale mark, init untouched
+        # past the mark's stop_timeout (1 s) + the supervisor's grace (10 s) + one interval, init crashes
+        while _context.K.boottime_now() < mark['at'] + 1 + 10.3 + 1:
+            time.sleep(0.2)
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: rt().init_pid() not in (None, first), 20), 'a crash was taken for a clean stop'
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = proc.stdout.read()
+    assert 'sv-k: init died, restarting' in log, log

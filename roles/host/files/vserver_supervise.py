@@ -40,6 +40,7 @@ from ansible_collections.vserver.core.plugins.module_utils._common import HostLo
 
 MAX_RESTARTS = 3
 WINDOW = 60.0
+STOP_GRACE = 10.0
 
 
 def log(msg):
@@ -54,14 +55,20 @@ def marked(paths):
         return []
 
 
-def condition(paths, name):
-    """running | crashed (init gone, runtime state left) | stopped (cleanly)."""
+def condition(paths, name, interval=10.0):
+    """running | crashed (init gone, runtime state left) | stopped (cleanly).
+
+    `_context.stop` marks a stop before it signals init. The mark explains a dead init only while that stop
+    can be the cause (its stop_timeout plus STOP_GRACE and one interval after the mark): a stop killed before
+    it signalled leaves a stale mark, and a later crash is still a crash. Processes in the guest's cgroup with
+    no tracked init (a start killed half-way) count as crashed: a restart cleans them up."""
     rt = _context.Runtime(paths, name)
-    if rt.init_pid():
+    state = rt.state()
+    if state in ('running', 'frozen'):
         return 'running'
-    if rt.record.get('stopping'):  # `_context.stop` marks a stop before it signals init
+    if rt.stop_mark_trusted(STOP_GRACE + interval):
         return 'stopped'
-    return 'crashed' if os.path.isdir(rt.dir) else 'stopped'
+    return 'crashed' if os.path.isdir(rt.dir) or state == 'broken' else 'stopped'
 
 
 def start(paths, name):
@@ -74,12 +81,12 @@ def start(paths, name):
         return False
 
 
-def restart(paths, name, recent, now):
+def restart(paths, name, recent, now, interval=10.0):
     """Restart a crashed guest, deciding again under the host lock: a `vserver NAME stop` in progress also
     leaves a dead init and runtime state behind for a moment, and must win."""
     try:
         with HostLock(paths):
-            if condition(paths, name) != 'crashed':
+            if condition(paths, name, interval) != 'crashed':
                 return
             log('%s: init died, restarting' % name)
             recent.append(now)
@@ -116,7 +123,7 @@ def supervise(paths, interval):
         reap()
         now = time.monotonic()
         for name in marked(paths):
-            if condition(paths, name) != 'crashed':
+            if condition(paths, name, interval) != 'crashed':
                 continue
             recent = [t for t in history.get(name, []) if now - t < WINDOW]
             if len(recent) >= MAX_RESTARTS:
@@ -125,7 +132,7 @@ def supervise(paths, interval):
                     recent.append(now)
                 history[name] = recent
                 continue
-            restart(paths, name, recent, now)
+            restart(paths, name, recent, now, interval)
             history[name] = recent
 
 
