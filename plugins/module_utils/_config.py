@@ -250,4 +250,4 @@ def free_xid(paths, exclude=None):
 
 
 def by_xid(paths):
-    return {xid: name for xid, name in xids_in_use(paths).items()}
+    return dict(xids_in_use(paths))

@@ -185,9 +185,10 @@ def check_purgeable(root, own_mount=False):
                            'purge')
     below = mounts_below(root)
     if below:
+        one = len(below) == 1
         raise VServerError('purge: %s %s mounted inside the tree %s; unmount %s first (purge never deletes '
-                           'through a mount point)' % (', '.join(below), 'is' if len(below) == 1 else 'are', root,
-                                                      'it' if len(below) == 1 else 'them'), 'purge')
+                           'through a mount point)' % (', '.join(below), 'is' if one else 'are', root,
+                                                       'it' if one else 'them'), 'purge')
 
 
 def purge_tree(root):

@@ -171,7 +171,7 @@ def test_start_killed_before_its_state_write_reads_broken(host_paths, make_guest
     make_guest('untracked')
     killed_at(host_paths, 'wait4', 'untracked', 'start')
     rt = _context.Runtime(host_paths, 'untracked')
-    assert wait_for(lambda: rt.group.procs())  # the guest's processes run in its cgroup...
+    assert wait_for(rt.group.procs)  # the guest's processes run in its cgroup...
     assert not os.path.exists(os.path.join(rt.dir, _context.STATE_FILE))  # ...untracked
     out = vserver(host_paths, 'untracked', 'status')
     assert out.returncode == 4 and 'untracked is broken' in out.stdout, out  # was: "is stopped", exit 3

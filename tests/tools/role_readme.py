@@ -94,7 +94,7 @@ def roles(roles_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--check', action='store_true', help='write nothing; exit 1 when a README is out of date')
     parser.add_argument('roles_dir', nargs='?', default=os.path.join(TOP, 'roles'))
     args = parser.parse_args(argv)
