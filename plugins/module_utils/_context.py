@@ -25,7 +25,7 @@ import stat
 import struct
 import time
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K, _masks
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
@@ -172,11 +172,6 @@ def _setup_root(root):
             os.mkdir('/' + directory, 0o755)
     nosuid = K.MS_NOSUID | K.MS_NODEV | K.MS_NOEXEC
     K.mount('proc', '/proc', 'proc', nosuid)
-    for path in ('/proc/sys', '/proc/sysrq-trigger'):
-        if not os.path.exists(path):  # kernels built without CONFIG_MAGIC_SYSRQ
-            continue
-        K.mount(path, path, None, K.MS_BIND)
-        K.mount(None, path, None, K.MS_REMOUNT | K.MS_BIND | K.MS_RDONLY | nosuid)
     K.mount('sysfs', '/sys', 'sysfs', K.MS_RDONLY | nosuid)
     K.mount('tmpfs', '/dev', 'tmpfs', K.MS_NOSUID | K.MS_NOEXEC, 'mode=755,size=1024k')
     for node, major, minor in (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
@@ -193,6 +188,8 @@ def _setup_root(root):
     for link, target in (('fd', '/proc/self/fd'), ('stdin', '/proc/self/fd/0'), ('stdout', '/proc/self/fd/1'),
                          ('stderr', '/proc/self/fd/2')):
         os.symlink(target, '/dev/' + link)
+    # Host-wide /proc and /sys files masked or read-only (docs/security.md).
+    _masks.apply()
 
 
 def _current_caps():
