@@ -625,14 +625,16 @@ def format_bytes(value):
 
 
 def stat_table(rows):
-    """A vserver-stat-like table from status() rows."""
+    """A vserver-stat-like table from status() rows; DISK is the disk limit, ``none`` for a guest without one
+    (its tree can fill the host filesystem it lives on), ``-`` when unknown (a broken config)."""
     width = max([len('NAME')] + [len(row['name']) for row in rows])
-    fmt = '%-6s %5s %8s %10s %10s %-9s %-' + str(width) + 's %s'
-    lines = [(fmt % ('CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES')).rstrip()]
+    fmt = '%-6s %5s %8s %6s %10s %10s %-9s %-' + str(width) + 's %s'
+    lines = [(fmt % ('CTX', 'PROC', 'RSS', 'DISK', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES')).rstrip()]
     for row in sorted(rows, key=lambda r: r.get('xid') or 0):
+        disk = '-' if 'disk_limit' not in row else (format_bytes(row['disk_limit']) if row['disk_limit'] else 'none')
         lines.append((fmt % (
             '-' if row.get('xid') is None else row['xid'], row.get('nproc') or 0,
-            format_bytes(row.get('memory_bytes')), format_duration(row.get('cpu_seconds')),
+            format_bytes(row.get('memory_bytes')), disk, format_duration(row.get('cpu_seconds')),
             format_duration(row.get('uptime')), row['state'], row['name'], ','.join(row.get('addresses') or []) or '-')).rstrip())
     return '\n'.join(lines)
 
