@@ -25,7 +25,7 @@ import stat
 import struct
 import time
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K, _masks
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
@@ -259,11 +259,6 @@ def _setup_root(root):
             os.mkdir('/' + directory, 0o755)
     nosuid = K.MS_NOSUID | K.MS_NODEV | K.MS_NOEXEC
     K.mount('proc', '/proc', 'proc', nosuid)
-    for path in ('/proc/sys', '/proc/sysrq-trigger'):
-        if not os.path.exists(path):  # kernels built without CONFIG_MAGIC_SYSRQ
-            continue
-        K.mount(path, path, None, K.MS_BIND)
-        K.mount(None, path, None, K.MS_REMOUNT | K.MS_BIND | K.MS_RDONLY | nosuid)
     K.mount('sysfs', '/sys', 'sysfs', K.MS_RDONLY | nosuid)
     K.mount('tmpfs', '/dev', 'tmpfs', K.MS_NOSUID | K.MS_NOEXEC, 'mode=755,size=1024k')
     for node, major, minor in (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
@@ -280,6 +275,8 @@ def _setup_root(root):
     for link, target in (('fd', '/proc/self/fd'), ('stdin', '/proc/self/fd/0'), ('stdout', '/proc/self/fd/1'),
                          ('stderr', '/proc/self/fd/2')):
         os.symlink(target, '/dev/' + link)
+    # Host-wide /proc and /sys files masked or read-only (docs/security.md).
+    _masks.apply()
 
 
 def _current_caps():
@@ -811,14 +808,16 @@ def format_bytes(value):
 
 
 def stat_table(rows):
-    """A vserver-stat-like table from status() rows."""
+    """A vserver-stat-like table from status() rows; DISK is the disk limit, ``none`` for a guest without one
+    (its tree can fill the host filesystem it lives on), ``-`` when unknown (a broken config)."""
     width = max([len('NAME')] + [len(row['name']) for row in rows])
-    fmt = '%-6s %5s %8s %10s %10s %-9s %-' + str(width) + 's %s'
-    lines = [(fmt % ('CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES')).rstrip()]
+    fmt = '%-6s %5s %8s %6s %10s %10s %-9s %-' + str(width) + 's %s'
+    lines = [(fmt % ('CTX', 'PROC', 'RSS', 'DISK', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES')).rstrip()]
     for row in sorted(rows, key=lambda r: r.get('xid') or 0):
+        disk = '-' if 'disk_limit' not in row else (format_bytes(row['disk_limit']) if row['disk_limit'] else 'none')
         lines.append((fmt % (
             '-' if row.get('xid') is None else row['xid'], row.get('nproc') or 0,
-            format_bytes(row.get('memory_bytes')), format_duration(row.get('cpu_seconds')),
+            format_bytes(row.get('memory_bytes')), disk, format_duration(row.get('cpu_seconds')),
             format_duration(row.get('uptime')), row['state'], row['name'], ','.join(row.get('addresses') or []) or '-')).rstrip())
     return '\n'.join(lines)
 

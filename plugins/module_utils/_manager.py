@@ -453,6 +453,7 @@ def info(paths, names=None, with_processes=True):
             continue
         doc = docs[name]
         row = _context.status(paths, doc)
+        row['disk_limit'] = disk_limit(doc)
         if doc.get('network'):
             from ansible_collections.vserver.core.plugins.module_utils import _netns
             row['network'] = _netns.describe(paths, doc)
@@ -464,6 +465,12 @@ def info(paths, names=None, with_processes=True):
         labels.update((name, {'name': name, 'xid': exc.xid}) for name, exc in broken.items())
         out['processes'] = _context.processes(paths, labels)
     return out
+
+
+def disk_limit(doc):
+    """The guest's disk limit in bytes (its config's limits.disk), or None: its tree shares the host filesystem."""
+    disk = (doc.get('limits') or {}).get('disk')
+    return disk.get('size') if isinstance(disk, dict) else None
 
 
 def broken_status(paths, name, broken):

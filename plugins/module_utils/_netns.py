@@ -358,17 +358,21 @@ def parse_route(payload):
             'dst': socket.inet_ntop(family, attrs[RTA_DST]) if RTA_DST in attrs else None}
 
 
-FRA_SRC, FRA_PRIORITY, FRA_TABLE = 2, 6, 15
+FRA_SRC, FRA_IIFNAME, FRA_PRIORITY, FRA_TABLE = 2, 3, 6, 15
+FIB_RULE_INVERT, FIB_RULE_FIND_SADDR = 2, 0x10000
 
 
 def parse_rule(payload):
-    family, _dst_len, src_len, _tos, table, _res1, _res2, action, _flags = struct.unpack_from('=BBBBBBBBI', payload, 0)
+    family, dst_len, src_len, _tos, table, _res1, _res2, action, flags = struct.unpack_from('=BBBBBBBBI', payload, 0)
     attrs = parse_attrs(payload, 12)
     if FRA_TABLE in attrs:
         table = struct.unpack('=I', attrs[FRA_TABLE][:4])[0]
     return {'family': family, 'src_len': src_len, 'table': table, 'action': action,
             'priority': struct.unpack('=I', attrs[FRA_PRIORITY][:4])[0] if FRA_PRIORITY in attrs else 0,
-            'src': _ip(socket.inet_ntop(family, attrs[FRA_SRC])) if FRA_SRC in attrs else None}
+            'src': _ip(socket.inet_ntop(family, attrs[FRA_SRC])) if FRA_SRC in attrs else None,
+            'dst_len': dst_len, 'invert': bool(flags & FIB_RULE_INVERT),
+            'find_saddr': bool(flags & FIB_RULE_FIND_SADDR),
+            'iif': _cstr(attrs[FRA_IIFNAME]) if FRA_IIFNAME in attrs else None}
 
 
 @contextlib.contextmanager
@@ -390,6 +394,36 @@ def in_netns(handle):
             K.setns(own, K.CLONE_NEWNET)
     finally:
         os.close(own)
+
+
+IPV6_OFF = '/proc/sys/net/ipv6/conf/%s/disable_ipv6'
+
+
+def read_ipv6_off(handle, names):
+    """{link name: IPv6 turned off} in the namespace at ``handle`` (links the kernel shows no setting for left out)."""
+    out = {}
+    with in_netns(handle):
+        for name in names:
+            try:
+                with open(IPV6_OFF % name) as sysctl:
+                    out[name] = sysctl.read().strip() != '0'
+            except OSError:
+                pass
+    return out
+
+
+def set_ipv6_off(handle, name, off):
+    """Turn IPv6 off (addresses and routes go with it) or on for one link of the namespace at ``handle``."""
+    try:
+        with in_netns(handle):
+            with open(IPV6_OFF % name, 'w') as sysctl:
+                sysctl.write('1' if off else '0')
+    except FileNotFoundError:
+        if off and not os.path.exists('/proc/sys/net/ipv6'):
+            return  # a kernel without IPv6: off already
+        raise VServerError('network change failed: no IPv6 setting for interface %s in the guest' % name)
+    except OSError as exc:
+        raise VServerError('network change failed: IPv6 %s on %s: %s' % ('off' if off else 'on', name, exc))
 
 
 class NetState:
@@ -416,6 +450,7 @@ class NetState:
         finally:
             sock.close()
         self.by_index = {link['index']: link for link in self.links.values()}
+        self.ipv6_off = read_ipv6_off(netns, self.links) if netns is not None and routes else {}
 
     def _dump(self, sock, msg_type, body):
         self.seq += 1
@@ -467,6 +502,7 @@ class Plan:
         self.host = []          # ip -batch lines in the host namespace
         self.guest = []         # ip -batch lines in the guest namespace
         self.guest6 = []        # ip -6 -batch lines in the guest namespace (source address policy rules)
+        self.ipv6 = None        # (interface, off): IPv6 turned on before the guest lines, or off after them
         self.actions = []       # human readable
         self.created = []       # host links created (rolled back on failure)
         self.bridge_addrs = []  # (cidr, bridge) added to an existing bridge (rolled back on failure)
@@ -598,6 +634,7 @@ def plan_live(section, xid, pid, host, guest, previous=None):
         if mode == 'bridge' and not host.links[host_end]['up']:
             plan.host.append('link set %s up' % host_end)
     wanted = [_iface(a) for a in section['addresses']]
+    plan_ipv6_switch(plan, ifname, wanted, None if fresh else guest.ipv6_off.get(ifname))
     for iface in current:
         if iface not in wanted:
             plan.guest.append('addr del %s dev %s' % (iface.with_prefixlen, ifname))
@@ -623,26 +660,103 @@ def plan_live(section, xid, pid, host, guest, previous=None):
     return plan
 
 
+def plan_ipv6_switch(plan, ifname, wanted, off):
+    """IPv6 on the guest's link only while it has an IPv6 address (``off``: the link's current setting, None for
+    a link created by this plan or one the kernel shows no setting for). Without IPv6 on its link a guest sends
+    no IPv6 packet at all, whatever source it binds to; its loopback keeps ::1 (never leaves the namespace)."""
+    want_off = not any(i.version == 6 for i in wanted)
+    if off is None:
+        plan.ipv6 = (ifname, want_off)
+    elif off != want_off:
+        plan.ipv6 = (ifname, want_off)
+        plan.actions.append('turn IPv6 %s on %s' % ('off' if want_off else 'on', ifname))
+
+
 # IPv6 lets an unprivileged socket send from an address it does not hold (IPV6_FREEBIND); IPv4 does not (the
 # route lookup fails without IP_TRANSPARENT). So the guest's namespace gets IPv6 policy rules: traffic from
 # each of its own IPv6 addresses uses the main table, anything else from the guest is unreachable. Unbound
 # sockets still work: the kernel picks a source address, then looks the route up again with it.
-RULE_OWN_PREF, RULE_BLOCK_PREF = 101, 200
+# The kernel's own rule (pref 0: everything looks up the local table) would let any source through to a
+# multicast destination (ff00::/8 is a route of the local table): it is replaced by one rule for what the guest
+# receives and one for what it sends to anything but multicast; multicast goes out from its own addresses only,
+# through one local-table rule per address flagged FIB_RULE_FIND_SADDR (set over rtnetlink; `ip rule` cannot set
+# it and does not show it): a socket without a source gets the address the kernel picks on the guest's link
+# (without the flag it would pick ::1 for link-scope multicast and be refused).
+RULE_LOCAL_IN_PREF, RULE_LOCAL_OUT_PREF, RULE_OWN_LOCAL_PREF, RULE_OWN_PREF, RULE_BLOCK_PREF = 1, 2, 100, 101, 200
 FR_ACT_TO_TBL, FR_ACT_UNREACHABLE = 1, 7
+RT_TABLE_LOCAL = 255
+RTM_NEWRULE, RTM_DELRULE = 32, 33
+_SADDR_RULE = re.compile(r'^rule (add|del) from (\S+)/128 lookup local pref %d$' % RULE_OWN_LOCAL_PREF)
+
+
+def _local_rules(rules):
+    """Which of the local-table rules the guest's namespace has: the kernel's, the inbound one, the outbound one."""
+    local = [r for r in rules if r['table'] == RT_TABLE_LOCAL and r['action'] == FR_ACT_TO_TBL and not r['src_len']]
+    kernel = any(r['priority'] == 0 and not r.get('invert') for r in local)
+    inbound = any(r['priority'] == RULE_LOCAL_IN_PREF and r.get('invert') and r.get('iif') == 'lo' for r in local)
+    outbound = any(r['priority'] == RULE_LOCAL_OUT_PREF and r.get('invert') and r.get('dst_len') == 8 for r in local)
+    return kernel, inbound, outbound
 
 
 def plan_source_rules(plan, wanted, guest):
     own = {i.ip for i in wanted if i.version == 6}
     have = {r['src'] for r in guest.rules6 if r['priority'] == RULE_OWN_PREF and r['src_len'] == 128}
+    have_local = {r['src'] for r in guest.rules6 if r['priority'] == RULE_OWN_LOCAL_PREF and r['src_len'] == 128
+                  and r.get('find_saddr')}
     blocked = any(r['priority'] == RULE_BLOCK_PREF and r['action'] == FR_ACT_UNREACHABLE for r in guest.rules6)
+    kernel, inbound, outbound = _local_rules(guest.rules6)
+    if own:  # the replacements first: local delivery never stops
+        if not inbound:
+            plan.guest6.append('rule add not iif lo lookup local pref %d' % RULE_LOCAL_IN_PREF)
+        if not outbound:
+            plan.guest6.append('rule add not to ff00::/8 lookup local pref %d' % RULE_LOCAL_OUT_PREF)
+        if kernel:
+            plan.guest6.append('rule del pref 0 lookup local')
+    for ip in sorted(have_local - own):
+        plan.guest6.append('rule del from %s/128 lookup local pref %d' % (ip, RULE_OWN_LOCAL_PREF))
     for ip in sorted(have - own):
         plan.guest6.append('rule del from %s/128 lookup main pref %d' % (ip, RULE_OWN_PREF))
+    for ip in sorted(own - have_local):
+        plan.guest6.append('rule add from %s/128 lookup local pref %d' % (ip, RULE_OWN_LOCAL_PREF))
     for ip in sorted(own - have):
         plan.guest6.append('rule add from %s/128 lookup main pref %d' % (ip, RULE_OWN_PREF))
     if own and not blocked:
         plan.guest6.append('rule add unreachable pref %d' % RULE_BLOCK_PREF)
     if plan.guest6:
         plan.actions.append('set IPv6 source address rules (%s)' % (', '.join(map(str, sorted(own))) or 'none'))
+
+
+def _rules6(lines, handle):
+    """IPv6 rule lines in order: through `ip -6 -batch`, the per-address local-table rules over rtnetlink."""
+    chunk = []
+    for line in list(lines) + [None]:
+        m = _SADDR_RULE.match(line) if line is not None else None
+        if line is not None and not m:
+            chunk.append(line)
+            continue
+        _batch(chunk, handle, family6=True)
+        chunk = []
+        if m:
+            _saddr_rule(m.group(1) == 'add', _ip(m.group(2)), handle, line)
+
+
+def _saddr_rule(add, ip, handle, line):
+    body = (struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 128, 0, RT_TABLE_LOCAL, 0, 0, FR_ACT_TO_TBL,
+                        FIB_RULE_FIND_SADDR)
+            + _rta(FRA_PRIORITY, struct.pack('=I', RULE_OWN_LOCAL_PREF)) + _rta(FRA_SRC, ip.packed))
+    flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL if add else 0)
+    with in_netns(handle):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    with sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack('=IHHII', 16 + len(body), RTM_NEWRULE if add else RTM_DELRULE, flags, 1, 0) + body)
+        while True:
+            answers = [p for k, p in parse_messages(sock.recv(1 << 16)) if k == NLMSG_ERROR]
+            if answers:
+                break
+    code = struct.unpack_from('=i', answers[0], 0)[0]
+    if code:
+        raise VServerError('network change failed: %s: %s' % (line, os.strerror(-code)))
 
 
 def _batch(lines, handle=None, family6=False):
@@ -752,9 +866,13 @@ def execute(plan, handle):
     try:
         _batch(plan.guest_pre, handle)
         _batch(plan.host)
-        if plan.host or not _netlink_batch(plan.guest, handle):
+        if plan.ipv6 and not plan.ipv6[1]:
+            set_ipv6_off(handle, plan.ipv6[0], False)  # before its IPv6 addresses are added
+        if plan.guest and (plan.host or not _netlink_batch(plan.guest, handle)):
             _batch(plan.guest, handle)
-        _batch(plan.guest6, handle, family6=True)
+        if plan.ipv6 and plan.ipv6[1]:
+            set_ipv6_off(handle, plan.ipv6[0], True)   # after its IPv6 addresses are removed
+        _rules6(plan.guest6, handle)
     except BaseException:
         for name in reversed(plan.created):
             try:
@@ -990,9 +1108,11 @@ def apply_on_start(paths, doc, runtime):
 
 def netns_defaults(doc):
     """``netns`` hook, in the guest's new namespace: no IPv6 autoconfiguration (SLAAC, RA, link-local),
-    so the guest holds only the addresses it was given."""
-    for key, value in (('addr_gen_mode', '1'), ('accept_ra', '0'), ('autoconf', '0')):
-        for scope in ('default', 'all'):
+    so the guest holds only the addresses it was given; IPv6 off on every link made later (the guest's
+    interface gets it back when it has an IPv6 address). The loopback, made with the namespace, keeps ::1."""
+    for key, value, scopes in (('addr_gen_mode', '1', ('default', 'all')), ('accept_ra', '0', ('default', 'all')),
+                               ('autoconf', '0', ('default', 'all')), ('disable_ipv6', '1', ('default',))):
+        for scope in scopes:
             path = '/proc/sys/net/ipv6/conf/%s/%s' % (scope, key)
             try:
                 with open(path, 'w') as handle:

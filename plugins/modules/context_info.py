@@ -81,6 +81,13 @@ guests:
     nproc: {description: Processes in the guest's cgroup., type: int, returned: always}
     memory_bytes: {description: Memory charged to the guest's cgroup., type: int, returned: always}
     cpu_seconds: {description: CPU time used by the guest's cgroup., type: float, returned: always}
+    disk_limit:
+      description:
+        - The guest's disk limit in bytes (vserver.core.limits O(vserver.core.limits#module:disk)).
+        - Null when it has none; its tree can then fill the host filesystem it lives on.
+      type: int
+      returned: when the guest's config is usable
+      sample: 2147483648
 processes:
   description: Every process on the host, labelled with its context (spectator view).
   returned: when O(processes=true)

@@ -591,7 +591,7 @@ def test_listings_show_each_guests_addresses(net, host_paths, make_guest):
     ensure(host_paths, name='shown', addresses=[net.cidr4(2), net.cidr6(2)], bridge=net.bridge)
     stat = vserver(host_paths, 'stat')
     assert stat.returncode == 0, stat.stderr
-    rows = {line.split()[6]: line for line in stat.stdout.splitlines()[1:]}
+    rows = {line.split()[7]: line for line in stat.stdout.splitlines()[1:]}
     assert '%s,%s' % (net.cidr4(2), net.cidr6(2)) in rows['shown'] and rows['bare'].endswith(' -')
     info = {g['name']: g for g in _manager.info(host_paths, with_processes=False)['guests']}
     assert info['shown']['network']['addresses'] == [net.cidr4(2), net.cidr6(2)]

@@ -76,9 +76,9 @@ def test_listings_show_the_broken_guest_and_it_still_stops(host_paths, make_gues
 
     out = vserver(host_paths, 'stat')
     assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr
-    rows = {line.split()[6]: line.split() for line in out.stdout.splitlines()[1:]}
-    assert rows['good'][:2] == [str(GOOD_XID), '1'] and rows['good'][5] == 'running'
-    assert rows['bad'][0] == ctx and rows['bad'][5] == 'broken'
+    rows = {line.split()[7]: line.split() for line in out.stdout.splitlines()[1:]}
+    assert rows['good'][:2] == [str(GOOD_XID), '1'] and rows['good'][6] == 'running'
+    assert rows['bad'][0] == ctx and rows['bad'][6] == 'broken'
     assert 'vserver: bad is broken: %s' % problem in out.stderr
 
     out = vserver(host_paths, 'ps')

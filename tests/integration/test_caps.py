@@ -134,6 +134,8 @@ def _wire(paths, guest, peer, index):
     g6, p6 = 'fd00:5653::7:%d' % (4 * index + 1), 'fd00:5653::7:%d' % (4 * index + 2)
     ns = ['nsenter', '--net=/proc/%d/ns/net' % pid]
     subprocess.run(ns + ['ip', 'addr', 'add', g4 + '/30', 'dev', a], check=True)
+    # a link made later in a guest's namespace starts with IPv6 off (docs/network.md): this one carries IPv6
+    subprocess.run(ns + ['sh', '-c', 'echo 0 > /proc/sys/net/ipv6/conf/%s/disable_ipv6' % a], check=True)
     subprocess.run(ns + ['ip', 'addr', 'add', g6 + '/126', 'dev', a, 'nodad'], check=True)
     subprocess.run(ns + ['ip', 'link', 'set', a, 'up'], check=True)
     subprocess.run(['ip', '-n', peer, 'addr', 'add', p4 + '/30', 'dev', b], check=True)

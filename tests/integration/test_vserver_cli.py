@@ -20,8 +20,9 @@ def test_cli_lifecycle_and_tables(host_paths, make_guest):
     assert out.returncode == 7 and out.stdout.split()[1] == 'cli-a'
     out = vserver(host_paths, 'stat')
     rows = [line.split() for line in out.stdout.splitlines()]
-    assert rows[0] == ['CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES']
-    assert [r[0] for r in rows[1:]] == ['410', '411'] and all(r[5] == 'running' for r in rows[1:])
+    assert rows[0] == ['CTX', 'PROC', 'RSS', 'DISK', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES']
+    assert [r[0] for r in rows[1:]] == ['410', '411'] and all(r[6] == 'running' for r in rows[1:])
+    assert all(r[3] == 'none' for r in rows[1:])   # no disk limit: their trees share the host filesystem
     out = vserver(host_paths, 'ps')
     init_a = _context.Runtime(host_paths, 'cli-a').init_pid()
     line = [ln for ln in out.stdout.splitlines() if ln.split()[0] == str(init_a)][0].split()
@@ -61,3 +62,12 @@ def test_stop_clears_what_a_dead_init_left(host_paths, make_guest):
     assert out.returncode == 0 and 'stop' in out.stdout
     assert not _context.Runtime(host_paths, 'cli-dead').leftovers()
     assert vserver(host_paths, 'cli-dead', 'stop').stdout.strip() == 'cli-dead: nothing to do'
+
+
+def test_stat_shows_the_disk_limit_or_none(host_paths, make_guest):
+    make_guest('disk-none', xid=412)
+    make_guest('disk-64m', xid=413, limits={'disk': {'size': 64 << 20, 'backend': 'loop', 'fstype': 'ext4'}})
+    out = vserver(host_paths, 'stat')
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[7]: line.split() for line in out.stdout.splitlines()[1:]}
+    assert rows['disk-none'][3] == 'none' and rows['disk-64m'][3] == '64.0M'

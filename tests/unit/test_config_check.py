@@ -204,7 +204,7 @@ def test_stat_table_shows_a_broken_guest_without_xid():
     from ansible_collections.vserver.core.plugins.module_utils import _context
     lines = _context.stat_table([{'name': 'zz', 'xid': None, 'state': 'broken', 'nproc': 2},
                                  {'name': 'db', 'xid': 102, 'state': 'stopped'}]).splitlines()
-    assert lines[1].split() == ['-', '2', '-', '-', '-', 'broken', 'zz', '-']
+    assert lines[1].split() == ['-', '2', '-', '-', '-', '-', 'broken', 'zz', '-']
     assert lines[2].split()[0] == '102'
 
 

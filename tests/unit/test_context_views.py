@@ -42,11 +42,14 @@ def test_parse_proc_cgroup_and_guest_of():
 def test_stat_table_and_formats():
     table = _context.stat_table([
         {'name': 'web', 'xid': 101, 'state': 'running', 'nproc': 3, 'memory_bytes': 3 * 1024 * 1024,
-         'cpu_seconds': 75.5, 'uptime': 90061, 'addresses': ['198.18.0.2/24', 'fd00:5653::2/64']},
+         'cpu_seconds': 75.5, 'uptime': 90061, 'addresses': ['198.18.0.2/24', 'fd00:5653::2/64'],
+         'disk_limit': 2 << 30},
         {'name': 'db', 'xid': 100, 'state': 'stopped', 'nproc': 0, 'memory_bytes': None, 'cpu_seconds': None,
-         'uptime': None}])
+         'uptime': None, 'disk_limit': None},
+        {'name': 'bad', 'xid': 102, 'state': 'broken', 'nproc': 0}])
     lines = table.splitlines()
-    assert lines[0].split() == ['CTX', 'PROC', 'RSS', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES']
-    assert lines[1].split() == ['100', '0', '-', '-', '-', 'stopped', 'db', '-']
-    assert lines[2].split() == ['101', '3', '3.0M', '00:01:15', '1d01h01', 'running', 'web',
+    assert lines[0].split() == ['CTX', 'PROC', 'RSS', 'DISK', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES']
+    assert lines[1].split() == ['100', '0', '-', 'none', '-', '-', 'stopped', 'db', '-']   # no disk limit: said
+    assert lines[2].split() == ['101', '3', '3.0M', '2.0G', '00:01:15', '1d01h01', 'running', 'web',
                                 '198.18.0.2/24,fd00:5653::2/64']
+    assert lines[3].split()[3] == '-'     # a broken config: unknown

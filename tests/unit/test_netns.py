@@ -10,7 +10,7 @@ from ansible_collections.vserver.core.plugins.module_utils import _netns as N
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
-def fake_state(links=(), addrs=(), routes=(), rules=()):
+def fake_state(links=(), addrs=(), routes=(), rules=(), ipv6_off=None):
     """A NetState built from tables instead of the kernel."""
     st = object.__new__(N.NetState)
     st.links = {}
@@ -21,7 +21,12 @@ def fake_state(links=(), addrs=(), routes=(), rules=()):
     st.by_index = {link['index']: link for link in st.links.values()}
     st.addrs = [{'index': st.links[dev]['index'], 'iface': ipaddress.ip_interface(a), 'scope': 0} for dev, a in addrs]
     st.routes = [dict(r, table=254, dst_len=0, dst=None) for r in routes]
-    st.rules6 = [dict(r, family=socket.AF_INET6, table=254) for r in rules]
+    st.rules6 = [dict({'table': 254, 'invert': False, 'iif': None, 'dst_len': 0}, family=socket.AF_INET6, **r)
+                 for r in rules]
+    # IPv6 is on only where the link has an IPv6 address, unless told otherwise
+    st.ipv6_off = ipv6_off if ipv6_off is not None else {
+        name: not any(a['iface'].version == 6 for a in st.addrs if a['index'] == link['index'])
+        for name, link in st.links.items() if name != 'lo'}
     return st
 
 
@@ -182,6 +187,7 @@ def test_plan_changes_only_what_differs():
                           'addr add fd00:8::5/64 dev eth0 nodad', 'route replace 0.0.0.0/0 via 10.0.0.1 dev eth0',
                           'route replace ::/0 via fd00:8::1 dev eth0']
     assert plan.host == ['addr add fd00:8::1/64 dev vstb nodad', 'link set vstb-7 mtu 1400']
+    assert plan.ipv6 == ('eth0', False) and 'turn IPv6 on on eth0' in plan.actions
     removal = N.plan_live(None, 7, 4242, host, guest)
     assert removal.guest == ['link del eth0'] and removal.host == []
 
@@ -303,9 +309,22 @@ def test_ipv6_source_rules_follow_the_guest_addresses():
     host, guest = synced_states()
     section = dict(BRIDGE_SECTION, addresses=['10.0.0.5/24', 'fd00:8::5/64', 'fd00:9::5/64'], gateway=[])
     plan = N.plan_live(section, 7, 4242, host, guest)
-    assert plan.guest6 == ['rule add from fd00:8::5/128 lookup main pref 101',
+    kernel_rule = {'priority': 0, 'src_len': 0, 'src': None, 'action': 1, 'table': 255}
+    guest.rules6 = [dict(kernel_rule, invert=False, iif=None, dst_len=0, family=socket.AF_INET6)]
+    plan = N.plan_live(section, 7, 4242, host, guest)
+    # the kernel's catch-all local rule is replaced (inbound, outbound but multicast) before it goes
+    assert plan.guest6 == ['rule add not iif lo lookup local pref 1', 'rule add not to ff00::/8 lookup local pref 2',
+                           'rule del pref 0 lookup local',
+                           'rule add from fd00:8::5/128 lookup local pref 100',
+                           'rule add from fd00:9::5/128 lookup local pref 100',
+                           'rule add from fd00:8::5/128 lookup main pref 101',
                            'rule add from fd00:9::5/128 lookup main pref 101', 'rule add unreachable pref 200']
+    assert plan.ipv6 == ('eth0', False)
     ruled = fake_state(guest.links.values(), [('eth0', '10.0.0.5/24'), ('eth0', 'fd00:8::5/64')], rules=[
+        {'priority': 1, 'src_len': 0, 'src': None, 'action': 1, 'table': 255, 'invert': True, 'iif': 'lo'},
+        {'priority': 2, 'src_len': 0, 'src': None, 'action': 1, 'table': 255, 'invert': True, 'dst_len': 8},
+        {'priority': 100, 'src_len': 128, 'src': ipaddress.ip_address('fd00:8::5'), 'action': 1, 'table': 255,
+         'find_saddr': True},
         {'priority': 101, 'src_len': 128, 'src': ipaddress.ip_address('fd00:8::5'), 'action': 1},
         {'priority': 101, 'src_len': 128, 'src': ipaddress.ip_address('fd00:7::5'), 'action': 1},
         {'priority': 200, 'src_len': 0, 'src': None, 'action': 7}])
@@ -313,11 +332,30 @@ def test_ipv6_source_rules_follow_the_guest_addresses():
     ruled.by_index = guest.by_index
     plan = N.plan_live(dict(section, addresses=['10.0.0.5/24', 'fd00:8::5/64']), 7, 4242, host, ruled)
     assert plan.guest6 == ['rule del from fd00:7::5/128 lookup main pref 101']
-    assert N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, guest).guest6 == []   # IPv4 only: no rules
+    assert plan.ipv6 is None    # already on
+    v4only = N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, guest)
+    assert v4only.guest6 == [] and v4only.ipv6 is None   # IPv4 only: no rules, IPv6 stays off
+    # losing the last IPv6 address turns IPv6 off on the link (after the address lines)
+    plan = N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, ruled)
+    assert plan.ipv6 == ('eth0', True) and 'turn IPv6 off on eth0' in plan.actions
+    assert 'addr del fd00:8::5/64 dev eth0' in plan.guest
+
+
+def test_a_new_interface_gets_ipv6_only_with_an_ipv6_address():
+    host = fake_state([{'name': 'vstb', 'kind': 'bridge'}])
+    plan = N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, fake_state([{'name': 'lo'}]))
+    assert plan.ipv6 == ('eth0', True)
+    plan = N.plan_live(dict(BRIDGE_SECTION, addresses=['fd00:8::5/64'], gateway=[]), 7, 4242, host,
+                       fake_state([{'name': 'lo'}]))
+    assert plan.ipv6 == ('eth0', False)
 
 
 def test_rule_parser():
     body = struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 128, 0, 254, 0, 0, 1, 0) + \
         rta(6, struct.pack('=I', 101)) + rta(2, socket.inet_pton(socket.AF_INET6, 'fd00:8::5'))
     assert N.parse_rule(body) == {'family': socket.AF_INET6, 'src_len': 128, 'table': 254, 'action': 1,
-                                  'priority': 101, 'src': ipaddress.ip_address('fd00:8::5')}
+                                  'priority': 101, 'src': ipaddress.ip_address('fd00:8::5'), 'dst_len': 0,
+                                  'invert': False, 'iif': None, 'find_saddr': False}
+    inbound = struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 0, 0, 255, 0, 0, 1, 2) + \
+        rta(6, struct.pack('=I', 1)) + rta(3, b'lo\0')
+    assert N.parse_rule(inbound)['invert'] and N.parse_rule(inbound)['iif'] == 'lo'
