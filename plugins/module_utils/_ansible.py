@@ -48,6 +48,8 @@ def run(module, manager):
         module.fail_json(msg=str(exc), **extra)
     except OSError as exc:
         module.fail_json(msg='%s' % exc, exception=traceback.format_exc())
+    for warning in result.pop('warnings', None) or []:  # exit_json(warnings=...) is deprecated
+        module.warn(warning)
     if result.get('failed'):  # a manager that carried on past a failure (guests: one broken guest of many)
         module.fail_json(**result)
     module.exit_json(**result)

@@ -1006,8 +1006,8 @@ def ensure(paths, params, check_mode=False):
         needed = sorted(k for k, v in result['forwarding_needed'].items() if v)
         if needed and actions:
             result['warnings'] = ['guest %s reaches only its own subnet and the host: its gateway is this host, '
-                                  'which does not forward %s (left unchanged; the host role\'s host_ip_forward and '
-                                  'host_nat_masquerade turn forwarding and NAT on)' % (name, ' and '.join(needed))]
+                                  'which does not forward %s (left unchanged; the host role\'s host_ip_forward '
+                                  'turns forwarding on)' % (name, ' and '.join(needed))]
         if not check_mode and actions:
             # The guest's namespace first, then the config; a config that cannot be saved undoes the live change
             # (docs/network.md, "Live changes and the config"). A run killed between the two leaves the kernel

@@ -19,8 +19,8 @@ description:
   - Changes apply live to a running guest (no restart) and are stored in the C(network) section of the guest's
     config, re-applied at every start.
   - The host's IP forwarding and NAT are never changed. When the guest's gateway is the host and the host does
-    not forward, RV(forwarding_needed) says so; the C(host) role's C(host_ip_forward) and C(host_nat_masquerade)
-    variables turn them on explicitly.
+    not forward, RV(forwarding_needed) says so; the C(host) role's C(host_ip_forward) variable turns forwarding
+    on explicitly. NAT for private guest subnets is left to the host's own firewall.
 author:
   - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
