@@ -36,8 +36,8 @@ GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # name -> list of callables. Each concern (limits, network, ccaps) registers its own.
 #   'cgroup':  f(doc, group)          after the guest cgroup is created, before any process joins it
 #   'netns':   f(doc)                 in the guest's new network namespace, before init is forked
-#   'child':   f(doc)                 in every guest process the runtime makes (init after pivot_root, and
-#                                     each `vserver exec/enter`), before caps are dropped: per-process settings
+#   'child':   f(doc)                 in the guest's init after pivot_root, before caps are dropped: per-process
+#                                     settings (`vserver exec/enter` copy the result from init: see _enter)
 #   'started': f(paths, doc, runtime) after init runs (host side); may raise to roll back
 #   'absent':  f(paths, doc)          when a guest is removed (after it is stopped, before its config goes)
 HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': [], 'absent': []}
@@ -503,55 +503,11 @@ def set_uts(paths, doc, layout=None):
 
 # --- entering a running guest -----------------------------------------------------------------------
 
-def enter(paths, doc, argv, layout=None, env=None):
-    """Run ``argv`` inside the running guest (its namespaces, cgroup, bounding set). Returns the exit code."""
-    rt = Runtime(paths, doc['name'], layout)
-    not_running = VServerError('guest %s is not running' % doc['name'])
-    proc_fd = rt.open_init()
-    if proc_fd is None:
-        raise not_running
-    load_hooks()
-    fds = []
-    try:
-        try:  # through init's /proc fd: an init that exits (or a reused pid) is never entered
-            for kind in ('cgroup', 'ipc', 'uts', 'net', 'pid', 'time', 'mnt'):
-                fds.append(os.open('ns/' + kind, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
-        except (FileNotFoundError, ProcessLookupError):
-            raise not_running from None
-        finally:
-            os.close(proc_fd)
-        child = os.fork()
-        if child == 0:
-            try:
-                rt.group.join(os.getpid())
-                for fd in fds:
-                    K.setns(fd, 0)
-                os.chdir('/')
-                grandchild = os.fork()
-                if grandchild == 0:
-                    for hook in HOOKS['child']:  # per-process settings of guest processes (rlimits)
-                        hook(doc)
-                    drop_privileges(doc)
-                    _reset_signals()
-                    environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
-                               'TERM': os.environ.get('TERM', 'linux')}
-                    environ.update(env or {})
-                    os.execvpe(argv[0], argv, environ)
-                dummy, status = os.waitpid(grandchild, 0)
-                os._exit(os.waitstatus_to_exitcode(status) & 0xff if os.WIFEXITED(status)
-                         else 128 + os.WTERMSIG(status))
-            except BaseException as exc:
-                os.write(2, ('vserver: cannot enter %s: %s\n' % (doc['name'], exc)).encode())
-                os._exit(126)
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            dummy, status = os.waitpid(child, 0)
-        finally:
-            signal.signal(signal.SIGINT, old)
-        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-    finally:
-        for fd in fds:
-            os.close(fd)
+def enter(paths, doc, argv, layout=None, env=None, terminal=False):
+    """Run ``argv`` inside the running guest with exactly its init's credentials (namespaces, cgroups, bounding
+    set, capabilities, no_new_privs, rlimits); returns the exit status. See ``_enter``."""
+    from ansible_collections.vserver.core.plugins.module_utils import _enter
+    return _enter.enter(Runtime(paths, doc['name'], layout), doc, argv, env=env, terminal=terminal)
 
 
 # --- spectator view ---------------------------------------------------------------------------------

@@ -1,0 +1,352 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: running a program inside a running guest (``vserver NAME exec|enter``).
+
+The host side (this module, in the admin's process) reads what the guest's init holds (namespaces, cgroups in
+every hierarchy, bounding set, no_new_privs, groups, rlimits) through init's /proc fd, opens everything the entry
+needs while it still resolves paths on the host, allocates a pty in the guest's own devpts instance when a terminal
+is involved, logs the entry to syslog, and forks. The child leaves the admin's session and executes a fresh
+interpreter through a detached read-only bind mount of the host's Python binary (``_enter_stage``): no process
+that can be seen from inside the guest is ever the admin's Python, nor has a writable host binary as its exe.
+The second stage joins the guest and forks the guest's program (see ``_enter_stage``); this side relays the pty
+(keys, output, window size), forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 and returns the exit status.
+See docs/security.md, "Entering a guest".
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import resource
+import select
+import signal
+import stat
+
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STAGE = os.path.join(HERE, '_enter_stage.py')
+BOOT = 'import sys;sys.path.insert(0,%r);import _enter_stage;_enter_stage.main(%d)'
+# joined in this order; mount last (it changes the root), PID applies to the second stage's children only
+NS_ORDER = ('cgroup', 'ipc', 'uts', 'net', 'time', 'pid', 'mnt')
+GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+PTMX = (5, 2)
+
+
+def rlimit_ids():
+    return sorted(getattr(resource, name) for name in dir(resource) if name.startswith('RLIMIT_'))
+
+
+def cgroup_dirs(cgroup_raw, mounts):
+    """The host directories of the cgroups listed in a /proc/PID/cgroup text, one per hierarchy."""
+    out = []
+    for line in cgroup_raw.splitlines():
+        parts = line.split(':', 2)
+        if len(parts) != 3:
+            continue
+        controllers, path = parts[1], parts[2]
+        wanted = set(controllers.split(',')) if controllers else None
+        for mnt in mounts:
+            if wanted is None and mnt['fstype'] == 'cgroup2' or \
+                    wanted and mnt['fstype'] == 'cgroup' and wanted <= set(mnt['super'].split(',')):
+                root = mnt['root'].rstrip('/')
+                if path == root or path.startswith(root + '/'):
+                    out.append(mnt['mountpoint'].rstrip('/') + path[len(root):])
+                    break
+        else:
+            raise VServerError('cgroup hierarchy %r of the guest is not mounted on the host' % controllers)
+    return out
+
+
+def guest_facts(proc_fd):
+    """What the guest's init holds, read once through its /proc fd; None if init is gone."""
+    status = K.read_at(proc_fd, 'status')
+    cgroup = K.read_at(proc_fd, 'cgroup')
+    if not status or not cgroup:
+        return None
+    fields = K.parse_status(status)
+    pid = int(fields['Pid'])
+    limits = [(res,) + resource.prlimit(pid, res) for res in rlimit_ids()]
+    if K.read_stat_at(proc_fd) is None:  # the limits read were those of that very init
+        return None
+    return {'bcaps': int(fields['CapBnd'], 16), 'nnp': fields.get('NoNewPrivs', '0') == '1',
+            'groups': [int(g) for g in fields.get('Groups', '').split()], 'cgroup': cgroup, 'rlimits': limits}
+
+
+def _open_guest_ptmx(proc_fd):
+    """The guest's own /dev/pts/ptmx, opened through init's root without following a symlink the guest may have
+    planted, and checked to be a devpts ptmx. Returns (master, peer) fds."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    root = os.open('root', flags, dir_fd=proc_fd)
+    dirs = [root]
+    try:
+        dirs.append(os.open('dev', flags | os.O_NOFOLLOW, dir_fd=root))
+        dirs.append(os.open('pts', flags | os.O_NOFOLLOW, dir_fd=dirs[-1]))
+        if K.fs_type(dirs[-1]) != K.DEVPTS_SUPER_MAGIC:
+            raise OSError('/dev/pts of the guest is not a devpts mount')
+        master = os.open('ptmx', os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dirs[-1])
+    finally:
+        for fd in dirs:
+            os.close(fd)
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != PTMX \
+                or K.fs_type(master) != K.DEVPTS_SUPER_MAGIC:
+            raise OSError('/dev/pts/ptmx of the guest is not a pty multiplexer')
+        return master, K.pty_pair(master)
+    except BaseException:
+        os.close(master)
+        raise
+
+
+def safe_image():
+    """(fd, path) of this interpreter's binary through a detached read-only mount (or a sealed memfd copy where
+    the kernel has no open_tree/mount_setattr): what the second stage executes."""
+    path = os.readlink('/proc/self/exe')
+    try:
+        return K.open_tree_readonly(path), path
+    except OSError as exc:
+        if exc.errno not in (None, 38, 22, 1):  # ENOSYS, EINVAL (old kernel), EPERM (seccomp'd host)
+            raise
+    import fcntl
+    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        memfd = os.memfd_create('vserver-enter', os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        size = os.fstat(src).st_size
+        done = 0
+        while done < size:
+            done += os.sendfile(memfd, src, None, size - done)
+    finally:
+        os.close(src)
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                | fcntl.F_SEAL_WRITE)
+    return memfd, path
+
+
+def log_entry(name, argv, terminal):
+    """One syslog line (authpriv.notice) per exec/enter: who, which guest, which command. Never fails."""
+    try:
+        import pwd
+        import syslog
+        uid = os.getuid()
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+        login = os.environ.get('SUDO_USER') or user
+        tty = os.ttyname(0) if os.isatty(0) else '-'
+        syslog.openlog('vserver', syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+        syslog.syslog(syslog.LOG_NOTICE, 'guest=%s uid=%d user=%s login=%s tty=%s pty=%s command=%s' % (
+            name, uid, user, login, tty, 'yes' if terminal else 'no', json.dumps(list(argv))))
+        syslog.closelog()
+    except Exception:  # no syslog daemon, no /dev/log: the entry goes on
+        pass
+
+
+def _close_all_but(keep):
+    last = -1
+    for fd in sorted(keep):
+        if fd > last + 1:
+            os.closerange(last + 1, fd)
+        last = fd
+    os.closerange(last + 1, 1 << 20)
+
+
+def _spawn(exe, plan_r, passed, stdio):
+    """Fork the second stage: a new session (off the admin's terminal), ``stdio`` as fds 0-2, nothing else but
+    the fds it needs, then exec the fresh interpreter. Returns its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.setsid()
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target)
+        keep = {0, 1, 2, plan_r} | set(passed)
+        for fd in keep:
+            if fd > 2:
+                os.set_inheritable(fd, True)
+        _close_all_but(keep | {exe[0]})  # the image's fd is used by execve itself: close-on-exec, never passed
+        os.chdir('/')
+        os.execve(exe[0], [exe[1], '-I', '-S', '-c', BOOT % (HERE, plan_r)], {'LC_ALL': 'C'})
+    except BaseException as exc:
+        try:
+            os.write(2, ('vserver: cannot start the entry helper: %s\n' % exc).encode(errors='replace'))
+        finally:
+            os._exit(126)
+
+
+def enter(rt, doc, argv, env=None, terminal=False):
+    """Run ``argv`` inside the running guest of Runtime ``rt`` with exactly its init's credentials; return the exit
+    status (128+N when the command was killed by signal N). ``terminal``: give it a pty of the guest's own for
+    each of fds 0-2 that is a terminal here, and relay it."""
+    name = doc['name']
+    if not argv or not isinstance(argv[0], str) or not argv[0]:
+        raise VServerError('exec: the command is empty; give a program to run inside guest %s' % name, 'command')
+    proc_fd = rt.open_init()
+    if proc_fd is None:
+        raise VServerError('guest %s is not running' % name)
+    opened = []
+    try:
+        if rt.group.frozen():
+            raise VServerError('guest %s is frozen: nothing can run in it until `vserver %s thaw`' % (name, name))
+        facts = guest_facts(proc_fd)
+        if facts is None:
+            raise VServerError('guest %s is not running' % name)
+        try:  # through init's /proc fd: an init that exits (or a reused pid) is never entered
+            ns = []
+            for kind in NS_ORDER:
+                ns.append((kind, os.open('ns/' + kind, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)))
+                opened.append(ns[-1][1])
+        except (FileNotFoundError, ProcessLookupError):
+            raise VServerError('guest %s is not running' % name) from None
+        cgroups = []
+        for path in cgroup_dirs(facts['cgroup'], K.read_mountinfo()):
+            cgroups.append(os.open(os.path.join(path, 'cgroup.procs'), os.O_WRONLY | os.O_CLOEXEC))
+            opened.append(cgroups[-1])
+        ttys = [fd for fd in (0, 1, 2) if os.isatty(fd)] if terminal else []
+        master = peer = None
+        if ttys:
+            try:
+                master, peer = _open_guest_ptmx(proc_fd)
+            except OSError as exc:
+                raise VServerError('guest %s: cannot allocate a terminal inside it: %s' % (name, exc)) from None
+            opened += [master, peer]
+        keep = _caps.mask(_caps.resolve(doc.get('capabilities'))) & facts['bcaps']
+        environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
+                   'TERM': os.environ.get('TERM', 'linux') if ttys else 'dumb'}
+        environ.update(env or {})
+        plan = {'ns': ns, 'cgroups': cgroups, 'bcaps': keep,
+                'nnp': facts['nnp'] or bool((doc.get('capabilities') or {}).get('no_new_privs')),
+                'groups': facts['groups'], 'rlimits': facts['rlimits'], 'argv': list(argv), 'env': environ,
+                'tty': bool(ttys)}
+        exe = safe_image()
+        opened.append(exe[0])
+        plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
+        opened += [plan_r, plan_w]
+        stdio = [peer if fd in ttys else fd for fd in (0, 1, 2)]  # what is not a terminal here passes as it is
+        log_entry(name, argv, bool(ttys))
+        old = {sig: signal.getsignal(sig) for sig in FORWARDED}
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        try:
+            pid = _spawn(exe, plan_r, [fd for dummy, fd in ns] + cgroups, stdio)
+            for fd in [plan_r, exe[0], peer] + [fd for dummy, fd in ns] + cgroups:
+                if fd is not None:
+                    os.close(fd)
+                    opened.remove(fd)
+            _write_all(plan_w, marshal.dumps(plan))
+            os.close(plan_w)
+            opened.remove(plan_w)
+            return _wait(pid, master, ttys, old)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+            for sig, handler in old.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    finally:
+        os.close(proc_fd)
+        for fd in opened:
+            os.close(fd)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _wait(pid, master, ttys, old):
+    """Forward signals to the second stage, relay the pty if any; return the exit status."""
+    def forward(signum, dummy):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    if master is not None:
+        _relay(pid, master, ttys)
+    while True:
+        try:
+            dummy, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return 126
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _relay(pid, master, ttys):
+    """Keys from our terminal (fd 0) to the guest's pty, its output to our terminal, window size along, until the
+    second stage exits. The admin's terminal is in raw mode meanwhile: ^C, ^Z reach the guest's line discipline."""
+    import termios
+    import tty
+    out = 1 if 1 in ttys else 2
+    size_fd = ttys[0]
+    saved = None
+
+    def winsize(*dummy):
+        try:
+            import fcntl
+            import struct
+            raw = fcntl.ioctl(size_fd, termios.TIOCGWINSZ, struct.pack('HHHH', 0, 0, 0, 0))
+            fcntl.ioctl(master, termios.TIOCSWINSZ, raw)
+        except OSError:
+            pass
+    old_winch = signal.signal(signal.SIGWINCH, winsize)
+    pidfd = os.pidfd_open(pid)
+    try:
+        try:
+            termios.tcsetattr(master, termios.TCSANOW, termios.tcgetattr(size_fd))
+        except termios.error:
+            pass
+        winsize()
+        if 0 in ttys:
+            saved = termios.tcgetattr(0)
+            tty.setraw(0, termios.TCSANOW)
+        reading = 0 in ttys
+        pending = b''
+        while True:
+            rlist = [master, pidfd] + ([0] if reading and not pending else [])
+            wlist = [master] if pending else []
+            readable, writable, dummy = select.select(rlist, wlist, [])
+            if master in readable and not _copy_out(master, out):
+                break
+            if 0 in readable:
+                data = os.read(0, 65536)
+                if not data:
+                    reading = False
+                pending += data
+            if master in writable:
+                try:
+                    pending = pending[os.write(master, pending):]
+                except BlockingIOError:
+                    pass
+            if pidfd in readable:
+                _copy_out(master, out)  # what the command wrote last
+                break
+    finally:
+        os.close(pidfd)
+        signal.signal(signal.SIGWINCH, old_winch)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _copy_out(master, out):
+    """Copy what the guest's pty has for us; False once nobody holds its other end."""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:  # EIO: every holder of the guest's side closed it
+            return False
+        if not data:
+            return False
+        _write_all(out, data)
