@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
-import socket
 import stat
 import struct
 import time
@@ -139,6 +137,7 @@ def _log_fd(paths, name):
 
 
 def _lo_up():
+    import socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         import fcntl
@@ -260,6 +259,7 @@ def _intermediate(doc, group, root, log_fd, pid_w, err_w):
     try:
         os.setsid()
         group.join(os.getpid())
+        import socket  # here, not at the top: `vserver exec` never needs it
         K.unshare(K.CLONE_NEWNS | K.CLONE_NEWUTS | K.CLONE_NEWIPC | K.CLONE_NEWNET | K.CLONE_NEWCGROUP
                   | K.CLONE_NEWPID | K.CLONE_NEWTIME)
         # Virtual uptime: the guest's CLOCK_BOOTTIME (and /proc/uptime) starts at zero now.
@@ -326,6 +326,7 @@ def cleanup(paths, name, layout=None, timeout=5.0):
             K.umount(rt.netns, K.MNT_DETACH)
         except OSError:
             pass
+    import shutil  # here, not at the top: `vserver exec` never needs it (it imports bz2, lzma)
     shutil.rmtree(rt.dir, ignore_errors=True)
 
 
@@ -491,6 +492,7 @@ def set_uts(paths, doc, layout=None):
         return
 
     def apply():
+        import socket
         socket.sethostname(doc.get('hostname') or doc['name'])
         K.setdomainname(doc.get('domainname') or '(none)')
     try:  # through init's /proc fd: never the UTS namespace of a process that reused its pid
@@ -503,11 +505,11 @@ def set_uts(paths, doc, layout=None):
 
 # --- entering a running guest -----------------------------------------------------------------------
 
-def enter(paths, doc, argv, layout=None, env=None, terminal=False):
-    """Run ``argv`` inside the running guest with exactly its init's credentials (namespaces, cgroups, bounding
-    set, capabilities, no_new_privs, rlimits); returns the exit status. See ``_enter``."""
+def enter(paths, doc, argv, layout=None, env=None, terminal=False, stage=None):
+    """Run ``argv`` inside the running guest with exactly its init's credentials (namespaces, cgroups in every
+    hierarchy, bounding set, capabilities, no_new_privs, rlimits); returns the exit status. See ``_enter``."""
     from ansible_collections.vserver.core.plugins.module_utils import _enter
-    return _enter.enter(Runtime(paths, doc['name'], layout), doc, argv, env=env, terminal=terminal)
+    return _enter.enter(Runtime(paths, doc['name'], layout), doc, argv, env=env, terminal=terminal, stage=stage)
 
 
 # --- spectator view ---------------------------------------------------------------------------------

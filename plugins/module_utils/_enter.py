@@ -16,19 +16,14 @@ See docs/security.md, "Entering a guest".
 from __future__ import annotations
 
 import json
-import marshal
 import os
 import resource
 import select
 import signal
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _enter_stage, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-STAGE = os.path.join(HERE, '_enter_stage.py')
-BOOT = 'import sys;sys.path.insert(0,%r);import _enter_stage;_enter_stage.main(%d)'
 # joined in this order; mount last (it changes the root), PID applies to the second stage's children only
 NS_ORDER = ('cgroup', 'ipc', 'uts', 'net', 'time', 'pid', 'mnt')
 GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -103,30 +98,6 @@ def _open_guest_ptmx(proc_fd):
         raise
 
 
-def safe_image():
-    """(fd, path) of this interpreter's binary through a detached read-only mount (or a sealed memfd copy where
-    the kernel has no open_tree/mount_setattr): what the second stage executes."""
-    path = os.readlink('/proc/self/exe')
-    try:
-        return K.open_tree_readonly(path), path
-    except OSError as exc:
-        if exc.errno not in (None, 38, 22, 1):  # ENOSYS, EINVAL (old kernel), EPERM (seccomp'd host)
-            raise
-    import fcntl
-    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        memfd = os.memfd_create('vserver-enter', os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        size = os.fstat(src).st_size
-        done = 0
-        while done < size:
-            done += os.sendfile(memfd, src, None, size - done)
-    finally:
-        os.close(src)
-    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-                | fcntl.F_SEAL_WRITE)
-    return memfd, path
-
-
 def log_entry(name, argv, terminal):
     """One syslog line (authpriv.notice) per exec/enter: who, which guest, which command. Never fails."""
     try:
@@ -147,110 +118,78 @@ def log_entry(name, argv, terminal):
         pass
 
 
-def _close_all_but(keep):
-    last = -1
-    for fd in sorted(keep):
-        if fd > last + 1:
-            os.closerange(last + 1, fd)
-        last = fd
-    os.closerange(last + 1, 1 << 20)
-
-
-def _spawn(exe, plan_r, passed, stdio):
-    """Fork the second stage: a new session (off the admin's terminal), ``stdio`` as fds 0-2, nothing else but
-    the fds it needs, then exec the fresh interpreter. Returns its pid."""
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        os.setsid()
-        for target, fd in enumerate(stdio):
-            if fd != target:
-                os.dup2(fd, target)
-        keep = {0, 1, 2, plan_r} | set(passed)
-        for fd in keep:
-            if fd > 2:
-                os.set_inheritable(fd, True)
-        _close_all_but(keep | {exe[0]})  # the image's fd is used by execve itself: close-on-exec, never passed
-        os.chdir('/')
-        os.execve(exe[0], [exe[1], '-I', '-S', '-c', BOOT % (HERE, plan_r)], {'LC_ALL': 'C'})
-    except BaseException as exc:
-        try:
-            os.write(2, ('vserver: cannot start the entry helper: %s\n' % exc).encode(errors='replace'))
-        finally:
-            os._exit(126)
-
-
-def enter(rt, doc, argv, env=None, terminal=False):
+def enter(rt, doc, argv, env=None, terminal=False, stage=None):
     """Run ``argv`` inside the running guest of Runtime ``rt`` with exactly its init's credentials; return the exit
     status (128+N when the command was killed by signal N). ``terminal``: give it a pty of the guest's own for
-    each of fds 0-2 that is a terminal here, and relay it."""
+    each of fds 0-2 that is a terminal here, and relay it. ``stage``: a second stage already started
+    (``_enter_stage.spawn()``, done first thing by the vserver command so that it starts meanwhile)."""
+    if os.geteuid() != 0:
+        raise VServerError('entering guest %s needs root' % doc['name'])
+    if stage is None:
+        stage = _enter_stage.spawn()
+    opened = []
+    try:
+        try:
+            plan, master = _plan(rt, doc, argv, env, terminal, opened)
+        except BaseException:
+            stage.abort()
+            raise
+        log_entry(doc['name'], argv, bool(plan['ttys']))
+        old = {sig: signal.getsignal(sig) for sig in FORWARDED}
+        try:
+            stage.send(plan)
+            return _wait(stage.pid, master, plan['ttys'])
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _plan(rt, doc, argv, env, terminal, opened):
+    """Everything the second stage needs, read from init through its /proc fd and opened here (``opened`` gets
+    the fds, which the second stage duplicates from this process); returns (plan, pty master or None)."""
     name = doc['name']
     if not argv or not isinstance(argv[0], str) or not argv[0]:
         raise VServerError('exec: the command is empty; give a program to run inside guest %s' % name, 'command')
     proc_fd = rt.open_init()
     if proc_fd is None:
         raise VServerError('guest %s is not running' % name)
-    opened = []
-    try:
-        if rt.group.frozen():
-            raise VServerError('guest %s is frozen: nothing can run in it until `vserver %s thaw`' % (name, name))
-        facts = guest_facts(proc_fd)
-        if facts is None:
-            raise VServerError('guest %s is not running' % name)
-        try:  # through init's /proc fd: an init that exits (or a reused pid) is never entered
-            ns = []
-            for kind in NS_ORDER:
-                ns.append((kind, os.open('ns/' + kind, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)))
-                opened.append(ns[-1][1])
-        except (FileNotFoundError, ProcessLookupError):
-            raise VServerError('guest %s is not running' % name) from None
-        cgroups = []
-        for path in cgroup_dirs(facts['cgroup'], K.read_mountinfo()):
-            cgroups.append(os.open(os.path.join(path, 'cgroup.procs'), os.O_WRONLY | os.O_CLOEXEC))
-            opened.append(cgroups[-1])
-        ttys = [fd for fd in (0, 1, 2) if os.isatty(fd)] if terminal else []
-        master = peer = None
-        if ttys:
-            try:
-                master, peer = _open_guest_ptmx(proc_fd)
-            except OSError as exc:
-                raise VServerError('guest %s: cannot allocate a terminal inside it: %s' % (name, exc)) from None
-            opened += [master, peer]
-        keep = _caps.mask(_caps.resolve(doc.get('capabilities'))) & facts['bcaps']
-        environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
-                   'TERM': os.environ.get('TERM', 'linux') if ttys else 'dumb'}
-        environ.update(env or {})
-        plan = {'ns': ns, 'cgroups': cgroups, 'bcaps': keep,
-                'nnp': facts['nnp'] or bool((doc.get('capabilities') or {}).get('no_new_privs')),
-                'groups': facts['groups'], 'rlimits': facts['rlimits'], 'argv': list(argv), 'env': environ,
-                'tty': bool(ttys)}
-        exe = safe_image()
-        opened.append(exe[0])
-        plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
-        opened += [plan_r, plan_w]
-        stdio = [peer if fd in ttys else fd for fd in (0, 1, 2)]  # what is not a terminal here passes as it is
-        log_entry(name, argv, bool(ttys))
-        old = {sig: signal.getsignal(sig) for sig in FORWARDED}
-        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    opened.append(proc_fd)
+    if rt.group.frozen():
+        raise VServerError('guest %s is frozen: nothing can run in it until `vserver %s thaw`' % (name, name))
+    facts = guest_facts(proc_fd)
+    if facts is None:
+        raise VServerError('guest %s is not running' % name)
+    ns = []
+    try:  # through init's /proc fd: an init that exits (or a reused pid) is never entered
+        for kind in NS_ORDER:
+            opened.append(os.open('ns/' + kind, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
+            ns.append((kind, opened[-1]))
+    except (FileNotFoundError, ProcessLookupError):
+        raise VServerError('guest %s is not running' % name) from None
+    cgroups = []
+    for path in cgroup_dirs(facts['cgroup'], K.read_mountinfo()):
+        opened.append(os.open(os.path.join(path, 'cgroup.procs'), os.O_WRONLY | os.O_CLOEXEC))
+        cgroups.append(opened[-1])
+    ttys = [fd for fd in (0, 1, 2) if os.isatty(fd)] if terminal else []
+    master = peer = None
+    if ttys:
         try:
-            pid = _spawn(exe, plan_r, [fd for dummy, fd in ns] + cgroups, stdio)
-            for fd in [plan_r, exe[0], peer] + [fd for dummy, fd in ns] + cgroups:
-                if fd is not None:
-                    os.close(fd)
-                    opened.remove(fd)
-            _write_all(plan_w, marshal.dumps(plan))
-            os.close(plan_w)
-            opened.remove(plan_w)
-            return _wait(pid, master, ttys, old)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-            for sig, handler in old.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-    finally:
-        os.close(proc_fd)
-        for fd in opened:
-            os.close(fd)
+            master, peer = _open_guest_ptmx(proc_fd)
+        except OSError as exc:
+            raise VServerError('guest %s: cannot allocate a terminal inside it: %s' % (name, exc)) from None
+        opened += [master, peer]
+    section = doc.get('capabilities') or {}
+    environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
+               'TERM': os.environ.get('TERM', 'linux') if ttys else 'dumb'}
+    environ.update(env or {})
+    plan = {'ns': ns, 'cgroups': cgroups, 'pty': peer, 'ttys': ttys,
+            'bcaps': _caps.mask(_caps.resolve(section)) & facts['bcaps'],
+            'nnp': facts['nnp'] or bool(section.get('no_new_privs')),
+            'groups': facts['groups'], 'rlimits': facts['rlimits'], 'argv': list(argv), 'env': environ}
+    return plan, master
 
 
 def _write_all(fd, data):
@@ -259,7 +198,7 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def _wait(pid, master, ttys, old):
+def _wait(pid, master, ttys):
     """Forward signals to the second stage, relay the pty if any; return the exit status."""
     def forward(signum, dummy):
         try:
@@ -268,7 +207,6 @@ def _wait(pid, master, ttys, old):
             pass
     for sig in FORWARDED:
         signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     if master is not None:
         _relay(pid, master, ttys)
     while True:

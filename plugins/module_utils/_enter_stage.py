@@ -2,36 +2,138 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to this collection: the second stage of entering a guest (``vserver NAME exec|enter``).
 
-It runs in a fresh interpreter that the host side (``_enter``) executed through a detached read-only bind mount
-of its own binary, so the exe of this process, and of the child it forks into the guest's PID namespace, cannot be
-reopened for writing (the runc CVE-2019-5736 pattern), and its memory holds nothing of the admin's process. It
-imports nothing but the standard library and ``_kernel``, all before it joins the guest's mount namespace: after
-that every path resolves inside the guest's tree, where no host code may be loaded from.
+``spawn()`` runs on the host side, first thing: it forks a child that leaves the admin's session, keeps nothing
+but fds 0-2 and a pipe, and executes a fresh interpreter through a detached read-only bind mount of the host's
+Python binary (``K.open_tree_readonly``; a sealed memfd copy where the kernel lacks it). So the exe of that
+process, and of the child it forks into the guest's PID namespace, cannot be reopened for writing (the runc
+CVE-2019-5736 pattern), and its memory holds nothing of the admin's process. It starts while the host side loads
+the config and checks the guest (``_enter``), which then sends it the plan.
 
-Order: read the plan (a marshal document on a pipe), join the guest's cgroup in every hierarchy, join its seven
-namespaces (PID last but one: it only applies to children; mount last), apply its rlimits, groups, bounding set,
-capabilities and no_new_privs, become non-dumpable, keep only fds 0-2 (the guest's own pty when a terminal is
-involved), then fork. Only the child appears in the guest's PID namespace, already holding exactly the guest's
-credentials; it starts a new session (the pty as its controlling terminal) and execs the guest's program at once.
-This process stays outside the guest's PID namespace, relays signals to the child and exits with its status.
+``main()`` is that fresh interpreter. It imports nothing but the standard library and ``_kernel``, all before it
+joins the guest's mount namespace (from then on every path resolves inside the guest's tree, where no host code
+may be loaded from). It reads the plan (a marshal document on the pipe), takes the fds the host side opened
+(namespaces, cgroup.procs files, the guest's own pty) with pidfd_getfd, joins the guest's cgroup in every
+hierarchy and its seven namespaces (PID applies to children only; mount last), applies the guest's rlimits,
+groups, bounding set, capabilities and no_new_privs, becomes non-dumpable and keeps only fds 0-2. Then it forks:
+only the child appears in the guest's PID namespace, already holding exactly the guest's credentials; it starts a
+new session (the pty as its controlling terminal) and execs the guest's program at once. This process stays
+outside the guest's PID namespace, forwards signals to the child and exits with its status (128+N for signal N).
 """
 
-import fcntl
+import _signal  # the C module: ``signal`` would import enum, the slowest part of this interpreter's start
 import marshal
 import os
 import resource
-import signal
 
 try:
     from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 except ImportError:  # the second stage runs with only the module_utils directory on sys.path
     import _kernel as K
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-             signal.SIGCONT)
-EXIT_SETUP = 126     # the guest could not be entered (the reason is written on stderr)
+HERE = os.path.dirname(os.path.abspath(__file__))
+BOOT = 'import sys;sys.path.insert(0,%r);import _enter_stage;_enter_stage.main(%d,%d)'
+FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2,
+             _signal.SIGCONT)
+EXIT_SETUP = 126      # the guest could not be entered (the reason is written on stderr)
 EXIT_NOT_FOUND = 127  # the command does not exist inside the guest
 
+
+# --- host side --------------------------------------------------------------------------------------------
+
+def safe_image():
+    """(fd, path) of this interpreter's binary through a detached read-only mount (or a sealed memfd copy where
+    the kernel has no open_tree/mount_setattr): what the second stage executes."""
+    path = os.readlink('/proc/self/exe')
+    try:
+        return K.open_tree_readonly(path), path
+    except OSError as exc:
+        if exc.errno not in (1, 22, 38):  # EPERM (a filtered host), EINVAL, ENOSYS (kernel older than 5.12)
+            raise
+    import fcntl
+    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        memfd = os.memfd_create('vserver-enter', os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        size = os.fstat(src).st_size
+        done = 0
+        while done < size:
+            done += os.sendfile(memfd, src, None, size - done)
+    finally:
+        os.close(src)
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                | fcntl.F_SEAL_WRITE)
+    return memfd, path
+
+
+class Stage:
+    """The second stage as seen from the host side: its pid and the pipe its plan goes down."""
+
+    def __init__(self, pid, plan_w):
+        self.pid = pid
+        self.plan_w = plan_w
+
+    def send(self, plan):
+        data = memoryview(marshal.dumps(plan))
+        try:
+            while data:
+                data = data[os.write(self.plan_w, data):]
+        finally:
+            self.close()
+
+    def close(self):
+        if self.plan_w is not None:
+            os.close(self.plan_w)
+            self.plan_w = None
+
+    def abort(self):
+        """No plan: the second stage exits at once (reaped here)."""
+        self.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def spawn():
+    """Start the second stage (see the module's doc); returns a Stage."""
+    exe, path = safe_image()
+    plan_r = plan_w = None
+    try:
+        plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()  # off the admin's session: its terminal is nobody's controlling terminal here
+                os.set_inheritable(plan_r, True)
+                keep = sorted({0, 1, 2, plan_r, exe})
+                last = -1
+                for fd in keep:
+                    if fd > last + 1:
+                        os.closerange(last + 1, fd)
+                    last = fd
+                os.closerange(last + 1, 1 << 20)  # the caller's stray fds (`7</etc`) never go further
+                os.chdir('/')
+                # exe is close-on-exec: execve uses it, the new image does not hold it
+                os.execve(exe, [path, '-I', '-S', '-c', BOOT % (HERE, plan_r, parent)], {'LC_ALL': 'C'})
+            except BaseException as exc:
+                try:
+                    os.write(2, ('vserver: cannot start the entry helper: %s\n' % exc).encode(errors='replace'))
+                finally:
+                    os._exit(EXIT_SETUP)
+        os.close(plan_r)
+        plan_r = None
+        return Stage(pid, plan_w)
+    except BaseException:
+        if plan_w is not None:
+            os.close(plan_w)
+        raise
+    finally:
+        os.close(exe)
+        if plan_r is not None:
+            os.close(plan_r)
+
+
+# --- the second stage -------------------------------------------------------------------------------------
 
 def _fail(stage, exc):
     try:
@@ -41,7 +143,7 @@ def _fail(stage, exc):
 
 
 def drop_to_guest(plan):
-    """rlimits, groups, bounding set, capabilities, no_new_privs: exactly the guest's."""
+    """rlimits, groups, bounding set, capabilities, no_new_privs: exactly the guest's; then not dumpable."""
     for res, soft, hard in plan['rlimits']:
         resource.setrlimit(res, (soft, hard))
     os.setgroups(plan['groups'])
@@ -56,13 +158,30 @@ def drop_to_guest(plan):
     K.prctl(K.PR_SET_DUMPABLE, 0)
 
 
+def _take_fds(plan, parent):
+    """The host side's fds named in the plan, duplicated into this process (pidfd_getfd), in place."""
+    pidfd = os.pidfd_open(parent)
+    try:
+        if os.getppid() != parent:  # the host side is gone (and the pid may be another process's)
+            raise OSError('the vserver command exited')
+        plan['ns'] = [(kind, K.pidfd_getfd(pidfd, fd)) for kind, fd in plan['ns']]
+        plan['cgroups'] = [K.pidfd_getfd(pidfd, fd) for fd in plan['cgroups']]
+        if plan['pty'] is not None:
+            peer = K.pidfd_getfd(pidfd, plan['pty'])
+            for target in plan['ttys']:
+                os.dup2(peer, target)
+            os.close(peer)
+    finally:
+        os.close(pidfd)
+
+
 def _child(plan):
     """In the guest's PID namespace: a new session, then the guest's program. Never returns."""
     try:
         os.setsid()
-        if plan['tty']:
-            fcntl.ioctl(0, K.TIOCSCTTY, 0)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if plan['ttys']:
+            K.set_controlling_tty(plan['ttys'][0])
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
         argv = plan['argv']
         os.execvpe(argv[0], argv, plan['env'])
     except FileNotFoundError:
@@ -75,12 +194,16 @@ def _child(plan):
         os._exit(code)
 
 
-def main(plan_fd):
+def main(plan_fd, parent):
     stage = 'plan'
     try:
-        plan = marshal.loads(K.read_all(plan_fd))
+        raw = K.read_all(plan_fd)
+        if not raw:  # the host side gave up (the guest is not running, ...): it says why
+            os._exit(0)
+        plan = marshal.loads(raw)
         os.close(plan_fd)
         K.libc()  # loaded from the host's library before the mount namespace changes
+        _take_fds(plan, parent)
         stage = 'cgroup'
         for fd in plan['cgroups']:
             os.write(fd, b'0')   # "0": the writing process itself
@@ -93,13 +216,13 @@ def main(plan_fd):
         os.closerange(3, 1 << 20)  # nothing but 0-2 reaches the guest's PID namespace
         stage = 'credentials'
         drop_to_guest(plan)
-        for sig in range(1, signal.NSIG):
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        for sig in range(1, _signal.NSIG):
+            if sig not in (_signal.SIGKILL, _signal.SIGSTOP):
                 try:
-                    signal.signal(sig, signal.SIG_DFL)
+                    _signal.signal(sig, _signal.SIG_DFL)
                 except (OSError, ValueError):
                     pass
-        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
         stage = 'fork'
         pid = os.fork()
     except BaseException as exc:
@@ -117,8 +240,8 @@ def relay(pid):
         except ProcessLookupError:
             pass
     for sig in FORWARDED:
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+        _signal.signal(sig, forward)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORWARDED)
     while True:
         try:
             dummy, status = os.waitpid(pid, 0)

@@ -149,6 +149,7 @@ DEVPTS_SUPER_MAGIC = 0x1cd1
 
 # Syscalls added after the per-architecture tables were unified (Linux 5.1+): one number everywhere but alpha.
 _SYS_OPEN_TREE = 428
+_SYS_PIDFD_GETFD = 438
 _SYS_MOUNT_SETATTR = 442
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
@@ -185,6 +186,16 @@ def fs_type(fd):
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit; f_type is its first word
     _check(libc().fstatfs(ctypes.c_int(fd), buf), 'fstatfs')
     return ctypes.c_long.from_buffer(buf).value
+
+
+def pidfd_getfd(pidfd, fd):
+    """A duplicate (close-on-exec) of fd ``fd`` of the process behind ``pidfd`` (Linux 5.6+)."""
+    return _check(libc().syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
+                                 ctypes.c_uint(0)), 'pidfd_getfd')
+
+
+def set_controlling_tty(fd):
+    fcntl.ioctl(fd, TIOCSCTTY, 0)
 
 
 def pty_pair(ptmx_fd):
