@@ -130,7 +130,7 @@ def enter(rt, doc, argv, env=None, terminal=False, stage=None):
     opened = []
     try:
         try:
-            plan, master = _plan(rt, doc, argv, env, terminal, opened)
+            plan, master = _plan(rt, doc, argv, env, terminal, opened, stage)
         except BaseException:
             stage.abort()
             raise
@@ -147,7 +147,7 @@ def enter(rt, doc, argv, env=None, terminal=False, stage=None):
             os.close(fd)
 
 
-def _plan(rt, doc, argv, env, terminal, opened):
+def _plan(rt, doc, argv, env, terminal, opened, stage):
     """Everything the second stage needs, read from init through its /proc fd and opened here (``opened`` gets
     the fds, which the second stage duplicates from this process); returns (plan, pty master or None)."""
     name = doc['name']
@@ -169,10 +169,10 @@ def _plan(rt, doc, argv, env, terminal, opened):
             ns.append((kind, opened[-1]))
     except (FileNotFoundError, ProcessLookupError):
         raise VServerError('guest %s is not running' % name) from None
-    cgroups = []
+    # the second stage joins the guest's cgroup in every hierarchy now, while it starts up, long before it forks
+    # what the guest will see: joining waits for an RCU grace period (~10 ms), which this hides
     for path in cgroup_dirs(facts['cgroup'], K.read_mountinfo()):
-        opened.append(os.open(os.path.join(path, 'cgroup.procs'), os.O_WRONLY | os.O_CLOEXEC))
-        cgroups.append(opened[-1])
+        _write_all_to(os.path.join(path, 'cgroup.procs'), b'%d' % stage.pid)
     ttys = [fd for fd in (0, 1, 2) if os.isatty(fd)] if terminal else []
     master = peer = None
     if ttys:
@@ -185,11 +185,19 @@ def _plan(rt, doc, argv, env, terminal, opened):
     environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
                'TERM': os.environ.get('TERM', 'linux') if ttys else 'dumb'}
     environ.update(env or {})
-    plan = {'ns': ns, 'cgroups': cgroups, 'pty': peer, 'ttys': ttys,
+    plan = {'ns': ns, 'pty': peer, 'ttys': ttys,
             'bcaps': _caps.mask(_caps.resolve(section)) & facts['bcaps'],
             'nnp': facts['nnp'] or bool(section.get('no_new_privs')),
             'groups': facts['groups'], 'rlimits': facts['rlimits'], 'argv': list(argv), 'env': environ}
     return plan, master
+
+
+def _write_all_to(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd, data):

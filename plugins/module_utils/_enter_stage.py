@@ -25,10 +25,10 @@ import marshal
 import os
 import resource
 
-try:
-    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
-except ImportError:  # the second stage runs with only the module_utils directory on sys.path
+if __name__ == '_enter_stage':  # the second stage: only the module_utils directory is on sys.path
     import _kernel as K
+else:
+    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BOOT = 'import sys;sys.path.insert(0,%r);import _enter_stage;_enter_stage.main(%d,%d)'
@@ -165,7 +165,6 @@ def _take_fds(plan, parent):
         if os.getppid() != parent:  # the host side is gone (and the pid may be another process's)
             raise OSError('the vserver command exited')
         plan['ns'] = [(kind, K.pidfd_getfd(pidfd, fd)) for kind, fd in plan['ns']]
-        plan['cgroups'] = [K.pidfd_getfd(pidfd, fd) for fd in plan['cgroups']]
         if plan['pty'] is not None:
             peer = K.pidfd_getfd(pidfd, plan['pty'])
             for target in plan['ttys']:
@@ -204,10 +203,6 @@ def main(plan_fd, parent):
         os.close(plan_fd)
         K.libc()  # loaded from the host's library before the mount namespace changes
         _take_fds(plan, parent)
-        stage = 'cgroup'
-        for fd in plan['cgroups']:
-            os.write(fd, b'0')   # "0": the writing process itself
-            os.close(fd)
         for kind, fd in plan['ns']:
             stage = 'namespace %s' % kind
             K.setns(fd, 0)
