@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,9 +44,11 @@ static void caps_of(int pid, char *name, size_t nlen, char *eff, size_t elen) {
 
 static void report_fd(const char *what, int pid, int fd, const char *eff) {
     struct stat st;
+    struct statvfs vfs;
     if (fstat(fd, &st) != 0) return;
-    fprintf(out, "%s pid=%d dev=%lu ino=%lu mode=%o eff=%s\n", what, pid, (unsigned long)st.st_dev,
-            (unsigned long)st.st_ino, (unsigned)st.st_mode, eff);
+    int ro = fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY);
+    fprintf(out, "%s pid=%d dev=%lu ino=%lu mode=%o ro=%d eff=%s\n", what, pid, (unsigned long)st.st_dev,
+            (unsigned long)st.st_ino, (unsigned)st.st_mode, ro, eff);
     if (S_ISDIR(st.st_mode)) {
         int m = openat(fd, marker + 1, O_RDONLY);
         if (m >= 0) {
