@@ -142,13 +142,14 @@ def _fail(stage, exc):
         os._exit(EXIT_SETUP)
 
 
-def drop_to_guest(plan):
-    """rlimits, groups, bounding set, capabilities, no_new_privs: exactly the guest's; then not dumpable."""
+def drop_to_guest(plan, last_cap):
+    """rlimits, groups, bounding set, capabilities, no_new_privs: exactly the guest's; then not dumpable.
+    ``last_cap``: read from the host's /proc before joining the guest's mount namespace (not the guest's)."""
     for res, soft, hard in plan['rlimits']:
         resource.setrlimit(res, (soft, hard))
     os.setgroups(plan['groups'])
     keep = plan['bcaps']
-    for bit in range(K.cap_last_cap() + 1):
+    for bit in range(last_cap + 1):
         if not keep & (1 << bit):
             K.prctl(K.PR_CAPBSET_DROP, bit)
     K.prctl(K.PR_CAP_AMBIENT, K.PR_CAP_AMBIENT_CLEAR_ALL)
@@ -181,8 +182,7 @@ def _child(plan):
         if plan['ttys']:
             K.set_controlling_tty(plan['ttys'][0])
         _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
-        argv = plan['argv']
-        os.execvpe(argv[0], argv, plan['env'])
+        _execvpe(plan['argv'], plan['env'])
     except FileNotFoundError:
         code, msg = EXIT_NOT_FOUND, '%s: command not found in the guest' % plan['argv'][0]
     except BaseException as exc:  # reported on the command's stderr
@@ -191,6 +191,23 @@ def _child(plan):
         os.write(2, ('vserver: %s\n' % msg).encode(errors='replace'))
     finally:
         os._exit(code)
+
+
+def _execvpe(argv, env):
+    """os.execvpe without its lazy import of `warnings`: after joining the guest's mount namespace an import
+    would load the module from the guest's tree."""
+    name = argv[0]
+    if '/' in name:
+        os.execve(name, argv, env)
+    denied = None
+    for directory in env.get('PATH', '').split(':'):
+        try:
+            os.execve((directory or '.') + '/' + name, argv, env)
+        except PermissionError as exc:
+            denied = exc
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    raise denied or FileNotFoundError(name)
 
 
 def main(plan_fd, parent):
@@ -202,6 +219,7 @@ def main(plan_fd, parent):
         plan = marshal.loads(raw)
         os.close(plan_fd)
         K.libc()  # loaded from the host's library before the mount namespace changes
+        last_cap = K.cap_last_cap()
         _take_fds(plan, parent)
         for kind, fd in plan['ns']:
             stage = 'namespace %s' % kind
@@ -210,7 +228,7 @@ def main(plan_fd, parent):
         os.chdir('/')
         os.closerange(3, 1 << 20)  # nothing but 0-2 reaches the guest's PID namespace
         stage = 'credentials'
-        drop_to_guest(plan)
+        drop_to_guest(plan, last_cap)
         for sig in range(1, _signal.NSIG):
             if sig not in (_signal.SIGKILL, _signal.SIGSTOP):
                 try:

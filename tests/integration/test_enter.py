@@ -19,6 +19,7 @@ import pytest
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _context, _kernel as K
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, VSERVER, env_for, vserver
+from test_unify import clear_immutable
 
 pytestmark = pytest.mark.cgroup
 FILES = os.path.join(TOP, 'tests', 'integration', 'files')
@@ -247,6 +248,27 @@ def test_signals_and_exit_status_pass_through(host_paths, make_guest):
             proc.wait()
 
 
+def test_nothing_is_imported_from_the_guests_tree(host_paths, make_guest):
+    """The second stage is a host Python inside the guest's mount namespace: a module the guest planted where
+    the host's Python looks for its library would run there (with the guest's credentials, outside its PID
+    namespace) if anything were imported after the switch."""
+    from ansible_collections.vserver.core.plugins.module_utils import _enter_stage
+    doc = make_guest('plant', start=True)
+    here = os.path.join(doc['root'], _enter_stage.HERE.lstrip('/'))
+    lib = os.path.join(doc['root'], 'usr', 'lib', 'python%d.%d' % sys.version_info[:2])
+    payload = 'open("/tmp/imported", "a").write(__name__ + "\\n")\n'
+    for directory in (here, lib, os.path.join(lib, 'encodings')):
+        os.makedirs(directory, exist_ok=True)
+        for module in ('warnings', 'traceback', 'linecache', 'shlex', 'subprocess', 'signal', 'enum', 'utf_8'):
+            with open(os.path.join(directory, module + '.py'), 'w') as handle:
+                handle.write(payload)
+    for args, code in ((('sh', '-c', 'exit 4'), 4), (('true',), 0), (('no-such-program',), 127),
+                       (('/bin/sh', '-c', 'kill -TERM $$'), 128 + signal.SIGTERM)):
+        out = vserver(host_paths, 'plant', 'exec', *args)
+        assert out.returncode == code, (args, out)
+    assert not os.path.exists(os.path.join(doc['root'], 'tmp', 'imported'))
+
+
 def _stages_of(pid):
     """Second-stage processes started by vserver process ``pid`` that are still around."""
     found = []
@@ -325,13 +347,16 @@ def test_unify_update_never_runs_a_stopped_guests_programs_as_host_root(host_pat
     book = os.path.join(TOP, 'playbooks', 'unify_update.yml')
     common = {'vserver_hosts_pattern': 'localhost', 'unify_update_allow': True,
               'unify_update_cli': VSERVER, 'unify_update_paths': path_vars(host_paths)}
-    rc, data = run_playbook(book, dict(common, unify_update_guest='planted', unify_update_command='true'))
-    res = dict(task_results(data))
-    assert marker.read_text() == 'untouched\n'
-    assert 'contained' in res['Run the update command inside the guest']['stdout'], res
-    assert _context.status(host_paths, planted)['state'] == 'stopped'
-    rc, data = run_playbook(book, dict(common, unify_update_guest='honest',
-                                       unify_update_command='echo updated > /etc/vstest-updated'))
-    assert rc == 0, data
-    assert open(os.path.join(honest['root'], 'etc', 'vstest-updated')).read() == 'updated\n'
-    assert _context.status(host_paths, honest)['state'] == 'stopped'
+    try:
+        rc, data = run_playbook(book, dict(common, unify_update_guest='planted', unify_update_command='true'))
+        res = dict(task_results(data))
+        assert marker.read_text() == 'untouched\n'
+        assert 'contained' in res['Run the update command inside the guest']['stdout'], res
+        assert _context.status(host_paths, planted)['state'] == 'stopped'
+        rc, data = run_playbook(book, dict(common, unify_update_guest='honest',
+                                           unify_update_command='echo updated > /etc/vstest-updated'))
+        assert rc == 0, data
+        assert open(os.path.join(honest['root'], 'etc', 'vstest-updated')).read() == 'updated\n'
+        assert _context.status(host_paths, honest)['state'] == 'stopped'
+    finally:
+        clear_immutable(host_paths.tree_dir)
