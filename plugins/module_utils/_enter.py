@@ -2,15 +2,15 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to this collection: running a program inside a running guest (``vserver NAME exec|enter``).
 
-The host side (this module, in the admin's process) reads what the guest's init holds (namespaces, cgroups in
-every hierarchy, bounding set, no_new_privs, groups, rlimits) through init's /proc fd, opens everything the entry
-needs while it still resolves paths on the host, allocates a pty in the guest's own devpts instance when a terminal
-is involved, logs the entry to syslog, and forks. The child leaves the admin's session and executes a fresh
-interpreter through a detached read-only bind mount of the host's Python binary (``_enter_stage``): no process
-that can be seen from inside the guest is ever the admin's Python, nor has a writable host binary as its exe.
-The second stage joins the guest and forks the guest's program (see ``_enter_stage``); this side relays the pty
-(keys, output, window size), forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 and returns the exit status.
-See docs/security.md, "Entering a guest".
+The second stage (``_enter_stage``: a fresh interpreter executed from a read-only mount of the Python binary, so
+no process that can be seen from inside the guest is ever the admin's Python or has a writable host binary as its
+exe) is started first (by the vserver command before it loads anything else, or here). Meanwhile this side, in the
+admin's process, reads what the guest's init holds (namespaces, cgroups in every hierarchy, bounding set,
+no_new_privs, groups, rlimits) through init's /proc fd, moves the second stage into the guest's cgroups, opens the
+namespaces and, when a terminal is involved, a pty in the guest's own devpts instance, logs the entry to syslog
+and sends the plan. The second stage takes the fds with pidfd_getfd, joins the guest, drops to its credentials
+and forks the guest's program; this side relays the pty (keys, output, window size), forwards
+SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 and returns the exit status. See docs/security.md, "Entering a guest".
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _enter_stage, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+
 # joined in this order; mount last (it changes the root), PID applies to the second stage's children only
 NS_ORDER = ('cgroup', 'ipc', 'uts', 'net', 'time', 'pid', 'mnt')
 GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -36,7 +37,8 @@ def rlimit_ids():
 
 
 def cgroup_dirs(cgroup_raw, mounts):
-    """The host directories of the cgroups listed in a /proc/PID/cgroup text, one per hierarchy."""
+    """The host directories of the cgroups listed in a /proc/PID/cgroup text, one per hierarchy (``mounts``: the
+    host's mountinfo). A hierarchy the host has not mounted is skipped when the process sits at its root."""
     out = []
     for line in cgroup_raw.splitlines():
         parts = line.split(':', 2)
@@ -52,7 +54,8 @@ def cgroup_dirs(cgroup_raw, mounts):
                     out.append(mnt['mountpoint'].rstrip('/') + path[len(root):])
                     break
         else:
-            raise VServerError('cgroup hierarchy %r of the guest is not mounted on the host' % controllers)
+            if path != '/':
+                raise VServerError('cgroup hierarchy %r of the guest is not mounted on the host' % controllers)
     return out
 
 
