@@ -234,6 +234,8 @@ def _wait(pid, master, ttys):
 def _relay(pid, master, ttys):
     """Keys from our terminal (fd 0) to the guest's pty, its output to our terminal, window size along, until the
     second stage exits. The admin's terminal is in raw mode meanwhile: ^C, ^Z reach the guest's line discipline."""
+    import fcntl
+    import struct
     import termios
     import tty
     out = 1 if 1 in ttys else 2
@@ -242,8 +244,6 @@ def _relay(pid, master, ttys):
 
     def winsize(*dummy):
         try:
-            import fcntl
-            import struct
             raw = fcntl.ioctl(size_fd, termios.TIOCGWINSZ, struct.pack('HHHH', 0, 0, 0, 0))
             fcntl.ioctl(master, termios.TIOCSWINSZ, raw)
         except OSError:
