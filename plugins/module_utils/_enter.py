@@ -71,6 +71,7 @@ def guest_facts(proc_fd):
     if K.read_stat_at(proc_fd) is None:  # the limits read were those of that very init
         return None
     return {'bcaps': int(fields['CapBnd'], 16), 'nnp': fields.get('NoNewPrivs', '0') == '1',
+            'uids': [int(u) for u in fields['Uid'].split()[:3]], 'gids': [int(g) for g in fields['Gid'].split()[:3]],
             'groups': [int(g) for g in fields.get('Groups', '').split()], 'cgroup': cgroup, 'rlimits': limits}
 
 
@@ -191,7 +192,8 @@ def _plan(rt, doc, argv, env, terminal, opened, stage):
     plan = {'ns': ns, 'pty': peer, 'ttys': ttys,
             'bcaps': _caps.mask(_caps.resolve(section)) & facts['bcaps'],
             'nnp': facts['nnp'] or bool(section.get('no_new_privs')),
-            'groups': facts['groups'], 'rlimits': facts['rlimits'], 'argv': list(argv), 'env': environ}
+            'uids': facts['uids'], 'gids': facts['gids'], 'groups': facts['groups'], 'rlimits': facts['rlimits'],
+            'argv': list(argv), 'env': environ}
     return plan, master
 
 

@@ -143,11 +143,14 @@ def _fail(stage, exc):
 
 
 def drop_to_guest(plan, last_cap):
-    """rlimits, groups, bounding set, capabilities, no_new_privs: exactly the guest's; then not dumpable.
-    ``last_cap``: read from the host's /proc before joining the guest's mount namespace (not the guest's)."""
+    """rlimits, uids, gids, groups, bounding set, capabilities, no_new_privs: exactly the guest's; then not
+    dumpable. ``last_cap``: read from the host's /proc before joining the guest's mount namespace (not the
+    guest's)."""
     for res, soft, hard in plan['rlimits']:
         resource.setrlimit(res, (soft, hard))
     os.setgroups(plan['groups'])
+    os.setresgid(*plan['gids'])
+    os.setresuid(*plan['uids'])  # init's: root, as this process (its capabilities are set below)
     keep = plan['bcaps']
     for bit in range(last_cap + 1):
         if not keep & (1 << bit):
