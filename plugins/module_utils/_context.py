@@ -505,7 +505,7 @@ def set_uts(paths, doc, layout=None):
 
 # --- entering a running guest -----------------------------------------------------------------------
 
-def enter(paths, doc, argv, layout=None, env=None, terminal=False, stage=None):
+def enter(paths, doc, argv, layout=None, env=None, terminal=True, stage=None):
     """Run ``argv`` inside the running guest with exactly its init's credentials (namespaces, cgroups in every
     hierarchy, bounding set, capabilities, no_new_privs, rlimits); returns the exit status. See ``_enter``."""
     from ansible_collections.vserver.core.plugins.module_utils import _enter

@@ -122,7 +122,7 @@ def log_entry(name, argv, terminal):
         pass
 
 
-def enter(rt, doc, argv, env=None, terminal=False, stage=None):
+def enter(rt, doc, argv, env=None, terminal=True, stage=None):
     """Run ``argv`` inside the running guest of Runtime ``rt`` with exactly its init's credentials; return the exit
     status (128+N when the command was killed by signal N). ``terminal``: give it a pty of the guest's own for
     each of fds 0-2 that is a terminal here, and relay it. ``stage``: a second stage already started

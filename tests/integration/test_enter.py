@@ -10,8 +10,10 @@ import select
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -35,11 +37,12 @@ def cli(*args):
     return [sys.executable, VSERVER] + list(args)
 
 
-def converse(argv, env, steps, timeout=60):
-    """Run ``argv`` on a new pty (the admin's terminal); ``steps``: [(bytes to wait for, bytes to type)].
-    Returns (everything the terminal showed, exit status)."""
+def converse(argv, env, steps, timeout=60, rows=33, cols=101):
+    """Run ``argv`` on a new pty (the admin's terminal, ``rows`` x ``cols``); ``steps``: [(bytes to wait for, bytes
+    to type)]. Returns (everything the terminal showed, exit status)."""
     pid, master = pty.fork()
     if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
         os.execve(argv[0], argv, env)
     out = b''
     steps = list(steps)
@@ -166,6 +169,9 @@ def test_the_admins_terminal_is_never_reachable_from_the_guest(host_paths, make_
     shown, code = converse(['/bin/bash', '-c', '%s tty exec /sbin/ttyprobe sti; %s' % (vs, after)], env, [])
     assert code == 0 and b'AFTER:[]' in shown, shown
     assert b'fd0: pushed' in shown  # on the guest's own pty, its controlling terminal: allowed, and harmless
+    # the guest's pty has the admin's window size; the status comes back
+    shown, code = converse(cli('tty', 'exec', '/bin/sh', '-c', 'stty size; tty; exit 5'), env, [], rows=41, cols=97)
+    assert code == 5 and b'41 97' in shown and b'/dev/pts/' in shown, shown
     shown, code = converse(['/bin/bash', '-c', '%s tty enter; %s' % (vs, after)], env,
                            [(b'#', b'/sbin/ttyprobe sti; exit\n')])
     assert code == 0 and b'AFTER:[]' in shown, shown
