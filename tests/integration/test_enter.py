@@ -304,7 +304,7 @@ def test_bad_input_fails_clearly_and_leaves_nothing_running(host_paths, make_gue
     for args, code, msg in cases:
         proc = subprocess.Popen(cli(*args), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        out, err = proc.communicate(timeout=60)
+        dummy, err = proc.communicate(timeout=60)
         assert (proc.returncode, msg in err) == (code, True), (args, proc.returncode, err)
         assert not _stages_of(proc.pid), args
         assert rt.group.procs() == [rt.init_pid()], args
@@ -354,7 +354,7 @@ def test_unify_update_never_runs_a_stopped_guests_programs_as_host_root(host_pat
     common = {'vserver_hosts_pattern': 'localhost', 'unify_update_allow': True,
               'unify_update_cli': VSERVER, 'unify_update_paths': path_vars(host_paths)}
     try:
-        rc, data = run_playbook(book, dict(common, unify_update_guest='planted', unify_update_command='true'))
+        dummy, data = run_playbook(book, dict(common, unify_update_guest='planted', unify_update_command='true'))
         res = dict(task_results(data))
         assert marker.read_text() == 'untouched\n'
         assert 'contained' in res['Run the update command inside the guest']['stdout'], res
