@@ -31,7 +31,10 @@ else:
     from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BOOT = 'import sys;sys.path.insert(0,%r);import _enter_stage;_enter_stage.main(%d,%d)'
+# The program of the fresh interpreter. Where the library lives and the command's pid come down the pipe first (a
+# length and the text), not on the command line: a guest can read the command line of what appears in it.
+BOOT = ("import os,sys;r=%d;n=int(os.read(r,8));h=os.read(r,n).decode().split('\\n');sys.path.insert(0,h[0]);"
+        "import _enter_stage;_enter_stage.main(r,int(h[1]))")
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2,
              _signal.SIGCONT)
 EXIT_SETUP = 126      # the guest could not be entered (the reason is written on stderr)
@@ -114,7 +117,7 @@ def spawn():
                 os.closerange(last + 1, 1 << 20)  # the caller's stray fds (`7</etc`) never go further
                 os.chdir('/')
                 # exe is close-on-exec: execve uses it, the new image does not hold it
-                os.execve(exe, [path, '-I', '-S', '-c', BOOT % (HERE, plan_r, parent)], {'LC_ALL': 'C'})
+                os.execve(exe, [path, '-I', '-S', '-c', BOOT % plan_r], {'LC_ALL': 'C'})
             except BaseException as exc:
                 try:
                     os.write(2, ('vserver: cannot start the entry helper: %s\n' % exc).encode(errors='replace'))
@@ -122,6 +125,8 @@ def spawn():
                     os._exit(EXIT_SETUP)
         os.close(plan_r)
         plan_r = None
+        header = ('%s\n%d' % (HERE, parent)).encode()
+        os.write(plan_w, b'%08d' % len(header) + header)  # one write, under PIPE_BUF: read whole by the stage
         return Stage(pid, plan_w)
     except BaseException:
         if plan_w is not None:

@@ -75,6 +75,16 @@ static void attack(int pid) {
     char path[96], name[64], eff[32];
     caps_of(pid, name, sizeof name, eff, sizeof eff);
     fprintf(out, "NEW pid=%d name=%s eff=%s\n", pid, name, eff);
+    snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+    int cmd = open(path, O_RDONLY);
+    if (cmd >= 0) {
+        char buf[1024];
+        ssize_t n = read(cmd, buf, sizeof buf - 1);
+        close(cmd);
+        for (ssize_t i = 0; i < n; i++) if (buf[i] == 0 || buf[i] == '\n') buf[i] = ' ';
+        buf[n > 0 ? n : 0] = 0;
+        fprintf(out, "CMDLINE pid=%d %s\n", pid, buf);
+    }
     if (kill(pid, 0) == 0) fprintf(out, "SIGNAL pid=%d eff=%s\n", pid, eff);
     if (ptrace(PTRACE_SEIZE, pid, 0, 0) == 0) {
         int status;
