@@ -29,18 +29,22 @@ CAP_BITS = {name: bit for bit, name in enumerate(CAPS)}
 #   mac_admin, mac_override, audit_control: host-wide LSM/audit policy; syslog: reads/clears the host kernel log;
 #   sys_tty_config: vhangup and console ioctls; lease: a lease on a file unified (hardlinked) across guests
 #   would let one guest stall another's open(); bpf, perfmon: kernel-wide tracing and programs;
-#   checkpoint_restore, block_suspend, wake_alarm, audit_read: host-wide facilities; net_raw: use ccap raw_icmp.
+#   checkpoint_restore, block_suspend, wake_alarm, audit_read: host-wide facilities; net_raw: use ccap raw_icmp;
+#   sys_ptrace: it bypasses the dumpable flag and the capability-subset check of ptrace, /proc/PID/{mem,exe,fd},
+#   pidfd_getfd and process_vm_*: a guest root keeping it acts on any process that appears in its PID namespace,
+#   however privileged (the admin's `vserver exec` was one). Without it, root still traces its own dumpable
+#   processes (gdb, strace of the guest's programs keep working).
 # Kept: chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap, net_bind_service, sys_chroot,
-# sys_ptrace (the PID namespace bounds what it reaches), audit_write, setfcap.
+# audit_write, setfcap.
 UTIL_VSERVER_INSECURE = [
     'linux_immutable', 'net_broadcast', 'net_admin', 'net_raw', 'ipc_lock', 'ipc_owner', 'sys_module',
     'sys_rawio', 'sys_pacct', 'sys_admin', 'sys_nice', 'sys_resource', 'sys_time', 'mknod', 'sys_boot',
 ]
 DEFAULT_DROPPED = [
     'dac_read_search', 'linux_immutable', 'net_broadcast', 'net_admin', 'net_raw', 'ipc_lock', 'ipc_owner',
-    'sys_module', 'sys_rawio', 'sys_pacct', 'sys_admin', 'sys_boot', 'sys_nice', 'sys_resource', 'sys_time',
-    'sys_tty_config', 'mknod', 'lease', 'audit_control', 'mac_override', 'mac_admin', 'syslog', 'wake_alarm',
-    'block_suspend', 'audit_read', 'perfmon', 'bpf', 'checkpoint_restore',
+    'sys_module', 'sys_rawio', 'sys_ptrace', 'sys_pacct', 'sys_admin', 'sys_boot', 'sys_nice', 'sys_resource',
+    'sys_time', 'sys_tty_config', 'mknod', 'lease', 'audit_control', 'mac_override', 'mac_admin', 'syslog',
+    'wake_alarm', 'block_suspend', 'audit_read', 'perfmon', 'bpf', 'checkpoint_restore',
 ]
 DEFAULT_BCAPS = [c for c in CAPS if c not in DEFAULT_DROPPED]
 

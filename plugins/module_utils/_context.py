@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import stat
 import struct
 import time
@@ -36,8 +34,8 @@ GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # name -> list of callables. Each concern (limits, network, ccaps) registers its own.
 #   'cgroup':  f(doc, group)          after the guest cgroup is created, before any process joins it
 #   'netns':   f(doc)                 in the guest's new network namespace, before init is forked
-#   'child':   f(doc)                 in every guest process the runtime makes (init after pivot_root, and
-#                                     each `vserver exec/enter`), before caps are dropped: per-process settings
+#   'child':   f(doc)                 in the guest's init after pivot_root, before caps are dropped: per-process
+#                                     settings (`vserver exec/enter` copy the result from init: see _enter)
 #   'started': f(paths, doc, runtime) after init runs (host side); may raise to roll back
 #   'absent':  f(paths, doc)          when a guest is removed (after it is stopped, before its config goes)
 HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': [], 'absent': []}
@@ -226,6 +224,7 @@ def _log_fd(paths, name):
 
 
 def _lo_up():
+    import socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         import fcntl
@@ -344,6 +343,7 @@ def _intermediate(doc, group, root, log_fd, pid_w, err_w):
     try:
         os.setsid()
         group.join(os.getpid())
+        import socket  # here, not at the top: `vserver exec` never needs it
         K.unshare(K.CLONE_NEWNS | K.CLONE_NEWUTS | K.CLONE_NEWIPC | K.CLONE_NEWNET | K.CLONE_NEWCGROUP
                   | K.CLONE_NEWPID | K.CLONE_NEWTIME)
         # Virtual uptime: the guest's CLOCK_BOOTTIME (and /proc/uptime) starts at zero now.
@@ -427,6 +427,7 @@ def cleanup(paths, name, layout=None, timeout=5.0):
             K.umount(rt.netns, K.MNT_DETACH)
         except OSError:
             pass
+    import shutil  # here, not at the top: `vserver exec` never needs it (it imports bz2, lzma)
     shutil.rmtree(rt.dir, ignore_errors=True)
 
 
@@ -671,6 +672,7 @@ def set_uts(paths, doc, layout=None):
         return
 
     def apply():
+        import socket
         socket.sethostname(doc.get('hostname') or doc['name'])
         K.setdomainname(doc.get('domainname') or '(none)')
     try:  # through init's /proc fd: never the UTS namespace of a process that reused its pid
@@ -683,55 +685,11 @@ def set_uts(paths, doc, layout=None):
 
 # --- entering a running guest -----------------------------------------------------------------------
 
-def enter(paths, doc, argv, layout=None, env=None):
-    """Run ``argv`` inside the running guest (its namespaces, cgroup, bounding set). Returns the exit code."""
-    rt = Runtime(paths, doc['name'], layout)
-    not_running = VServerError('guest %s is not running' % doc['name'])
-    proc_fd = rt.open_init()
-    if proc_fd is None:
-        raise not_running
-    load_hooks()
-    fds = []
-    try:
-        try:  # through init's /proc fd: an init that exits (or a reused pid) is never entered
-            for kind in ('cgroup', 'ipc', 'uts', 'net', 'pid', 'time', 'mnt'):
-                fds.append(os.open('ns/' + kind, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
-        except (FileNotFoundError, ProcessLookupError):
-            raise not_running from None
-        finally:
-            os.close(proc_fd)
-        child = os.fork()
-        if child == 0:
-            try:
-                rt.group.join(os.getpid())
-                for fd in fds:
-                    K.setns(fd, 0)
-                os.chdir('/')
-                grandchild = os.fork()
-                if grandchild == 0:
-                    for hook in HOOKS['child']:  # per-process settings of guest processes (rlimits)
-                        hook(doc)
-                    drop_privileges(doc)
-                    _reset_signals()
-                    environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
-                               'TERM': os.environ.get('TERM', 'linux')}
-                    environ.update(env or {})
-                    os.execvpe(argv[0], argv, environ)
-                dummy, status = os.waitpid(grandchild, 0)
-                os._exit(os.waitstatus_to_exitcode(status) & 0xff if os.WIFEXITED(status)
-                         else 128 + os.WTERMSIG(status))
-            except BaseException as exc:
-                os.write(2, ('vserver: cannot enter %s: %s\n' % (doc['name'], exc)).encode())
-                os._exit(126)
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            dummy, status = os.waitpid(child, 0)
-        finally:
-            signal.signal(signal.SIGINT, old)
-        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-    finally:
-        for fd in fds:
-            os.close(fd)
+def enter(paths, doc, argv, layout=None, env=None, terminal=True, stage=None):
+    """Run ``argv`` inside the running guest with exactly its init's credentials (namespaces, cgroups in every
+    hierarchy, bounding set, capabilities, no_new_privs, rlimits); returns the exit status. See ``_enter``."""
+    from ansible_collections.vserver.core.plugins.module_utils import _enter
+    return _enter.enter(Runtime(paths, doc['name'], layout), doc, argv, env=env, terminal=terminal, stage=stage)
 
 
 # --- spectator view ---------------------------------------------------------------------------------

@@ -10,10 +10,8 @@ tests can feed fake /proc trees.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
-import json
 import os
 import struct
 
@@ -59,7 +57,8 @@ def libc():
         try:
             _libc = ctypes.CDLL('libc.so.6', use_errno=True)
         except OSError:  # not glibc: ask the (slow) library search
-            _libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+            from ctypes.util import find_library  # here, not at the top: it imports subprocess (slow)
+            _libc = ctypes.CDLL(find_library('c'), use_errno=True)
     return _libc
 
 
@@ -142,6 +141,71 @@ def cap_last_cap(path='/proc/sys/kernel/cap_last_cap'):
         return int(handle.read())
 
 
+PR_SET_DUMPABLE = 4
+TIOCSCTTY = 0x540E
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+DEVPTS_SUPER_MAGIC = 0x1cd1
+
+# Syscalls added after the per-architecture tables were unified (Linux 5.1+): one number everywhere but alpha.
+_SYS_OPEN_TREE = 428
+_SYS_PIDFD_GETFD = 438
+_SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [('attr_set', ctypes.c_uint64), ('attr_clr', ctypes.c_uint64), ('propagation', ctypes.c_uint64),
+                ('userns_fd', ctypes.c_uint64)]
+
+
+def open_tree_readonly(path):
+    """An O_PATH fd (close-on-exec) on a detached, read-only, nosuid, nodev bind mount of the file ``path``.
+
+    Executing through it (``os.execve(fd, ...)``) gives the new image an exe that cannot be reopened for writing
+    (EROFS), and from which no directory is reachable (the mount's root is the file itself)."""
+    fd = _check(libc().syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(-100), _b(path),
+                               ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)), 'open_tree %s' % path)
+    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+    try:
+        _check(libc().syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(fd), b'', ctypes.c_uint(AT_EMPTY_PATH),
+                              ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), 'mount_setattr %s' % path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def fs_type(fd):
+    """The filesystem magic (statfs f_type) of an open fd."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit; f_type is its first word
+    _check(libc().fstatfs(ctypes.c_int(fd), buf), 'fstatfs')
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def pidfd_getfd(pidfd, fd):
+    """A duplicate (close-on-exec) of fd ``fd`` of the process behind ``pidfd`` (Linux 5.6+)."""
+    return _check(libc().syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
+                                 ctypes.c_uint(0)), 'pidfd_getfd')
+
+
+def set_controlling_tty(fd):
+    fcntl.ioctl(fd, TIOCSCTTY, 0)
+
+
+def pty_pair(ptmx_fd):
+    """Unlock the pty whose master is ``ptmx_fd`` and open its peer (TIOCGPTPEER: no path lookup of /dev/pts/N).
+    Returns the peer fd (close-on-exec, not a controlling terminal)."""
+    fcntl.ioctl(ptmx_fd, TIOCSPTLCK, struct.pack('i', 0))
+    return _check(libc().ioctl(ctypes.c_int(ptmx_fd), ctypes.c_ulong(TIOCGPTPEER),
+                               ctypes.c_int(os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)), 'TIOCGPTPEER')
+
+
 def read_all(fd):
     """Read a pipe until EOF (every writer closed it, e.g. by exec with close-on-exec, or by exiting)."""
     chunks = []
@@ -156,6 +220,7 @@ def call_in_namespaces(ns_files, func):
     """Run ``func()`` in a forked child that joined the namespaces at ``ns_files`` (e.g. /proc/PID/ns/uts or a
     bind-mounted handle); return its JSON-serializable result. The caller's own namespaces never change.
     Raises OSError with the child's error message."""
+    import json
     fds = []
     read_end = write_end = None
     try:

@@ -52,7 +52,7 @@ PLAYBOOK = """
     - name: caps check
       vserver.core.capabilities: &caps
         <<: *paths
-        bcaps_drop: [CAP_SYS_PTRACE]
+        bcaps_drop: [CAP_SYS_CHROOT]
         ccaps: [ping]
       check_mode: true
       diff: true
@@ -130,7 +130,7 @@ def test_modules_on_running_guest(make_guest, host_paths, tmp_path):
 
     ccheck = results['caps check']
     assert ccheck['changed'] and ccheck['restart_required'] and ccheck['diff']['after'] == {
-        'bcaps_drop': ['sys_ptrace'], 'ccaps': ['raw_icmp']}
+        'bcaps_drop': ['sys_chroot'], 'ccaps': ['raw_icmp']}
     caps = results['caps']
     assert caps['changed'] and caps['restart_required'] and not caps['restarted']
     assert any('ping_group_range' in a for a in caps['actions'])        # ccaps applied live
@@ -146,11 +146,11 @@ def test_modules_on_running_guest(make_guest, host_paths, tmp_path):
     new_init = _context.Runtime(host_paths, 'vst-mod').init_pid()
     assert new_init and new_init != init
     bound = int(K.read_status(new_init)['CapBnd'], 16)
-    assert not bound & (1 << _caps.CAP_BITS['sys_ptrace']) and bound & (1 << _caps.CAP_BITS['chown'])
+    assert not bound & (1 << _caps.CAP_BITS['sys_chroot']) and bound & (1 << _caps.CAP_BITS['chown'])
     assert guest_sh(host_paths, 'vst-mod', 'cat /proc/sys/net/ipv4/ping_group_range').stdout.split() == [
         '0', '2147483647']
     # the limits came back with the restart
     assert group.read('pids.max') == '40'
-    assert _config.load(host_paths, 'vst-mod')['capabilities'] == {'bcaps_drop': ['sys_ptrace'],
+    assert _config.load(host_paths, 'vst-mod')['capabilities'] == {'bcaps_drop': ['sys_chroot'],
                                                                    'ccaps': ['raw_icmp']}
     assert doc['name'] == 'vst-mod'

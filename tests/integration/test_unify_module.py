@@ -68,7 +68,7 @@ def test_update_playbook_deunifies_updates_and_reunifies(host_paths, make_guest)
             res = dict(task_results(data))
             assert rc == 0, data
             assert res['De-unify the guest']['deunified'] > 0
-            assert res['Update inside the running guest']['rc'] == 0
+            assert res['Run the update command inside the guest']['rc'] == 0
             again = res['Unify the guest again']
             assert again['changed'] is True and again['linked'] > 0 and again['sources'] == ['ub']
         finally:

@@ -9,7 +9,7 @@ def test_default_set_is_util_vserver_minus_insecure():
     for name in _caps.UTIL_VSERVER_INSECURE:
         assert name not in _caps.DEFAULT_BCAPS
     assert set(_caps.DEFAULT_BCAPS) == {'chown', 'dac_override', 'fowner', 'fsetid', 'kill', 'setgid', 'setuid',
-                                        'setpcap', 'net_bind_service', 'sys_chroot', 'sys_ptrace', 'audit_write',
+                                        'setpcap', 'net_bind_service', 'sys_chroot', 'audit_write',
                                         'setfcap'}
     assert set(_caps.DEFAULT_BCAPS) | set(_caps.DEFAULT_DROPPED) == set(_caps.CAPS)
 
