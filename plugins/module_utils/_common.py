@@ -112,6 +112,26 @@ def check_xid(xid, field='xid'):
     return value
 
 
+def terminal_safe(text):
+    """``text`` fit for a terminal: a string a guest controls (a process name, a host name read from its tree)
+    may carry escape sequences or line breaks. Every non-printable character (newline too) is shown as \\xNN (\\uNNNN above
+    0xff) and a backslash as \\\\, so what is printed cannot move the cursor, retitle the window or be
+    mistaken for a different name. Module results (JSON) carry the raw string, JSON-escaped."""
+    out = []
+    for char in str(text):
+        if char == '\\':
+            out.append('\\\\')
+        elif char.isprintable():
+            out.append(char)
+        elif 0xdc80 <= ord(char) <= 0xdcff:  # a byte that was not UTF-8 (read with errors='surrogateescape')
+            out.append('\\x%02x' % (ord(char) - 0xdc00))
+        elif ord(char) <= 0xff:
+            out.append('\\x%02x' % ord(char))
+        else:
+            out.append('\\u%04x' % ord(char))
+    return ''.join(out)
+
+
 def write_fully(fd, data):
     """Write every byte of ``data`` to ``fd`` (os.write may write less, e.g. on a nearly full disk), then check
     the file's size: a short write raises OSError (ENOSPC when the disk took nothing more)."""

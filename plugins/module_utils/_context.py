@@ -600,7 +600,8 @@ def processes(paths, docs=None, proc='/proc'):
             'guest_pid': int(nspid[-1]) if guest else pid, 'state': st[0],
             'rss_kb': int((status_.get('VmRSS') or '0 kB').split()[0]),
             'cpu_seconds': round(st[3] / float(K.clock_ticks()), 2),
-            'comm': status_.get('Name', ''),
+            # the guest's bytes: not UTF-8 -> U+FFFD (valid JSON text); escaped where printed (terminal_safe)
+            'comm': status_.get('Name', '').encode('utf-8', 'surrogateescape').decode('utf-8', 'replace'),
         })
     return out
 

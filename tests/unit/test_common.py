@@ -2,7 +2,7 @@
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    Paths, VServerError, atomic_write, check_name, check_xid, remove_stale_temps)
+    Paths, VServerError, atomic_write, check_name, check_xid, remove_stale_temps, terminal_safe)
 
 
 @pytest.mark.parametrize('name', ['web', 'a', 'mail-1', 'db_2', 'x.y', '0abc', 'a' * 63])
@@ -94,3 +94,16 @@ def test_atomic_write_failure_names_the_file(tmp_path):
     with pytest.raises(VServerError) as err:
         atomic_write(str(tmp_path / 'missing-dir' / 'g.json'), 'x')
     assert str(err.value) == 'cannot write %s: No such file or directory' % (tmp_path / 'missing-dir' / 'g.json')
+
+
+@pytest.mark.parametrize('raw, shown', [
+    ('init', 'init'),
+    ('\x1b]0;pwned\x07', '\\x1b]0;pwned\\x07'),
+    ('a\nb\tc', 'a\\x0ab\\x09c'),
+    ('back\\slash', 'back\\\\slash'),
+    ('bad\udcffbyte', 'bad\\xffbyte'),
+    ('caf\u00e9 \u200b', 'caf\u00e9 \\u200b'),
+    ('\x9b31m', '\\x9b31m'),
+])
+def test_terminal_safe_escapes_what_a_guest_could_use_against_a_terminal(raw, shown):
+    assert terminal_safe(raw) == shown
