@@ -3,11 +3,14 @@ clone from a running source, managed files, guest logs, terminal escapes. Racers
 (files/hostile.c) run inside the guests; bait files outside the trees are checked afterwards."""
 import os
 import shutil
+import stat
 import subprocess
+import sys
 import time
 
 import pytest
 
+from ansible_collections.vserver.core.plugins.module_utils import _context, _guests, _kernel as K
 from helpers import TOP, vserver
 
 HOSTILE_C = os.path.join(TOP, 'tests', 'integration', 'files', 'hostile.c')
@@ -57,3 +60,124 @@ def test_esc_named_guest_process_is_escaped_in_vserver_ps(host_paths, make_guest
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def start_in_guest(paths, name, *argv):
+    """A process inside the guest, in the background (the caller kills it)."""
+    import helpers
+    return subprocess.Popen([sys.executable, os.path.join(TOP, 'bin', 'vserver'), name, 'exec'] + list(argv),
+                            env=helpers.env_for(paths), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+def stop_process(proc):
+    proc.kill()
+    try:
+        out = proc.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        out = b''
+    return out.decode(errors='replace')
+
+
+@pytest.fixture
+def host_bait(tmp_path):
+    """Host files a swap race could lead a tree walker to: a 0600 secret, and an immutable inode with a second
+    link elsewhere (what a unified file looks like). Returns (bait dir, {path: snapshot}, inodes, cleanup)."""
+    bait_dir = tmp_path / 'host-bait'
+    other = tmp_path / 'host-other'
+    bait_dir.mkdir(mode=0o700)
+    other.mkdir()
+    snaps = {str(bait_dir / 'secret'): bait(str(bait_dir / 'secret'))}
+    shared = bait_dir / 'shared'
+    bait(str(shared), b'host shared\n', 0o644)
+    os.link(str(shared), str(other / 'shared'))
+    subprocess.run(['chattr', '+i', str(shared)], check=True, timeout=30)
+    snaps[str(shared)] = snapshot(str(shared))
+    yield bait_dir, snaps
+    subprocess.run(['chattr', '-i', str(shared)], check=True, timeout=30)
+
+
+def check_bait(bait_dir, snaps):
+    for path, before in snaps.items():
+        assert snapshot(path) == before, path
+    st = os.lstat(str(bait_dir))
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 0
+    assert sorted(os.listdir(str(bait_dir))) == ['secret', 'shared']
+    assert _is_immutable(os.path.join(str(bait_dir), 'shared'))
+
+
+def _is_immutable(path):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return bool(K.get_flags(fd) & K.FS_IMMUTABLE_FL)
+    finally:
+        os.close(fd)
+
+
+def check_clone_has_no_host_file(dst, snaps):
+    inodes = {s[4] for s in snaps.values()}
+    contents = {s[0] for s in snaps.values()}
+    for dirpath, _dirs, files in os.walk(dst):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            assert st.st_ino not in inodes, os.path.join(dirpath, name)
+            if stat.S_ISREG(st.st_mode) and st.st_size < 64:
+                with open(os.path.join(dirpath, name), 'rb') as handle:
+                    assert handle.read() not in contents, os.path.join(dirpath, name)
+
+
+def plant_swap_pair(root, bait_dir):
+    """ROOT/tmp/race/d (a directory) and ROOT/tmp/race/l (a symlink to the host bait directory): the racer
+    exchanges them. Inside the guest the symlink leads nowhere; a host walker following it reaches the bait."""
+    race = os.path.join(root, 'tmp', 'race')
+    os.makedirs(os.path.join(race, 'd', 'sub'))
+    with open(os.path.join(race, 'd', 'inner'), 'w') as handle:
+        handle.write('guest file\n')
+    os.chmod(os.path.join(race, 'd', 'inner'), 0o6777)
+    os.symlink(str(bait_dir), os.path.join(race, 'l'))
+
+
+# 8 clones of a busybox tree while the racer exchanges the pair millions of times: each clone looks up the pair
+# at least four times (list, descend, modes, times), each lookup sees the symlink about half of the time, so a
+# walker that looks a path up again loses within the first few clones (the old os.walk one did, first try).
+CLONE_RACES = 8
+
+
+def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, make_guest, hostile_bin, host_bait,
+                                                                 tmp_path):
+    bait_dir, snaps = host_bait
+    doc = make_guest('racer', start=True)
+    install(doc, hostile_bin)
+    plant_swap_pair(doc['root'], bait_dir)
+    racer = start_in_guest(host_paths, 'racer', '/bin/hostile', 'swap', '/tmp/race/d', '/tmp/race/l', '120')
+    seen = set()
+    try:
+        time.sleep(0.5)
+        for i in range(CLONE_RACES):  # by fd, unfrozen: the racer runs through every clone
+            dst = str(tmp_path / ('clone%d' % i))
+            _guests.clone_tree(doc['root'], dst)
+            check_bait(bait_dir, snaps)
+            check_clone_has_no_host_file(dst, snaps)
+            seen.add('dir' if os.path.isdir(os.path.join(dst, 'tmp/race/l')) and
+                     not os.path.islink(os.path.join(dst, 'tmp/race/l')) else 'link')
+            shutil.rmtree(dst)
+        assert racer.poll() is None, 'the racer stopped early'
+        # through the guests module: the running source is frozen for the copy, thawed after
+        rt = _context.Runtime(host_paths, 'racer')
+        t0 = time.monotonic()
+        with _guests.frozen_source(host_paths, 'racer'):
+            assert rt.group.frozen() and rt.state() == 'frozen'
+            _guests.clone_tree(doc['root'], str(tmp_path / 'frozen-clone'))
+        frozen_for = time.monotonic() - t0
+        assert rt.state() == 'running' and racer.poll() is None
+        check_clone_has_no_host_file(str(tmp_path / 'frozen-clone'), snaps)
+        print('busybox tree cloned with the source frozen for %.3f s' % frozen_for)
+        res = _guests.ensure(host_paths, {'guests': [{'name': 'copy', 'template': 'clone', 'clone_from': 'racer',
+                                                      'state': 'present'}]})
+        assert not res.get('failed'), res
+        assert os.path.isfile(os.path.join(host_paths.default_root('copy'), 'bin', 'hostile'))
+        assert rt.state() == 'running' and racer.poll() is None
+    finally:
+        out = stop_process(racer)
+    check_bait(bait_dir, snaps)
+    assert seen == {'dir', 'link'}, 'the race never changed what the walk saw: %s %s' % (seen, out)
