@@ -378,60 +378,80 @@ def _open_dir_in_tree(root, parts, create=False):
             fd = nfd
     except OSError as exc:
         os.close(fd)
-        raise VServerError('cannot reach %s/%s inside the guest tree safely: %s' % (root, '/'.join(parts), exc),
+        why = 'a symlink or not a directory there is never followed' if exc.errno in (
+            errno.ELOOP, errno.ENOTDIR) else exc.strerror
+        raise VServerError('cannot reach %s/%s inside the guest tree safely: %s' % (root, '/'.join(parts), why),
                            'files')
     return fd
 
 
+MAX_MANAGED_READ = 4 << 20  # a managed file (or /etc/shadow) larger than this is not read, and is replaced
+
+
 def read_in_tree(root, path):
+    """(bytes, mode) of the regular file ROOT/PATH, or (None, None) when it is absent or not a regular file.
+    Never blocks (O_NONBLOCK: a FIFO the guest planted is opened and refused, not waited on) and never reads
+    more than MAX_MANAGED_READ (a larger file reads as absent, so it is replaced)."""
     parts = path.strip('/').split('/')
     try:
         dfd = _open_dir_in_tree(root, parts[:-1])
     except (VServerError, FileNotFoundError):
         return None, None
     try:
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     except OSError:
         return None, None
     finally:
         os.close(dfd)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANAGED_READ:
             return None, None
-        with os.fdopen(fd, 'rb', closefd=False) as handle:
-            return handle.read(), stat.S_IMODE(st.st_mode)
+        chunks, size = [], 0
+        while size <= MAX_MANAGED_READ:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b''.join(chunks), stat.S_IMODE(st.st_mode)
+            chunks.append(chunk)
+            size += len(chunk)
+        return None, None  # grew past the cap while read
     finally:
         os.close(fd)
 
 
 def write_in_tree(root, path, data, mode):
     """Atomically replace ROOT/PATH (no symlink followed anywhere), owned by root: every byte written and the
-    size checked, fsync, rename, fsync of the directory. On failure the old file stays, the temp file is removed
-    and VServerError names the file."""
+    size checked, fsync, rename, fsync of the directory. The temp file has a random name created with O_EXCL
+    (whatever the guest planted there, a name that exists is never used: another is drawn). On failure the old
+    file stays, the temp file is removed and VServerError names the file."""
+    import secrets
     parts = path.strip('/').split('/')
     dfd = _open_dir_in_tree(root, parts[:-1], create=True)
-    tmp = '.%s.vserver-tmp' % parts[-1]
-    created = False
+    tmp = None
     try:
+        for _attempt in range(16):
+            name = '.%s.vserver-%s' % (parts[-1][:200], secrets.token_hex(8))
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dfd)
+            except FileExistsError:
+                continue
+            tmp = name
+            break
+        else:
+            raise OSError(errno.EEXIST, 'no free temp name in 16 tries')
         try:
-            os.unlink(tmp, dir_fd=dfd)
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
-        created = True
-        try:
-            os.fchmod(fd, mode)
             os.fchown(fd, 0, 0)
+            os.fchmod(fd, mode)
             write_fully(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
-        created = False
+        tmp = None
         os.fsync(dfd)
     except OSError as exc:
-        if created:
+        if tmp is not None:
             try:
                 os.unlink(tmp, dir_fd=dfd)
             except OSError:

@@ -181,3 +181,77 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         out = stop_process(racer)
     check_bait(bait_dir, snaps)
     assert seen == {'dir', 'link'}, 'the race never changed what the walk saw: %s %s' % (seen, out)
+
+
+def test_fifo_and_symlinked_ssh_dir_stop_only_their_guest(host_paths, make_guest, host_bait):
+    bait_dir, snaps = host_bait
+    fifo = make_guest('fifo')
+    os.mkfifo(os.path.join(fifo['root'], 'etc', 'motd'))
+    os.mkdir(os.path.join(fifo['root'], 'etc', '.motd.vserver-tmp'))  # the old fixed temp name, as a directory
+    sshlink = make_guest('sshlink')
+    os.symlink(str(bait_dir), os.path.join(sshlink['root'], 'root', '.ssh'))
+    make_guest('honest')
+    entry = {'state': 'present', 'template': 'none', 'files': {'/etc/motd': 'hello\n'},
+             'root_authorized_keys': ['ssh-ed25519 AAAAC3Nza test']}
+    t0 = time.monotonic()
+    res = _guests.ensure(host_paths, {'guests': [dict(entry, name=n) for n in ('fifo', 'sshlink', 'honest')]})
+    assert time.monotonic() - t0 < 60
+    assert res['failed'] and list(res['guests']) == ['fifo', 'sshlink', 'honest']
+    assert res['guests']['sshlink']['failed']
+    assert 'root/.ssh inside the guest tree safely: a symlink or not a directory' in res['guests']['sshlink']['msg']
+    for name in ('fifo', 'honest'):
+        assert not res['guests'][name].get('failed'), res['guests'][name]
+        root = host_paths.default_root(name)
+        with open(os.path.join(root, 'etc', 'motd')) as handle:
+            assert handle.read() == 'hello\n'
+        assert os.path.isfile(os.path.join(root, 'root', '.ssh', 'authorized_keys'))
+    check_bait(bait_dir, snaps)
+
+
+def make_tarball(path, tree):
+    subprocess.run(['tar', '-C', tree, '--numeric-owner', '-cf', path, '.'], check=True, timeout=120)
+
+
+def test_tarball_never_unpacks_into_an_existing_tree(host_paths, make_guest, hostile_bin, host_bait, tmp_path,
+                                                     busybox_tree):
+    from ansible_helpers import run_playbook
+    bait_dir, snaps = host_bait
+    tree = tmp_path / 'tarball-tree'
+    shutil.copytree(busybox_tree, str(tree), symlinks=True)
+    (tree / 'etc' / 'from-tarball').write_text('unpacked\n')
+    os.makedirs(str(tree / 'tmp' / 'race' / 'd' / 'sub'))
+    (tree / 'tmp' / 'race' / 'd' / 'planted').write_text('tarball overwrites\n')
+    tarball = str(tmp_path / 'guest.tar')
+    make_tarball(tarball, str(tree))
+    # the victim runs, has deleted its /etc and swaps a directory for a symlink to the host bait
+    victim = make_guest('tbvictim', start=True)
+    install(victim, hostile_bin)
+    plant_swap_pair(victim['root'], bait_dir)
+    racer = start_in_guest(host_paths, 'tbvictim', '/bin/hostile', 'swap', '/tmp/race/d', '/tmp/race/l', '120')
+    playbook = tmp_path / 'play.yml'
+    playbook.write_text('- hosts: localhost\n  gather_facts: false\n  roles:\n    - role: vserver.core.guest\n')
+    guests = [{'name': 'tbvictim', 'template': 'tarball', 'tarball': tarball, 'state': 'started',
+               'init': ['/sbin/init'], 'xid': victim['xid']},
+              {'name': 'tbnew', 'template': 'tarball', 'tarball': tarball, 'state': 'started', 'autostart': False}]
+    try:
+        shutil.rmtree(os.path.join(victim['root'], 'etc'))
+        time.sleep(0.5)
+        rc, data = run_playbook(str(playbook), {
+            'vserver_config_dir': host_paths.config_dir, 'vserver_run_dir': host_paths.run_dir,
+            'vserver_tree_dir': host_paths.tree_dir, 'vserver_log_dir': host_paths.log_dir,
+            'vserver_cgroup_parent': host_paths.cgroup_parent, 'vserver_guests': guests,
+            'guest_dns_servers': ['198.18.99.53']}, timeout=300)
+        assert racer.poll() is None
+    finally:
+        stop_process(racer)
+    msgs = ' '.join(r.get('msg', '') for p in data['plays'] for t in p['tasks'] for r in t['hosts'].values()
+                    if r.get('failed'))
+    assert rc != 0 and 'is not empty and has no /etc' in msgs and victim['root'] in msgs, msgs
+    check_bait(bait_dir, snaps)
+    assert not os.path.exists(os.path.join(victim['root'], 'etc'))  # nothing unpacked into the victim
+    assert not os.path.exists(os.path.join(victim['root'], 'tmp', 'race', 'd', 'planted'))
+    new_root = host_paths.default_root('tbnew')
+    with open(os.path.join(new_root, 'etc', 'from-tarball')) as handle:
+        assert handle.read() == 'unpacked\n'
+    assert _context.Runtime(host_paths, 'tbnew').state() == 'running'
+    assert not [e for e in os.listdir(host_paths.tree_dir) if e.startswith('.')]
