@@ -37,8 +37,10 @@ class VServerError(Exception):
 DEFAULTS_FILE = '/etc/default/vserver'
 
 
-def read_defaults_file(path=DEFAULTS_FILE):
-    """VSERVER_*=VALUE lines of the host's defaults file (written by the host role), as a dict."""
+def read_defaults_file(path=DEFAULTS_FILE, keys=None):
+    """VSERVER_*=VALUE lines of the host's defaults file (written by the host role), as a dict (the host roots,
+    or the variables named in ``keys``)."""
+    keys = ENV.values() if keys is None else keys
     out = {}
     try:
         with open(path) as handle:
@@ -47,7 +49,7 @@ def read_defaults_file(path=DEFAULTS_FILE):
         return out
     for line in lines:
         key, eq, value = line.strip().partition('=')
-        if eq and key in ENV.values():
+        if eq and key in keys:
             out[key] = value.strip().strip('"\'')
     return out
 

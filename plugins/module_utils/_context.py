@@ -25,7 +25,7 @@ import stat
 import struct
 import time
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K, _logs
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
@@ -135,6 +135,7 @@ class Runtime:
 
 def _log_fd(paths, name):
     os.makedirs(paths.log_dir, mode=0o750, exist_ok=True)
+    _logs.cap(paths.log_file(name), _logs.log_max())  # bounded while it runs by vserver-supervise (_logs)
     return os.open(paths.log_file(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
 

@@ -255,3 +255,44 @@ def test_tarball_never_unpacks_into_an_existing_tree(host_paths, make_guest, hos
         assert handle.read() == 'unpacked\n'
     assert _context.Runtime(host_paths, 'tbnew').state() == 'running'
     assert not [e for e in os.listdir(host_paths.tree_dir) if e.startswith('.')]
+
+
+SUPERVISE = os.path.join(TOP, 'roles', 'host', 'files', 'vserver_supervise.py')
+LOG_CAP = 1 << 20
+FLOOD_MIB = 200
+
+
+def test_a_log_flooding_guest_leaves_its_log_under_the_cap(host_paths, make_guest, hostile_bin):
+    """The guest's init writes 200 MiB to its console log (init's stdout) as fast as it can, with vserver-supervise
+    running (VSERVER_LOG_MAX=1M): when the flood is over, NAME.log and NAME.log.1 are at most 1 MiB each. Without
+    the cap the log is the whole 200 MiB."""
+    doc = make_guest('flood', init=['/bin/sh', '-c', '(/bin/hostile flood /proc/1/fd/1 %d > /tmp/flood.out; '
+                                    'echo $? >> /tmp/flood.out); exec sleep 1000' % FLOOD_MIB])
+    install(doc, hostile_bin)
+    env = dict(os.environ, VSERVER_LOG_MAX='1M', **{'VSERVER_' + k.upper(): v for k, v in host_paths.as_dict().items()})
+    supervisor = subprocess.Popen([sys.executable, SUPERVISE, '--interval', '1'], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+    log = host_paths.log_file('flood')
+    largest = 0
+    try:
+        time.sleep(1)  # the supervisor is watching LOG_DIR
+        _context.start(host_paths, doc)
+        out = os.path.join(doc['root'], 'tmp', 'flood.out')
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (os.path.exists(out) and open(out).read().endswith('\n0\n')):
+            largest = max(largest, os.path.getsize(log) if os.path.exists(log) else 0)
+            time.sleep(0.05)
+        with open(out) as handle:
+            assert handle.read() == 'wrote %d\n0\n' % (FLOOD_MIB << 20)
+        deadline = time.monotonic() + 10  # the last rotation may still be under way
+        while time.monotonic() < deadline and os.path.getsize(log) > LOG_CAP:
+            time.sleep(0.1)
+        assert os.path.getsize(log) <= LOG_CAP
+        assert 0 < os.path.getsize(log + '.1') <= LOG_CAP
+        with open(log + '.1', 'rb') as handle:
+            assert set(handle.read()) <= set(b'x\n')
+        print('largest log seen during the flood: %d bytes (cap %d)' % (largest, LOG_CAP))
+        assert supervisor.poll() is None
+    finally:
+        supervisor.kill()
+        supervisor.wait(timeout=30)
