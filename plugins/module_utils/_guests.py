@@ -14,7 +14,8 @@ import errno
 import os
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _manager, _template
+from ansible_collections.vserver.core.plugins.module_utils import (
+    _cgroup, _config, _context, _kernel as K, _manager, _template)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, write_error, write_fully, write_json)
 
@@ -141,6 +142,7 @@ def validate(guests, prune=False):
 SRC_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_DEPTH = 256
+LINK_BATCH = 64  # unified files linked under one freeze of every guest
 
 
 def _copy_meta(src_fd, dst_fd, st):
@@ -206,14 +208,16 @@ def _is_unified(fd, st):
     return flags if flags & K.FS_IMMUTABLE_FL else None
 
 
-def clone_tree(src, dst):
+def clone_tree(src, dst, pause=None):
     """util-vserver's clone: unified files (immutable, shared) are hardlinked, everything else is copied.
 
     Returns counts. ``dst`` must not exist. The copy is made in a build sibling of ``dst`` and renamed onto it
     when complete (removed again if the copy fails half-way); hold the host lock, which covers the siblings.
     The source is walked by fd (O_NOFOLLOW on every component): a guest swapping a directory for a symlink
     while this runs can change what is copied, never make the host read, link or change anything outside its
-    tree. Clone a running source frozen (``frozen_source``) so the copy is one consistent view."""
+    tree. Clone a running source frozen (``frozen_source``) so the copy is one consistent view. ``pause`` (a
+    context manager factory, ``all_guests_frozen``) is entered around each batch of links of unified files: the
+    immutable flag is off for those link(2) calls only, while no guest process runs."""
     if os.path.lexists(dst):
         raise VServerError('clone target %s exists' % dst, 'root')
     counts = {'linked': 0, 'copied': 0}
@@ -228,7 +232,7 @@ def clone_tree(src, dst):
             dfd = os.open(build, DIR_OPEN)
             linked = []
             try:
-                _copy_dir(sfd, dfd, counts, linked, 0)
+                _copy_dir(sfd, dfd, counts, linked, 0, pause)
                 _copy_meta(sfd, dfd, os.fstat(sfd))
             finally:
                 os.close(dfd)
@@ -273,6 +277,34 @@ class frozen_source:
         return False
 
 
+class all_guests_frozen:
+    """Every guest of this host frozen (the guests' cgroup parent), for the instant a shared inode's immutable flag
+    is off: no guest process can open it for writing meanwhile. Guests frozen before stay frozen."""
+
+    def __init__(self, paths):
+        layout = _cgroup.host_layout()
+        parent = _cgroup.guest_parent(paths.cgroup_parent, layout)
+        head, _sep, tail = parent.rpartition('/')
+        self.group = layout.group(head, tail)
+        self.group.rel = parent
+        self.froze = False
+
+    def __enter__(self):
+        if not self.group.exists():
+            return self  # no guest has ever run under this parent
+        self.froze = True
+        if not self.group.freeze():
+            self.group.thaw()
+            raise VServerError('clone: the guests did not freeze within 5 s; a unified file is only linked while '
+                               'no guest can open it (retry)', 'clone_from')
+        return self
+
+    def __exit__(self, *exc):
+        if self.froze:
+            self.group.thaw()
+        return False
+
+
 def _check_no_writer(linked):
     """The immutable flag of a linked inode was off for the link(2) only; a process that opened it for writing
     in that instant keeps a writable fd on a file every sharer runs: refuse the clone then (checked once)."""
@@ -286,17 +318,46 @@ def _check_no_writer(linked):
                            'clone_from')
 
 
-def _copy_dir(sfd, dfd, counts, linked, depth):
+def _copy_dir(sfd, dfd, counts, linked, depth, pause):
     if depth > MAX_DEPTH:
         raise VServerError('clone: the source tree is deeper than %d directories' % MAX_DEPTH, 'clone_from')
-    for name in os.listdir(sfd):
-        try:
-            _copy_entry(sfd, dfd, name, counts, linked, depth)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # gone or swapped since listed (only when the source runs): not copied
+    batch = []  # unified files of this directory, open, linked together under one pause
+    try:
+        for name in os.listdir(sfd):
+            try:
+                _copy_entry(sfd, dfd, name, counts, linked, depth, pause, batch)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone or swapped since listed (only when the source runs): not copied
+            if len(batch) >= LINK_BATCH:
+                _link_batch(batch, dfd, counts, linked, pause)
+        _link_batch(batch, dfd, counts, linked, pause)
+    finally:
+        for fd, _name, _flags, _st in batch:
+            os.close(fd)
 
 
-def _copy_entry(sfd, dfd, name, counts, linked, depth):
+def _link_batch(batch, dfd, counts, linked, pause):
+    if not batch:
+        return
+    with (pause() if pause else _no_pause()):
+        for fd, name, flags, st in batch:
+            _link_unified(fd, name, dfd, flags)
+            linked.append((st.st_dev, st.st_ino))
+            counts['linked'] += 1
+    for fd, _name, _flags, _st in batch:
+        os.close(fd)
+    del batch[:]
+
+
+class _no_pause:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _copy_entry(sfd, dfd, name, counts, linked, depth, pause, batch):
     st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         try:
@@ -331,16 +392,15 @@ def _copy_entry(sfd, dfd, name, counts, linked, depth):
             os.mkdir(name, 0o700, dir_fd=dfd)
             cfd = os.open(name, DIR_OPEN, dir_fd=dfd)
             try:
-                _copy_dir(fd, cfd, counts, linked, depth + 1)
+                _copy_dir(fd, cfd, counts, linked, depth + 1, pause)
                 _copy_meta(fd, cfd, st)
             finally:
                 os.close(cfd)
         elif stat.S_ISREG(st.st_mode):
             flags = _is_unified(fd, st)
             if flags is not None:
-                _link_unified(fd, name, dfd, flags)
-                linked.append((st.st_dev, st.st_ino))
-                counts['linked'] += 1
+                batch.append((fd, name, flags, st))  # linked (and closed) with its directory's batch
+                fd = None
                 return
             out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                           dir_fd=dfd)
@@ -351,7 +411,8 @@ def _copy_entry(sfd, dfd, name, counts, linked, depth):
                 os.close(out)
             counts['copied'] += 1
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _check_guest_path(path, field):
@@ -570,7 +631,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
                 for stale in _template.stale_builds(root):
                     _manager.remove_build(stale)
                 with frozen_source(paths, spec['clone_from']):
-                    clone_tree(source['root'], root)
+                    clone_tree(source['root'], root, pause=lambda: all_guests_frozen(paths))
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
     if template == 'clone':

@@ -3,6 +3,7 @@ clone from a running source, managed files, guest logs, terminal escapes. Racers
 (files/hostile.c) run inside the guests; bait files outside the trees are checked afterwards."""
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -70,12 +71,21 @@ def start_in_guest(paths, name, *argv):
                             stdin=subprocess.DEVNULL)
 
 
-def stop_process(proc):
-    proc.kill()
+def stop_process(proc, paths=None, guest=None):
+    """Kill the `vserver exec` wrapper and the guest's hostile processes (they hold its output pipe); its output."""
+    if guest is not None:
+        for pid in _context.Runtime(paths, guest).group.procs():
+            try:
+                with open('/proc/%d/comm' % pid) as handle:
+                    if handle.read().strip() == 'hostile':
+                        os.kill(pid, signal.SIGTERM)  # it prints its counts and exits
+            except OSError:
+                pass
     try:
         out = proc.communicate(timeout=30)[0]
     except subprocess.TimeoutExpired:
-        out = b''
+        proc.kill()
+        out = proc.communicate(timeout=30)[0]
     return out.decode(errors='replace')
 
 
@@ -137,10 +147,10 @@ def plant_swap_pair(root, bait_dir):
     os.symlink(str(bait_dir), os.path.join(race, 'l'))
 
 
-# 8 clones of a busybox tree while the racer exchanges the pair millions of times: each clone looks up the pair
+# 20 clones of a busybox tree while the racer exchanges the pair millions of times: each clone looks up the pair
 # at least four times (list, descend, modes, times), each lookup sees the symlink about half of the time, so a
 # walker that looks a path up again loses within the first few clones (the old os.walk one did, first try).
-CLONE_RACES = 8
+CLONE_RACES = 20
 
 
 def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, make_guest, hostile_bin, host_bait,
@@ -178,9 +188,12 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         assert os.path.isfile(os.path.join(host_paths.default_root('copy'), 'bin', 'hostile'))
         assert rt.state() == 'running' and racer.poll() is None
     finally:
-        out = stop_process(racer)
+        out = stop_process(racer, host_paths, 'racer')
     check_bait(bait_dir, snaps)
     assert seen == {'dir', 'link'}, 'the race never changed what the walk saw: %s %s' % (seen, out)
+    swaps = int(out.split('swaps ')[1].split()[0])
+    print('%d clones raced by %d directory/symlink swaps' % (CLONE_RACES, swaps))
+    assert swaps > 1000
 
 
 def test_fifo_and_symlinked_ssh_dir_stop_only_their_guest(host_paths, make_guest, host_bait):
@@ -243,7 +256,7 @@ def test_tarball_never_unpacks_into_an_existing_tree(host_paths, make_guest, hos
             'guest_dns_servers': ['198.18.99.53']}, timeout=300)
         assert racer.poll() is None
     finally:
-        stop_process(racer)
+        stop_process(racer, host_paths, 'tbvictim')
     msgs = ' '.join(r.get('msg', '') for p in data['plays'] for t in p['tasks'] for r in t['hosts'].values()
                     if r.get('failed'))
     assert rc != 0 and 'is not empty and has no /etc' in msgs and victim['root'] in msgs, msgs
@@ -296,3 +309,51 @@ def test_a_log_flooding_guest_leaves_its_log_under_the_cap(host_paths, make_gues
     finally:
         supervisor.kill()
         supervisor.wait(timeout=30)
+
+
+SHARED_FILES = 300
+SHARED_CLONES = 6
+
+
+def test_clone_never_lets_a_sharer_write_a_unified_file(host_paths, make_guest, hostile_bin):
+    """SHARED_FILES files unified (hardlinked, immutable) between the clone source and a running sharer guest that
+    tries open(O_WRONLY) on each of them round-robin, without pause, through SHARED_CLONES clones: link(2) needs
+    the flag off for an instant per file (1800 windows); every guest is frozen during those instants, so the sharer
+    never gets a writable fd. Every shared file keeps its bytes, inode and flag."""
+    src = make_guest('shsrc')
+    sharer = make_guest('sharer')
+    install(sharer, hostile_bin)
+    os.mkdir(os.path.join(sharer['root'], 'shared'))
+    os.mkdir(os.path.join(src['root'], 'shared'))
+    files = []
+    for i in range(SHARED_FILES):
+        path = os.path.join(sharer['root'], 'shared', 'f%03d' % i)
+        with open(path, 'w') as handle:
+            handle.write('shared file %d\n' % i)
+        os.link(path, os.path.join(src['root'], 'shared', 'f%03d' % i))
+        files.append(path)
+    subprocess.run(['chattr', '+i'] + files, check=True, timeout=60)
+    before = {p: snapshot(p) for p in files}
+    _context.start(host_paths, sharer)
+    spinner = start_in_guest(host_paths, 'sharer', '/bin/hostile', 'spin', '/shared', '120')
+    try:
+        time.sleep(0.5)
+        for i in range(SHARED_CLONES):
+            res = _guests.ensure(host_paths, {'guests': [{'name': 'shc%d' % i, 'template': 'clone',
+                                                          'clone_from': 'shsrc', 'state': 'present'}]})
+            assert not res.get('failed'), res
+            assert spinner.poll() is None
+    finally:
+        out = stop_process(spinner, host_paths, 'sharer')
+    print(out.strip())
+    try:
+        assert ' wins 0' in out and int(out.split('tries ')[1].split()[0]) > 10000, out
+        for path in files:
+            assert snapshot(path)[:5] == before[path][:5], (path, out)
+            assert _is_immutable(path)
+            assert os.stat(path).st_nlink == 2 + SHARED_CLONES
+    finally:
+        subprocess.run(['chattr', '-i'] + files, check=False, timeout=60)
+        for i in range(SHARED_CLONES):
+            subprocess.run(['chattr', '-R', '-i', os.path.join(host_paths.default_root('shc%d' % i), 'shared')],
+                           check=False, timeout=60)
