@@ -116,9 +116,10 @@ def check_xid(xid, field='xid'):
 
 def terminal_safe(text):
     """``text`` fit for a terminal: a string a guest controls (a process name, a host name read from its tree)
-    may carry escape sequences or line breaks. Every non-printable character (newline too) is shown as \\xNN (\\uNNNN above
-    0xff) and a backslash as \\\\, so what is printed cannot move the cursor, retitle the window or be
-    mistaken for a different name. Module results (JSON) carry the raw string, JSON-escaped."""
+    may carry escape sequences or line breaks. Every non-printable character (newline too) is shown as \\xNN
+    (\\uNNNN above 0xff; a byte that was not UTF-8, read with errors='surrogateescape', as \\xNN) and a backslash
+    as \\\\, so what is printed cannot move the cursor, retitle the window or be mistaken for a different name.
+    Module results (JSON) carry the raw string, JSON-escaped."""
     out = []
     for char in str(text):
         if char == '\\':

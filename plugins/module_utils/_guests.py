@@ -215,8 +215,8 @@ def clone_tree(src, dst, pause=None):
     when complete (removed again if the copy fails half-way); hold the host lock, which covers the siblings.
     The source is walked by fd (O_NOFOLLOW on every component): a guest swapping a directory for a symlink
     while this runs can change what is copied, never make the host read, link or change anything outside its
-    tree. Clone a running source frozen (``frozen_source``) so the copy is one consistent view. ``pause`` (a
-    context manager factory, ``all_guests_frozen``) is entered around each batch of links of unified files: the
+    tree. Clone a running source frozen (``FrozenSource``) so the copy is one consistent view. ``pause`` (a
+    context manager factory, ``AllGuestsFrozen``) is entered around each batch of links of unified files: the
     immutable flag is off for those link(2) calls only, while no guest process runs."""
     if os.path.lexists(dst):
         raise VServerError('clone target %s exists' % dst, 'root')
@@ -249,7 +249,7 @@ def clone_tree(src, dst, pause=None):
     return counts
 
 
-class frozen_source:
+class FrozenSource:
     """Freeze a running source guest's cgroup for the copy (one consistent view; its processes cannot race the
     walk), thaw it after; a guest frozen before stays frozen. A stopped source is copied as it is (nothing runs
     in it; it cannot start while the host lock is held). Measured: the busybox tree (~400 entries) is copied in
@@ -277,7 +277,7 @@ class frozen_source:
         return False
 
 
-class all_guests_frozen:
+class AllGuestsFrozen:
     """Every guest of this host frozen (the guests' cgroup parent), for the instant a shared inode's immutable flag
     is off: no guest process can open it for writing meanwhile. Guests frozen before stay frozen."""
 
@@ -339,7 +339,7 @@ def _copy_dir(sfd, dfd, counts, linked, depth, pause):
 def _link_batch(batch, dfd, counts, linked, pause):
     if not batch:
         return
-    with (pause() if pause else _no_pause()):
+    with (pause() if pause else _NoPause()):
         for fd, name, flags, st in batch:
             _link_unified(fd, name, dfd, flags)
             linked.append((st.st_dev, st.st_ino))
@@ -349,7 +349,7 @@ def _link_batch(batch, dfd, counts, linked, pause):
     del batch[:]
 
 
-class _no_pause:
+class _NoPause:
     def __enter__(self):
         return self
 
@@ -630,8 +630,8 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
             with HostLock(paths):  # the build sibling is swept by runs holding the lock
                 for stale in _template.stale_builds(root):
                     _manager.remove_build(stale)
-                with frozen_source(paths, spec['clone_from']):
-                    clone_tree(source['root'], root, pause=lambda: all_guests_frozen(paths))
+                with FrozenSource(paths, spec['clone_from']):
+                    clone_tree(source['root'], root, pause=lambda: AllGuestsFrozen(paths))
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
     if template == 'clone':

@@ -175,7 +175,7 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         # through the guests module: the running source is frozen for the copy, thawed after
         rt = _context.Runtime(host_paths, 'racer')
         t0 = time.monotonic()
-        with _guests.frozen_source(host_paths, 'racer'):
+        with _guests.FrozenSource(host_paths, 'racer'):
             assert rt.group.frozen() and rt.state() == 'frozen'
             _guests.clone_tree(doc['root'], str(tmp_path / 'frozen-clone'))
         frozen_for = time.monotonic() - t0
