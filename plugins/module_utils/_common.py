@@ -37,8 +37,10 @@ class VServerError(Exception):
 DEFAULTS_FILE = '/etc/default/vserver'
 
 
-def read_defaults_file(path=DEFAULTS_FILE):
-    """VSERVER_*=VALUE lines of the host's defaults file (written by the host role), as a dict."""
+def read_defaults_file(path=DEFAULTS_FILE, keys=None):
+    """VSERVER_*=VALUE lines of the host's defaults file (written by the host role), as a dict (the host roots,
+    or the variables named in ``keys``)."""
+    keys = ENV.values() if keys is None else keys
     out = {}
     try:
         with open(path) as handle:
@@ -47,7 +49,7 @@ def read_defaults_file(path=DEFAULTS_FILE):
         return out
     for line in lines:
         key, eq, value = line.strip().partition('=')
-        if eq and key in ENV.values():
+        if eq and key in keys:
             out[key] = value.strip().strip('"\'')
     return out
 
@@ -110,6 +112,27 @@ def check_xid(xid, field='xid'):
     if value is None or isinstance(xid, bool) or str(value) != str(xid).strip() or not XID_MIN <= value <= XID_MAX:
         raise VServerError('%s must be an integer from %d to %d (got %r)' % (field, XID_MIN, XID_MAX, xid), field)
     return value
+
+
+def terminal_safe(text):
+    """``text`` fit for a terminal: a string a guest controls (a process name, a host name read from its tree)
+    may carry escape sequences or line breaks. Every non-printable character (newline too) is shown as \\xNN
+    (\\uNNNN above 0xff; a byte that was not UTF-8, read with errors='surrogateescape', as \\xNN) and a backslash
+    as \\\\, so what is printed cannot move the cursor, retitle the window or be mistaken for a different name.
+    Module results (JSON) carry the raw string, JSON-escaped."""
+    out = []
+    for char in str(text):
+        if char == '\\':
+            out.append('\\\\')
+        elif char.isprintable():
+            out.append(char)
+        elif 0xdc80 <= ord(char) <= 0xdcff:  # a byte that was not UTF-8 (read with errors='surrogateescape')
+            out.append('\\x%02x' % (ord(char) - 0xdc00))
+        elif ord(char) <= 0xff:
+            out.append('\\x%02x' % ord(char))
+        else:
+            out.append('\\u%04x' % ord(char))
+    return ''.join(out)
 
 
 def write_fully(fd, data):

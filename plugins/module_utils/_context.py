@@ -23,7 +23,8 @@ import stat
 import struct
 import time
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _kernel as K, _masks
+from ansible_collections.vserver.core.plugins.module_utils import (
+    _caps, _cgroup, _config, _kernel as K, _logs, _masks)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
@@ -220,6 +221,7 @@ class Runtime:
 
 def _log_fd(paths, name):
     os.makedirs(paths.log_dir, mode=0o750, exist_ok=True)
+    _logs.cap(paths.log_file(name), _logs.log_max())  # bounded while it runs by vserver-supervise (_logs)
     return os.open(paths.log_file(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
 
@@ -738,7 +740,8 @@ def processes(paths, docs=None, proc='/proc'):
             'guest_pid': int(nspid[-1]) if guest else pid, 'state': st[0],
             'rss_kb': int((status_.get('VmRSS') or '0 kB').split()[0]),
             'cpu_seconds': round(st[3] / float(K.clock_ticks()), 2),
-            'comm': status_.get('Name', ''),
+            # the guest's bytes: not UTF-8 -> U+FFFD (valid JSON text); escaped where printed (terminal_safe)
+            'comm': status_.get('Name', '').encode('utf-8', 'surrogateescape').decode('utf-8', 'replace'),
         })
     return out
 

@@ -10,11 +10,12 @@ one process. Nothing is computed twice: this file only orders the calls.
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _manager, _template
+from ansible_collections.vserver.core.plugins.module_utils import (
+    _cgroup, _config, _context, _kernel as K, _manager, _template)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, write_error, write_fully, write_json)
 
@@ -135,57 +136,109 @@ def validate(guests, prune=False):
     return out
 
 
-def _is_immutable(path):
+# The source tree is the guest's: every object of it is opened relative to its parent directory's fd with
+# O_NOFOLLOW and then checked and read through that fd (never looked up again by path). The destination is the
+# fresh build sibling (mode 0700, reachable by no guest), so names relative to its directory fds are safe there.
+SRC_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_DEPTH = 256
+LINK_BATCH = 64  # unified files linked under one freeze of every guest
+
+
+def _copy_meta(src_fd, dst_fd, st):
+    """Owner, mode (after the owner: chown clears set-id bits), xattrs and times, all by fd."""
+    os.fchown(dst_fd, st.st_uid, st.st_gid)
+    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        names = os.listxattr(src_fd)
     except OSError:
-        return False
-    try:
-        return bool(K.get_flags(fd) & K.FS_IMMUTABLE_FL)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _link_immutable(source, target):
-    """link(2) refuses an immutable inode: clear the flag around the link, as unification does."""
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        flags = K.get_flags(fd)
-        K.set_flags(fd, flags & ~K.FS_IMMUTABLE_FL)
-        try:
-            os.link(source, target, follow_symlinks=False)
-        finally:
-            K.set_flags(fd, flags)
-    finally:
-        os.close(fd)
-
-
-def _copy_xattrs(src, dst):
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        return
+        names = []
     for attr in names:
         try:
-            os.setxattr(dst, attr, os.getxattr(src, attr, follow_symlinks=False), follow_symlinks=False)
+            os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr))
         except OSError:
             pass
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def clone_tree(src, dst):
+def _copy_bytes(src_fd, dst_fd, size):
+    """At most ``size`` bytes (the size seen at open: a file the guest keeps growing cannot make this endless)."""
+    done = 0
+    while done < size:
+        try:
+            count = os.copy_file_range(src_fd, dst_fd, size - done)
+        except (OSError, AttributeError):  # another filesystem pair, or Python < 3.8
+            count = 0
+        if count == 0:
+            chunk = os.read(src_fd, min(1 << 20, size - done))
+            if not chunk:
+                break
+            _write_all(dst_fd, chunk)
+            count = len(chunk)
+        done += count
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _link_unified(fd, name, dfd, flags):
+    """Hardlink the inode open as ``fd`` (exactly that one, through /proc/self/fd) into the build directory.
+    link(2) refuses an immutable inode: the flag is cleared on that fd around the link, as unification does."""
+    K.set_flags(fd, flags & ~K.FS_IMMUTABLE_FL)
+    try:
+        os.link('/proc/self/fd/%d' % fd, name, dst_dir_fd=dfd, follow_symlinks=True)
+    finally:
+        K.set_flags(fd, flags)
+
+
+def _is_unified(fd, st):
+    """Hardlinked into the clone only: a regular file with more than one link and the immutable flag. A guest
+    cannot set that flag (linux_immutable is outside every guest's bounding set), so only the host's unification
+    made it so: any other multiply-linked inode (a host file hardlinked into the tree, a guest's own hardlinks)
+    is copied, never shared with the clone."""
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+        return None
+    try:
+        flags = K.get_flags(fd)
+    except OSError:
+        return None
+    return flags if flags & K.FS_IMMUTABLE_FL else None
+
+
+def clone_tree(src, dst, pause=None):
     """util-vserver's clone: unified files (immutable, shared) are hardlinked, everything else is copied.
 
     Returns counts. ``dst`` must not exist. The copy is made in a build sibling of ``dst`` and renamed onto it
     when complete (removed again if the copy fails half-way); hold the host lock, which covers the siblings.
-    """
+    The source is walked by fd (O_NOFOLLOW on every component): a guest swapping a directory for a symlink
+    while this runs can change what is copied, never make the host read, link or change anything outside its
+    tree. Clone a running source frozen (``FrozenSource``) so the copy is one consistent view. ``pause`` (a
+    context manager factory, ``AllGuestsFrozen``) is entered around each batch of links of unified files: the
+    immutable flag is off for those link(2) calls only, while no guest process runs."""
     if os.path.lexists(dst):
         raise VServerError('clone target %s exists' % dst, 'root')
     counts = {'linked': 0, 'copied': 0}
     build = _template.new_build_dir(dst)
     try:
-        _copy_tree(src, build, counts)
+        try:
+            sfd = os.open(src, DIR_OPEN)
+        except OSError as exc:
+            raise VServerError('clone_from: cannot open the source tree %s: %s' % (src, exc.strerror),
+                               'clone_from') from exc
+        try:
+            dfd = os.open(build, DIR_OPEN)
+            linked = []
+            try:
+                _copy_dir(sfd, dfd, counts, linked, 0, pause)
+                _copy_meta(sfd, dfd, os.fstat(sfd))
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+        _check_no_writer(linked)
         _template.install_build(build, dst)
     except BaseException:
         try:
@@ -196,46 +249,170 @@ def clone_tree(src, dst):
     return counts
 
 
-def _copy_tree(src, dst, counts):
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        target_dir = dst if rel == '.' else os.path.join(dst, rel)
-        st = os.lstat(dirpath)
-        if rel == '.':
-            os.chmod(target_dir, stat.S_IMODE(st.st_mode))
-        else:
-            os.mkdir(target_dir, stat.S_IMODE(st.st_mode))
-        for entry in dirnames + filenames:
-            source = os.path.join(dirpath, entry)
-            target = os.path.join(target_dir, entry)
-            est = os.lstat(source)
-            if stat.S_ISDIR(est.st_mode):
-                continue
-            if stat.S_ISLNK(est.st_mode):
-                os.symlink(os.readlink(source), target)
-            elif stat.S_ISREG(est.st_mode):
-                if est.st_nlink > 1 and _is_immutable(source):
-                    _link_immutable(source, target)
-                    counts['linked'] += 1
-                    continue
-                shutil.copyfile(source, target, follow_symlinks=False)
-                counts['copied'] += 1
-            elif stat.S_ISFIFO(est.st_mode):
-                os.mkfifo(target, stat.S_IMODE(est.st_mode))
-            else:  # device nodes, sockets: the guest's /dev is built at start; skip
-                continue
-            os.lchown(target, est.st_uid, est.st_gid)
-            if not stat.S_ISLNK(est.st_mode):
-                os.chmod(target, stat.S_IMODE(est.st_mode))
-            _copy_xattrs(source, target)
-            os.utime(target, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
-    for dirpath, _dirs, _files in os.walk(src, topdown=False):
-        rel = os.path.relpath(dirpath, src)
-        target_dir = dst if rel == '.' else os.path.join(dst, rel)
-        st = os.lstat(dirpath)
-        os.lchown(target_dir, st.st_uid, st.st_gid)
-        _copy_xattrs(dirpath, target_dir)
-        os.utime(target_dir, ns=(st.st_atime_ns, st.st_mtime_ns))
+class FrozenSource:
+    """Freeze a running source guest's cgroup for the copy (one consistent view; its processes cannot race the
+    walk), thaw it after; a guest frozen before stays frozen. A stopped source is copied as it is (nothing runs
+    in it; it cannot start while the host lock is held). Measured: the busybox tree (~400 entries) is copied
+    in 0.1 to 1.1 s on a loaded 2-core machine (integration test)."""
+
+    def __init__(self, paths, name):
+        self.runtime = _context.Runtime(paths, name)
+        self.name = name
+        self.thaw = False
+
+    def __enter__(self):
+        state = self.runtime.state()
+        if state == 'running':
+            group = self.runtime.group
+            self.thaw = True
+            if not group.freeze():
+                group.thaw()
+                raise VServerError('clone_from: guest %s runs and did not freeze within 5 s; a running source is '
+                                   'only copied frozen (stop it, or retry)' % self.name, 'clone_from')
+        return self
+
+    def __exit__(self, *exc):
+        if self.thaw:
+            self.runtime.group.thaw()
+        return False
+
+
+class AllGuestsFrozen:
+    """Every guest of this host frozen (the guests' cgroup parent), for the instant a shared inode's immutable flag
+    is off: no guest process can open it for writing meanwhile. Guests frozen before stay frozen."""
+
+    def __init__(self, paths):
+        layout = _cgroup.host_layout()
+        parent = _cgroup.guest_parent(paths.cgroup_parent, layout)
+        head, _sep, tail = parent.rpartition('/')
+        self.group = layout.group(head, tail)
+        self.group.rel = parent
+        self.froze = False
+
+    def __enter__(self):
+        if not self.group.exists():
+            return self  # no guest has ever run under this parent
+        self.froze = True
+        if not self.group.freeze():
+            self.group.thaw()
+            raise VServerError('clone: the guests did not freeze within 5 s; a unified file is only linked while '
+                               'no guest can open it (retry)', 'clone_from')
+        return self
+
+    def __exit__(self, *exc):
+        if self.froze:
+            self.group.thaw()
+        return False
+
+
+def _check_no_writer(linked):
+    """The immutable flag of a linked inode was off for the link(2) only; a process that opened it for writing
+    in that instant keeps a writable fd on a file every sharer runs: refuse the clone then (checked once)."""
+    if not linked:
+        return
+    from ansible_collections.vserver.core.plugins.module_utils import _unify
+    held = set(linked) & _unify.open_for_write()
+    if held:
+        raise VServerError('clone: %d shared (unified) file(s) were opened for writing while being linked '
+                           '(inodes %s); the clone is not made' % (len(held), sorted(i for _d, i in held)),
+                           'clone_from')
+
+
+def _copy_dir(sfd, dfd, counts, linked, depth, pause):
+    if depth > MAX_DEPTH:
+        raise VServerError('clone: the source tree is deeper than %d directories' % MAX_DEPTH, 'clone_from')
+    batch = []  # unified files of this directory, open, linked together under one pause
+    try:
+        for name in os.listdir(sfd):
+            try:
+                _copy_entry(sfd, dfd, name, counts, linked, depth, pause, batch)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone or swapped since listed (only when the source runs): not copied
+            if len(batch) >= LINK_BATCH:
+                _link_batch(batch, dfd, counts, linked, pause)
+        _link_batch(batch, dfd, counts, linked, pause)
+    finally:
+        for fd, _name, _flags, _st in batch:
+            os.close(fd)
+
+
+def _link_batch(batch, dfd, counts, linked, pause):
+    if not batch:
+        return
+    with (pause() if pause else _NoPause()):
+        for fd, name, flags, st in batch:
+            _link_unified(fd, name, dfd, flags)
+            linked.append((st.st_dev, st.st_ino))
+            counts['linked'] += 1
+    for fd, _name, _flags, _st in batch:
+        os.close(fd)
+    del batch[:]
+
+
+class _NoPause:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _copy_entry(sfd, dfd, name, counts, linked, depth, pause, batch):
+    st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(name, dir_fd=sfd)
+        except OSError:
+            return  # no longer a symlink
+        os.symlink(target, name, dir_fd=dfd)
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
+        return
+    if stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(name, 0o600, dir_fd=dfd)
+        fd = os.open(name, SRC_OPEN, dir_fd=dfd)  # the build's own FIFO: never blocks with O_NONBLOCK
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return  # device nodes, sockets: the guest's /dev is built at start; skip
+    try:
+        fd = os.open(name, SRC_OPEN, dir_fd=sfd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            return  # swapped for a symlink or a socket since listed
+        raise
+    try:
+        st = os.fstat(fd)  # from here on: the object opened, whatever the name means now
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(name, 0o700, dir_fd=dfd)
+            cfd = os.open(name, DIR_OPEN, dir_fd=dfd)
+            try:
+                _copy_dir(fd, cfd, counts, linked, depth + 1, pause)
+                _copy_meta(fd, cfd, st)
+            finally:
+                os.close(cfd)
+        elif stat.S_ISREG(st.st_mode):
+            flags = _is_unified(fd, st)
+            if flags is not None:
+                batch.append((fd, name, flags, st))  # linked (and closed) with its directory's batch
+                fd = None
+                return
+            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                          dir_fd=dfd)
+            try:
+                _copy_bytes(fd, out, st.st_size)
+                _copy_meta(fd, out, st)
+            finally:
+                os.close(out)
+            counts['copied'] += 1
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _check_guest_path(path, field):
@@ -262,60 +439,80 @@ def _open_dir_in_tree(root, parts, create=False):
             fd = nfd
     except OSError as exc:
         os.close(fd)
-        raise VServerError('cannot reach %s/%s inside the guest tree safely: %s' % (root, '/'.join(parts), exc),
+        why = 'a symlink or not a directory there is never followed' if exc.errno in (
+            errno.ELOOP, errno.ENOTDIR) else exc.strerror
+        raise VServerError('cannot reach %s/%s inside the guest tree safely: %s' % (root, '/'.join(parts), why),
                            'files')
     return fd
 
 
+MAX_MANAGED_READ = 4 << 20  # a managed file (or /etc/shadow) larger than this is not read, and is replaced
+
+
 def read_in_tree(root, path):
+    """(bytes, mode) of the regular file ROOT/PATH, or (None, None) when it is absent or not a regular file.
+    Never blocks (O_NONBLOCK: a FIFO the guest planted is opened and refused, not waited on) and never reads
+    more than MAX_MANAGED_READ (a larger file reads as absent, so it is replaced)."""
     parts = path.strip('/').split('/')
     try:
         dfd = _open_dir_in_tree(root, parts[:-1])
     except (VServerError, FileNotFoundError):
         return None, None
     try:
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     except OSError:
         return None, None
     finally:
         os.close(dfd)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANAGED_READ:
             return None, None
-        with os.fdopen(fd, 'rb', closefd=False) as handle:
-            return handle.read(), stat.S_IMODE(st.st_mode)
+        chunks, size = [], 0
+        while size <= MAX_MANAGED_READ:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b''.join(chunks), stat.S_IMODE(st.st_mode)
+            chunks.append(chunk)
+            size += len(chunk)
+        return None, None  # grew past the cap while read
     finally:
         os.close(fd)
 
 
 def write_in_tree(root, path, data, mode):
     """Atomically replace ROOT/PATH (no symlink followed anywhere), owned by root: every byte written and the
-    size checked, fsync, rename, fsync of the directory. On failure the old file stays, the temp file is removed
-    and VServerError names the file."""
+    size checked, fsync, rename, fsync of the directory. The temp file has a random name created with O_EXCL
+    (whatever the guest planted there, a name that exists is never used: another is drawn). On failure the old
+    file stays, the temp file is removed and VServerError names the file."""
+    import secrets
     parts = path.strip('/').split('/')
     dfd = _open_dir_in_tree(root, parts[:-1], create=True)
-    tmp = '.%s.vserver-tmp' % parts[-1]
-    created = False
+    tmp = None
     try:
+        for _attempt in range(16):
+            name = '.%s.vserver-%s' % (parts[-1][:200], secrets.token_hex(8))
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dfd)
+            except FileExistsError:
+                continue
+            tmp = name
+            break
+        else:
+            raise OSError(errno.EEXIST, 'no free temp name in 16 tries')
         try:
-            os.unlink(tmp, dir_fd=dfd)
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
-        created = True
-        try:
-            os.fchmod(fd, mode)
             os.fchown(fd, 0, 0)
+            os.fchmod(fd, mode)
             write_fully(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
-        created = False
+        tmp = None
         os.fsync(dfd)
     except OSError as exc:
-        if created:
+        if tmp is not None:
             try:
                 os.unlink(tmp, dir_fd=dfd)
             except OSError:
@@ -433,7 +630,8 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
             with HostLock(paths):  # the build sibling is swept by runs holding the lock
                 for stale in _template.stale_builds(root):
                     _manager.remove_build(stale)
-                clone_tree(source['root'], root)
+                with FrozenSource(paths, spec['clone_from']):
+                    clone_tree(source['root'], root, pause=lambda: AllGuestsFrozen(paths))
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
     if template == 'clone':

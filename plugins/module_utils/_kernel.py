@@ -297,8 +297,8 @@ def clock_ticks():
 
 def read_stat(pid, proc='/proc'):
     """Return (state, ppid, starttime_ticks, utime+stime ticks) for a pid, or None if it is gone."""
-    try:
-        with open('%s/%d/stat' % (proc, pid)) as handle:
+    try:  # a process name is any bytes its owner chose (a guest's): never a decode error here
+        with open('%s/%d/stat' % (proc, pid), errors='surrogateescape') as handle:
             raw = handle.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
@@ -341,7 +341,7 @@ def parse_status(raw):
 
 def read_status(pid, proc='/proc'):
     try:
-        with open('%s/%d/status' % (proc, pid)) as handle:
+        with open('%s/%d/status' % (proc, pid), errors='surrogateescape') as handle:
             return parse_status(handle.read())
     except (FileNotFoundError, ProcessLookupError):
         return None

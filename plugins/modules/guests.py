@@ -44,7 +44,11 @@ options:
         C(/root/.ssh/authorized_keys)), and C(config) (a whole config document brought from another host, used by
         cold migration).
       - C(clone) copies the source guest's tree, hardlinking its unified (immutable, shared) files as
-        util-vserver's clone did; everything else is copied.
+        util-vserver's clone did; everything else is copied. The source is read by file descriptor without
+        following any symlink; a running source is frozen for the copy; the shared files are linked while every
+        guest is frozen for an instant (see docs/security.md).
+      - A managed file is read only when it is a regular file (never waiting on a FIFO) of at most 4 MiB; a
+        symlink at a directory of its path (for example C(/root/.ssh)) fails that guest only.
     type: list
     elements: dict
     required: true

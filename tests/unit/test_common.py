@@ -2,7 +2,7 @@
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    Paths, VServerError, atomic_write, check_name, check_xid, remove_stale_temps)
+    Paths, VServerError, atomic_write, check_name, check_xid, remove_stale_temps, terminal_safe)
 
 
 @pytest.mark.parametrize('name', ['web', 'a', 'mail-1', 'db_2', 'x.y', '0abc', 'a' * 63])
@@ -94,3 +94,50 @@ def test_atomic_write_failure_names_the_file(tmp_path):
     with pytest.raises(VServerError) as err:
         atomic_write(str(tmp_path / 'missing-dir' / 'g.json'), 'x')
     assert str(err.value) == 'cannot write %s: No such file or directory' % (tmp_path / 'missing-dir' / 'g.json')
+
+
+@pytest.mark.parametrize('raw, shown', [
+    ('init', 'init'),
+    ('\x1b]0;pwned\x07', '\\x1b]0;pwned\\x07'),
+    ('a\nb\tc', 'a\\x0ab\\x09c'),
+    ('back\\slash', 'back\\\\slash'),
+    ('bad\udcffbyte', 'bad\\xffbyte'),
+    ('caf\u00e9 \u200b', 'caf\u00e9 \\u200b'),
+    ('\x9b31m', '\\x9b31m'),
+])
+def test_terminal_safe_escapes_what_a_guest_could_use_against_a_terminal(raw, shown):
+    assert terminal_safe(raw) == shown
+
+
+@pytest.mark.parametrize('raw, value', [(None, 16 << 20), ('1M', 1 << 20), ('2048k', 2 << 20), ('1', 64 << 10),
+                                        ('3G', 3 << 30)])
+def test_log_max_from_the_environment(monkeypatch, tmp_path, raw, value):
+    from ansible_collections.vserver.core.plugins.module_utils import _logs
+    monkeypatch.delenv('VSERVER_LOG_MAX', raising=False)
+    if raw is not None:
+        monkeypatch.setenv('VSERVER_LOG_MAX', raw)
+    assert _logs.log_max(str(tmp_path / 'absent')) == value
+
+
+def test_log_max_from_the_defaults_file_and_a_bad_value(monkeypatch, tmp_path):
+    from ansible_collections.vserver.core.plugins.module_utils import _logs
+    monkeypatch.delenv('VSERVER_LOG_MAX', raising=False)
+    defaults = tmp_path / 'vserver'
+    defaults.write_text('VSERVER_LOG_DIR=/var/log/x\nVSERVER_LOG_MAX=4M\n')
+    assert _logs.log_max(str(defaults)) == 4 << 20
+    monkeypatch.setenv('VSERVER_LOG_MAX', '4 MiB')
+    with pytest.raises(VServerError) as err:
+        _logs.log_max(str(defaults))
+    assert err.value.field == 'VSERVER_LOG_MAX'
+
+
+def test_cap_keeps_the_tail_and_truncates(tmp_path):
+    from ansible_collections.vserver.core.plugins.module_utils import _logs
+    log = tmp_path / 'g.log'
+    log.write_bytes(b'a' * 1000 + b'b' * 100)
+    assert _logs.cap(str(log), 2000) is False and log.stat().st_size == 1100
+    assert _logs.cap(str(log), 100) is True
+    assert log.stat().st_size == 0 and (tmp_path / 'g.log.1').read_bytes() == b'b' * 100
+    log.write_bytes(b'c' * 300)
+    assert _logs.cap(str(log), 100, keep=False) is True
+    assert log.stat().st_size == 0 and (tmp_path / 'g.log.1').read_bytes() == b'b' * 100

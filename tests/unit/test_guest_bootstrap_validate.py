@@ -241,7 +241,20 @@ def test_plan_reports_every_bad_entry_at_once_and_writes_nothing(tmp_path):
     ]})
     assert rc == 1 and out['failed']
     assert 'vserver_guests[a].packages' in out['msg'] and 'vserver_guests[b].components' in out['msg']
-    assert 'vserver_guests[c].root' in out['msg'] and 'vserver_guests[d]' not in out['msg']
+    assert 'vserver_guests[c]' not in out['msg'] and 'vserver_guests[d]' not in out['msg']
+    assert sorted(os.listdir(tmp_path)) == ['busy']
+
+
+def test_plan_refuses_a_busy_root_for_that_guest_only(tmp_path):
+    root = tmp_path / 'busy'
+    root.mkdir()
+    (root / 'data').write_text('x')
+    rc, out = run_helper({'mode': 'plan', 'guests': [request(name='c', root=str(root)),
+                                                     request(name='d', root=str(tmp_path / 'd'))]})
+    assert rc == 0 and not out['failed']
+    c, d = out['guests']
+    assert not c['build'] and c['refused'].startswith('vserver_guests[c].root: %s is not empty and has no /etc' % root)
+    assert d['build'] and 'refused' not in d
     assert sorted(os.listdir(tmp_path)) == ['busy']
 
 
@@ -261,4 +274,4 @@ def test_check_mode_build_writes_nothing(tmp_path):
 
 def test_unknown_mode():
     rc, out = run_helper({'mode': 'nope'})
-    assert rc == 1 and 'mode must be plan or build' in out['msg']
+    assert rc == 1 and 'mode must be plan, build or unpack' in out['msg']

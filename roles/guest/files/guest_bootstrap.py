@@ -365,6 +365,8 @@ def find_tool(tool):
 
 
 def tool_argv(req, target):
+    if req['tool'] == 'tar':
+        return [find_tool('tar'), '-x', '--numeric-owner', '--xattrs', '--acls', '-f', req['tarball'], '-C', target]
     argv = [find_tool(req['tool'])]
     if not (req['tool'] == 'debootstrap' and req['variant'] == 'important'):
         argv.append('--variant=%s' % req['variant'])
@@ -498,6 +500,52 @@ def build(req, check=False):
                          tail))
 
 
+UNPACK_TIMEOUT = 1800  # seconds for tar to unpack one tarball
+
+
+def unpack(req, check=False):
+    """Make ROOT the tarball's tree unless it has one ({"name", "root", "tarball"}). Never into an existing tree a
+    guest can reach: tar runs in a fresh sibling (PARENT/.BASE.bootstrap, in the 0700 tree directory) renamed onto
+    ROOT when complete; a ROOT that is not absent or empty is never unpacked into (one with /etc is built, one
+    without is refused). Returns {"changed", "root", "seconds"}."""
+    if not isinstance(req, dict) or not NAME_RE.match(str(req.get('name', ''))) or \
+            not isinstance(req.get('root'), str) or not os.path.isabs(req['root']) or \
+            not isinstance(req.get('tarball'), str) or not os.path.isabs(req['tarball']):
+        raise Refused('an unpack request needs a guest name, an absolute root and an absolute tarball path (got %r)'
+                      % (req,))
+    req = dict(req, tool='tar', timeout=UNPACK_TIMEOUT, fields=req.get('fields') or {})
+    root = req['root']
+    temp = temp_of(root)
+    state = root_state(req)
+    result = {'changed': False, 'root': root, 'seconds': 0}
+    if check or state == 'built':
+        result['changed'] = state != 'built'
+        return result
+    if not os.path.isfile(req['tarball']):
+        raise Refused('%s: %s is not a file on this host' % (_field(req, 'tarball'), req['tarball']))
+    os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
+    with Lock(temp + '.lock', UNPACK_TIMEOUT + STOP_GRACE + REAP_DEADLINE + 60):
+        state = root_state(req)
+        if os.path.lexists(temp):
+            remove_tree(temp)
+            result['changed'] = True
+        if state == 'built':
+            return result
+        os.mkdir(temp, 0o700)
+        try:
+            status, seconds, tail = run_tool(req, temp)
+            if status != 0:
+                raise BuildFailed('guest %s: tar could not unpack %s (%s); %s is untouched. Last lines:\n%s'
+                                  % (req['name'], req['tarball'], 'timed out' if status is None else
+                                     'exit status %s' % status, root, tail))
+            os.rename(temp, root)
+        except BaseException:
+            remove_tree(temp)
+            raise
+    result.update(changed=True, seconds=seconds)
+    return result
+
+
 def plan(requests):
     """Check every request, fill in the host's mirror, say which trees need a build. Writes nothing."""
     if not isinstance(requests, list):
@@ -522,8 +570,9 @@ def plan(requests):
                 continue
         try:
             req['build'] = root_state(req) != 'built' or os.path.lexists(temp_of(req['root']))
-        except Refused as exc:
-            errors.append(str(exc))
+        except Refused as exc:  # this guest's tree (e.g. a guest that deleted its /etc): the others go on
+            req['build'] = False
+            req['refused'] = str(exc)
     if errors:
         raise Refused('; '.join(errors))
     return {'changed': False, 'guests': checked}
@@ -540,10 +589,12 @@ def main(argv):
         request = json.loads(argv[1])
         if request.get('mode') == 'plan':
             out = plan(request.get('guests'))
+        elif request.get('mode') == 'unpack':
+            out = unpack(request.get('guest'), bool(request.get('check')))
         elif request.get('mode') == 'build':
             out = build(check_request(request.get('guest')), bool(request.get('check')))
         else:
-            raise Refused('mode must be plan or build')
+            raise Refused('mode must be plan, build or unpack')
     except (Refused, BuildFailed) as exc:
         print(json.dumps({'failed': True, 'msg': str(exc)}))
         return 1

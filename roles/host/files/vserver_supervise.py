@@ -7,8 +7,12 @@
   vserver-supervise --once                   start the marked guests that are not running, then exit
   vserver-supervise --watch NAME             (vserver@.service) start NAME, wait for its init; exit 0 when it
                                              was stopped cleanly, 1 when init died on its own
+  vserver-supervise --logs                   only keep the guests' console logs under the cap (see below)
 
 Marked guests are those with a file CONFIG_DIR/autostart/NAME (the guest role's `autostart: true`).
+Every mode that stays (foreground, --daemon, --watch NAME for that guest, --logs) keeps the guests' console logs
+LOG_DIR/NAME.log under VSERVER_LOG_MAX (default 16M): one thread woken by inotify copies the last VSERVER_LOG_MAX
+bytes of a log that passed it to NAME.log.1 and truncates NAME.log (docs/security.md, "Guest console logs").
 A guest stopped with `vserver NAME stop` leaves no runtime state and is left alone; a guest whose init died
 (runtime state left behind) is restarted, at most 3 times a minute. The supervisor is a child subreaper:
 guest inits are reparented to it and reaped here, even on hosts whose PID 1 never reaps orphans.
@@ -35,7 +39,8 @@ def _find_collections():
 
 sys.path.insert(0, _find_collections())
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _guests, _manager  # noqa: E402
+from ansible_collections.vserver.core.plugins.module_utils import (  # noqa: E402
+    _config, _context, _guests, _logs, _manager)
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError  # noqa: E402
 
 MAX_RESTARTS = 3
@@ -109,12 +114,37 @@ def reap():
             return
 
 
+def cap_logs(paths, only=None):
+    """The guests' console logs stay under the cap (VSERVER_LOG_MAX, see _logs): one thread of this one host
+    process, woken by inotify as soon as a log in LOG_DIR is written. Started with the signals blocked (they stay
+    the main loop's); it never writes to stderr (a fork of the main thread must not inherit a held lock)."""
+    try:
+        watcher = _logs.Watcher(paths.log_dir, _logs.log_max(), only)
+    except (OSError, VServerError) as exc:
+        log('guest logs are not capped: %s' % exc)
+        return None
+    existing = [n for n in os.listdir(paths.log_dir) if n.endswith('.log') and (only is None or n == only + '.log')]
+    watcher.cap_all(existing)
+
+    def loop():
+        while True:
+            try:
+                watcher.cap_all(watcher.wait(60))
+            except OSError:
+                time.sleep(1)
+    import threading
+    thread = threading.Thread(target=loop, name='cap-logs', daemon=True)
+    thread.start()
+    return thread
+
+
 def supervise(paths, interval):
     history = {}
     for name in marked(paths):
         if condition(paths, name) != 'running':
             start(paths, name)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD, signal.SIGTERM, signal.SIGINT])
+    cap_logs(paths)
     while True:
         info = signal.sigtimedwait([signal.SIGCHLD, signal.SIGTERM, signal.SIGINT], interval)
         if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
@@ -143,6 +173,7 @@ def watch(paths, name):
     pid = rt.init_pid()
     if not pid:
         return 1
+    cap_logs(paths, only=name)
     try:
         fd = os.pidfd_open(pid)
     except OSError:
@@ -166,7 +197,7 @@ def main(argv):
         arg = args.pop(0)
         if arg == '--interval' and args:
             interval = float(args.pop(0))
-        elif arg in ('--once', '--daemon'):
+        elif arg in ('--once', '--daemon', '--logs'):
             mode = arg[2:]
         elif arg == '--watch' and args:
             mode, name = 'watch', args.pop(0)
@@ -181,6 +212,13 @@ def main(argv):
         return 0 if all(ok) else 1
     if mode == 'watch':
         return watch(paths, name)
+    if mode == 'logs':
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT])
+        thread = cap_logs(paths)
+        if thread is None:
+            return 1
+        signal.sigwait([signal.SIGTERM, signal.SIGINT])
+        return 0
     if mode == 'daemon':
         pidfile = os.path.join(paths.run_dir, '.supervise.pid')
         try:

@@ -1,0 +1,135 @@
+# Copyright: (c) 2026, vserver.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to this collection: the size cap of the guests' console logs (LOG_DIR/NAME.log).
+
+A guest's init gets LOG_DIR/NAME.log as its stdout and stderr (opened by the host, O_APPEND): every process of
+the guest can write to it (/proc/1/fd/1), outside any disk limit of the guest. No process runs per guest to relay
+it; instead one host process (vserver-supervise, or the vserver@NAME watcher under systemd) watches LOG_DIR with
+inotify and, as soon as a log passes the cap, copies its last CAP bytes to NAME.log.1 and truncates NAME.log to
+zero (copytruncate): the guest's next write lands at the start of the file (O_APPEND). A start caps the log too.
+See docs/security.md "Guest console logs".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import select
+import stat
+import struct
+import time
+
+from ansible_collections.vserver.core.plugins.module_utils._common import (
+    DEFAULTS_FILE, VServerError, read_defaults_file)
+
+LOG_MAX_VAR = 'VSERVER_LOG_MAX'
+LOG_MAX_DEFAULT = 16 << 20
+LOG_MAX_MIN = 64 << 10
+COPY_EVERY = 1.0  # seconds: at most one copy to NAME.log.1 per log and second; faster floods are truncated only
+SIZE_RE = re.compile(r'^([0-9]+)([KMG]?)$')
+IN_MODIFY = 0x00000002
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+_EVENT = struct.Struct('iIII')
+
+
+def log_max(defaults_file=DEFAULTS_FILE):
+    """The cap in bytes: VSERVER_LOG_MAX from the environment or the host's defaults file (a number of bytes with
+    an optional K, M or G), else 16 MiB; at least 64 KiB."""
+    raw = os.environ.get(LOG_MAX_VAR) or read_defaults_file(defaults_file, keys=(LOG_MAX_VAR,)).get(LOG_MAX_VAR)
+    if not raw:
+        return LOG_MAX_DEFAULT
+    match = SIZE_RE.match(raw.strip().upper())
+    if not match:
+        raise VServerError('%s must be a size in bytes with an optional K, M or G (got %r)' % (LOG_MAX_VAR, raw),
+                           LOG_MAX_VAR)
+    value = int(match.group(1)) << {'': 0, 'K': 10, 'M': 20, 'G': 30}[match.group(2)]
+    return max(value, LOG_MAX_MIN)
+
+
+def cap(path, limit, keep=True):
+    """If the log PATH holds more than LIMIT bytes: its last LIMIT bytes go to PATH.1 (when ``keep``), then PATH
+    is truncated to zero. Returns True if it was. What the guest writes between the copy and the truncation is
+    lost (copytruncate's known gap)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= limit:
+            return False
+        if keep:
+            _keep_tail(fd, path + '.1', st.st_size, limit)
+        os.ftruncate(fd, 0)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _keep_tail(fd, dest, size, limit):
+    tmp = dest + '.tmp'
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        offset = size - limit
+        left = limit
+        while left > 0:
+            chunk = os.pread(fd, min(left, 1 << 20), offset)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out, view):]
+            offset += len(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(out)
+    os.rename(tmp, dest)
+
+
+class Watcher:
+    """inotify on LOG_DIR: ``wait(timeout)`` returns the names of the guest logs written since, ``cap_all`` caps
+    them. ``only`` restricts it to one guest's log."""
+
+    def __init__(self, log_dir, limit, only=None):
+        self.log_dir = log_dir
+        self.limit = limit
+        self.only = only
+        self.copied = {}
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.makedirs(log_dir, mode=0o750, exist_ok=True)
+        self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, log_dir.encode(), IN_MODIFY) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, 'inotify on %s: %s' % (log_dir, os.strerror(err)))
+
+    def wait(self, timeout):
+        ready = select.select([self.fd], [], [], timeout)[0]
+        names = set()
+        while ready:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    break
+                raise
+            offset = 0
+            while offset < len(data):
+                dummy, dummy, dummy, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b'\0').decode(errors='replace')
+                offset += _EVENT.size + length
+                if name.endswith('.log') and (self.only is None or name == self.only + '.log'):
+                    names.add(name)
+        return names
+
+    def cap_all(self, names):
+        now = time.monotonic()
+        for name in names:
+            keep = now - self.copied.get(name, -COPY_EVERY) >= COPY_EVERY
+            if cap(os.path.join(self.log_dir, name), self.limit, keep) and keep:
+                self.copied[name] = now
+
+    def close(self):
+        os.close(self.fd)
