@@ -1,0 +1,109 @@
+"""The guest's default syscall filter, seen from inside (hostile static C programs) and from outside (/proc).
+
+Every probe runs inside a guest; the C programs refuse to run anywhere else (they really unshare and mount when
+nothing stops them)."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from helpers import TOP, guest_sh, vserver
+
+pytestmark = [pytest.mark.cgroup,
+              pytest.mark.skipif(os.uname().machine != 'x86_64', reason='probes use x86 syscalls (int 0x80)')]
+
+EPERM, ENOSYS = 1, 38
+# denied outright in a default guest (EPERM), by name of the probe in files/syscall_probe.c
+DENIED = ['keyctl', 'add_key', 'request_key', 'unshare_user', 'unshare_cgroup', 'clone_user', 'setns', 'mount',
+          'umount2', 'pivot_root', 'fsopen', 'fsconfig', 'fsmount', 'fspick', 'move_mount', 'open_tree',
+          'mount_setattr', 'bpf', 'perf_event_open', 'userfaultfd', 'io_uring_setup', 'kexec_load',
+          'open_by_handle_at', 'name_to_handle_at', 'init_module', 'finit_module', 'delete_module', 'acct',
+          'swapon', 'swapoff', 'iopl', 'ioperm', 'lookup_dcookie', 'personality_norandom', 'i386_unshare_user',
+          'i386_keyctl', 'i386_mount', 'x32_unshare_user', 'x32_getpid']
+ALLOWED = ['unshare_files', 'fork', 'personality_query', 'i386_getpid']
+
+
+@pytest.fixture(scope='module')
+def probe_binary(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('probe') / 'syscall_probe')
+    subprocess.run(['gcc', '-static', '-O1', '-o', out, os.path.join(TOP, 'tests/integration/files/syscall_probe.c')],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+def run_probe(host_paths, doc, binary, *args):
+    shutil.copy(binary, os.path.join(doc['root'], 'bin', 'probe'))
+    out = vserver(host_paths, doc['name'], 'exec', '/bin/probe', *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
+def seccomp_field(pid):
+    return K.read_status(pid).get('Seccomp', '').strip()
+
+
+def test_default_filter_denies_from_inside(host_paths, make_guest, probe_binary):
+    doc = make_guest('vst-sc', start=True)
+    init = _context.Runtime(host_paths, 'vst-sc').init_pid()
+    assert seccomp_field(init) == '2'
+    got = run_probe(host_paths, doc, probe_binary)
+    wrong = {name: got.get(name) for name in DENIED if got.get(name) != str(EPERM)}
+    assert not wrong, 'not denied with EPERM: %s' % wrong
+    assert got['clone3_user'] == str(ENOSYS)   # libc falls back to clone, whose flags the filter reads
+    assert all(got[name] == '0' for name in ALLOWED), got
+    # an entered process has the filter too (mode 2 in its own /proc/PID/status)
+    out = guest_sh(host_paths, 'vst-sc', 'grep ^Seccomp: /proc/self/status')
+    assert out.stdout.split() == ['Seccomp:', '2'], out.stdout + out.stderr
+
+
+def test_unconfined_guest_shows_what_the_filter_stops(host_paths, make_guest, probe_binary):
+    """The same probe without the filter: the kernel's own answers differ, so the EPERMs above are the filter's."""
+    doc = make_guest('vst-unc', capabilities={'seccomp': {'mode': 'unconfined'}}, start=True)
+    assert seccomp_field(_context.Runtime(host_paths, 'vst-unc').init_pid()) == '0'
+    got = run_probe(host_paths, doc, probe_binary)
+    for name in ('unshare_user', 'clone_user', 'clone3_user', 'i386_unshare_user', 'keyctl', 'i386_keyctl'):
+        assert got[name] == '0', (name, got)     # a user namespace, a keyring read: what the filter denies
+    assert got['x32_getpid'] == str(ENOSYS)      # no x32 here: the kernel's answer, not the filter's EPERM
+    assert got['personality_norandom'] == '0'
+
+
+def test_allow_log_and_bad_names(host_paths, make_guest, probe_binary):
+    doc = make_guest('vst-allow', start=True)
+    # an unknown name is refused before anything changes: config and running guest untouched
+    before = _config.load(host_paths, 'vst-allow')
+    with pytest.raises(VServerError) as err:
+        _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl', 'no_such_call']}})
+    assert 'no_such_call' in str(err.value) and err.value.field == 'seccomp.allow'
+    assert _config.load(host_paths, 'vst-allow') == before
+    # allow keyctl: config first (restart_required), then restart
+    result = _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})
+    assert result['changed'] and result['restart_required'] and not result['restarted']
+    old = result['observed']['seccomp']   # the fingerprint of the filter init runs, recorded at its start
+    assert len(old) == 16 and old != 'unconfined'
+    result = _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}}, restart=True)
+    assert result['restarted'] and not result['restart_required'] and result['observed']['seccomp'] == old
+    assert _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})['observed']['seccomp'] != old
+    got = run_probe(host_paths, doc, probe_binary)
+    assert got['keyctl'] == '0'
+    assert got['add_key'] == str(EPERM) and got['unshare_user'] == str(EPERM)
+    again = _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})
+    assert not again['changed'] and not again['restart_required']
+    # log mode: what would be denied is allowed (and logged by the kernel)
+    _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'mode': 'log'}}, restart=True)
+    got = run_probe(host_paths, doc, probe_binary)
+    assert got['keyctl'] == '0' and got['unshare_user'] == '0' and got['clone3_user'] == '0', got
+    assert seccomp_field(_context.Runtime(host_paths, 'vst-allow').init_pid()) == '2'
+
+
+def test_busybox_guest_works_under_the_filter(host_paths, make_guest):
+    make_guest('vst-bb', capabilities={'ccaps': ['raw_icmp']}, start=True)
+    out = guest_sh(host_paths, 'vst-bb', 'ps; ls /proc/1; echo hi > /tmp/x && cat /tmp/x; '
+                                         'sh -c "sleep 0.1 & wait; echo child-ok"; id -u; '
+                                         'ping -c 1 -W 2 127.0.0.1 >/dev/null 2>&1; echo ping=$?; '
+                                         'grep ^Seccomp: /proc/1/status')
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'init' in out.stdout and 'hi' in out.stdout and 'child-ok' in out.stdout
+    assert 'Seccomp:\t2' in out.stdout
