@@ -1,0 +1,108 @@
+"""A guest's root cannot loosen its own confinement: its cgroup limits hold, and stop/absent end it whatever child
+cgroups it made. Hostile static C program: files/cgroup_escape.c (runs only inside a guest)."""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.vserver.core.plugins.module_utils import (
+    _cgroup, _config, _context, _limits, _manager, _kernel as K)
+from helpers import TOP, vserver
+
+pytestmark = pytest.mark.cgroup
+LAYOUT = _cgroup.detect()
+LIMITS = {'memory': '64M', 'nproc': 64, 'cpu': {'fill_rate': 1, 'interval': 4}}
+NO_FILTER = {'seccomp': {'mode': 'unconfined'}}
+
+
+@pytest.fixture(scope='module')
+def escape_binary(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('escape') / 'cgroup_escape')
+    subprocess.run(['gcc', '-static', '-O1', '-o', out, os.path.join(TOP, 'tests/integration/files/cgroup_escape.c')],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+def limited_guest(make_guest, name, binary, **extra):
+    doc = make_guest(name, limits=_limits.validate(LIMITS, layout=LAYOUT), stop_timeout=2, **extra)
+    shutil.copy(binary, os.path.join(doc['root'], 'bin', 'escape'))
+    return doc
+
+
+def limit_files(group):
+    keys = ('memory.max', 'pids.max', 'cpu.max') if LAYOUT.version == 2 else \
+        ('memory.limit_in_bytes', 'pids.max', 'cpu.cfs_quota_us')
+    return {key: group.read(key) for key in keys}
+
+
+def run_escape(host_paths, name, mode):
+    out = vserver(host_paths, name, 'exec', '/bin/escape', mode, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return dict(line.split(' ', 1) for line in out.stdout.splitlines())
+
+
+def test_limits_hold_against_the_guest_root(host_paths, make_guest, escape_binary):
+    doc = limited_guest(make_guest, 'vst-lift', escape_binary)
+    _context.start(host_paths, doc)
+    group = _context.Runtime(host_paths, 'vst-lift', LAYOUT).group
+    before = limit_files(group)
+    assert before['pids.max'] == '64'
+    steps = run_escape(host_paths, 'vst-lift', 'lift')
+    assert steps['unshare_user'] == 'Operation not permitted', steps
+    assert steps['unshare_mnt_cgroup'] == 'Operation not permitted', steps
+    assert all(value != 'ok' for key, value in steps.items()), steps
+    assert limit_files(group) == before
+
+
+def test_unconfined_guest_can_lift_its_limits(host_paths, make_guest, escape_binary):
+    """What the filter stops, shown without it (docs/security.md: `unconfined` reopens this)."""
+    doc = limited_guest(make_guest, 'vst-lift2', escape_binary, capabilities=NO_FILTER)
+    _context.start(host_paths, doc)
+    group = _context.Runtime(host_paths, 'vst-lift2', LAYOUT).group
+    before = limit_files(group)
+    steps = run_escape(host_paths, 'vst-lift2', 'lift')
+    assert steps['unshare_user'] == 'ok', steps
+    after = limit_files(group)
+    assert after != before, (steps, before, after)
+
+
+def _alive(pids):
+    return [pid for pid in pids if K.read_stat(pid) is not None and K.read_stat(pid)[0] not in ('Z', 'X')]
+
+
+@pytest.mark.parametrize('how', ['stop', 'absent'])
+def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_guest, escape_binary, how):
+    name = 'vst-hide-' + how
+    doc = limited_guest(make_guest, name, escape_binary, capabilities=NO_FILTER)
+    _context.start(host_paths, doc)
+    rt = _context.Runtime(host_paths, name, LAYOUT)
+    tops = rt.group.paths()
+    steps = run_escape(host_paths, name, 'hide')
+    hidden = int(steps['hidden'])
+    assert hidden == len(tops), steps      # every hierarchy the guest is in
+    # processes now sit in child cgroups the guest made, seen from the host
+    children = {ctrl: os.path.join(top, 'esc') for ctrl, top in tops.items() if os.path.isdir(os.path.join(top, 'esc'))}
+    assert children, steps
+    inside = set()
+    for path in children.values():
+        with open(os.path.join(path, 'cgroup.procs')) as handle:
+            inside.update(int(x) for x in handle.read().split())
+    assert len(inside) >= 3, (steps, children)
+    t0 = time.monotonic()
+    if how == 'stop':
+        _context.stop(host_paths, doc)
+    else:
+        result = _manager.ensure_context(host_paths, {'name': name, 'state': 'absent'})
+        assert result['changed']
+        assert _config.load(host_paths, name) is None
+    assert time.monotonic() - t0 < doc['stop_timeout'] + 10
+    deadline = time.monotonic() + 10
+    while _alive(inside) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(inside)
+    assert not any(os.path.exists(path) for path in list(tops.values()) + list(children.values()))
+    with open('/proc/self/mountinfo') as handle:
+        assert host_paths.run_dir not in handle.read()
+    assert _context.status(host_paths, doc)['state'] == 'stopped'
