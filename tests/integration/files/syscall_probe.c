@@ -2,7 +2,7 @@
  * unconfined guest may really create a namespace), and print "NAME ERRNO" (0: the call succeeded).
  * Arguments are chosen so that, without the filter, the kernel answers something else than EPERM where it can.
  * i386 calls go through `int $0x80` (AUDIT_ARCH_I386, its own numbers), x32 ones through bit 0x40000000.
- * With an argument NAME, only that probe runs. */
+ * With an argument NAME, only that probe runs (only_* probes run only so). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
@@ -12,6 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -56,6 +60,21 @@ static long clone3_ns(void) {
     if (r < 0) return -errno;
     waitpid(r, NULL, 0);
     return 0;
+}
+
+/* an ICMP echo to 127.0.0.1 over a datagram ("ping") socket: what raw_icmp allows without CAP_NET_RAW */
+static long icmp_ping(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+    if (fd < 0) return -errno;
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    unsigned char echo[16] = {8, 0};   /* type 8 (echo request), code 0; the kernel fills id and checksum */
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (sendto(fd, echo, sizeof(echo), 0, (struct sockaddr *)&to, sizeof(to)) < 0) return -errno;
+    unsigned char reply[64];
+    ssize_t n = recv(fd, reply, sizeof(reply), 0);
+    if (n < 0) return -errno;
+    return reply[0] == 0 ? 0 : -EPROTO;   /* type 0: echo reply */
 }
 
 static long fork_plain(void) {
@@ -111,6 +130,7 @@ static const char *NAMES[] = {
     "i386_getpid",
     "x32_unshare_user",
     "x32_getpid",
+    "only_icmp_ping",
 };
 
 static long call(int i) {
@@ -159,6 +179,7 @@ static long call(int i) {
     case 41: return int80(20, 0, 0, 0) > 0 ? 0 : -1;                      /* allowed */
     case 42: return sc(X32 | 272, CLONE_NEWUSER, 0, 0, 0, 0);
     case 43: return sc(X32 | 39, 0, 0, 0, 0, 0);
+    case 44: return icmp_ping();
     }
     return -EINVAL;
 }
@@ -185,6 +206,6 @@ int main(int argc, char **argv) {
     }
     int n = (int)(sizeof(NAMES) / sizeof(NAMES[0]));
     for (int i = 0; i < n; i++)
-        if (argc < 2 || strcmp(argv[1], NAMES[i]) == 0) probe(i);
+        if (argc < 2 ? strncmp(NAMES[i], "only_", 5) != 0 : strcmp(argv[1], NAMES[i]) == 0) probe(i);
     return 0;
 }
