@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
     _cgroup, _config, _context, _limits, _manager, _kernel as K)
-from helpers import TOP, vserver
+from helpers import TOP, needs_userns, vserver
 
 pytestmark = pytest.mark.cgroup
 LAYOUT = _cgroup.detect()
@@ -62,6 +62,7 @@ def _nsdelegate():
         m['fstype'] == 'cgroup2' and 'nsdelegate' in m['super'].split(',') for m in K.read_mountinfo())
 
 
+@needs_userns
 def test_unconfined_guest_can_lift_its_limits(host_paths, make_guest, escape_binary):
     """What the filter stops, shown without it (docs/security.md: `unconfined` reopens this on cgroup v1 and on
     cgroup2 without nsdelegate; with nsdelegate the kernel refuses writes to the namespace root's limit files)."""
@@ -82,6 +83,7 @@ def _alive(pids):
     return [pid for pid in pids if K.read_stat(pid) is not None and K.read_stat(pid)[0] not in ('Z', 'X')]
 
 
+@needs_userns
 @pytest.mark.parametrize('how', ['stop', 'absent'])
 def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_guest, escape_binary, how):
     name = 'vst-hide-' + how
