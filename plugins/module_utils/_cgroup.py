@@ -137,6 +137,11 @@ class _Base:
         self._kill_each()
         if frozen:
             self.thaw()
+        self._thaw_subtree()
+
+    def _thaw_subtree(self):
+        """Let pending SIGKILLs land everywhere in the subtree (v1: a task frozen in a child cgroup the guest froze
+        itself does not die until that cgroup is thawed; v2: a frozen process dies of SIGKILL)."""
 
     def remove(self, timeout=5.0):
         """Remove the group's subtree bottom-up in every hierarchy, then the shared parent once empty. A cgroup
@@ -256,6 +261,7 @@ class CgroupV1(_Base):
         unified = self.paths().get('unified')
         if unified and os.path.exists(os.path.join(unified, 'cgroup.kill')):
             _write(os.path.join(unified, 'cgroup.kill'), 1)
+            self._thaw_subtree()
             if self.wait_empty(0.2):
                 return
         if 'freezer' in self.layout.v1:
@@ -276,6 +282,15 @@ class CgroupV1(_Base):
     def thaw(self):
         _write(os.path.join(self.dir_for('freezer'), 'freezer.state'), 'THAWED')
         return True
+
+    def _thaw_subtree(self):
+        if 'freezer' not in self.layout.v1:
+            return
+        for path in reversed(_subtree(self.dir_for('freezer'))):   # top first
+            try:
+                _write(os.path.join(path, 'freezer.state'), 'THAWED')
+            except (FileNotFoundError, ProcessLookupError):
+                continue
 
     def frozen(self):
         if 'freezer' not in self.layout.v1:

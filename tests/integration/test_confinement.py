@@ -84,14 +84,17 @@ def _alive(pids):
 
 
 @needs_userns
-@pytest.mark.parametrize('how', ['stop', 'absent'])
+@pytest.mark.parametrize('how', ['stop', 'absent', 'stop-frozen'])
 def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_guest, escape_binary, how):
+    """stop-frozen: the guest also froze its child cgroup in the v1 freezer, where SIGKILL waits for a thaw."""
+    if how == 'stop-frozen' and 'freezer' not in LAYOUT.v1:
+        pytest.skip('no cgroup v1 freezer (on cgroup v2 a frozen process dies of SIGKILL)')
     name = 'vst-hide-' + how
     doc = limited_guest(make_guest, name, escape_binary, capabilities=NO_FILTER)
     _context.start(host_paths, doc)
     rt = _context.Runtime(host_paths, name, LAYOUT)
     tops = rt.group.paths()
-    steps = run_escape(host_paths, name, 'hide')
+    steps = run_escape(host_paths, name, 'hide-frozen' if how == 'stop-frozen' else 'hide')
     hidden = int(steps['hidden'])
     assert hidden == len(tops), steps      # every hierarchy the guest is in
     # processes now sit in child cgroups the guest made, seen from the host
@@ -102,8 +105,14 @@ def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_gu
         with open(os.path.join(path, 'cgroup.procs')) as handle:
             inside.update(int(x) for x in handle.read().split())
     assert len(inside) >= 3, (steps, children)
+    if how == 'stop-frozen':
+        state = os.path.join(children['freezer'], 'freezer.state')
+        deadline = time.monotonic() + 10
+        while open(state).read().strip() != 'FROZEN' and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open(state).read().strip() == 'FROZEN'
     t0 = time.monotonic()
-    if how == 'stop':
+    if how != 'absent':
         _context.stop(host_paths, doc)
     else:
         result = _manager.ensure_context(host_paths, {'name': name, 'state': 'absent'})

@@ -4,7 +4,9 @@
  *   lift  - write "no limit" into memory, pids and cpu limit files (cgroup v1 hierarchies, and cgroup2);
  *           prints "STEP ok" or "STEP ERRNO-TEXT" for each step.
  *   hide  - make a child cgroup "esc" in every hierarchy it can mount, move itself there, and leave a daemon
- *           and two children that ignore SIGTERM; prints "hidden N" (hierarchies moved into), then exits. */
+ *           and two children that ignore SIGTERM; prints "hidden N" (hierarchies moved into), then exits.
+ *   hide-frozen - the same, then the daemon freezes "esc" (and so itself) in the v1 freezer hierarchy: on v1 a
+ *           frozen task does not die of SIGKILL until it is thawed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -139,6 +141,10 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 2; i++)
             if (fork() == 0) { close(ready[1]); for (;;) pause(); }
         close(ready[1]);
+        if (strcmp(argv[1], "hide-frozen") == 0) {
+            usleep(100000);
+            put("/tmp/cg-freezer/esc/freezer.state", "FROZEN");
+        }
         for (;;) pause();
     }
     close(ready[1]);
