@@ -324,7 +324,6 @@ class CgroupV1(_Base):
         _write(os.path.join(self.dir_for(key.split('.')[0]), key), value)
 
 
-
 class CgroupV2(_Base):
     """cgroup v2: one directory in the unified hierarchy; controllers enabled down from the root."""
 
@@ -405,7 +404,6 @@ class CgroupV2(_Base):
 
     def write(self, key, value):
         _write(os.path.join(self.path, key), value)
-
 
 
 # --- where the guests' cgroups live: delegation when systemd is PID 1 --------------------------------------

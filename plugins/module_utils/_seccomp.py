@@ -87,10 +87,14 @@ def machine():
     return name if name in ABIS else None
 
 
-def _table(abi, cache={}):  # pylint: disable=dangerous-default-value
-    if abi not in cache:
-        cache[abi] = _syscalls.table(abi)
-    return cache[abi]
+_TABLES = {}
+
+
+def _table(abi):
+    """{name: number} of one ABI, parsed once per process."""
+    if abi not in _TABLES:
+        _TABLES[abi] = _syscalls.table(abi)
+    return _TABLES[abi]
 
 
 def _names(value, field):

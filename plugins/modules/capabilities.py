@@ -199,8 +199,8 @@ def main():
         mutually_exclusive=[('bcaps', 'bcaps_add'), ('bcaps', 'bcaps_drop')],
         supports_check_mode=True,
     )
-    params = {key: module.params[key] for key in ('bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs',
-                                                'seccomp')}
+    keys = ('bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs', 'seccomp')
+    params = {key: module.params[key] for key in keys}
     _ansible.run(module, lambda: _caps.ensure(_ansible.paths_from(module), module.params['name'], params,
                                               module.check_mode, module.params['restart']))
 
