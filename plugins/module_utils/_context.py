@@ -664,9 +664,9 @@ def load_hooks():
     HOOKS['started'].append(_netns.apply_on_start)
     # limits and capabilities (vserver.core.limits, vserver.core.capabilities)
     from ansible_collections.vserver.core.plugins.module_utils import _limits
+    HOOKS['cgroup'].append(_caps.seccomp_check_hook)    # the syscall filter built (and checked) before anything
     HOOKS['cgroup'].append(_limits.cgroup_hook)   # disk, devices policy, cgroup limits before any process joins
     HOOKS['netns'].append(_caps.netns_hook)       # ccaps sysctls (raw_icmp -> ping_group_range) in the new netns
-    HOOKS['cgroup'].append(_caps.seccomp_check_hook)    # the syscall filter built (and checked) before any fork
     HOOKS['started'].append(_caps.seccomp_started_hook)  # which filter the guest runs, for restart_required
     HOOKS['child'].append(_limits.child_hook)     # rlimits in the guest init, before caps are dropped
     HOOKS['absent'].append(_limits.absent_hook)   # a removed guest's tree leaves its disk image
