@@ -112,3 +112,51 @@ def test_busybox_guest_works_under_the_filter(host_paths, make_guest, probe_bina
         assert expected in out.stdout, (expected, out.stdout, out.stderr)
     # ping: busybox's ping only tries raw sockets (no CAP_NET_RAW in a guest); raw_icmp is an ICMP datagram socket
     assert run_probe(host_paths, doc, probe_binary, 'only_icmp_ping') == {'only_icmp_ping': '0'}
+
+
+SECCOMP_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  vars:
+    paths: &paths
+      name: "{{ guest }}"
+      config_dir: "{{ config_dir }}"
+      run_dir: "{{ run_dir }}"
+      tree_dir: "{{ tree_dir }}"
+      log_dir: "{{ log_dir }}"
+      cgroup_parent: "{{ cgroup_parent }}"
+  tasks:
+    - name: bad name
+      vserver.core.capabilities:
+        <<: *paths
+        seccomp: {allow: [keyctl, no_such_call]}
+      ignore_errors: true
+    - name: check
+      vserver.core.capabilities: &sc
+        <<: *paths
+        seccomp: {allow: [keyctl], deny: [ptrace]}
+      check_mode: true
+      diff: true
+    - name: set
+      vserver.core.capabilities: *sc
+    - name: again
+      vserver.core.capabilities: *sc
+"""
+
+
+def test_capabilities_module_seccomp_option(host_paths, make_guest, tmp_path):
+    from ansible_helpers import path_vars, run_playbook, task_results
+    make_guest('vst-scmod')
+    before = _config.load(host_paths, 'vst-scmod')
+    playbook = tmp_path / 'seccomp.yml'
+    playbook.write_text(SECCOMP_PLAYBOOK)
+    rc, data = run_playbook(playbook, dict(path_vars(host_paths), guest='vst-scmod'))
+    results = dict(task_results(data))
+    assert results['bad name']['failed'] and 'no_such_call' in results['bad name']['msg'], results['bad name']
+    check = results['check']
+    assert check['changed'] and check['diff']['after']['seccomp'] == {'allow': ['keyctl'], 'deny': ['ptrace']}
+    assert results['set']['changed'] and not results['again']['changed']
+    assert results['set']['seccomp'] == {'mode': 'default', 'allow': ['keyctl'], 'deny': ['ptrace']}
+    after = _config.load(host_paths, 'vst-scmod')
+    assert after['capabilities'] == {'seccomp': {'allow': ['keyctl'], 'deny': ['ptrace']}}
+    assert dict(after, capabilities=None) == dict(before, capabilities=None)
