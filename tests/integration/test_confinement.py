@@ -127,3 +127,28 @@ def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_gu
     with open('/proc/self/mountinfo') as handle:
         assert host_paths.run_dir not in handle.read()
     assert _context.status(host_paths, doc)['state'] == 'stopped'
+
+
+def test_absent_keeps_the_config_until_the_guest_is_gone(host_paths, make_guest, tmp_path):
+    """A cgroup that cannot be removed (here: a child cgroup with a mount on it, a real kernel EBUSY) makes `absent`
+    fail naming it, with the config kept; once it can go, `absent` finishes."""
+    doc = make_guest('vst-keep', stop_timeout=1, stop_signal='SIGKILL')
+    _context.start(host_paths, doc)
+    group = _context.Runtime(host_paths, 'vst-keep', LAYOUT).group
+    top = group.paths()['memory' if LAYOUT.version == 1 else 'unified']
+    child = os.path.join(top, 'held')
+    os.mkdir(child)
+    source = tmp_path / 'bind-source'
+    source.mkdir()
+    K.mount(str(source), child, None, K.MS_BIND)
+    try:
+        with pytest.raises(Exception) as err:
+            _manager.ensure_context(host_paths, {'name': 'vst-keep', 'state': 'absent'})
+        assert child in str(err.value), err.value
+        assert _config.load(host_paths, 'vst-keep') is not None      # the config stays: the guest is not gone
+        assert os.path.isdir(child)
+    finally:
+        K.umount(child, K.MNT_DETACH)
+    result = _manager.ensure_context(host_paths, {'name': 'vst-keep', 'state': 'absent'})
+    assert result['changed'] and _config.load(host_paths, 'vst-keep') is None
+    assert not any(os.path.exists(path) for path in group.paths().values())
