@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.vserver.core.plugins.module_utils import _seccomp
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 CAPS = [
@@ -112,6 +113,43 @@ def resolve(section):
     return normalize_list(caps)
 
 
+# --- the guest's syscall filter (key ``seccomp`` of this section; the program is built by _seccomp) ----------
+
+SECCOMP_RECORD = 'seccomp'   # in the guest's runtime dir: the fingerprint of the filter its init runs
+
+
+def seccomp_program(doc):
+    """The filter program a guest's processes get (None: unconfined). Its config is checked again here: a
+    hand-edited config with an unknown name fails the start, before any process is forked."""
+    section = doc.get('capabilities') or {}
+    _seccomp.validate(section.get('seccomp'), 'capabilities.seccomp')
+    return _seccomp.for_guest(doc, resolve(section))
+
+
+def seccomp_check_hook(doc, group):  # pylint: disable=unused-argument
+    """Start, host side, before any fork: build (and so check) the filter; the forked init reuses it."""
+    seccomp_program(doc)
+
+
+def seccomp_started_hook(paths, doc, runtime):  # pylint: disable=unused-argument
+    """Record which filter the guest's init runs, so a changed filter reports restart_required."""
+    from ansible_collections.vserver.core.plugins.module_utils import _common
+    _common.atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
+                         0o600, durable=False)
+
+
+def seccomp_running(runtime_dir, status):
+    """The fingerprint of the filter a running guest was started with; 'unconfined' when its init has none
+    (Seccomp 0 in /proc/PID/status: e.g. a guest started before the filter existed)."""
+    if status.get('Seccomp', '0').strip() == '0':
+        return 'unconfined'
+    try:
+        with open(os.path.join(runtime_dir, SECCOMP_RECORD)) as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        return 'unknown'
+
+
 # --- ccaps in the guest's network namespace, and the capabilities manager ---------------------------------
 
 PING_GROUP_RANGE = 'net/ipv4/ping_group_range'   # also governs ICMPv6 datagram sockets
@@ -187,6 +225,9 @@ def validate(params):
         section['ccaps'] = ccaps
     if params.get('no_new_privs'):
         section['no_new_privs'] = True
+    seccomp = _seccomp.validate(params.get('seccomp'), 'seccomp')
+    if seccomp:
+        section['seccomp'] = seccomp
     return section
 
 
@@ -253,6 +294,9 @@ def ensure(paths, name, params, check_mode=False, restart=False):
             wanted = [n for n in resolve(after) if CAP_BITS[n] <= last]
             if set(current['bcaps']) != set(wanted) or current['no_new_privs'] != bool(after.get('no_new_privs')):
                 needs_restart = True
+            current['seccomp'] = seccomp_running(rt.dir, K.parse_status(init_status))
+            if current['seccomp'] != _seccomp.digest(seccomp_program(dict(doc, capabilities=after))):
+                needs_restart = True
             if os.path.exists(rt.netns):
                 desired = {k: _norm_sysctl(v) for k, v in ccap_sysctls(after).items()}
                 have = in_netns(rt.netns, lambda: read_sysctls(list(desired)))
@@ -288,5 +332,6 @@ def ensure(paths, name, params, check_mode=False, restart=False):
             'changed': changed, 'diff': {'before': before, 'after': after}, 'actions': actions,
             'restart_required': needs_restart and not restarted, 'restarted': restarted,
             'bcaps': resolve(after), 'ccaps': after.get('ccaps', []), 'running': bool(init_status),
+            'seccomp': dict({'mode': 'default'}, **(after.get('seccomp') or {})),
             'observed': current,
         }

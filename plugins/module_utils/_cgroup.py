@@ -86,6 +86,18 @@ class _Base:
         self.rel = parent + '/' + name
 
     # --- shared logic --------------------------------------------------------------------------
+    # A guest's processes may sit in child cgroups it made itself (an unconfined guest can mount cgroupfs in a
+    # user namespace): everything below counts the whole subtree, in every hierarchy. A process cannot leave the
+    # subtree: its cgroup namespace is rooted at the guest's cgroup, and the kernel refuses moves outside it.
+    def procs(self):
+        """Every process in the group's subtree, in every hierarchy (sorted pids)."""
+        found = set()
+        for top in self.paths().values():
+            for path in _subtree(top):
+                raw = _read(os.path.join(path, 'cgroup.procs'), '') or ''
+                found.update(int(x) for x in raw.split())
+        return sorted(found)
+
     def wait_empty(self, timeout=5.0):
         deadline = time.monotonic() + timeout
         while self.procs():
@@ -95,7 +107,9 @@ class _Base:
         return True
 
     def kill(self, timeout=5.0):
-        """Kill every process of the group and wait until it is empty."""
+        """Kill every process of the group's subtree and wait until it is empty: ``cgroup.kill`` where the kernel
+        has it (cgroup v2, Linux 5.14+; it kills the whole subtree), else freeze the subtree, SIGKILL each
+        process, thaw (a frozen process cannot fork away from the kill)."""
         if not self.exists():
             return True
         deadline = time.monotonic() + timeout
@@ -114,23 +128,66 @@ class _Base:
             except ProcessLookupError:
                 pass
 
+    def _freeze_kill_thaw(self):
+        frozen = False
+        try:
+            frozen = self.freeze(timeout=1.0)
+        except (OSError, VServerError):
+            pass
+        self._kill_each()
+        if frozen:
+            self.thaw()
+        self._thaw_subtree()
+
+    def _thaw_subtree(self):
+        """Let pending SIGKILLs land everywhere in the subtree (v1: a task frozen in a child cgroup the guest froze
+        itself does not die until that cgroup is thawed; v2: a frozen process dies of SIGKILL)."""
+
+    def remove(self, timeout=5.0):
+        """Remove the group's subtree bottom-up in every hierarchy, then the shared parent once empty. A cgroup
+        whose last process was just killed stays busy until that process is reaped: EBUSY is retried until
+        ``timeout``; what is left then is named in the error."""
+        deadline = time.monotonic() + timeout
+        left = []
+        for top in self.paths().values():
+            for path in _subtree(top):
+                if not _rmdir(path, deadline):
+                    left.append(path)
+        if left:
+            procs = self.procs()
+            raise VServerError('cgroups of guest %s could not be removed (busy): %s%s'
+                               % (self.name, ', '.join(left),
+                                  '; processes still in them: %s' % ' '.join(map(str, procs)) if procs else ''))
+        for top in self.paths().values():
+            _rmdir_if_empty(os.path.dirname(top))
+
     def info(self):
         return {'path': self.paths(), 'memory_bytes': self.memory_usage(), 'cpu_ns': self.cpu_usage_ns(),
                 'nproc': len(self.procs())}
 
 
-def _rmdir(path, attempts=100):
-    for dummy in range(attempts):
+def _subtree(top):
+    """The cgroup directories of ``top``'s subtree, deepest first, ``top`` last (none if it does not exist)."""
+    if not os.path.isdir(top):
+        return []
+    out = [os.path.join(base, name) for base, dirs, dummy in os.walk(top, topdown=False) for name in dirs]
+    return out + [top]
+
+
+def _rmdir(path, deadline):
+    """rmdir one cgroup, retrying EBUSY until ``deadline``; True once it is gone."""
+    while True:
         try:
             os.rmdir(path)
-            return
+            return True
         except FileNotFoundError:
-            return
+            return True
         except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
-    os.rmdir(path)
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise
+                return False
+        time.sleep(0.02)
 
 
 def _rmdir_if_empty(path, attempts=50):
@@ -199,24 +256,18 @@ class CgroupV1(_Base):
         for dummy, path in self._dirs():
             _write(os.path.join(path, 'cgroup.procs'), pid)
 
-    def procs(self):
-        found = set()
-        for dummy, path in self._dirs():
-            raw = _read(os.path.join(path, 'cgroup.procs'), '')
-            found.update(int(x) for x in raw.split())
-        return sorted(found)
-
     def _kill_once(self):
+        # hybrid host: the unified hierarchy's cgroup.kill reaches every process of the guest (each joined it)
         unified = self.paths().get('unified')
         if unified and os.path.exists(os.path.join(unified, 'cgroup.kill')):
             _write(os.path.join(unified, 'cgroup.kill'), 1)
-            return
-        frozen = False
+            self._thaw_subtree()
+            if self.wait_empty(0.2):
+                return
         if 'freezer' in self.layout.v1:
-            frozen = self.freeze(timeout=1.0)
-        self._kill_each()
-        if frozen:
-            self.thaw()
+            self._freeze_kill_thaw()   # the v1 freezer freezes the whole subtree
+        else:
+            self._kill_each()
 
     def freeze(self, timeout=5.0):
         state = os.path.join(self.dir_for('freezer'), 'freezer.state')
@@ -231,6 +282,15 @@ class CgroupV1(_Base):
     def thaw(self):
         _write(os.path.join(self.dir_for('freezer'), 'freezer.state'), 'THAWED')
         return True
+
+    def _thaw_subtree(self):
+        if 'freezer' not in self.layout.v1:
+            return
+        for path in reversed(_subtree(self.dir_for('freezer'))):   # top first
+            try:
+                _write(os.path.join(path, 'freezer.state'), 'THAWED')
+            except (FileNotFoundError, ProcessLookupError):
+                continue
 
     def frozen(self):
         if 'freezer' not in self.layout.v1:
@@ -262,11 +322,6 @@ class CgroupV1(_Base):
 
     def write(self, key, value):
         _write(os.path.join(self.dir_for(key.split('.')[0]), key), value)
-
-    def remove(self):
-        for dummy, path in self._dirs():
-            _rmdir(path)
-            _rmdir_if_empty(os.path.dirname(path))
 
 
 class CgroupV2(_Base):
@@ -301,16 +356,12 @@ class CgroupV2(_Base):
     def join(self, pid):
         _write(os.path.join(self.path, 'cgroup.procs'), pid)
 
-    def procs(self):
-        raw = _read(os.path.join(self.path, 'cgroup.procs'), '')
-        return sorted(int(x) for x in raw.split())
-
     def _kill_once(self):
         kill = os.path.join(self.path, 'cgroup.kill')
         if os.path.exists(kill):
             _write(kill, 1)
         else:
-            self._kill_each()
+            self._freeze_kill_thaw()   # cgroup.freeze freezes the whole subtree
 
     def freeze(self, timeout=5.0):
         _write(os.path.join(self.path, 'cgroup.freeze'), 1)
@@ -353,10 +404,6 @@ class CgroupV2(_Base):
 
     def write(self, key, value):
         _write(os.path.join(self.path, key), value)
-
-    def remove(self):
-        _rmdir(self.path)
-        _rmdir_if_empty(os.path.dirname(self.path))
 
 
 # --- where the guests' cgroups live: delegation when systemd is PID 1 --------------------------------------

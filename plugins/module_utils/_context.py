@@ -286,7 +286,9 @@ def _current_caps():
 
 
 def drop_privileges(doc):
-    """Bounding set to the guest's bcaps, ambient and inheritable cleared, optional no_new_privs."""
+    """Bounding set to the guest's bcaps, ambient and inheritable cleared, optional no_new_privs, then the guest's
+    syscall filter (docs/security.md): the last step before exec, while CAP_SYS_ADMIN is still effective (loading a
+    filter without no_new_privs needs it), after every mount the runtime makes."""
     section = doc.get('capabilities') or {}
     keep = _caps.mask(_caps.resolve(section))
     last = K.cap_last_cap()
@@ -298,6 +300,9 @@ def drop_privileges(doc):
     K.capset(eff, prm, 0)
     if section.get('no_new_privs'):
         K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
+    program = _caps.seccomp_program(doc)
+    if program is not None:
+        K.seccomp_load(program)
 
 
 def _reset_signals():
@@ -802,7 +807,9 @@ def load_hooks():
     HOOKS['started'].append(_netns.apply_on_start)
     # limits and capabilities (vserver.core.limits, vserver.core.capabilities)
     from ansible_collections.vserver.core.plugins.module_utils import _limits
+    HOOKS['cgroup'].append(_caps.seccomp_check_hook)    # the syscall filter built (and checked) before anything
     HOOKS['cgroup'].append(_limits.cgroup_hook)   # disk, devices policy, cgroup limits before any process joins
     HOOKS['netns'].append(_caps.netns_hook)       # ccaps sysctls (raw_icmp -> ping_group_range) in the new netns
+    HOOKS['started'].append(_caps.seccomp_started_hook)  # which filter the guest runs, for restart_required
     HOOKS['child'].append(_limits.child_hook)     # rlimits in the guest init, before caps are dropped
     HOOKS['absent'].append(_limits.absent_hook)   # a removed guest's tree leaves its disk image

@@ -64,8 +64,45 @@ options:
       through setuid/setgid or file capabilities.
     type: bool
     default: false
+  seccomp:
+    description:
+      - The guest's system call filter, loaded into its init and into every process entered with C(vserver exec)
+        as the last step before exec, inherited by every child. Without this option a guest gets the default
+        filter - a deny-list at least as strict as Docker's default profile for a container with the guest's
+        bounding set, on every ABI the kernel accepts (x86_64, i386 through C(int 0x80), the x32 range; aarch64).
+      - Denied by default - the keyring calls (C(keyctl), C(add_key), C(request_key)), C(unshare) and C(clone) with
+        a namespace flag, C(setns), the mount API (C(mount), C(umount2), C(fsopen), C(fsconfig), C(fsmount),
+        C(fspick), C(move_mount), C(open_tree), C(mount_setattr), C(pivot_root)), C(bpf), C(perf_event_open),
+        C(userfaultfd), C(kexec_load), C(kexec_file_load), C(swapon), C(swapoff), io_uring, C(personality) with
+        anything but the harmless values, obsolete calls; and, unless the bounding set holds the capability that
+        governs them, the module, time, reboot, accounting, NUMA, file-handle, I/O-port, C(syslog), C(vhangup)
+        and quota calls. Denied calls fail with EPERM; C(clone3) fails with ENOSYS so libc falls back to C(clone).
+        The full list and what each denial stops is in C(docs/security.md).
+      - Existing guests get the default filter at their next start. A changed filter needs a restart; the module
+        reports RV(restart_required) and restarts only with O(restart=true).
+    type: dict
+    suboptions:
+      mode:
+        description:
+          - C(default) - the filter denies (EPERM).
+          - C(log) - the filter allows what it would deny and logs it (SECCOMP_RET_LOG, audit type 1326 in the
+            kernel log), to find which call a program needs.
+          - C(unconfined) - no filter. This reopens what the filter closes, among them lifting the guest's own
+            cgroup limits through a user namespace and a cgroup mount (see C(docs/security.md)).
+        type: str
+        choices: [default, log, unconfined]
+        default: default
+      allow:
+        description: System call names allowed back (names of the running architecture's table, e.g. C(keyctl));
+          an unknown name fails before anything changes. Allowing C(clone) or C(unshare) allows every flag.
+        type: list
+        elements: str
+      deny:
+        description: System call names denied on top of the default (EPERM).
+        type: list
+        elements: str
   restart:
-    description: Restart a running guest when its bounding set or no_new_privs must change.
+    description: Restart a running guest when its bounding set, no_new_privs or syscall filter must change.
     type: bool
     default: false
 notes:
@@ -88,6 +125,12 @@ EXAMPLES = r'''
     bcaps_drop: [sys_chroot]
     no_new_privs: true
     restart: true
+
+- name: A guest that needs the kernel keyring (in this mode - host root's keyrings, see docs/security.md)
+  vserver.core.capabilities:
+    name: build
+    seccomp:
+      allow: [keyctl, add_key, request_key]
 '''
 
 RETURN = r'''
@@ -115,8 +158,15 @@ restarted:
   description: The guest was restarted by this run (O(restart=true)).
   returned: always
   type: bool
+seccomp:
+  description: The resulting syscall filter settings (C(mode), and C(allow)/C(deny) when given).
+  returned: always
+  type: dict
+  sample: {mode: default, allow: [keyctl]}
 observed:
-  description: The running guest init's bounding set and no_new_privs flag, read from C(/proc) (null when stopped).
+  description:
+    - The running guest init's bounding set and no_new_privs flag, read from C(/proc) (null when stopped), and
+      C(seccomp) - the fingerprint of the filter it was started with (C(unconfined) when its init has none).
   returned: always
   type: dict
 diff:
@@ -139,12 +189,18 @@ def main():
             bcaps_drop=dict(type='list', elements='str'),
             ccaps=dict(type='list', elements='str'),
             no_new_privs=dict(type='bool', default=False),
+            seccomp=dict(type='dict', options=dict(
+                mode=dict(type='str', choices=['default', 'log', 'unconfined'], default='default'),
+                allow=dict(type='list', elements='str'),
+                deny=dict(type='list', elements='str'),
+            )),
             restart=dict(type='bool', default=False),
         ),
         mutually_exclusive=[('bcaps', 'bcaps_add'), ('bcaps', 'bcaps_drop')],
         supports_check_mode=True,
     )
-    params = {key: module.params[key] for key in ('bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs')}
+    keys = ('bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs', 'seccomp')
+    params = {key: module.params[key] for key in keys}
     _ansible.run(module, lambda: _caps.ensure(_ansible.paths_from(module), module.params['name'], params,
                                               module.check_mode, module.params['restart']))
 

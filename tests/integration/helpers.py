@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VSERVER = os.path.join(TOP, 'bin', 'vserver')
 
@@ -24,3 +26,15 @@ def vserver(paths, *args, timeout=60):
 def guest_sh(paths, name, script, timeout=60):
     """Run a shell script as root inside a running guest; returns CompletedProcess."""
     return vserver(paths, name, 'exec', '/bin/sh', '-c', script, timeout=timeout)
+
+
+def _userns_allowed():
+    """Unprivileged user namespaces (what a guest's root without sys_admin needs for one) are not switched off."""
+    try:
+        with open('/proc/sys/kernel/unprivileged_userns_clone') as handle:   # Debian's switch, where it exists
+            return handle.read().strip() != '0'
+    except FileNotFoundError:
+        return True
+
+
+needs_userns = pytest.mark.skipif(not _userns_allowed(), reason='unprivileged user namespaces are off on this host')

@@ -81,3 +81,28 @@ def test_v1_cpuset_is_copied_from_the_parent(tmp_path):
     assert not group.frozen()
     with pytest.raises(VServerError):
         group.dir_for('memory')
+
+
+def test_procs_and_remove_cover_the_whole_subtree(tmp_path):
+    """Child cgroups a guest made count: their processes are the guest's, and removal goes bottom-up."""
+    root = make_v2_root(tmp_path / 'cg')
+    layout = _cgroup.Layout(2, unified=str(root))
+    group = layout.group('vservers', 'web')
+    group.create()
+    web = root / 'vservers' / 'web'
+    (web / 'esc' / 'deeper').mkdir(parents=True)
+    (web / 'cgroup.procs').write_text('')
+    (web / 'esc' / 'cgroup.procs').write_text('12\n')
+    (web / 'esc' / 'deeper' / 'cgroup.procs').write_text('34\n56\n')
+    assert group.procs() == [12, 34, 56]
+    assert _cgroup._subtree(str(web)) == [str(web / 'esc' / 'deeper'), str(web / 'esc'), str(web)]
+    # a fake cgroup directory holds files, so rmdir fails: the error names every directory left
+    with pytest.raises(VServerError) as err:
+        group.remove(timeout=0.1)
+    assert str(web / 'esc' / 'deeper') in str(err.value) and '12 34 56' in str(err.value)
+    for path in (web / 'esc' / 'deeper', web / 'esc', web):
+        for entry in path.iterdir():
+            if entry.is_file():
+                entry.unlink()
+    group.remove(timeout=0.1)
+    assert not web.exists()
