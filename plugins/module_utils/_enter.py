@@ -193,6 +193,7 @@ def _plan(rt, doc, argv, env, terminal, opened, stage):
             'bcaps': _caps.mask(_caps.resolve(section)) & facts['bcaps'],
             'nnp': facts['nnp'] or bool(section.get('no_new_privs')),
             'uids': facts['uids'], 'gids': facts['gids'], 'groups': facts['groups'], 'rlimits': facts['rlimits'],
+            'seccomp': _caps.seccomp_program(doc),  # the guest's syscall filter (None: unconfined), as its init's
             'argv': list(argv), 'env': environ}
     return plan, master
 

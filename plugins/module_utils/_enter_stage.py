@@ -148,9 +148,10 @@ def _fail(stage, exc):
 
 
 def drop_to_guest(plan, last_cap):
-    """rlimits, uids, gids, groups, bounding set, capabilities, no_new_privs: exactly the guest's; then not
-    dumpable. ``last_cap``: read from the host's /proc before joining the guest's mount namespace (not the
-    guest's)."""
+    """rlimits, uids, gids, groups, bounding set, syscall filter, capabilities, no_new_privs: exactly the
+    guest's; then not dumpable. ``last_cap``: read from the host's /proc before joining the guest's mount
+    namespace (not the guest's). The filter is loaded after every setns (it denies setns) and while
+    CAP_SYS_ADMIN is still effective (loading one without no_new_privs needs it)."""
     for res, soft, hard in plan['rlimits']:
         resource.setrlimit(res, (soft, hard))
     os.setgroups(plan['groups'])
@@ -161,6 +162,8 @@ def drop_to_guest(plan, last_cap):
         if not keep & (1 << bit):
             K.prctl(K.PR_CAPBSET_DROP, bit)
     K.prctl(K.PR_CAP_AMBIENT, K.PR_CAP_AMBIENT_CLEAR_ALL)
+    if plan['seccomp'] is not None:
+        K.seccomp_load(plan['seccomp'])
     K.capset(keep, keep, 0)   # effective = permitted = the bounding set: what root's exec in the guest gets
     if plan['nnp']:
         K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
