@@ -243,6 +243,7 @@ class Freezer:
 
     def __init__(self, paths):
         self.groups = {}
+        self.lock = threading.Lock()  # one freeze at a time (the act phase runs classes in threads)
         self.frozen_count = 0
         self.frozen_seconds = 0.0
         self.frozen_max = 0.0
@@ -291,6 +292,9 @@ class _Frozen:
         self.started = None
 
     def __enter__(self):
+        if not self.names:
+            return self
+        self.freezer.lock.acquire()
         self.started = time.monotonic()
         waits = []
         try:
@@ -314,6 +318,7 @@ class _Frozen:
                 pause = min(pause * 2, 0.01)
         except BaseException:
             self._thaw()
+            self.freezer.lock.release()
             raise
 
     def _thaw(self):
@@ -327,7 +332,10 @@ class _Frozen:
         self.mine = []
 
     def __exit__(self, *exc):
+        if not self.names:
+            return False
         self._thaw()
+        self.freezer.lock.release()
         if self.names:
             took = time.monotonic() - self.started
             self.freezer.frozen_count += 1
@@ -1459,18 +1467,22 @@ def _seal(target, fd, guard, running, stats, xattrs):
     """Make the target immutable before any new name reaches it, and prove again that its bytes (and xattrs,
     owner, mode) are those compared: a guest that rewrote its copy after the comparison (same size, mtime
     put back) is caught here. ``running``: the running guests that reach the target. Returns True if sealed."""
-    if not target.flags & FS_IMMUTABLE_FL:
+    fresh = not target.flags & FS_IMMUTABLE_FL
+    if fresh:
         set_immutable(fd, True)  # no new open for writing from here on
         target.flags |= FS_IMMUTABLE_FL
         target.ours = True
     elif not running:
         return True
-    with guard.frozen(running):  # no task of theirs is half-way through an open() while the lease is probed
+    # Just made immutable: the running guests are frozen for the probe, so none of their tasks is half-way
+    # through an open() (past the flag check, before its write access counts). Immutable since an earlier
+    # run: no such open can be under way.
+    with guard.frozen(running if fresh else []):
         quiet = no_writer(fd)
     st = os.fstat(fd)
     same = quiet and (st.st_size, st.st_mode, st.st_uid, st.st_gid) == \
         (target.size, target.mode, target.uid, target.gid)
-    if same and running:
+    if same and running and fresh:  # bytes a running guest could change until now: read them again
         same = _content_digest(fd) == target.hash and (not xattrs or xattr_key(fd) == target.xattr)
     if not same:
         stats['skip_changed_during_run' if quiet else 'skip_open_for_write'] += len(target.paths)
@@ -1790,6 +1802,7 @@ def _install_copy(node, copy, touched, dropped):
                 dirs.release(entry[0], dfd)
         if restore and os.fstat(fd).st_nlink > 1:
             set_immutable(fd, True)  # still shared by other guests
+        node.flags = get_flags(fd)  # what the index keeps (with ``ours``) for the next run
         node.after = os.fstat(fd)
         node.paths = [e for e in node.paths if e not in moved]
         if node.after.st_nlink == 0:
