@@ -1604,6 +1604,9 @@ def _reflink_class(cls, stats, check_mode, touched):
         for node in cls[1:]:
             if not node.mutable:
                 continue
+            if node.nlink > len(node.paths):  # names outside the scanned trees: never changed
+                stats['skip_linked_outside'] += len(node.paths)
+                continue
             dfd = _open_node(node)
             if dfd is None:
                 continue
