@@ -266,15 +266,19 @@ def _remove_shared(names, paths):
                 fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                              dir_fd=dfd)
                 held.append(fd)
-            with freezer.frozen():
-                for dfd, fd, path in zip(held[::2], held[1::2], names[i:]):
-                    flags = K.get_flags(fd)
-                    K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
-                    try:
-                        os.unlink(os.path.basename(path), dir_fd=dfd)
-                    finally:
-                        if os.fstat(fd).st_nlink:
-                            K.set_flags(fd, flags)
+            try:
+                with freezer.frozen():
+                    for dfd, fd, path in zip(held[::2], held[1::2], names[i:]):
+                        flags = K.get_flags(fd)
+                        K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
+                        try:
+                            os.unlink(os.path.basename(path), dir_fd=dfd)
+                        finally:
+                            if os.fstat(fd).st_nlink:
+                                K.set_flags(fd, flags)
+            except _unify.FreezeError as exc:
+                raise VServerError('purge: %s; the shared files left in %s stay protected, run again to finish'
+                                   % (exc.strerror, os.path.dirname(names[i])), 'purge') from exc
         finally:
             for fd in held:
                 os.close(fd)
@@ -285,7 +289,11 @@ def remove_build(build, paths=None):
     left writable; a hardlinked unified file keeps its immutable flag for the trees still linking it
     (``_remove_shared``)."""
     def other(func, path, exc_info):
-        raise exc_info[1]
+        if func is os.unlink and isinstance(exc_info[1], PermissionError):
+            _clear_immutable(path)  # an immutable inode with no other name: nothing else reaches it
+            func(path)
+        else:
+            raise exc_info[1]
     check_purgeable(build)
     _rmtree_keeping_shared(build, paths, other)
 

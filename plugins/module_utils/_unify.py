@@ -244,6 +244,7 @@ class Freezer:
     def __init__(self, paths):
         self.groups = {}
         self.lock = threading.Lock()  # one freeze at a time (the act phase runs classes in threads)
+        self.stuck = set()  # guests that did not freeze in time: not waited for again in this run
         self.frozen_count = 0
         self.frozen_seconds = 0.0
         self.frozen_max = 0.0
@@ -285,6 +286,10 @@ class Freezer:
         return _Frozen(self, self.running(names), timeout)
 
 
+class FreezeError(OSError):
+    """Running guests did not freeze in time: nothing was lifted."""
+
+
 class _Frozen:
     def __init__(self, freezer, names, timeout):
         self.freezer, self.names, self.timeout = freezer, names, timeout
@@ -298,6 +303,10 @@ class _Frozen:
         self.started = time.monotonic()
         waits = []
         try:
+            stuck = self.freezer.stuck.intersection(self.names)
+            if stuck:
+                raise FreezeError(errno.EBUSY, 'guest(s) %s did not freeze earlier in this run'
+                                  % ', '.join(sorted(stuck)))
             for name in self.names:
                 ctl, (on, dummy), events, done = Freezer._files(self.freezer.groups[name])
                 if Freezer._read(ctl).strip() == on:
@@ -312,8 +321,11 @@ class _Frozen:
                 if all(done in Freezer._read(events).split('\n') for events, done in waits):
                     return self
                 if time.monotonic() - self.started > self.timeout:
-                    raise OSError(errno.EBUSY, 'guest(s) %s did not freeze in %ss' % (', '.join(self.names),
-                                                                                     self.timeout))
+                    late = [name for name, (events, done) in zip(self.names, waits)
+                            if done not in Freezer._read(events).split('\n')]
+                    self.freezer.stuck.update(late)
+                    raise FreezeError(errno.EBUSY, 'guest(s) %s did not freeze in %ss'
+                                      % (', '.join(late), self.timeout))
                 time.sleep(pause)
                 pause = min(pause * 2, 0.01)
         except BaseException:
