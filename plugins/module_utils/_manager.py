@@ -215,6 +215,25 @@ def purge_tree(root, paths=None):
     _rmtree_keeping_shared(root, paths, other)
 
 
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_parent(root, path):
+    """An fd on the directory holding ``path`` (below ``root``), opened one component at a time from the root
+    without following symlinks, and the last component's name."""
+    rel = os.path.relpath(path, root).split('/')
+    fd = os.open(root, DIR_FLAGS)
+    try:
+        for part in rel[:-1]:
+            nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, rel[-1]
+
+
 def _shared_immutable(path):
     """Is ``path`` a regular file whose inode is immutable (or append-only) and has other names?"""
     try:
@@ -246,11 +265,11 @@ def _rmtree_keeping_shared(root, paths, other):
             other(func, path, exc_info)
     shutil.rmtree(root, onerror=onerror)
     if shared:
-        _remove_shared(shared, paths)
+        _remove_shared(root, shared, paths)
         shutil.rmtree(root, onerror=other)
 
 
-def _remove_shared(names, paths):
+def _remove_shared(root, names, paths):
     """Unlink names of immutable inodes that other guests' trees still link (unified files) without ever
     leaving such an inode writable by a running guest: the flag is lifted only while every running guest is
     frozen (``paths`` None: none is known), and set back on the same inode (held open) before they thaw.
@@ -260,15 +279,19 @@ def _remove_shared(names, paths):
         held = []
         try:
             for path in names[i:i + _unify.FREEZE_BATCH]:
-                _clear_immutable(os.path.dirname(path))  # a directory is never shared
-                dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                dfd, name = _open_parent(root, path)
                 held.append(dfd)
-                fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=dfd)
-                held.append(fd)
+                both = K.FS_IMMUTABLE_FL | K.FS_APPEND_FL
+                if K.get_flags(dfd) & both:  # a directory is never shared
+                    K.set_flags(dfd, K.get_flags(dfd) & ~both)
+                held.append(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                                    dir_fd=dfd))
             try:
                 with freezer.frozen():
                     for dfd, fd, path in zip(held[::2], held[1::2], names[i:]):
+                        if not stat.S_ISREG(os.fstat(fd).st_mode):
+                            raise VServerError('purge: %s changed while it was removed (the guest runs?)' % path,
+                                               'purge')
                         flags = K.get_flags(fd)
                         K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
                         try:

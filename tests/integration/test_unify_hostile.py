@@ -141,8 +141,9 @@ def test_copy_rewritten_after_the_comparison_is_never_linked(upaths, make_guest,
     assert bait_state(host) == before
 
 
-def shared_trio(upaths, make_guest, racer, count, spin_seconds):
-    """a and c stopped, b running a spinner on its names of the files all three share (unified, immutable)."""
+def shared_trio(upaths, make_guest, racer, count, spin_seconds, leftovers=0):
+    """a and c stopped, b running a spinner on its names of the files all three share (unified, immutable);
+    ``leftovers``: that many of a's files get an extra name as a killed run leaves it (``.vsunify.*.link``)."""
     files = ['/%s/f%03d' % (SHARED, i) for i in range(count)]
     a = make_guest('a')
     populate(a['root'], count)
@@ -153,6 +154,15 @@ def shared_trio(upaths, make_guest, racer, count, spin_seconds):
     assert out['linked'] >= 2 * count
     for i in range(count):
         assert immutable(os.path.join(c['root'], SHARED, 'f%03d' % i))
+    for i in range(leftovers):
+        path = os.path.join(a['root'], SHARED, 'f%03d' % i)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _unify.set_immutable(fd, False)
+            os.link(path, os.path.join(a['root'], SHARED, '.vsunify.%016x.link' % i))
+            _unify.set_immutable(fd, True)
+        finally:
+            os.close(fd)
     _context.start(upaths, b)
     tries = racer_counts(b)[0]
     end = time.monotonic() + 30
@@ -171,16 +181,17 @@ def check_c(c, count, honest):
 def test_spinning_writer_never_writes_a_sharer_during_deunify(upaths, make_guest, racer, tmp_path):
     """b spins open(O_WRONLY) over its 150 unified names while a is de-unified and unified again 3 times (each
     time every shared inode has its flag lifted for a rename or a link: 900 windows; unpatched, the spinner got
-    in within 5 tries), then while b itself is de-unified. c's files keep their bytes and their flag."""
+    in within 5 tries), then while b itself is de-unified. The first de-unify also removes 20 leftover names of
+    shared inodes (flag lifted for each unlink). c's files keep their bytes and their flag."""
     count = 150
-    a, b, c = shared_trio(upaths, make_guest, racer, count, 120)
+    a, b, c = shared_trio(upaths, make_guest, racer, count, 120, leftovers=20)
     host = bait(tmp_path, [a['root'], b['root'], c['root']])
     before = bait_state(host)
     honest = [sha(os.path.join(c['root'], SHARED, 'f%03d' % i)) for i in range(count)]
     freezes = []
-    for dummy in range(3):
+    for round_ in range(3):
         out = _unify.ensure(upaths, {'guests': ['a'], 'state': 'absent'})
-        assert out['deunified'] >= count
+        assert out['deunified'] >= count and out['leftovers_removed'] == (20 if round_ == 0 else 0)
         freezes.append((out.get('freezes'), out['timings'].get('frozen_max')))
         check_c(c, count, honest)
         out = _unify.ensure(upaths, {'guests': ['a']})
