@@ -208,7 +208,7 @@ def _is_unified(fd, st):
     return flags if flags & K.FS_IMMUTABLE_FL else None
 
 
-def clone_tree(src, dst, pause=None):
+def clone_tree(src, dst, pause=None, paths=None):
     """util-vserver's clone: unified files (immutable, shared) are hardlinked, everything else is copied.
 
     Returns counts. ``dst`` must not exist. The copy is made in a build sibling of ``dst`` and renamed onto it
@@ -242,7 +242,7 @@ def clone_tree(src, dst, pause=None):
         _template.install_build(build, dst)
     except BaseException:
         try:
-            _manager.remove_build(build)
+            _manager.remove_build(build, paths)  # with paths: shared files are unlinked with the guests frozen
         except (OSError, VServerError):
             pass  # the next run under the lock removes it
         raise
@@ -629,9 +629,9 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
         if not check_mode:
             with HostLock(paths):  # the build sibling is swept by runs holding the lock
                 for stale in _template.stale_builds(root):
-                    _manager.remove_build(stale)
+                    _manager.remove_build(stale, paths)
                 with FrozenSource(paths, spec['clone_from']):
-                    clone_tree(source['root'], root, pause=lambda: AllGuestsFrozen(paths))
+                    clone_tree(source['root'], root, pause=lambda: AllGuestsFrozen(paths), paths=paths)
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
     if template == 'clone':

@@ -5,11 +5,13 @@ and the ``vserver`` command. Read the real state, compute the difference, act un
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _template
+from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _template, _unify
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, check_xid)
 
@@ -191,41 +193,121 @@ def check_purgeable(root, own_mount=False):
                                                        'it' if one else 'them'), 'purge')
 
 
-def purge_tree(root):
-    def onerror(func, path, _exc):
+def purge_tree(root, paths=None):
+    """Delete a stopped guest's tree (``check_purgeable`` first). Flags are cleared where nothing else needs
+    them; a unified file (immutable, with names in other guests' trees) is handled by ``_remove_shared``."""
+    def other(func, path, _exc):
         _clear_immutable(path)
         _clear_immutable(os.path.dirname(path))
         func(path)
     check_purgeable(root)
-    shutil.rmtree(root, onerror=onerror)
+    _rmtree_keeping_shared(root, paths, other)
 
 
-def _unlink_shared(path):
-    """Remove one name of an immutable inode (a unified file hardlinked from a clone's source): lift the flag
-    around the unlink and put it back, so the inode's other names (other guests' files) stay protected."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_parent(root, path):
+    """An fd on the directory holding ``path`` (below ``root``), opened one component at a time from the root
+    without following symlinks, and the last component's name."""
+    rel = os.path.relpath(path, root).split('/')
+    fd = os.open(root, DIR_FLAGS)
     try:
-        flags = K.get_flags(fd)
-        K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
-        try:
-            os.unlink(path)
-        finally:
-            if os.fstat(fd).st_nlink:
-                K.set_flags(fd, flags)
+        for part in rel[:-1]:
+            nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, rel[-1]
+
+
+def _shared_immutable(path):
+    """Is ``path`` a regular file whose inode is immutable (or append-only) and has other names?"""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return bool(K.get_flags(fd) & (K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
+    except OSError:
+        return False
     finally:
         os.close(fd)
 
 
-def remove_build(build):
-    """Remove an unfinished build sibling (``_template.stale_builds``): never a guest's tree, so nothing of it is
-    left writable; a hardlinked unified file keeps its immutable flag for the trees still linking it."""
+def _rmtree_keeping_shared(root, paths, other):
+    """rmtree; a name the kernel refuses to unlink because its inode is a shared protected one is removed
+    afterwards by ``_remove_shared``; ``other(func, path, exc_info)`` handles any other error."""
+    shared = []
+
     def onerror(func, path, exc_info):
+        if func is os.unlink and isinstance(exc_info[1], PermissionError) and _shared_immutable(path):
+            shared.append(path)
+        elif shared and func is os.rmdir and getattr(exc_info[1], 'errno', None) == errno.ENOTEMPTY:
+            pass  # holds one of those: removed by the second pass
+        else:
+            other(func, path, exc_info)
+    shutil.rmtree(root, onerror=onerror)
+    if shared:
+        _remove_shared(root, shared, paths)
+        shutil.rmtree(root, onerror=other)
+
+
+def _remove_shared(root, names, paths):
+    """Unlink names of immutable inodes that other guests' trees still link (unified files) without ever
+    leaving such an inode writable by a running guest: the flag is lifted only while every running guest is
+    frozen (``paths`` None: none is known), and set back on the same inode (held open) before they thaw.
+    ``_unify.FREEZE_BATCH`` names per freeze."""
+    freezer = _unify.Freezer(paths)
+    for i in range(0, len(names), _unify.FREEZE_BATCH):
+        held = []
+        try:
+            for path in names[i:i + _unify.FREEZE_BATCH]:
+                dfd, name = _open_parent(root, path)
+                held.append(dfd)
+                both = K.FS_IMMUTABLE_FL | K.FS_APPEND_FL
+                if K.get_flags(dfd) & both:  # a directory is never shared
+                    K.set_flags(dfd, K.get_flags(dfd) & ~both)
+                held.append(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                                    dir_fd=dfd))
+            try:
+                with freezer.frozen():
+                    for dfd, fd, path in zip(held[::2], held[1::2], names[i:]):
+                        if not stat.S_ISREG(os.fstat(fd).st_mode):
+                            raise VServerError('purge: %s changed while it was removed (the guest runs?)' % path,
+                                               'purge')
+                        flags = K.get_flags(fd)
+                        K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
+                        try:
+                            os.unlink(os.path.basename(path), dir_fd=dfd)
+                        finally:
+                            if os.fstat(fd).st_nlink:
+                                K.set_flags(fd, flags)
+            except _unify.FreezeError as exc:
+                raise VServerError('purge: %s; the shared files left in %s stay protected, run again to finish'
+                                   % (exc.strerror, os.path.dirname(names[i])), 'purge') from exc
+        finally:
+            for fd in held:
+                os.close(fd)
+
+
+def remove_build(build, paths=None):
+    """Remove an unfinished build sibling (``_template.stale_builds``): never a guest's tree, so nothing of it is
+    left writable; a hardlinked unified file keeps its immutable flag for the trees still linking it
+    (``_remove_shared``)."""
+    def other(func, path, exc_info):
         if func is os.unlink and isinstance(exc_info[1], PermissionError):
-            _unlink_shared(path)
+            _clear_immutable(path)  # an immutable inode with no other name: nothing else reaches it
+            func(path)
         else:
             raise exc_info[1]
     check_purgeable(build)
-    shutil.rmtree(build, onerror=onerror)
+    _rmtree_keeping_shared(build, paths, other)
 
 
 def _absent(paths, opts, current, rt, running_state, result, check_mode):
@@ -253,7 +335,7 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
         actions.append('remove config')
     if not check_mode:
         for build in builds:
-            remove_build(build)
+            remove_build(build, paths)
         if current is not None:
             _context.stop(paths, current)
         else:
@@ -264,7 +346,7 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
         if purge:
             if not current.get('purging'):
                 _config.save(paths, dict(current, purging=True))
-            purge_tree(root)
+            purge_tree(root, paths)
         if current is not None:
             _config.remove(paths, name)
     result.update(changed=True, diff={'before': before, 'after': {'state': 'absent'}})
@@ -394,7 +476,7 @@ def ensure_context(paths, params, check_mode=False):
         warnings = []
         try:
             for stale in builds:
-                remove_build(stale)
+                remove_build(stale, paths)
             if build:
                 os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
                 _template.build_busybox(root, doc.get('hostname') or name)
@@ -427,7 +509,7 @@ def ensure_context(paths, params, check_mode=False):
             if current is None:  # roll back what this run created
                 _config.remove(paths, name)
                 if built:
-                    purge_tree(root)
+                    purge_tree(root, paths)
             raise
         result['guest'] = _context.status(paths, doc)
         if warnings:

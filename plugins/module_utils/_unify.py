@@ -43,7 +43,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.vserver.core.plugins.module_utils import _config
+from ansible_collections.vserver.core.plugins.module_utils import _config, _context
 from ansible_collections.vserver.core.plugins.module_utils._kernel import FS_APPEND_FL, FS_IMMUTABLE_FL, get_flags, set_flags
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, VServerError
 
@@ -64,6 +64,7 @@ BATCH_BYTES = 64 << 20
 BATCH_FILES = 64
 WORKERS = 4
 ACT_WORKERS = 8
+FREEZE_BATCH = 64  # files renamed (de-unify) or unlinked (purge) per freeze of the running guests
 OURS_IMMUTABLE = 1  # index flags: we set the immutable flag on this inode
 FLAGS_KNOWN = 2  # the flags below were read at this ctime
 FLAGS_IMMUTABLE = 4  # the inode is immutable (ours or not)
@@ -230,26 +231,215 @@ class Rules:
         return False
 
 
-def conffiles(root):
-    """Package manager configuration files of a guest (dpkg ``*.conffiles``): literal '/'-rooted paths."""
-    info = os.path.join(root, 'var/lib/dpkg/info')
-    out = []
-    try:
-        names = os.listdir(info)
-    except OSError:
-        return out
-    for name in sorted(names):
-        if not name.endswith('.conffiles'):
-            continue
+# --- guarding shared inodes against the guests that reach them -----------------------------------------
+
+class Freezer:
+    """Freezes the running guests that could write through an inode while the host lifts its protection.
+
+    Made once per run under the host lock (no guest starts meanwhile): the guests whose cgroup has a process.
+    ``frozen(names)`` freezes those of ``names`` that run (all of them with None), waits until the kernel
+    reports every task frozen (none is then inside a system call, e.g. between open()'s permission check and
+    its write access), and thaws on exit only what it froze. The time each freeze lasted is kept."""
+
+    def __init__(self, paths):
+        self.groups = {}
+        self.lock = threading.Lock()  # one freeze at a time (the act phase runs classes in threads)
+        self.stuck = set()  # guests that did not freeze in time: not waited for again in this run
+        self.frozen_count = 0
+        self.frozen_seconds = 0.0
+        self.frozen_max = 0.0
+        if paths is None:
+            return
+        names = set(_config.names(paths))
         try:
-            with open(os.path.join(info, name), errors='replace') as handle:
-                for line in handle:
-                    words = line.split()
-                    path = next((w for w in reversed(words) if w.startswith('/')), None)
-                    if path and '..' not in path.split('/'):
-                        out.append('/' + path.strip('/'))
+            names.update(n for n in os.listdir(paths.run_dir) if not n.startswith('.'))
         except OSError:
-            continue
+            pass
+        for name in sorted(names):
+            try:
+                group = _context.Runtime(paths, name).group
+                if group.exists() and group.procs():
+                    self.groups[name] = group
+            except (OSError, VServerError):
+                continue
+
+    def running(self, names=None):
+        return sorted(self.groups if names is None else (n for n in names if n in self.groups))
+
+    @staticmethod
+    def _files(group):
+        if hasattr(group, 'dir_for'):
+            state = os.path.join(group.dir_for('freezer'), 'freezer.state')
+            return state, ('FROZEN', 'THAWED'), state, 'FROZEN'
+        return os.path.join(group.path, 'cgroup.freeze'), ('1', '0'), \
+            os.path.join(group.path, 'cgroup.events'), 'frozen 1'
+
+    @staticmethod
+    def _read(path):
+        try:
+            with open(path) as handle:
+                return handle.read()
+        except OSError:
+            return ''
+
+    def frozen(self, names=None, timeout=5.0):
+        return _Frozen(self, self.running(names), timeout)
+
+
+class FreezeError(OSError):
+    """Running guests did not freeze in time: nothing was lifted."""
+
+
+class _Frozen:
+    def __init__(self, freezer, names, timeout):
+        self.freezer, self.names, self.timeout = freezer, names, timeout
+        self.mine = []
+        self.started = None
+
+    def __enter__(self):
+        if not self.names:
+            return self
+        self.freezer.lock.acquire()
+        self.started = time.monotonic()
+        waits = []
+        try:
+            stuck = self.freezer.stuck.intersection(self.names)
+            if stuck:
+                raise FreezeError(errno.EBUSY, 'guest(s) %s did not freeze earlier in this run'
+                                  % ', '.join(sorted(stuck)))
+            for name in self.names:
+                ctl, (on, dummy), events, done = Freezer._files(self.freezer.groups[name])
+                if Freezer._read(ctl).strip() == on:
+                    waits.append((events, done))  # frozen by the admin: it stays frozen
+                    continue
+                with open(ctl, 'w') as handle:
+                    handle.write(on)
+                self.mine.append(name)
+                waits.append((events, done))
+            pause = 0.0002
+            while True:
+                if all(done in Freezer._read(events).split('\n') for events, done in waits):
+                    return self
+                if time.monotonic() - self.started > self.timeout:
+                    late = [name for name, (events, done) in zip(self.names, waits)
+                            if done not in Freezer._read(events).split('\n')]
+                    self.freezer.stuck.update(late)
+                    raise FreezeError(errno.EBUSY, 'guest(s) %s did not freeze in %ss'
+                                      % (', '.join(late), self.timeout))
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+        except BaseException:
+            self._thaw()
+            self.freezer.lock.release()
+            raise
+
+    def _thaw(self):
+        for name in self.mine:
+            ctl, (dummy, off), dummy2, dummy3 = Freezer._files(self.freezer.groups[name])
+            try:
+                with open(ctl, 'w') as handle:
+                    handle.write(off)
+            except OSError:
+                pass
+        self.mine = []
+
+    def __exit__(self, *exc):
+        if not self.names:
+            return False
+        self._thaw()
+        self.freezer.lock.release()
+        if self.names:
+            took = time.monotonic() - self.started
+            self.freezer.frozen_count += 1
+            self.freezer.frozen_seconds += took
+            self.freezer.frozen_max = max(self.freezer.frozen_max, took)
+        return False
+
+
+def no_writer(fd):
+    """True if no process holds the inode open for writing (nor maps it shared-writable): a read lease is
+    granted only then. Leases unsupported here: the /proc scan."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return False
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino) not in open_for_write()
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
+
+
+def unlink_protected(dfd, name, freezer, names=None):
+    """Remove one name of an immutable inode whose other names stay: the flag is lifted only while the
+    running guests ``names`` (all with None) are frozen, and put back on the same inode before they thaw."""
+    fd = os.open(name, O_READ, dir_fd=dfd)
+    try:
+        flags = get_flags(fd)
+        with freezer.frozen(names):
+            set_flags(fd, flags & ~(FS_IMMUTABLE_FL | FS_APPEND_FL))
+            try:
+                os.unlink(name, dir_fd=dfd)
+            finally:
+                if os.fstat(fd).st_nlink:
+                    set_flags(fd, flags)
+    finally:
+        os.close(fd)
+
+
+def conffiles(root, cap=1 << 20):
+    """Package manager configuration files of a guest (dpkg ``*.conffiles``): literal '/'-rooted paths.
+
+    The guest owns these files: every directory is opened with O_NOFOLLOW from the root, and only regular
+    files are read (opened with O_PATH first, checked, then reopened non-blocking), each up to ``cap`` bytes:
+    a FIFO, a device or a symlink planted there is skipped."""
+    out = []
+    fds = []
+    try:
+        try:
+            fds.append(os.open(root, DIR_FLAGS))
+            for part in ('var', 'lib', 'dpkg', 'info'):
+                fds.append(os.open(part, DIR_FLAGS, dir_fd=fds[-1]))
+            names = os.listdir(fds[-1])
+        except OSError:
+            return out
+        for name in sorted(names):
+            if name.endswith('.conffiles'):
+                out.extend(_conffile_paths(fds[-1], name, cap))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return out
+
+
+def _conffile_paths(dfd, name, cap):
+    try:
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return []
+    try:
+        if not stat.S_ISREG(os.fstat(pfd).st_mode):
+            return []
+        # the very inode checked (the magic link is followed, not a path of the guest)
+        fd = os.open('/proc/self/fd/%d' % pfd, (O_READ & ~os.O_NOFOLLOW) | os.O_NOCTTY)
+    except OSError:
+        return []
+    finally:
+        os.close(pfd)
+    try:
+        data = _read_full(fd, cap + 1)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        return []
+    out = []
+    for line in data.decode('utf-8', 'replace').splitlines():
+        words = line.split()
+        path = next((w for w in reversed(words) if w.startswith('/')), None)
+        if path and '..' not in path.split('/'):
+            out.append('/' + path.strip('/'))
     return out
 
 
@@ -944,7 +1134,9 @@ def _merge(results):
         skipped.update(r['skipped_by_reason'])
         timings.update(r['timings'])
     out['skipped_by_reason'] = dict(skipped)
-    out['timings'] = {k: round(v, 3) for k, v in timings.items()}
+    out['timings'] = {k: round(v, 4) for k, v in timings.items()}
+    out['timings']['frozen_max'] = max(r['timings'].get('frozen_max', 0) for r in results)
+    out['freezes'] = sum(r['freezes'] for r in results)
     out['seconds'] = round(sum(r['seconds'] for r in results), 3)
     return out
 
@@ -978,13 +1170,14 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
             if row is not None:
                 node.ours = bool((row[5] or 0) & OURS_IMMUTABLE)
         dev_method = _probe(scan, p['method']) if p['state'] == 'present' else {}
-        leftovers = _remove_leftovers(scan, check_mode)  # the first write of the run
+        guard = Freezer(paths)
+        leftovers = _remove_leftovers(scan, check_mode, guard)  # the first write of the run
         stats = _new_stats()
         stats['_timings'] = timings
         if p['state'] == 'absent':
-            out = _deunify(scan, index, p, stats, check_mode)
+            out = _deunify(scan, index, p, stats, check_mode, guard)
         else:
-            out = _unify(scan, index, p, stats, check_mode, dev_method)
+            out = _unify(scan, index, p, stats, check_mode, dev_method, guard)
         out['leftovers_removed'] = leftovers
         out['_changed'] = out['_changed'] or leftovers > 0
         out['files_scanned'] = scan.files
@@ -994,15 +1187,21 @@ def _run(paths, p, docs, selected, sources, roots, check_mode):
         out['hashed'] = stats['hashed']
         out['bytes_hashed'] = stats['bytes_hashed']
         out['seconds'] = round(time.monotonic() - started, 3)
-        out['timings'] = {k: round(v, 3) for k, v in timings.items()}
+        timings['frozen'] = guard.frozen_seconds
+        timings['frozen_max'] = guard.frozen_max
+        out['freezes'] = guard.frozen_count
+        out['timings'] = {k: round(v, 4) for k, v in timings.items()}
         return out
     finally:
         scan.dirs.close()
         index.close()
 
 
-def _remove_leftovers(scan, check_mode):
-    """Temp names of a killed run: extra links to a complete file, or unfinished private copies."""
+def _remove_leftovers(scan, check_mode, guard):
+    """Temp names of a killed run: extra links to a complete file, or unfinished private copies.
+
+    A leftover link to a protected (immutable) inode is removed with every running guest frozen: the inode's
+    other names may be in any tree, and its flag is lifted only for the unlink."""
     count = 0
     dirs = scan.dirs
     for entry in scan.leftovers:
@@ -1021,15 +1220,7 @@ def _remove_leftovers(scan, check_mode):
             try:
                 os.unlink(entry[1], dir_fd=dfd)
             except PermissionError:
-                fd = os.open(entry[1], O_READ, dir_fd=dfd)  # an immutable inode: clear, unlink, restore
-                try:
-                    set_immutable(fd, False)
-                    try:
-                        os.unlink(entry[1], dir_fd=dfd)
-                    finally:
-                        set_immutable(fd, True)
-                finally:
-                    os.close(fd)
+                unlink_protected(dfd, entry[1], guard)
             if node is not None:
                 node.nlink -= 1
         except OSError:
@@ -1099,7 +1290,7 @@ def _probe(scan, method):
     return dev_method
 
 
-def _unify(scan, index, p, stats, check_mode, dev_method):
+def _unify(scan, index, p, stats, check_mode, dev_method, guard=None):
     nodes = list(scan.nodes.values())
     before = _shared_counts(nodes)
     method = p['method']
@@ -1138,7 +1329,7 @@ def _unify(scan, index, p, stats, check_mode, dev_method):
             if dev_method.get(cls[0].dev) == 'reflink':
                 n, s = _reflink_class(cls, local, check_mode, touched)
             else:
-                n, s = _link_class(cls, index, local, check_mode, touched, dropped)
+                n, s = _link_class(cls, index, local, check_mode, touched, dropped, guard)
         except OSError as exc:  # e.g. flags refused on this filesystem: leave the class alone, go on
             local[_reason(exc)] += sum(len(node.paths) for node in cls)
             return 0, 0, local
@@ -1158,9 +1349,11 @@ def _unify(scan, index, p, stats, check_mode, dev_method):
         if not node.alive or dev_method.get(node.dev) == 'reflink':
             continue
         all_seen = node.nlink <= len(node.paths)
+        if not all_seen:
+            continue  # names outside the scanned trees: never modified
         if p['protect'] and len(node.guests) > 1:
             want = True
-        elif node.ours and (all_seen or not p['protect']):
+        elif node.ours:
             want = False
         else:
             continue
@@ -1266,14 +1459,62 @@ def _reason(exc):
 def _move(target, node, moved):
     target.paths.extend(moved)
     target.guests.update(e[2] for e in moved)
+    target.nlink += len(moved)
     node.paths = [e for e in node.paths if e not in moved]
     node.guests = {e[2] for e in node.paths}
+    node.nlink -= len(moved)
 
 
-def _link_class(cls, index, stats, check_mode, touched, dropped):
-    """Hardlink every mutable path of the class to one target inode. Returns (paths linked, bytes saved)."""
+def _content_digest(fd):
+    """SHA-256 of a file's bytes, read through ``fd`` from offset 0 (as ``partition`` hashes them)."""
+    h = hashlib.new(ALGO)
+    offset = 0
+    while True:
+        chunk = os.pread(fd, CHUNK, offset)
+        if not chunk:
+            return h.digest()
+        h.update(chunk)
+        offset += len(chunk)
+
+
+def _seal(target, fd, guard, running, stats, xattrs):
+    """Make the target immutable before any new name reaches it, and prove again that its bytes (and xattrs,
+    owner, mode) are those compared: a guest that rewrote its copy after the comparison (same size, mtime
+    put back) is caught here. ``running``: the running guests that reach the target. Returns True if sealed."""
+    fresh = not target.flags & FS_IMMUTABLE_FL
+    if fresh:
+        set_immutable(fd, True)  # no new open for writing from here on
+        target.flags |= FS_IMMUTABLE_FL
+        target.ours = True
+    elif not running:
+        return True
+    # Just made immutable: the running guests are frozen for the probe, so none of their tasks is half-way
+    # through an open() (past the flag check, before its write access counts). Immutable since an earlier
+    # run: no such open can be under way.
+    with guard.frozen(running if fresh else []):
+        quiet = no_writer(fd)
+    st = os.fstat(fd)
+    same = quiet and (st.st_size, st.st_mode, st.st_uid, st.st_gid) == \
+        (target.size, target.mode, target.uid, target.gid)
+    if same and running and fresh:  # bytes a running guest could change until now: read them again
+        same = _content_digest(fd) == target.hash and (not xattrs or xattr_key(fd) == target.xattr)
+    if not same:
+        stats['skip_changed_during_run' if quiet else 'skip_open_for_write'] += len(target.paths)
+    return same
+
+
+def _link_class(cls, index, stats, check_mode, touched, dropped, guard=None):
+    """Hardlink every mutable path of the class to one target inode. Returns (paths linked, bytes saved).
+
+    An inode with names outside the scanned trees (more links than paths seen) is never the target and is never
+    changed. When a running guest reaches an inode of the class (``guard``: the run's Freezer), the target is
+    sealed first (``_seal``) and the links are made with those guests frozen: a flag lifted for the link is back
+    before any of them runs again."""
     usable = []
     for node in cls:
+        if node.nlink > len(node.paths):
+            stats['skip_linked_outside'] += len(node.paths)
+            continue
         flags = _node_flags(node, index)
         if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL) and not node.ours:
             stats['skip_immutable'] += len(node.paths)
@@ -1293,14 +1534,34 @@ def _link_class(cls, index, stats, check_mode, touched, dropped):
             mine = [e for e in node.paths if e[3]]
             linked += len(mine)
             _move(target, node, mine)
-            if not node.paths and node.nlink <= len(mine):
+            if not node.paths and node.nlink <= 0:
                 node.alive = False
                 saved += node.size
         return linked, saved
+    running = guard.running(set(target.guests).union(*(n.guests for n in others))) if guard else []
     fd = _open_node(target)
     if fd is None:
         stats['skip_unreadable'] += sum(len(n.paths) for n in others)
         return 0, 0
+    try:
+        if running:
+            touched.add(target)
+            if not _seal(target, fd, guard, guard.running(target.guests), stats, True):
+                return 0, 0
+            if not no_writer(fd):  # e.g. a writer from before the inode became immutable
+                stats['skip_open_for_write'] += len(target.paths)
+                return 0, 0
+            with guard.frozen(running):
+                return _relink(target, fd, others, stats, touched, dropped)
+        return _relink(target, fd, others, stats, touched, dropped)
+    finally:
+        os.close(fd)
+
+
+def _relink(target, fd, others, stats, touched, dropped):
+    """The links of ``_link_class``; protected (immutable) inodes get their flag cleared around the links and
+    set again before returning."""
+    linked = saved = 0
     cleared = []
     try:
         if target.flags & FS_IMMUTABLE_FL:
@@ -1326,7 +1587,7 @@ def _link_class(cls, index, stats, check_mode, touched, dropped):
             linked += len(moved)
             _move(target, node, moved)
             touched.add(node)
-            if not node.paths and node.nlink <= len(moved):
+            if not node.paths and node.nlink <= 0:
                 node.alive = False
                 saved += node.size
                 dropped.add((node.dev, node.ino))
@@ -1341,7 +1602,6 @@ def _link_class(cls, index, stats, check_mode, touched, dropped):
                     pass
             if close:
                 os.close(nfd)
-        os.close(fd)
     return linked, saved
 
 
@@ -1357,6 +1617,9 @@ def _reflink_class(cls, stats, check_mode, touched):
         src_ext = extents(sfd)
         for node in cls[1:]:
             if not node.mutable:
+                continue
+            if node.nlink > len(node.paths):  # names outside the scanned trees: never changed
+                stats['skip_linked_outside'] += len(node.paths)
                 continue
             dfd = _open_node(node)
             if dfd is None:
@@ -1440,7 +1703,7 @@ def _outside(nodes):
     return {'shared_paths': sum(len(n.paths) for n in shared), 'bytes_shared': sum(n.size for n in shared)}
 
 
-def _deunify(scan, index, p, stats, check_mode):
+def _deunify(scan, index, p, stats, check_mode, guard):
     nodes = list(scan.nodes.values())
     before = _outside(nodes)
     shared = [n for n in nodes if n.nlink > len(n.paths)]
@@ -1462,20 +1725,31 @@ def _deunify(scan, index, p, stats, check_mode):
             if not batch:
                 return
             os.sync()  # the copies' data is on disk before a rename makes them the file
-            for node, copy in batch:
+            # The shared inodes lose their flag for the renames: every running guest (the sharers may be any of
+            # them, this one included) stays frozen until it is back.
+            for i in range(0, len(batch), FREEZE_BATCH):
+                part = batch[i:i + FREEZE_BATCH]
                 try:
-                    copied += _install_copy(node, copy, touched, dropped)
-                except OSError as exc:
-                    stats[_reason(exc)] += len(node.paths)
-                finally:
-                    os.close(copy[2])
+                    with guard.frozen():
+                        for node, copy in part:
+                            try:
+                                copied += _install_copy(node, copy, touched, dropped)
+                            except OSError as exc:
+                                stats[_reason(exc)] += len(node.paths)
+                except OSError as exc:  # a guest did not freeze: nothing of this part was renamed
+                    stats[_reason(exc)] += sum(len(node.paths) for node, dummy in part)
+            for node, copy in batch:  # a copy not renamed (failed, or no freeze) goes
+                os.close(copy[2])
+                try:
                     dfd = node.dirs.open(copy[0])
-                    try:
-                        os.unlink(copy[1], dir_fd=dfd)
-                    except OSError:
-                        pass
-                    finally:
-                        node.dirs.release(copy[0], dfd)
+                except OSError:
+                    continue
+                try:
+                    os.unlink(copy[1], dir_fd=dfd)
+                except OSError:
+                    pass
+                finally:
+                    node.dirs.release(copy[0], dfd)
             batch.clear()
 
         for node in shared:
@@ -1545,6 +1819,7 @@ def _install_copy(node, copy, touched, dropped):
                 dirs.release(entry[0], dfd)
         if restore and os.fstat(fd).st_nlink > 1:
             set_immutable(fd, True)  # still shared by other guests
+        node.flags = get_flags(fd)  # what the index keeps (with ``ours``) for the next run
         node.after = os.fstat(fd)
         node.paths = [e for e in node.paths if e not in moved]
         if node.after.st_nlink == 0:

@@ -162,7 +162,8 @@ deunified:
   type: int
 skipped_by_reason:
   description: Paths left alone, by reason (excluded, symlink, special, empty, open_for_write, other_filesystem,
-    immutable, changed_during_run, link_limit, unreadable).
+    immutable, changed_during_run, link_limit, unreadable, linked_outside (an inode with names outside the scanned
+    trees, never changed), ebusy (a running guest did not freeze in time)).
   returned: always
   type: dict
   sample: {excluded: 10, symlink: 400, empty: 3, open_for_write: 1}
@@ -193,9 +194,15 @@ methods:
   type: list
   elements: str
 timings:
-  description: Seconds spent per phase (scan, prove, act, protect, index).
+  description: Seconds spent per phase (scan, prove, act, protect, index), plus C(frozen) (total seconds running
+    guests were kept frozen while a shared inode's protection was lifted) and C(frozen_max) (the longest freeze).
   returned: always
   type: dict
+freezes:
+  description: How many times running guests were frozen (one per class of files linked, or per batch of at
+    most 64 files de-unified).
+  returned: always
+  type: int
 seconds:
   description: Wall time of the run.
   returned: always

@@ -229,3 +229,22 @@ def test_directories_swapped_for_symlinks_are_refused(tmp_path):
             os.close(fd)
     finally:
         scan.dirs.close()
+
+
+def test_conffiles_reads_regular_files_only_without_following_links(tmp_path):
+    """A FIFO (would block), a symlink (to /dev/zero, to a file outside), a symlinked info directory and an
+    oversized list are skipped; the regular list next to them is read."""
+    info = tmp_path / 'var/lib/dpkg/info'
+    info.mkdir(parents=True)
+    os.mkfifo(str(info / 'a-fifo.conffiles'))
+    os.symlink('/dev/zero', str(info / 'b-zero.conffiles'))
+    outside = tmp_path / 'outside.conffiles'
+    outside.write_text('/etc/outside\n')
+    os.symlink(str(outside), str(info / 'c-host.conffiles'))
+    (info / 'd-big.conffiles').write_text('/etc/big\n' + '#' * 4096)
+    (info / 'e-ok.conffiles').write_text('/etc/ok\n')
+    assert _unify.conffiles(str(tmp_path), cap=1024) == ['/etc/ok']
+    other = tmp_path / 'other'
+    other.mkdir()
+    os.symlink(str(tmp_path / 'var'), str(other / 'var'))  # the path itself crosses a symlink
+    assert _unify.conffiles(str(other)) == []
