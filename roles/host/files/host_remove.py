@@ -157,7 +157,9 @@ def dirs():
     for path in req['dirs']:
         if not os.path.isdir(path) or os.path.islink(path):
             continue
-        if only_bookkeeping(path):
+        if os.path.ismount(path):
+            out['kept'].append('%s kept: it is a mount point' % path)
+        elif only_bookkeeping(path):
             act('remove directory %s' % path, remove_dir, path)
         else:
             out['kept'].append('%s kept: it holds %s' % (path, ', '.join(sorted(os.listdir(path))[:5])))
