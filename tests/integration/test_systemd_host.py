@@ -286,9 +286,9 @@ def test_demo_clean_on_a_systemd_host(host, converged):
     """make demo's playbook on the now bare systemd host, then demo-clean: the delegated unit the runtime installed
     for the demo's guests goes too, with the guests, bridge, logs, index and directories; the command stays."""
     demo = '%s/playbooks/demo.yml' % TOP
-    assert playbook(host, path=demo) > 0
+    assert playbook(host, '-c local', path=demo) > 0
     assert exists(host, '/etc/systemd/system/vservers.service') and exists(host, '/etc/vservers/.unify-index')
-    assert playbook(host, '-e demo_state=absent', path=demo) > 0
+    assert playbook(host, '-c local -e demo_state=absent', path=demo) > 0
     assert not exists(host, '/etc/systemd/system/vservers.service')
     assert show(host, 'vservers.service', 'LoadState') == 'not-found'
     for path in ('/etc/vservers', '/var/log/vservers', '/run/vservers', CG + '/system.slice/vservers.service'):
@@ -296,7 +296,7 @@ def test_demo_clean_on_a_systemd_host(host, converged):
     assert host.sh('ls -A /var/lib/vservers').stdout.strip() == ''
     assert host.sh('ip link show vsdemo0', check=False).returncode != 0
     assert exists(host, '/usr/local/bin/vserver')
-    assert playbook(host, '-e demo_state=absent', path=demo) == 0
+    assert playbook(host, '-c local -e demo_state=absent', path=demo) == 0
 
 
 @pytest.fixture(scope='module')
