@@ -170,6 +170,10 @@ def dirs():
 
 def probe():
     out['guests'] = guests()
+    try:  # runtime state of guests (also one whose config is gone)
+        out['running'] = sorted(n for n in os.listdir(req['run_dir']) if not n.startswith('.'))
+    except OSError:
+        out['running'] = []
     out['systemd'] = os.path.isdir('/run/systemd/system')
     out['links_ours'] = [link['dest'] for link in req.get('links', [])
                          if os.path.islink(link['dest']) and os.readlink(link['dest']) == link['src']]
