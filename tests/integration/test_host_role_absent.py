@@ -98,8 +98,8 @@ def host(tmp_path):
 
 def run(box, check=False, **extra):
     rc, data = run_playbook(box['play'], dict(box['vars'], **extra), check=check)
-    failed = [(task['task']['name'], res.get('msg'), res.get('stderr', '')[-1500:])
-              for play in data['plays'] for task in play['tasks'] for res in task['hosts'].values() if res.get('failed')]
+    failed = [(name, res.get('msg'), res.get('stderr', '')[-1500:])
+              for name, res in task_results_of(data) if res.get('failed')]
     return rc, data, failed
 
 
@@ -172,7 +172,7 @@ def test_absent_refuses_guests_then_removes_them_and_everything_else(host):
 
 def test_absent_purges_trees_on_request_and_keeps_a_bridge_in_use(host):
     present_with_a_guest(host)
-    paths, bridge, dummy = host['paths'], host['vars']['host_bridge'], host['dummy']
+    bridge, dummy = host['vars']['host_bridge'], host['dummy']
     # a link that is not a guest's (one end of a veth pair) attached to the bridge: the bridge must stay
     subprocess.run(['ip', 'link', 'add', dummy, 'type', 'veth', 'peer', 'name', dummy.replace('-dm-', '-dp-')],
                    check=True, timeout=30)
