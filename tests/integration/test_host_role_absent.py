@@ -170,6 +170,25 @@ def test_absent_refuses_guests_then_removes_them_and_everything_else(host):
     assert rc == 0 and changed_count(data) == 0, failed
 
 
+def test_check_mode_without_guests_reports_what_the_run_does(host):
+    """No guests: check mode's changed count is the real run's (also the command's prefix, emptied by the run)."""
+    rc, data, failed = run(host)
+    assert rc == 0, failed
+    rc, checked, failed = run(host, check=True, host_state='absent')
+    assert rc == 0, failed
+    assert snapshot(host)['prefix'] and snapshot(host)['bridge'] and snapshot(host)['supervisor']
+    rc, data, failed = run(host, host_state='absent')
+    assert rc == 0, failed
+    assert changed_count(checked) == changed_count(data) > 0
+
+    def actions(result):
+        return [json.loads(res['stdout'])['actions'] for name, res in task_results_of(result)
+                if res.get('stdout', '').startswith('{"changed"')]
+    assert actions(checked) == actions(data) and any(a[-1].endswith('/prefix') for a in actions(data) if a)
+    after = snapshot(host)
+    assert not after['prefix'] and not after['bridge'] and not after['supervisor'] and after['dirs'] == []
+
+
 def test_absent_purges_trees_on_request_and_keeps_a_bridge_in_use(host):
     present_with_a_guest(host)
     bridge, dummy = host['vars']['host_bridge'], host['dummy']
@@ -188,6 +207,8 @@ def test_absent_purges_trees_on_request_and_keeps_a_bridge_in_use(host):
     assert [p['ifname'] for p in ports] == [dummy]
 
     subprocess.run(['ip', 'link', 'del', 'dev', dummy], check=True, timeout=30)
+    rc, data, failed = run(host, check=True, host_state='absent')
+    assert rc == 0 and changed_count(data) == 1 and link_exists(bridge), failed
     rc, data, failed = run(host, host_state='absent')
     assert rc == 0 and changed_count(data) == 1, failed  # only the bridge, now free
     assert not link_exists(bridge)

@@ -163,9 +163,13 @@ def dirs():
             act('remove directory %s' % path, remove_dir, path)
         else:
             out['kept'].append('%s kept: it holds %s' % (path, ', '.join(sorted(os.listdir(path))[:5])))
-    for path in req.get('empty_dirs', []):  # the command's prefix, innermost first: only when empty
-        if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+    # the command's prefix, innermost first: only when empty (in check mode: once what the run removes is gone)
+    gone = set(req.get('removed', [])) if check else set()
+    for path in req.get('empty_dirs', []):
+        if os.path.isdir(path) and not os.path.islink(path) and \
+                all(os.path.join(path, name) in gone for name in os.listdir(path)):
             act('remove directory %s' % path, os.rmdir, path)
+            gone.add(path)
 
 
 def probe():
