@@ -287,8 +287,8 @@ def test_demo_clean_on_a_systemd_host(host, converged):
     """Demo guests on the now bare systemd host, then demo-clean: the delegated unit the runtime installed for them
     goes too, with the guests, logs, index and directories; the command (installed again by demo.yml) stays."""
     demo = '%s/playbooks/demo.yml' % TOP
-    # two of the demo's guests, started and unified as the demo does (its limits task is left out: this
-    # container's cgroup does not hand the demo's CPU limit down)
+    # two of the demo's guests, started and unified as the demo does (its limits task is left out: this machine's
+    # cgroup v2 hierarchy, the container's view, carries no controllers; see systemd_container.py)
     env = dict(ENV, ANSIBLE_STDOUT_CALLBACK='minimal')
     for name, xid in (('demo-web', 101), ('demo-dns', 103)):
         args = json.dumps({'name': name, 'xid': xid, 'state': 'started', 'template': 'busybox', 'stop_timeout': 2})
