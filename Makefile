@@ -13,12 +13,21 @@ export ANSIBLE_PYTHON_INTERPRETER := $(SYSPY)
 export ANSIBLE_NOCOLOR := 1
 export PATH := $(VENV)/bin:$(PATH)
 
-# Debian packages the project uses: runtime (busybox-static ...), benchmarks' peer tools, test tooling.
-APT_PACKAGES := busybox-static util-linux iproute2 rsync e2fsprogs attr xfsprogs btrfs-progs nftables strace \
+# Debian packages. `make demo` installs only what the demo needs: the runtime's tools (busybox-static for the guest
+# template, util-linux's nsenter/mount/losetup, iproute2's ip) and python3-venv for the controller's venv.
+DEMO_APT_PACKAGES := python3-venv busybox-static util-linux iproute2
+# `make setup` / `make test` add the rest of the runtime's optional tools (rsync for migration, filesystem tools for
+# disk limits), the benchmarks' peer tools (jdupes, lxc, iperf3, systemd-container) and the test tooling (strace,
+# debootstrap/mmdebstrap, openssh, qemu, gcc ...). tests/unit/test_makefile.py keeps the demo's list to the demo.
+TEST_APT_PACKAGES := rsync e2fsprogs attr xfsprogs btrfs-progs nftables strace \
 	iperf3 jdupes lxc systemd-container debootstrap mmdebstrap openssh-server openssh-client \
-	qemu-system-x86 cpio gcc libc6-dev python-is-python3 strace
+	qemu-system-x86 cpio gcc libc6-dev python-is-python3
+APT_PACKAGES := $(DEMO_APT_PACKAGES) $(TEST_APT_PACKAGES)
+# The demo's venv holds only ansible-core (its pin in requirements-dev.txt); `make setup` adds the test tooling.
+DEMO_PIP := $(shell grep -E '^ansible-core[=<>~]' $(TOP)/requirements-dev.txt)
 
-.PHONY: demo-clean help setup apt venv collection demo test unit integration sanity clean-test-leftovers install-cli
+.PHONY: demo-clean help setup setup-demo apt apt-demo venv venv-demo collection demo test unit integration sanity \
+	clean-test-leftovers install-cli
 
 help:
 	@echo "make demo   deploy three busybox guests on this host and print the status table"
@@ -26,17 +35,30 @@ help:
 	@echo "make lint   ansible-lint (production profile) and the role READMEs' check"
 	@echo "make import-check   galaxy-importer on the built collection artifact"
 
-$(BUILD)/.apt-stamp: Makefile
+# apt_install(PACKAGES): install those not installed yet
+define apt_install
 	@mkdir -p $(BUILD)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@touch $@
+endef
+
+$(BUILD)/.apt-demo-stamp: Makefile
+	$(call apt_install,$(DEMO_APT_PACKAGES))
+
+$(BUILD)/.apt-stamp: Makefile
+	$(call apt_install,$(APT_PACKAGES))
+
+$(VENV)/.demo-stamp: requirements-dev.txt
+	[ -x $(PY) ] || $(SYSPY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check '$(DEMO_PIP)'
+	@touch $@
 
 $(VENV)/.stamp: requirements-dev.txt
-	$(SYSPY) -m venv $(VENV)
+	[ -x $(PY) ] || $(SYSPY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
@@ -44,22 +66,25 @@ $(COLLECTIONS)/ansible_collections/vserver/core:
 	@mkdir -p $(COLLECTIONS)/ansible_collections/vserver
 	ln -sfn $(TOP) $@
 
+apt-demo: $(BUILD)/.apt-demo-stamp
 apt: $(BUILD)/.apt-stamp
+venv-demo: $(VENV)/.demo-stamp
 venv: $(VENV)/.stamp
 collection: $(COLLECTIONS)/ansible_collections/vserver/core
+setup-demo: apt-demo venv-demo collection
 setup: apt venv collection
 
-install-cli: setup
+install-cli: setup-demo
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/install_cli.yml
 
-demo: setup
+demo: setup-demo
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml
 	@echo "second run (must change nothing):"
 	@$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml > $(BUILD)/demo-rerun.log; \
 	  tail -n 3 $(BUILD)/demo-rerun.log; grep -q ' changed=0 ' $(BUILD)/demo-rerun.log
 	/usr/local/bin/vserver stat
 
-demo-clean: setup
+demo-clean: setup-demo
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml -e demo_state=absent
 
 # Every test runs under tests/reaper.py: a child subreaper that reaps the guests' init processes once

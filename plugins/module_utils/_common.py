@@ -92,6 +92,10 @@ class Paths:
     def log_file(self, name):
         return os.path.join(self.log_dir, name + '.log')
 
+    def autostart_mark(self, name):
+        """The boot mark of a guest (``_guests.autostart_dir``/NAME): supervisor and units start marked guests."""
+        return os.path.join(self.config_dir, 'autostart', name)
+
     def default_root(self, name):
         return os.path.join(self.tree_dir, name)
 

@@ -610,7 +610,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
                                       check_mode)
         mark = _autostart(paths, name, False, check_mode) if os.path.exists(
             os.path.join(autostart_dir(paths), name)) else None
-        actions.extend(res['actions'] + ([mark] if mark else []))
+        actions.extend(res['actions'] + ([mark] if mark and mark not in res['actions'] else []))  # purge: done
         return {'name': name, 'changed': bool(actions), 'actions': actions, 'restart_required': False,
                 'diff': res.get('diff', {})}
     if spec.get('config'):

@@ -311,9 +311,10 @@ def remove_build(build, paths=None):
 
 
 def _absent(paths, opts, current, rt, running_state, result, check_mode):
-    """state=absent: stop, the concerns' absent hooks, (purge: mark the config ``purging``, delete the tree),
-    remove the config. The config goes last, so a run killed at any point leaves something a re-run finds and
-    finishes: a config marked ``purging`` is purged again even without purge=true."""
+    """state=absent: stop, the concerns' absent hooks, (purge: mark the config ``purging``, delete the tree,
+    the guest's log and its autostart mark), remove the config. The config goes last, so a run killed at any
+    point leaves something a re-run finds and finishes: a config marked ``purging`` is purged again even without
+    purge=true."""
     name = opts['name']
     actions = result['actions']
     root = (current or {}).get('root') or paths.default_root(name)
@@ -331,6 +332,9 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
     actions.extend('remove unfinished build %s' % build for build in builds)
     if purge:
         actions.append('purge tree %s' % root)
+    wipe = current is not None and bool(opts['purge'] or current.get('purging'))  # also when the tree is gone
+    leftover_files = [f for f in (paths.log_file(name), paths.autostart_mark(name)) if wipe and os.path.lexists(f)]
+    actions.extend('remove log %s' % f if f == paths.log_file(name) else 'autostart off' for f in leftover_files)
     if current is not None:
         actions.append('remove config')
     if not check_mode:
@@ -347,10 +351,19 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
             if not current.get('purging'):
                 _config.save(paths, dict(current, purging=True))
             purge_tree(root, paths)
+        for leftover in leftover_files:
+            _unlink_quietly(leftover)
         if current is not None:
             _config.remove(paths, name)
     result.update(changed=True, diff={'before': before, 'after': {'state': 'absent'}})
     return result
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _ensure_broken(paths, opts, broken, check_mode):

@@ -88,7 +88,8 @@ options:
     default: present
   purge:
     description:
-      - With O(state=absent), also delete the guest's tree. The tree is kept by default.
+      - With O(state=absent), also delete the guest's tree, its init log (C(LOG_DIR/NAME.log)) and its autostart
+        mark (C(CONFIG_DIR/autostart/NAME)). All three are kept by default.
       - The config is first marked C(purging), then the tree is deleted, then the config removed, so a run
         killed half-way is finished by the next O(state=absent) run (with or without O(purge)); O(state=present)
         and the run states are refused for a half-purged guest until then.
