@@ -7,6 +7,15 @@ import pytest
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VSERVER = os.path.join(TOP, 'bin', 'vserver')
+FILES = os.path.join(TOP, 'tests', 'integration', 'files')
+
+
+def build_static(source, dest, *cflags):
+    """Compile a test program (a path, or a name under tests/integration/files) as a static binary at ``dest``:
+    it runs inside any guest tree. gcc comes with `make test` (APT_PACKAGES)."""
+    subprocess.run(['gcc', '-static', '-O1'] + list(cflags) + ['-o', str(dest), os.path.join(FILES, str(source))],
+                   check=True, capture_output=True, timeout=120)
+    return str(dest)
 
 
 def env_for(paths):

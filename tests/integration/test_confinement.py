@@ -2,14 +2,13 @@
 cgroups it made. Hostile static C program: files/cgroup_escape.c (runs only inside a guest)."""
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
     _cgroup, _config, _context, _limits, _manager, _kernel as K)
-from helpers import TOP, needs_userns, vserver
+from helpers import build_static, needs_userns, vserver
 
 pytestmark = pytest.mark.cgroup
 LAYOUT = _cgroup.detect()
@@ -20,9 +19,7 @@ NO_FILTER = {'seccomp': {'mode': 'unconfined'}}
 @pytest.fixture(scope='module')
 def escape_binary(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('escape') / 'cgroup_escape')
-    subprocess.run(['gcc', '-static', '-O1', '-o', out, os.path.join(TOP, 'tests/integration/files/cgroup_escape.c')],
-                   check=True, capture_output=True, timeout=120)
-    return out
+    return build_static('cgroup_escape.c', out)
 
 
 def limited_guest(make_guest, name, binary, **extra):

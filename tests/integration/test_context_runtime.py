@@ -1,12 +1,11 @@
 """A started guest seen from outside (kernel files) and from inside (what its root can and cannot do)."""
 import os
-import subprocess
 import time
 
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _context, _kernel as K
-from helpers import TOP, guest_sh, vserver
+from helpers import build_static, guest_sh, vserver
 
 pytestmark = pytest.mark.cgroup
 
@@ -88,8 +87,7 @@ def test_double_chroot_escape_does_not_reach_the_host(host_paths, make_guest, tm
     with open(os.path.join(doc['root'], 'etc', 'hostname'), 'w') as handle:
         handle.write('jail-tree')
     binary = os.path.join(doc['root'], 'bin', 'escape')
-    subprocess.run(['gcc', '-static', '-O1', '-o', binary, os.path.join(TOP, 'tests/integration/files/chroot_escape.c')],
-                   check=True, capture_output=True)
+    build_static('chroot_escape.c', binary)
     out = vserver(host_paths, 'jail', 'exec', '/bin/escape', str(marker))
     assert 'ESCAPED' not in out.stdout
     assert out.returncode == 0, out.stdout + out.stderr

@@ -20,7 +20,7 @@ import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _context, _kernel as K
 from ansible_helpers import path_vars, run_playbook, task_results
-from helpers import TOP, VSERVER, env_for, vserver
+from helpers import TOP, VSERVER, build_static, env_for, vserver
 from test_unify import clear_immutable
 
 pytestmark = pytest.mark.cgroup
@@ -28,9 +28,7 @@ FILES = os.path.join(TOP, 'tests', 'integration', 'files')
 STATUS_KEYS = ('Uid', 'Gid', 'Groups', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs', 'Seccomp')
 
 
-def build(source, dest, *cflags):
-    subprocess.run(['gcc', '-static', '-O1'] + list(cflags) + ['-o', dest, os.path.join(FILES, source)],
-                   check=True, capture_output=True, timeout=120)
+build = build_static
 
 
 def cli(*args):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _context, _guests, _kernel as K
-from helpers import TOP, vserver
+from helpers import TOP, build_static, vserver
 
 HOSTILE_C = os.path.join(TOP, 'tests', 'integration', 'files', 'hostile.c')
 
@@ -20,8 +20,7 @@ HOSTILE_C = os.path.join(TOP, 'tests', 'integration', 'files', 'hostile.c')
 @pytest.fixture(scope='module')
 def hostile_bin(tmp_path_factory):
     binary = str(tmp_path_factory.mktemp('hostile') / 'hostile')
-    subprocess.run(['gcc', '-static', '-O1', '-o', binary, HOSTILE_C], check=True, capture_output=True, timeout=120)
-    return binary
+    return build_static(HOSTILE_C, binary)
 
 
 def install(doc, binary):

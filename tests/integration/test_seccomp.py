@@ -4,13 +4,12 @@ Every probe runs inside a guest; the C programs refuse to run anywhere else (the
 nothing stops them)."""
 import os
 import shutil
-import subprocess
 
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _context, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
-from helpers import TOP, guest_sh, needs_userns, vserver
+from helpers import build_static, guest_sh, needs_userns, vserver
 
 pytestmark = [pytest.mark.cgroup,
               pytest.mark.skipif(os.uname().machine != 'x86_64', reason='probes use x86 syscalls (int 0x80)')]
@@ -29,9 +28,7 @@ ALLOWED = ['unshare_files', 'fork', 'personality_query', 'i386_getpid']
 @pytest.fixture(scope='module')
 def probe_binary(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('probe') / 'syscall_probe')
-    subprocess.run(['gcc', '-static', '-O1', '-o', out, os.path.join(TOP, 'tests/integration/files/syscall_probe.c')],
-                   check=True, capture_output=True, timeout=120)
-    return out
+    return build_static('syscall_probe.c', out)
 
 
 def run_probe(host_paths, doc, binary, *args):

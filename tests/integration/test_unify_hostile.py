@@ -16,7 +16,7 @@ import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _context, _manager, _unify
 
-from helpers import TOP
+from helpers import TOP, build_static
 from test_unify import clear_immutable
 
 T0 = 1700000000
@@ -26,9 +26,7 @@ SHARED = 'usr/share/shared'
 @pytest.fixture(scope='module')
 def racer(tmp_path_factory):
     binary = str(tmp_path_factory.mktemp('racer') / 'unify_racer')
-    subprocess.run(['gcc', '-static', '-O1', '-o', binary, os.path.join(TOP, 'tests/integration/files/unify_racer.c')],
-                   check=True, capture_output=True, timeout=120)
-    return binary
+    return build_static('unify_racer.c', binary)
 
 
 @pytest.fixture
