@@ -188,7 +188,7 @@ def main():
             bcaps_add=dict(type='list', elements='str'),
             bcaps_drop=dict(type='list', elements='str'),
             ccaps=dict(type='list', elements='str'),
-            no_new_privs=dict(type='bool', default=False),
+            no_new_privs=dict(type='bool'),
             seccomp=dict(type='dict', options=dict(
                 mode=dict(type='str', choices=['default', 'log', 'unconfined'], default='default'),
                 allow=dict(type='list', elements='str'),
