@@ -77,15 +77,21 @@ def _files(group):
     return [group.file('memory.limit_in_bytes'), group.file('cpu.cfs_quota_us'), group.file('pids.max')]
 
 
+def _norm(words):
+    """The words of the memory, cpu and pids files -> [memory, cpu quota, pids], v1's "no limit" spelled as v2's."""
+    if LAYOUT.version == 2:  # cpu.max is "QUOTA PERIOD": keep the quota
+        return [words[0], words[1], words[3]]
+    mem, cpu, pids = words
+    return ['max' if int(mem) >= 1 << 62 else mem, 'max' if cpu == '-1' else cpu, pids]
+
+
 def _cgroup_values(group):
-    """(memory, cpu quota, pids) as the kernel reports them, with v1's "no limit" spelled as on v2."""
-    values = [open(f).read().strip() for f in _files(group)]
-    if LAYOUT.version == 1:
-        values[0] = 'max' if int(values[0]) >= 1 << 62 else values[0]
-        values[1] = 'max' if values[1] == '-1' else values[1]
-    else:
-        values[1] = values[1].split()[0]
-    return values
+    """(memory, cpu quota, pids) as the kernel reports them now."""
+    words = []
+    for name in _files(group):
+        with open(name) as handle:
+            words.extend(handle.read().split())
+    return _norm(words)
 
 
 def test_a_task_changes_only_what_it_gives(make_guest, host_paths, tmp_path):
@@ -95,20 +101,10 @@ def test_a_task_changes_only_what_it_gives(make_guest, host_paths, tmp_path):
     playbook.write_text(PLAYBOOK.replace('name: "%(read)s"', 'name: ' + READ))
     files = _files(group)
     rc, data = run_playbook(playbook, dict(path_vars(host_paths), guest='vst-keep', files=files))
-    results = [(name, r) for name, r in task_results(data)]
-    reads = [r['stdout'].split() for name, r in results if name == 'read cgroup']
+    results = list(task_results(data))
+    reads = [_norm(r['stdout'].split()) for name, r in results if name == 'read cgroup']
     named = dict((name, r) for name, r in results if name != 'read cgroup')
     assert rc == 0, data
-
-    def norm(raw):
-        mem, cpu, pids = raw
-        if LAYOUT.version == 1:
-            mem = 'max' if int(mem) >= 1 << 62 else mem
-            cpu = 'max' if cpu == '-1' else cpu
-        return [mem, cpu, pids]
-    if LAYOUT.version == 2:  # cpu.max is "QUOTA PERIOD": keep the quota
-        reads = [[r[0], r[1], r[3]] for r in reads]
-    reads = [norm(r) for r in reads]
     assert reads[0] == [str(48 * M), '50000', '40']
     # a task giving only memory: the CPU quota and nproc stay, in the cgroup files and in the config
     only = named['memory only']

@@ -115,3 +115,20 @@ def test_caps_bad_removal_values(given, field):
     with pytest.raises(VServerError) as exc:
         _caps.validate(_caps.merge(CAPS, dict(CNONE, **given)))
     assert exc.value.field == field
+
+
+NET = {'addresses': ['10.0.0.5/24'], 'mode': 'bridge', 'interface': 'eth1', 'bridge': 'vsbr1', 'mtu': 1400,
+       'gateway': ['10.0.0.9']}
+
+
+@pytest.mark.parametrize('given,expected', [
+    ({'address': '10.0.0.6/24'}, dict(NET, addresses=['10.0.0.5/24', '10.0.0.6/24'])),
+    ({'address': '10.0.0.6/24', 'exclusive': True}, dict(NET, addresses=['10.0.0.6/24'])),
+    ({'address': '10.0.0.5/24', 'mtu': 1500}, dict(NET, mtu=1500)),
+    ({'address': '10.0.0.5/24', 'gateway': []}, dict(NET, gateway=[])),
+    ({'address': '10.0.0.5/24', 'bridge': 'vsbr2'}, dict(NET, bridge='vsbr2')),
+])
+def test_address_unspecified_options_keep_stored_values(given, expected):
+    """address: the address list is the module's own; mtu, gateway, bridge, interface left out are kept."""
+    from ansible_collections.vserver.core.plugins.module_utils import _netns
+    assert _netns.desired(NET, _netns.validate(dict(given, name='g'))) == expected
