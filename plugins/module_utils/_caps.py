@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 from ansible_collections.vserver.core.plugins.module_utils import _seccomp
@@ -197,9 +198,37 @@ def in_netns(handle, func):
         raise VServerError('guest network namespace %s: %s' % (handle, exc))
 
 
+def _is_default(bcaps):
+    """``bcaps: default`` (a list option reads the word as [default]): back to the default bounding set."""
+    if isinstance(bcaps, list) and len(bcaps) == 1:
+        bcaps = bcaps[0]
+    return isinstance(bcaps, str) and bcaps.strip().lower() == 'default'
+
+
+def merge(stored, params):
+    """Raw options for ``validate``: the stored section with the options a task gives (not None) put over it.
+
+    bcaps and bcaps_add/bcaps_drop are two forms of the bounding set: giving one form replaces the other.
+    Removal: ``bcaps: default``, ``bcaps_add: []``, ``bcaps_drop: []``, ``ccaps: []``, ``no_new_privs: false``,
+    ``seccomp: {mode: default}``."""
+    out = copy.deepcopy(dict(stored or {}))
+    params = params or {}
+    if params.get('bcaps') is not None:
+        out.pop('bcaps_add', None)
+        out.pop('bcaps_drop', None)
+    elif params.get('bcaps_add') is not None or params.get('bcaps_drop') is not None:
+        out.pop('bcaps', None)
+    for key in ('bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs', 'seccomp'):
+        if params.get(key) is not None:
+            out[key] = params[key]
+    return out
+
+
 def validate(params):
     """Module/role input -> the canonical ``capabilities`` section; unknown names fail before any write."""
-    params = params or {}
+    params = dict(params or {})
+    if _is_default(params.get('bcaps')):
+        params['bcaps'] = None
     section = {}
     if params.get('bcaps') is not None:
         if params.get('bcaps_add') or params.get('bcaps_drop'):
@@ -260,8 +289,10 @@ def observed(status, last_cap):
             'no_new_privs': status.get('NoNewPrivs', '0').strip() == '1'}
 
 
-def ensure(paths, name, params, check_mode=False, restart=False):
-    """Make guest ``name``'s capabilities section equal ``params``.
+def ensure(paths, name, params, check_mode=False, restart=False, replace=False):
+    """Set the options ``params`` gives on guest ``name``'s capabilities section (None keeps the stored value,
+    see ``merge``); with ``replace`` (the guests module: a guest's whole desired state) ``params`` is the whole
+    section and an option left out is lifted.
 
     ccaps apply live (sysctls in the guest's netns); a bounding-set or no_new_privs change on a running guest
     reports restart_required and restarts the guest only with ``restart``.
@@ -273,7 +304,7 @@ def ensure(paths, name, params, check_mode=False, restart=False):
         if doc is None:
             raise VServerError('guest %s has no config in %s; create it with vserver.core.context first'
                                % (name, paths.config_dir), 'name')
-        after = validate(params)
+        after = validate(params if replace else merge(doc.get('capabilities'), params))
         before = dict(doc.get('capabilities') or {})
         rt = _context.Runtime(paths, name)
         init_status = None

@@ -61,7 +61,13 @@ def _concern(concern):
     import inspect
     args = list(inspect.signature(module.ensure).parameters)
     if len(args) > 1 and args[1] == 'name':
-        return module.ensure
+        if 'replace' not in args:
+            return module.ensure
+
+        def whole(paths, name, params, check_mode):
+            # a guest entry is the whole desired section: a key removed from it is lifted (docs/roles.md)
+            return module.ensure(paths, name, params, check_mode, replace=True)
+        return whole
 
     def by_params(paths, name, params, check_mode):
         return module.ensure(paths, dict(params, name=name), check_mode)

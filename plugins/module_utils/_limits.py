@@ -356,7 +356,8 @@ def validate(params, host=None, layout=None):
         except ValueError:
             cpus = None
         if not cpus:
-            raise VServerError('cpuset: expected a CPU list such as 0-1 or 0,2 (got %r)' % params['cpuset'], 'cpuset')
+            raise VServerError('cpuset: expected a CPU list such as 0-1 or 0,2, or all to lift the pinning (got %r)'
+                               % params['cpuset'], 'cpuset')
         online = host.online_cpus()
         outside = [c for c in cpus if c not in online]
         if outside:
@@ -372,6 +373,33 @@ def validate(params, host=None, layout=None):
     disk = disk_validate(params.get('disk'), params.get('disk_backend'), params.get('disk_fstype'))
     if disk:
         out['disk'] = disk
+    return out
+
+
+# Options a task leaves out (None) keep their stored value; these spellings remove an option from the section
+# (the kernel default again). Sizes, counts and cpu.quota take max/unlimited, which the parsers already read as
+# "no limit"; cpu_weight goes back to the default with 100; io and rlimits with {} (no I/O limit, no rlimit set).
+CPUSET_ALL = ('all',)
+DISK_NONE = ('none',)
+
+
+def _is_word(value, words):
+    return isinstance(value, str) and value.strip().lower() in words
+
+
+def merge(stored, params):
+    """Raw options for ``validate``: the stored section with the options a task gives (not None) put over it.
+
+    ``cpuset: all`` and ``disk: none`` remove those options; every other option is removed by its own "no
+    limit" value (see the module's documentation), which ``validate`` drops or keeps as max."""
+    out = copy.deepcopy(dict(stored or {}))
+    for key, value in (params or {}).items():
+        if value is None:
+            continue
+        if (key == 'cpuset' and _is_word(value, CPUSET_ALL)) or (key == 'disk' and _is_word(value, DISK_NONE)):
+            out.pop(key, None)
+        else:
+            out[key] = value
     return out
 
 
@@ -976,6 +1004,9 @@ def disk_validate(raw, backend=None, fstype=None, field='disk'):
         backend = raw.get('backend') or backend
         fstype = raw.get('fstype') or fstype
         raw = raw['size']
+    if _is_word(raw, ('max', 'unlimited', 'infinity')):
+        raise VServerError('%s: expected a size (e.g. 2G), not unlimited; give none to remove the disk limit '
+                           '(got %r)' % (field, raw), field)
     size = parse_size(raw, field, allow_max=False)
     backend = (backend or 'auto').strip().lower()
     if backend not in DISK_BACKENDS:
@@ -1343,8 +1374,11 @@ def _undo_live(paths, doc, rt, live, disk, exc):
     raise VServerError(msg) from exc
 
 
-def ensure(paths, name, params, check_mode=False, restart=False, host=None, layout=None):
-    """Make guest ``name``'s limits section equal ``params``; live on a running guest.
+def ensure(paths, name, params, check_mode=False, restart=False, host=None, layout=None, replace=False):
+    """Set the options ``params`` gives on guest ``name``'s limits section; live on a running guest.
+
+    An option that is None keeps its stored value (``merge``); with ``replace`` (the guests module, which
+    holds a guest's whole desired state) ``params`` is the whole section and an option left out is lifted.
 
     Returns a result dict: changed, diff (before/after section), actions, restart_required, restarted,
     live (cgroup files written / would be written), rlimit_pids.
@@ -1357,7 +1391,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
         if doc is None:
             raise VServerError('guest %s has no config in %s; create it with vserver.core.context first'
                                % (name, paths.config_dir), 'name')
-        after = validate(params, host, layout)
+        after = validate(params if replace else merge(doc.get('limits'), params), host, layout)
         if after.get('disk'):
             after['disk'] = disk_resolve(doc['root'], after['disk'])
         check_supported(after, layout, host)

@@ -18,6 +18,11 @@ description:
     source address, even with C(IPV6_FREEBIND) (IPv4 refuses that by itself).
   - Changes apply live to a running guest (no restart) and are stored in the C(network) section of the guest's
     config, re-applied at every start.
+  - The addresses are the module's list (O(state) and O(exclusive) say how the given ones combine with the
+    stored ones). Every other option a task does not give keeps its stored value, as the C(limits) and
+    C(capabilities) modules do; these options always have an effective value (a mode, a bridge, an interface
+    name, an MTU), so changing one back means giving the value wanted - there is no separate remove value, except
+    O(gateway) (an empty list). M(vserver.core.guests) passes a guest's whole address list (exclusive).
   - The host's IP forwarding and NAT are never changed. When the guest's gateway is the host and the host does
     not forward, RV(forwarding_needed) says so; the C(host) role's C(host_ip_forward) variable turns forwarding
     on explicitly. NAT for private guest subnets is left to the host's own firewall.
@@ -61,22 +66,26 @@ options:
         LAN. As with every macvlan, the host itself cannot reach the guest through O(parent); other machines on
         the LAN and other macvlan guests can.
     type: str
+      - Unspecified - left as it is (C(bridge) for a new network config).
     choices: [bridge, macvlan]
   bridge:
     description:
       - Host bridge of C(bridge) mode, default C(vsbr0). Created if missing. It gets the gateway address (with
         the guest subnet's prefix length) when it has no address in that subnet yet.
+      - Unspecified - left as it is.
     type: str
   parent:
     description:
       - C(macvlan) mode, the host device the guest's macvlan sits on. Must exist.
       - C(bridge) mode with O(vlan), the device whose 802.1Q sub-interface C(PARENT.VLAN) becomes the bridge's uplink
         (one bridge per VLAN). An existing host device is never enslaved to a bridge.
+      - Unspecified - left as it is while O(mode) stays the same; a change of O(mode) drops it unless given.
     type: str
   vlan:
     description:
       - 802.1Q VLAN id (1-4094). The module creates C(PARENT.VLAN) if missing (needs the kernel's 8021q support;
         refused before anything changes when the kernel has none).
+      - Unspecified - left as it is while O(mode) stays the same; a change of O(mode) drops it unless given.
     type: int
   gateway:
     description:
@@ -84,13 +93,19 @@ options:
       - Default, per family, the bridge's address in the guest's subnet, else the first host address of that
         subnet (which the bridge then gets). C(macvlan) guests get no default route unless given one.
       - An empty list means no default route; it is kept until a gateway is given again.
+      - Unspecified - left as it is (the stored gateway, or the default above for a new config). To remove the
+        default route, give an empty list.
     type: list
     elements: str
   mtu:
-    description: MTU of the guest interface (and of the host end of its veth). At least 1280 with IPv6.
+    description:
+      - MTU of the guest interface (and of the host end of its veth). At least 1280 with IPv6.
+      - Unspecified - left as it is (the kernel's default for a new interface). To change, give the MTU wanted.
     type: int
   interface:
-    description: Name of the interface inside the guest. Default C(eth0).
+    description:
+      - Name of the interface inside the guest. Default C(eth0).
+      - Unspecified - left as it is.
     type: str
 notes:
   - Run as root. Needs iproute2 and util-linux (C(nsenter)) on the host.

@@ -24,6 +24,10 @@ description:
     restart - the kernel never gives a capability back to a running process - so the module reports
     RV(restart_required) and restarts the guest only with O(restart=true).
   - The section is stored in the guest's config document (key C(capabilities)) and applied at every start.
+  - An option a task does not give is left as it is in the stored section (as C(community.docker) and
+    C(containers.podman) leave unspecified options alone); each option says how to remove it. O(bcaps) and
+    O(bcaps_add)/O(bcaps_drop) are two forms of the bounding set - giving one form replaces the other.
+    M(vserver.core.guests) is different - a guest entry is the whole section, so a key removed there is lifted.
 author:
   - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
@@ -40,14 +44,20 @@ options:
       - The complete bounding set, by Linux names (C(CAP_CHOWN) or C(chown), case-insensitive). Replaces the
         default; use O(bcaps_add)/O(bcaps_drop) to adjust the default instead. Unknown names fail before anything
         is written.
+      - Unspecified - left as it is. To go back to the default bounding set give C(default) (C(bcaps=default));
+        an empty list is an empty bounding set.
     type: list
     elements: str
   bcaps_add:
-    description: Capabilities added to the default bounding set.
+    description:
+      - Capabilities added to the default bounding set (replaces a stored O(bcaps)).
+      - Unspecified - left as it is. To remove, give an empty list.
     type: list
     elements: str
   bcaps_drop:
-    description: Capabilities removed from the default bounding set.
+    description:
+      - Capabilities removed from the default bounding set (replaces a stored O(bcaps)).
+      - Unspecified - left as it is. To remove, give an empty list.
     type: list
     elements: str
   ccaps:
@@ -57,13 +67,15 @@ options:
         C(net.ipv4.ping_group_range) is set to C(0 2147483647) in the guest's network namespace (the same sysctl
         governs IPv6 ping sockets).
       - Any other VServer ccap has no mainline equivalent and is refused, the message listing those supported.
+      - Unspecified - left as it is. To remove, give an empty list.
     type: list
     elements: str
   no_new_privs:
-    description: Set C(PR_SET_NO_NEW_PRIVS) on the guest's init, so no process of the guest gains privileges
-      through setuid/setgid or file capabilities.
+    description:
+      - Set C(PR_SET_NO_NEW_PRIVS) on the guest's init, so no process of the guest gains privileges through
+        setuid/setgid or file capabilities.
+      - Unspecified - left as it is. To remove, give C(false).
     type: bool
-    default: false
   seccomp:
     description:
       - The guest's system call filter, loaded into its init and into every process entered with C(vserver exec)
@@ -80,6 +92,7 @@ options:
         The full list and what each denial stops is in C(docs/security.md).
       - Existing guests get the default filter at their next start. A changed filter needs a restart; the module
         reports RV(restart_required) and restarts only with O(restart=true).
+      - Unspecified - left as it is. To go back to the default filter, give O(seccomp.mode=default).
     type: dict
     suboptions:
       mode:
@@ -188,7 +201,7 @@ def main():
             bcaps_add=dict(type='list', elements='str'),
             bcaps_drop=dict(type='list', elements='str'),
             ccaps=dict(type='list', elements='str'),
-            no_new_privs=dict(type='bool', default=False),
+            no_new_privs=dict(type='bool'),
             seccomp=dict(type='dict', options=dict(
                 mode=dict(type='str', choices=['default', 'log', 'unconfined'], default='default'),
                 allow=dict(type='list', elements='str'),

@@ -14,6 +14,11 @@ description:
     autostart mark. It calls the very same managers as those modules, in one process, so a host with many guests
     converges in one task instead of one task per option per guest.
   - Used by the C(vserver.core.guest) role.
+  - Unlike the single-purpose modules, a guest entry is the guest's whole desired state. Its C(capabilities) and
+    C(limits) mappings are whole sections - a key removed from them is lifted (the limit goes back to the
+    kernel default, the capability setting to the default) - and C(addresses) is the guest's whole address list.
+    A guest entry without C(capabilities) or C(limits) at all leaves that section as it is; give an empty
+    mapping to lift everything in it.
   - A guest whose capabilities or other start-time settings changed while it runs is reported in
     RV(restart_required); it is restarted only with O(allow_restart=true).
   - Guests configured on the host but missing from O(guests) are left alone unless O(prune=true).

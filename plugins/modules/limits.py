@@ -11,8 +11,12 @@ version_added: 0.1.0
 description:
   - Sets the resource limits of a guest, mapped to the host's cgroup backend, detected automatically - cgroup
     v1 (memory, pids, cpu, cpuset, blkio, devices controllers; hybrid hosts) or cgroup v2 (unified).
-  - The module owns the guest's whole C(limits) config section. An option left out means no limit (the kernel
-    default), so removing an option lifts that limit.
+  - An option a task does not give is left as it is in the guest's C(limits) config section (as
+    C(community.docker) and C(containers.podman) leave unspecified options alone), so a task setting only
+    O(memory) keeps the CPU limit. Lifting a limit takes an explicit value, given under each option - C(max) (or
+    C(unlimited)) for sizes, counts and O(cpu.quota); C(all) for O(cpuset); C(none) for O(disk); C({}) for O(io)
+    and O(rlimits); C(100) (the default weight) for O(cpu_weight). M(vserver.core.guests) is different - a guest
+    entry is the whole section, so a key removed there is lifted.
   - On a running guest every limit except O(disk) applies at once, without restart - the cgroup files are written
     and rlimits are set with prlimit(2) on every process of the guest - and the diff shows the section before and
     after. In check mode nothing is written. Values are compared with what the kernel reports, so a limit changed
@@ -37,21 +41,25 @@ options:
     description:
       - Hard memory limit (VServer C(RSS) / C(VM) limits). Above it the guest's own processes are reclaimed and, if
         that fails, OOM-killed - inside the guest only. v2 C(memory.max), v1 C(memory.limit_in_bytes).
+      - Unspecified - left as it is. To remove, give C(max) (or C(unlimited)).
     type: raw
   memory_high:
     description:
       - Throttling limit below O(memory) - v2 C(memory.high) (the guest is slowed and reclaimed, not killed). v1
         has no throttle - this maps to C(memory.soft_limit_in_bytes), reclaimed first when the host runs short.
+      - Unspecified - left as it is. To remove, give C(max) (or C(unlimited)).
     type: raw
   swap:
     description:
       - Swap the guest may use (C(0) - none). v2 C(memory.swap.max); v1 C(memory.memsw.limit_in_bytes) =
         O(memory) + O(swap), which needs O(memory) and swap accounting.
+      - Unspecified - left as it is. To remove, give C(max) (or C(unlimited)).
     type: raw
   nproc:
     description:
       - Maximum number of processes and threads in the guest (VServer C(NPROC)); a fork beyond it fails with
         EAGAIN inside the guest. C(pids.max) on both backends.
+      - Unspecified - left as it is. To remove, give C(max) (or C(unlimited)).
     type: raw
   cpu:
     description:
@@ -59,6 +67,8 @@ options:
         fill_rate/interval of one CPU) - or as O(cpu.quota) microseconds per O(cpu.period). Mapped to the
         CFS bandwidth controller - v2 C(cpu.max) (+ C(cpu.max.burst)), v1 C(cpu.cfs_quota_us)/C(cpu.cfs_period_us)
         (+ C(cpu.cfs_burst_us)).
+      - Given, it replaces the whole stored CPU limit (a missing O(cpu.burst) is no burst). Unspecified - left as
+        it is. To remove, give O(cpu.quota=max).
     type: dict
     suboptions:
       fill_rate:
@@ -81,12 +91,18 @@ options:
     description:
       - Relative CPU weight when CPUs are contended (VServer priority / shares), 1 to 10000, default 100.
         v2 C(cpu.weight), v1 C(cpu.shares) = weight * 1024 / 100.
+      - Unspecified - left as it is. To go back to the default, give C(100).
     type: int
   cpuset:
-    description: CPUs the guest may run on, e.g. C(0-1) or C(0,2); each must be online.
+    description:
+      - CPUs the guest may run on, e.g. C(0-1) or C(0,2); each must be online.
+      - Unspecified - left as it is. To remove the pinning (every online CPU), give C(all).
     type: str
   io:
-    description: Block I/O weight and per-device bandwidth limits.
+    description:
+      - Block I/O weight and per-device bandwidth limits.
+      - Given, it replaces the whole stored I/O section (weight and every device). Unspecified - left as it is.
+        To remove, give C({}).
     type: dict
     suboptions:
       weight:
@@ -110,6 +126,8 @@ options:
       - Raising a hard limit above the host's own needs C(CAP_SYS_RESOURCE); where root lacks it (some
         containers and VMs) such a value is refused with the highest value allowed.
       - C(nproc) as an rlimit counts per user across the whole host and is never enforced for root; use O(nproc).
+      - Given, the mapping replaces every stored rlimit. Unspecified - left as it is. To remove, give C({}); the
+        processes of a running guest keep the rlimits they have until it restarts.
     type: dict
   disk:
     description:
@@ -120,6 +138,7 @@ options:
         O(restart=true)); growing applies live; shrinking is refused. A btrfs limit applies live.
       - Unification hardlinks files across guests; a hardlink cannot leave a filesystem, so a guest on its own
         loop image takes no part in cross-guest unification (within one btrfs filesystem reflinks still work).
+      - Unspecified - left as it is. To remove the disk limit (the tree moves out of its image), give C(none).
     type: raw
   disk_backend:
     description: How O(disk) is enforced.

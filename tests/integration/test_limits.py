@@ -276,16 +276,20 @@ def test_limits_check_live_idempotent_and_removal(make_guest, host_paths):
     again = _limits.ensure(host_paths, 'vst-live', want)
     assert again['changed'] and again['live'] == ['pids.max'] and group.read('pids.max') == '40'
 
-    # leaving options out lifts those limits at once
-    less = _limits.ensure(host_paths, 'vst-live', {'memory': '48M'})
+    # options left out keep their values; explicit values lift those limits at once
+    same = _limits.ensure(host_paths, 'vst-live', {'memory': '48M'})
+    assert not same['changed'] and group.read('pids.max') == '40' and group.read('cpuset.cpus') == '0'
+    lift = {'memory_high': 'max', 'nproc': 'max', 'cpu': {'quota': 'max'}, 'cpu_weight': 100, 'cpuset': 'all'}
+    less = _limits.ensure(host_paths, 'vst-live', lift)
     assert less['changed'] and group.read('pids.max') == 'max'
+    assert less['limits'] == {'memory': 48 << 20, 'memory_high': 'max', 'nproc': 'max', 'cpu_weight': 100}
     cpus = _limits.current(group)['cpuset.cpus']
     if group.layout.version == 2 and cpus != before_files['cpuset.cpus']:
         # some v2 kernels refuse an empty cpuset.cpus on a populated cgroup: the parent's CPUs stand for no limit
         assert _limits._cpus_norm(cpus) == _limits._cpus_norm(_limits._v2_parent_cpus(group))
     else:
         assert cpus == before_files['cpuset.cpus']
-    assert not _limits.ensure(host_paths, 'vst-live', {'memory': '48M'})['changed']    # idempotent again
+    assert not _limits.ensure(host_paths, 'vst-live', lift)['changed']    # idempotent again
 
 
 def test_bad_input_writes_nothing_on_running_guest(make_guest, host_paths):

@@ -65,11 +65,12 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
         _limits.ensure(host_paths, 'vst-disk', dict(params, disk='%dM' % (grown - 8)))
     assert err.value.field == 'disk' and 'shrink' in str(err.value)
     # removal on a running guest waits for a restart ...
-    pending = _limits.ensure(host_paths, 'vst-disk', {})
+    assert not _limits.ensure(host_paths, 'vst-disk', {})['changed']        # a task without disk keeps it
+    pending = _limits.ensure(host_paths, 'vst-disk', {'disk': 'none'})
     assert pending['restart_required'] and os.path.exists(image) and _mounted(root)
     assert pending['actions'] == ['update config',
                                   'at the next start: move the tree out of its disk image %s and delete it' % image]
-    assert not _limits.ensure(host_paths, 'vst-disk', {})['changed']
+    assert not _limits.ensure(host_paths, 'vst-disk', {'disk': 'none'})['changed']
     # ... and happens at the next start (here a plain stop and start): the tree is a plain directory again
     current = _limits_doc(host_paths, 'vst-disk')
     _context.stop(host_paths, current)
