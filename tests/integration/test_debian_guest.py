@@ -17,7 +17,8 @@ import pytest
 from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K
 from helpers import TOP, guest_sh
 
-pytestmark = [pytest.mark.slow, pytest.mark.cgroup]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not shutil.which('mmdebstrap'), reason='mmdebstrap missing (make apt)')]
 
 PKG = 'vstest-pkg'
 # init: a minimal one that reaps orphans (minbase has no init system; perl-base is essential), so that a stopped
