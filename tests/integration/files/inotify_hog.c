@@ -52,6 +52,8 @@ int main(int argc, char **argv) {
         pid_t p = fork();
         if (p < 0) break;
         if (p == 0) {
+            for (int fd = 3; fd < 65536; fd++)   /* the parent's instances are not this holder's own */
+                if (fd != results[1]) close(fd);
             int n = hog(&why);
             if (write(results[1], &n, sizeof(n)) != sizeof(n)) _exit(1);
             pause();
@@ -62,7 +64,7 @@ int main(int argc, char **argv) {
         if (read(results[0], &n, sizeof(n)) != sizeof(n)) break;
         total += n;
         procs++;
-        if (n == 0) break;   /* the per-user limit is reached: more processes hold nothing more */
+        if (n == 0) break;   /* a holder with free descriptors got none: no point in forking more */
     }
     printf("held %d\nprocs %d\n", total, procs);
     if (first_why == -1) printf("stop user\n");
