@@ -17,7 +17,7 @@ from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 # Host-wide state or kernel memory layout, useless to a guest: a file reads as an empty read-only file (writes fail
 # with EROFS; a /dev/null bind as runc does would take writes and drop them), a directory as an empty read-only tmpfs.
 MASKED = (
-    '/proc/kcore', '/proc/keys', '/proc/timer_list', '/proc/sched_debug', '/proc/latency_stats',
+    '/proc/kcore', '/proc/keys', '/proc/key-users', '/proc/timer_list', '/proc/sched_debug', '/proc/latency_stats',
     '/proc/timer_stats', '/proc/kpagecount', '/proc/kpageflags', '/proc/kpagecgroup', '/proc/slabinfo',
     '/proc/pagetypeinfo', '/proc/acpi', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap',
 )
