@@ -186,10 +186,12 @@ live:
   returned: always
   type: list
   elements: str
+  sample: [memory.max, cpu.max, pids.max]
 rlimit_pids:
   description: How many processes of the running guest got new rlimits.
   returned: always
   type: int
+  sample: 3
 limits:
   description: The canonical limits section (sizes in bytes, CPU as quota/period in microseconds).
   returned: always
@@ -199,18 +201,27 @@ backend:
   description: The cgroup backend in use (C(cgroup v1) or C(cgroup v2)).
   returned: always
   type: str
+  sample: cgroup v2
+running:
+  description: Whether the guest runs (live changes were applied to it).
+  returned: always
+  type: bool
+  sample: true
 restart_required:
   description: A disk change waits for the guest to be stopped; it is applied at the next start.
   returned: always
   type: bool
+  sample: false
 restarted:
   description: The guest was restarted by this run.
   returned: always
   type: bool
+  sample: false
 diff:
   description: Before and after of the guest's C(limits) config section.
   returned: always
   type: dict
+  sample: {before: {memory: 268435456}, after: {memory: 536870912}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
