@@ -137,6 +137,11 @@ options:
     default: false
 notes:
   - Run as root.
+  - "Sizes (O(memory), O(memory_high), O(swap), O(disk), and C(read_bps)/C(write_bps) in O(io)) are bytes as an
+    integer, or a whole number with a binary unit C(K), C(M), C(G) or C(T), optionally followed by C(B) or C(iB),
+    in any case. C(64MB), C(64MiB), C(64M) and C(64 mb) all mean 67108864 bytes (units are powers of 1024, never
+    of 1000). Fractions such as C(1.5G) are refused. C(max), C(unlimited) or C(infinity) lift a limit (not for
+    O(disk)). The result's RV(limits) holds sizes in bytes."
 seealso:
   - module: vserver.core.context
   - module: vserver.core.capabilities

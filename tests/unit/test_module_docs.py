@@ -32,3 +32,31 @@ def test_checker_finds_undocumented_and_missing_keys():
               'extra': {'free': 1}, 'secret': 1}
     assert return_docs.undocumented(result, doc) == ['guests[].root', 'secret']
     assert return_docs.missing_always(result, doc) == ['guests[].xid', 'total']
+
+
+def _size_table():
+    """(example, bytes) pairs of the size table in docs/limits.md."""
+    with open(os.path.join(return_docs.TOP, 'docs', 'limits.md')) as handle:
+        text = handle.read()
+    rows = [line.split('|')[1:-1] for line in text.split('## Units and validation', 1)[1].splitlines()
+            if line.startswith('| ') and '`' in line]
+    pairs = []
+    for dummy, examples, sizes in rows:
+        examples = [e.strip('"') for e in examples.split('`')[1::2]]
+        sizes = [s.strip() for s in sizes.replace(' each', '').split(',')]
+        sizes = sizes if len(sizes) == len(examples) else [sizes[0]] * (len(examples) - len(sizes) + 1) + sizes[1:]
+        pairs += [(e, None if s == '-' else int(s)) for e, s in zip(examples, sizes)]
+    return pairs
+
+
+def test_documented_size_forms_are_what_limits_accepts():
+    from ansible_collections.vserver.core.plugins.module_utils import _limits
+    pairs = _size_table()
+    assert ('64MB', 67108864) in pairs and ('max', None) in pairs and len(pairs) >= 12
+    for example, size in pairs:
+        assert _limits.parse_size(example, 'memory') == (_limits.MAX if size is None else size), example
+    for refused in ('1.5G', '-1M', '64MBs', '64 MB B', '1P'):
+        with pytest.raises(Exception, match='memory'):
+            _limits.parse_size(refused, 'memory')
+    with pytest.raises(Exception, match='disk'):
+        _limits.parse_size('max', 'disk', allow_max=False)
