@@ -160,10 +160,12 @@ live_addresses:
   returned: when the guest runs
   type: list
   elements: str
+  sample: [10.8.0.2/24, fd00:8::2/64]
 running:
   description: Whether the guest runs (changes were applied live).
   returned: always
   type: bool
+  sample: true
 forwarding_needed:
   description:
     - Per family (C(ipv4), C(ipv6)), true when the guest's gateway is the host and the host does not forward
@@ -175,10 +177,12 @@ restart_required:
   description: Always false; every change applies live.
   returned: always
   type: bool
+  sample: false
 diff:
   description: Before and after of the guest's network config section.
   returned: always
   type: dict
+  sample: {before: {}, after: {mode: bridge, bridge: vsbr0, interface: eth0, addresses: [10.8.0.2/24]}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -158,19 +158,28 @@ bcaps:
   returned: always
   type: list
   elements: str
+  sample: [CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, NET_BIND_SERVICE, SYS_CHROOT]
 ccaps:
   description: The resulting context capabilities.
   returned: always
   type: list
   elements: str
+  sample: [ping]
+running:
+  description: Whether the guest runs (ccaps were applied live, RV(observed) was read from its init).
+  returned: always
+  type: bool
+  sample: true
 restart_required:
   description: The running guest's bounding set or no_new_privs differs from the config; a restart applies it.
   returned: always
   type: bool
+  sample: false
 restarted:
   description: The guest was restarted by this run (O(restart=true)).
   returned: always
   type: bool
+  sample: false
 seccomp:
   description: The resulting syscall filter settings (C(mode), and C(allow)/C(deny) when given).
   returned: always
@@ -182,10 +191,12 @@ observed:
       C(seccomp) - the fingerprint of the filter it was started with (C(unconfined) when its init has none).
   returned: always
   type: dict
+  sample: {bcaps: [CHOWN, DAC_OVERRIDE, KILL, SETGID, SETUID], no_new_privs: false, seccomp: default-3f2a9c1e}
 diff:
   description: Before and after of the guest's C(capabilities) config section.
   returned: always
   type: dict
+  sample: {before: {bcaps_drop: []}, after: {bcaps_drop: [SYS_CHROOT]}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -147,21 +147,23 @@ restart_required:
   description: A change (root, init) waits for the next start of the running guest.
   returned: always
   type: bool
+  sample: false
 guest:
-  description: The guest's state read back from the kernel (as returned by M(vserver.core.context_info)).
+  description:
+    - The guest's state read back from the kernel, with the keys of an entry of M(vserver.core.context_info)'s
+      RV(vserver.core.context_info#module:guests) (without C(disk_limit) and C(network)).
+    - Its C(state) is C(running), C(frozen), C(stopped), or C(broken) (processes in the guest's cgroup but no
+      tracked init; C(message) then says so).
   returned: unless state is absent
   type: dict
-  sample: {name: web, xid: 101, state: running, init_pid: 4242, uptime: 0.05, nproc: 1}
-  contains:
-    state:
-      description:
-        - C(running), C(frozen), C(stopped), or C(broken) (processes in the guest's cgroup but no tracked init;
-          C(message) then says so).
-      type: str
+  sample: {name: web, xid: 101, state: running, root: /var/lib/vservers/web, hostname: web, init_pid: 4242,
+           uptime: 0.05, nproc: 1, memory_bytes: 1048576, cpu_seconds: 0.01, addresses: [],
+           cgroup: {unified: /sys/fs/cgroup/vservers/web}, namespaces: {mnt: "mnt:[4026532301]"}}
 diff:
   description: Before and after of the guest's context settings and state.
   returned: always
   type: dict
+  sample: {before: {state: absent}, after: {state: started, xid: 101, root: /var/lib/vservers/web}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -51,36 +51,87 @@ guests:
   returned: always
   type: list
   elements: dict
+  sample: [{name: web, xid: 101, state: running, root: /var/lib/vservers/web, hostname: web, init_pid: 4242,
+            uptime: 3600.5, nproc: 3, memory_bytes: 7340032, cpu_seconds: 1.25, addresses: [10.8.0.2/24],
+            cgroup: {unified: /sys/fs/cgroup/vservers/web}, disk_limit: null}]
   contains:
-    name: {description: Guest name., type: str, returned: always}
-    xid: {description: "Context id; null for a broken config that holds no readable xid.", type: int, returned: always}
+    name: {description: Guest name., type: str, returned: always, sample: web}
+    xid:
+      description: Context id; null for a broken config that holds no readable xid.
+      type: int
+      returned: always
+      sample: 101
     state:
       description:
         - C(running), C(frozen) or C(stopped).
         - C(broken) when the guest's config file cannot be used; see RV(guests[].error).
+        - C(broken) also when processes are in the guest's cgroup but no init is tracked (a start or stop was killed
+          half-way); RV(guests[].message) then says so.
       type: str
       returned: always
       sample: running
+    message:
+      description: Why a guest with a usable config reads as C(broken), and what fixes it.
+      type: str
+      returned: when processes are in the guest's cgroup but no init is tracked
+      sample: processes in the guest's cgroup but no tracked init (a start or stop was killed half-way); ...
     error:
       description: The config file and what is wrong with it.
       type: str
-      returned: when RV(guests[].state=broken)
+      returned: when the guest's config file cannot be used
       sample: "/etc/vservers/web.json: xid must be stored as the number 101 (got the string '101')"
     config:
       description: Path of the broken config file.
       type: str
-      returned: when RV(guests[].state=broken)
+      returned: when the guest's config file cannot be used
       sample: /etc/vservers/web.json
     runtime_state:
       description: What the kernel says about a guest with a broken config, C(running), C(frozen) or C(stopped).
       type: str
-      returned: when RV(guests[].state=broken)
+      returned: when the guest's config file cannot be used
       sample: running
-    init_pid: {description: "Host pid of the guest's init, or null.", type: int, returned: always}
-    uptime: {description: "Seconds since the guest started, or null.", type: float, returned: always}
-    nproc: {description: Processes in the guest's cgroup., type: int, returned: always}
-    memory_bytes: {description: Memory charged to the guest's cgroup., type: int, returned: always}
-    cpu_seconds: {description: CPU time used by the guest's cgroup., type: float, returned: always}
+    root:
+      description: The guest's root directory (its tree); null for a broken config.
+      type: str
+      returned: always
+      sample: /var/lib/vservers/web
+    hostname:
+      description: The guest's host name (its name unless the config sets one).
+      type: str
+      returned: always
+      sample: web.example.org
+    addresses:
+      description: The addresses (CIDR) of the guest's config; empty when it has no network section.
+      type: list
+      elements: str
+      returned: always
+      sample: [10.8.0.2/24, fd00:8::2/64]
+    init_pid: {description: "Host pid of the guest's init, or null.", type: int, returned: always, sample: 4242}
+    uptime: {description: "Seconds since the guest started, or null.", type: float, returned: always, sample: 3600.5}
+    nproc: {description: Processes in the guest's cgroup., type: int, returned: always, sample: 3}
+    memory_bytes:
+      description: Memory charged to the guest's cgroup; null when stopped.
+      type: int
+      returned: always
+      sample: 7340032
+    cpu_seconds:
+      description: CPU time used by the guest's cgroup; null when stopped.
+      type: float
+      returned: always
+      sample: 1.25
+    cgroup:
+      description: The guest's cgroup directories, per hierarchy (C(unified) on cgroup v2, one per controller on v1).
+      type: dict
+      returned: unless the guest is stopped
+      sample: {unified: /sys/fs/cgroup/vservers/web}
+    namespaces:
+      description:
+        - The namespaces of the guest's init, per kind, as recorded at its start (the C(/proc/PID/ns) link text;
+          null for a kind the kernel lacks).
+      type: dict
+      returned: when the guest runs
+      sample: {mnt: "mnt:[4026532301]", uts: "uts:[4026532302]", ipc: "ipc:[4026532303]", net: "net:[4026532305]",
+               pid: "pid:[4026532304]", cgroup: "cgroup:[4026532306]", time: "time:[4026532307]"}
     disk_limit:
       description:
         - The guest's disk limit in bytes (vserver.core.limits O(vserver.core.limits#module:disk)).
@@ -88,6 +139,16 @@ guests:
       type: int
       returned: when the guest's config is usable
       sample: 2147483648
+    network:
+      description:
+        - The guest's network config section (C(mode), C(bridge), C(parent), C(vlan), C(mtu), C(interface),
+          C(addresses), C(gateway), as set), plus C(live_addresses) - the addresses on its interface as the kernel
+          shows them, when it runs (null when they cannot be read).
+        - C(netns_error) instead of C(live_addresses) when the guest's network namespace handle is lost.
+      type: dict
+      returned: when the guest's config has a network section
+      sample: {mode: bridge, bridge: vsbr0, interface: eth0, addresses: [10.8.0.2/24], gateway: [10.8.0.1],
+               live_addresses: [10.8.0.2/24]}
 processes:
   description: Every process on the host, labelled with its context (spectator view).
   returned: when O(processes=true)
@@ -95,14 +156,27 @@ processes:
   elements: dict
   sample: [{pid: 4242, xid: 101, guest: web, guest_pid: 1, comm: init, state: S, rss_kb: 1024, cpu_seconds: 0.01}]
   contains:
+    pid: {description: Host pid., type: int, returned: always, sample: 4242}
     xid:
       description: The guest's context id, 0 for the host; null for a guest whose broken config holds no readable xid.
       type: int
       returned: always
+      sample: 101
     guest:
       description: The guest's name (also for a guest whose config is broken), empty for the host.
       type: str
       returned: always
+      sample: web
+    guest_pid: {description: The pid inside the guest's pid namespace (the host pid for host processes)., type: int,
+                returned: always, sample: 1}
+    comm: {description: The process name (C(/proc/PID/status) Name)., type: str, returned: always, sample: init}
+    state:
+      description: The process state letter (C(R), C(S), C(D), C(Z), ...).
+      type: str
+      returned: always
+      sample: S
+    rss_kb: {description: Resident memory in KiB., type: int, returned: always, sample: 1024}
+    cpu_seconds: {description: CPU time used (user and system)., type: float, returned: always, sample: 0.01}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

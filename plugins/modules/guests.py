@@ -105,11 +105,13 @@ actions:
   returned: always
   type: list
   elements: str
+  sample: ["web: create config", "web: start"]
 restart_required:
   description: Names of running guests whose changes take effect only after a restart.
   returned: always
   type: list
   elements: str
+  sample: [db]
 '''
 
 from ansible.module_utils.basic import AnsibleModule

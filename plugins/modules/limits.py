@@ -156,6 +156,11 @@ options:
     default: false
 notes:
   - Run as root.
+  - "Sizes (O(memory), O(memory_high), O(swap), O(disk), and C(read_bps)/C(write_bps) in O(io)) are bytes as an
+    integer, or a whole number with a binary unit C(K), C(M), C(G) or C(T), optionally followed by C(B) or C(iB),
+    in any case. C(64MB), C(64MiB), C(64M) and C(64 mb) all mean 67108864 bytes (units are powers of 1024, never
+    of 1000). Fractions such as C(1.5G) are refused. C(max), C(unlimited) or C(infinity) lift a limit (not for
+    O(disk)). The result's RV(limits) holds sizes in bytes."
 seealso:
   - module: vserver.core.context
   - module: vserver.core.capabilities
@@ -205,10 +210,12 @@ live:
   returned: always
   type: list
   elements: str
+  sample: [memory.max, cpu.max, pids.max]
 rlimit_pids:
   description: How many processes of the running guest got new rlimits.
   returned: always
   type: int
+  sample: 3
 limits:
   description: The canonical limits section (sizes in bytes, CPU as quota/period in microseconds).
   returned: always
@@ -218,18 +225,27 @@ backend:
   description: The cgroup backend in use (C(cgroup v1) or C(cgroup v2)).
   returned: always
   type: str
+  sample: cgroup v2
+running:
+  description: Whether the guest runs (live changes were applied to it).
+  returned: always
+  type: bool
+  sample: true
 restart_required:
   description: A disk change waits for the guest to be stopped; it is applied at the next start.
   returned: always
   type: bool
+  sample: false
 restarted:
   description: The guest was restarted by this run.
   returned: always
   type: bool
+  sample: false
 diff:
   description: Before and after of the guest's C(limits) config section.
   returned: always
   type: dict
+  sample: {before: {memory: 268435456}, after: {memory: 536870912}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -118,48 +118,59 @@ guests:
   returned: always
   type: list
   elements: str
+  sample: [web, db]
 sources:
   description: Unified guests used as link sources only.
   returned: always
   type: list
   elements: str
+  sample: [base]
 files_scanned:
   description: Regular non-empty files considered in the included paths of all scanned guests.
   returned: always
   type: int
+  sample: 18234
 candidates:
   description: Paths whose inode had the same size and metadata as another inode.
   returned: when O(state=present)
   type: int
+  sample: 15120
 linked:
   description: Paths replaced by a link (hardlink) or files deduplicated (reflink).
   returned: when O(state=present)
   type: int
+  sample: 14980
 bytes_saved:
   description: Bytes freed by this run (sizes of the inodes whose last link went, or bytes deduplicated).
   returned: when O(state=present)
   type: int
+  sample: 412316860
 bytes_shared:
   description: After the run, bytes that sharing saves over private copies (present), or bytes still shared
     with other guests (absent).
   returned: always
   type: int
+  sample: 824633720
 hashed:
   description: Inodes read and hashed in this run (the index spares the unchanged ones).
   returned: always
   type: int
+  sample: 15120
 protected:
   description: Inodes that got the immutable flag.
   returned: when O(state=present)
   type: int
+  sample: 7490
 unprotected:
   description: Inodes whose immutable flag (set by this module) was cleared.
   returned: always
   type: int
+  sample: 0
 deunified:
   description: Paths that got a private copy.
   returned: when O(state=absent)
   type: int
+  sample: 0
 skipped_by_reason:
   description: Paths left alone, by reason (excluded, symlink, special, empty, open_for_write, other_filesystem,
     immutable, changed_during_run, link_limit, unreadable, linked_outside (an inode with names outside the scanned
@@ -171,42 +182,51 @@ leftovers_removed:
   description: Temp names left by a killed run that were removed.
   returned: always
   type: int
+  sample: 0
 shared_paths:
   description: After the run, paths sharing their inode with another scanned path (present), or paths still
     sharing an inode with something outside the guest (absent).
   returned: always
   type: int
+  sample: 29960
 bytes_hashed:
   description: Bytes read and hashed in this run.
   returned: always
   type: int
+  sample: 824633720
 verified:
   description: Extra byte-for-byte comparisons of a changed file against an inode known from the index.
   returned: when O(state=present)
   type: int
+  sample: 0
 bytes_copied:
   description: Bytes written into private copies.
   returned: when O(state=absent)
   type: int
+  sample: 0
 methods:
   description: Methods used, per filesystem (C(hardlink), C(reflink)).
   returned: when O(state=present)
   type: list
   elements: str
+  sample: [hardlink]
 timings:
   description: Seconds spent per phase (scan, prove, act, protect, index), plus C(frozen) (total seconds running
     guests were kept frozen while a shared inode's protection was lifted) and C(frozen_max) (the longest freeze).
   returned: always
   type: dict
+  sample: {scan: 0.41, prove: 2.35, act: 0.88, protect: 0.21, index: 0.05, frozen: 0.0, frozen_max: 0.0}
 freezes:
   description: How many times running guests were frozen (one per class of files linked, or per batch of at
     most 64 files de-unified).
   returned: always
   type: int
+  sample: 2
 seconds:
   description: Wall time of the run.
   returned: always
   type: float
+  sample: 3.96
 '''
 
 from ansible.module_utils.basic import AnsibleModule
