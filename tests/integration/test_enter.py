@@ -296,10 +296,10 @@ def test_bad_input_fails_clearly_and_leaves_nothing_running(host_paths, make_gue
     cases = [
         (('nope', 'exec', '/bin/true'), 1, 'no such guest: nope'),
         (('idle', 'exec', '/bin/true'), 1, 'guest idle is not running'),
-        (('ice', 'exec'), 1, 'exec needs a command'),
-        (('ice', 'exec', ''), 1, 'exec needs a command'),
+        (('ice', 'exec'), 2, 'exec needs a command'),
+        (('ice', 'exec', ''), 2, 'exec needs a command'),
         (('ice', 'exec', '/no/such/program'), 127, '/no/such/program: command not found in the guest'),
-        (('ice', 'enter', 'extra'), 1, 'enter takes no arguments'),
+        (('ice', 'enter', 'extra'), 2, 'enter takes no arguments'),
     ]
     env = env_for(host_paths)
     for args, code, msg in cases:
