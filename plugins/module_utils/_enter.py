@@ -8,7 +8,7 @@ exe) is started first (by the vserver command before it loads anything else, or 
 admin's process, reads what the guest's init holds (namespaces, cgroups in every hierarchy, bounding set,
 no_new_privs, groups, rlimits) through init's /proc fd, moves the second stage into the guest's cgroups, opens the
 namespaces and, when a terminal is involved, a pty in the guest's own devpts instance, logs the entry to syslog
-and sends the plan. The second stage takes the fds with pidfd_getfd, joins the guest, drops to its credentials
+and sends the plan with those fds (SCM_RIGHTS). The second stage joins the guest, drops to its credentials
 and forks the guest's program; this side relays the pty (keys, output, window size), forwards
 SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 and returns the exit status. See docs/security.md, "Entering a guest".
 """
@@ -141,7 +141,7 @@ def enter(rt, doc, argv, env=None, terminal=True, stage=None):
         log_entry(doc['name'], argv, bool(plan['ttys']))
         old = {sig: signal.getsignal(sig) for sig in FORWARDED}
         try:
-            stage.send(plan)
+            stage.send(plan, [fd for dummy, fd in plan['ns']] + ([plan['pty']] if plan['pty'] is not None else []))
             return _wait(stage.pid, master, plan['ttys'])
         finally:
             for sig, handler in old.items():

@@ -11,8 +11,8 @@ the config and checks the guest (``_enter``), which then sends it the plan.
 
 ``main()`` is that fresh interpreter. It imports nothing but the standard library and ``_kernel``, all before it
 joins the guest's mount namespace (from then on every path resolves inside the guest's tree, where no host code
-may be loaded from). It reads the plan (a marshal document on the pipe), takes the fds the host side opened
-(namespaces, cgroup.procs files, the guest's own pty) with pidfd_getfd, joins the guest's cgroup in every
+may be loaded from). It receives the fds the host side opened (namespaces, the guest's own pty) as SCM_RIGHTS on
+a socketpair, then the plan (a marshal document), joins the guest's cgroup in every
 hierarchy and its seven namespaces (PID applies to children only; mount last), applies the guest's rlimits,
 groups, bounding set, capabilities and no_new_privs, becomes non-dumpable and keeps only fds 0-2. Then it forks:
 only the child appears in the guest's PID namespace, already holding exactly the guest's credentials; it starts a
@@ -21,9 +21,11 @@ outside the guest's PID namespace, forwards signals to the child and exits with 
 """
 
 import _signal  # the C module: ``signal`` would import enum, the slowest part of this interpreter's start
+import _socket  # the C module, likewise (``socket`` imports enum): fds travel as SCM_RIGHTS on a socketpair
 import marshal
 import os
 import resource
+import struct
 
 if __name__ == '_enter_stage':  # the second stage: only the module_utils directory is on sys.path
     import _kernel as K
@@ -67,19 +69,27 @@ def safe_image():
     return memfd, path
 
 
+MAX_FDS = 16          # fds handed over with a plan: seven namespaces and a pty
+
+
 class Stage:
-    """The second stage as seen from the host side: its pid and the pipe its plan goes down."""
+    """The second stage as seen from the host side: its pid and the socket its plan goes down."""
 
     def __init__(self, pid, plan_w):
         self.pid = pid
         self.plan_w = plan_w
 
-    def send(self, plan):
+    def send(self, plan, fds):
+        """The fds first (SCM_RIGHTS, on one byte: the stage gets its own duplicates, whatever seccomp filter or
+        ptrace policy the host runs under, unlike pidfd_getfd), then the plan (marshal), then EOF."""
         data = memoryview(marshal.dumps(plan))
+        sock = _socket.socket(fileno=self.plan_w)
         try:
+            sock.sendmsg([b'F'], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack('%di' % len(fds), *fds))])
             while data:
-                data = data[os.write(self.plan_w, data):]
+                data = data[sock.send(data):]
         finally:
+            sock.detach()
             self.close()
 
     def close(self):
@@ -101,7 +111,9 @@ def spawn():
     exe, path = safe_image()
     plan_r = plan_w = None
     try:
-        plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
+        plan_r, plan_w = (sock.detach() for sock in _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM))
+        for fd in (plan_r, plan_w):
+            os.set_inheritable(fd, False)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -170,20 +182,30 @@ def drop_to_guest(plan, last_cap):
     K.prctl(K.PR_SET_DUMPABLE, 0)
 
 
-def _take_fds(plan, parent):
-    """The host side's fds named in the plan, duplicated into this process (pidfd_getfd), in place."""
-    pidfd = os.pidfd_open(parent)
+def _receive_fds(plan_fd):
+    """The fds the host side sent first (SCM_RIGHTS on one byte, close-on-exec here); [] with no byte at all (the
+    host side gave up)."""
+    sock = _socket.socket(fileno=plan_fd)
     try:
-        if os.getppid() != parent:  # the host side is gone (and the pid may be another process's)
-            raise OSError('the vserver command exited')
-        plan['ns'] = [(kind, K.pidfd_getfd(pidfd, fd)) for kind, fd in plan['ns']]
-        if plan['pty'] is not None:
-            peer = K.pidfd_getfd(pidfd, plan['pty'])
-            for target in plan['ttys']:
-                os.dup2(peer, target)
-            os.close(peer)
+        data, ancillary, dummy, dummy = sock.recvmsg(1, _socket.CMSG_SPACE(MAX_FDS * 4), _socket.MSG_CMSG_CLOEXEC)
     finally:
-        os.close(pidfd)
+        sock.detach()
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack('%di' % (len(payload) // 4), payload[:len(payload) // 4 * 4])
+    return data, fds
+
+
+def _take_fds(plan, fds):
+    """The fds named in the plan (the host side's numbers, in the order they were sent) replaced by ours."""
+    received = iter(fds)
+    plan['ns'] = [(kind, next(received)) for kind, dummy in plan['ns']]
+    if plan['pty'] is not None:
+        peer = next(received)
+        for target in plan['ttys']:
+            os.dup2(peer, target)
+        os.close(peer)
 
 
 def _child(plan):
@@ -221,17 +243,17 @@ def _execvpe(argv, env):
     raise denied or FileNotFoundError(name)
 
 
-def main(plan_fd, parent):
+def main(plan_fd, parent):  # pylint: disable=unused-argument
     stage = 'plan'
     try:
-        raw = K.read_all(plan_fd)
-        if not raw:  # the host side gave up (the guest is not running, ...): it says why
+        first, fds = _receive_fds(plan_fd)
+        if not first:  # the host side gave up (the guest is not running, ...): it says why
             os._exit(0)
-        plan = marshal.loads(raw)
+        plan = marshal.loads(K.read_all(plan_fd))
         os.close(plan_fd)
         K.libc()  # loaded from the host's library before the mount namespace changes
         last_cap = K.cap_last_cap()
-        _take_fds(plan, parent)
+        _take_fds(plan, fds)
         for kind, fd in plan['ns']:
             stage = 'namespace %s' % kind
             K.setns(fd, 0)
