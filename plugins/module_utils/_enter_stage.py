@@ -210,6 +210,7 @@ def _take_fds(plan, fds):
 
 def _child(plan):
     """In the guest's PID namespace: a new session, then the guest's program. Never returns."""
+    code, msg = EXIT_SETUP, '%s: did not start' % plan['argv'][0]  # _execvpe returns only by raising
     try:
         os.setsid()
         if plan['ttys']:

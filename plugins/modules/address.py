@@ -65,8 +65,8 @@ options:
       - C(macvlan) a macvlan on the host device O(parent) (or its VLAN O(vlan)), for guests that sit on the host's
         LAN. As with every macvlan, the host itself cannot reach the guest through O(parent); other machines on
         the LAN and other macvlan guests can.
-    type: str
       - Unspecified - left as it is (C(bridge) for a new network config).
+    type: str
     choices: [bridge, macvlan]
   bridge:
     description:
