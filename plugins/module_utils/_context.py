@@ -225,6 +225,12 @@ def _log_fd(paths, name):
     return os.open(paths.log_file(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
 
+def log_watched(paths):
+    """Whether a vserver-supervise watcher keeps the guests' console logs capped (``vserver NAME start`` says so when
+    none does)."""
+    return _logs.watching(paths.log_dir)
+
+
 def _lo_up():
     import socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

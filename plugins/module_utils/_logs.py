@@ -4,9 +4,12 @@
 
 A guest's init gets LOG_DIR/NAME.log as its stdout and stderr (opened by the host, O_APPEND): every process of
 the guest can write to it (/proc/1/fd/1), outside any disk limit of the guest. No process runs per guest to relay
-it; instead one host process (vserver-supervise, or the vserver@NAME watcher under systemd) watches LOG_DIR with
-inotify and, as soon as a log passes the cap, copies its last CAP bytes to NAME.log.1 and truncates NAME.log to
-zero (copytruncate): the guest's next write lands at the start of the file (O_APPEND). A start caps the log too.
+it; instead one host process (vserver-supervise, or under systemd its --logs mode in vserver-logs.service) watches
+LOG_DIR with inotify and, as soon as a log passes the cap, copies its last CAP bytes to NAME.log.1 and truncates
+NAME.log to zero (copytruncate): the guest's next write lands at the start of the file (O_APPEND). A start caps
+the log too. Every rotation holds LOG_DIR/.cap.lock (two watchers, or a watcher and a start, never rotate the same
+log at once); a watcher holds LOG_DIR/.watch.lock shared while it runs (``watching`` asks whether one does). Both
+lock files are the host's: a guest, which reaches only its log's open file, cannot take them.
 See docs/security.md "Guest console logs".
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import select
@@ -29,6 +33,8 @@ LOG_MAX_DEFAULT = 16 << 20
 LOG_MAX_MIN = 64 << 10
 COPY_EVERY = 1.0  # seconds: at most one copy to NAME.log.1 per log and second; faster floods are truncated only
 SIZE_RE = re.compile(r'^([0-9]+)([KMG]?)$')
+CAP_LOCK = '.cap.lock'
+WATCH_LOCK = '.watch.lock'
 IN_MODIFY = 0x00000002
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
@@ -52,10 +58,20 @@ def log_max(defaults_file=DEFAULTS_FILE):
 def cap(path, limit, keep=True):
     """If the log PATH holds more than LIMIT bytes: its last LIMIT bytes go to PATH.1 (when ``keep``), then PATH
     is truncated to zero. Returns True if it was. What the guest writes between the copy and the truncation is
-    lost (copytruncate's known gap)."""
+    lost (copytruncate's known gap). Under LOG_DIR/.cap.lock: the size is read, the tail copied and the log
+    truncated by one process at a time (else a second one could copy from past the first one's truncation and
+    replace PATH.1 with a short tail, or write into the same PATH.1.tmp)."""
+    lock = _lock(os.path.dirname(path), CAP_LOCK, fcntl.LOCK_EX)
+    try:
+        return _cap_locked(path, limit, keep)
+    finally:
+        os.close(lock)
+
+
+def _cap_locked(path, limit, keep):
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (FileNotFoundError, OSError):
+    except OSError:
         return False
     try:
         st = os.fstat(fd)
@@ -67,6 +83,32 @@ def cap(path, limit, keep=True):
         return True
     finally:
         os.close(fd)
+
+
+def _lock(log_dir, name, how):
+    """An fd of LOG_DIR/NAME (created 0600) holding flock HOW; the caller closes it to let go."""
+    fd = os.open(os.path.join(log_dir, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, how)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def watching(log_dir):
+    """True while a watcher (vserver-supervise, any mode but --once and --watch) keeps LOG_DIR's logs capped."""
+    try:
+        fd = os.open(os.path.join(log_dir, WATCH_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _keep_tail(fd, dest, size, limit):
@@ -91,19 +133,21 @@ def _keep_tail(fd, dest, size, limit):
 
 class Watcher:
     """inotify on LOG_DIR: ``wait(timeout)`` returns the names of the guest logs written since, ``cap_all`` caps
-    them. ``only`` restricts it to one guest's log."""
+    them. While it exists it holds LOG_DIR/.watch.lock shared (see ``watching``)."""
 
-    def __init__(self, log_dir, limit, only=None):
+    def __init__(self, log_dir, limit):
         self.log_dir = log_dir
         self.limit = limit
-        self.only = only
         self.copied = {}
         libc = ctypes.CDLL(None, use_errno=True)
         os.makedirs(log_dir, mode=0o750, exist_ok=True)
         self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self.fd < 0 or libc.inotify_add_watch(self.fd, log_dir.encode(), IN_MODIFY) < 0:
             err = ctypes.get_errno()
+            if self.fd >= 0:
+                os.close(self.fd)
             raise OSError(err, 'inotify on %s: %s' % (log_dir, os.strerror(err)))
+        self.held = _lock(log_dir, WATCH_LOCK, fcntl.LOCK_SH)
 
     def wait(self, timeout):
         ready = select.select([self.fd], [], [], timeout)[0]
@@ -120,7 +164,7 @@ class Watcher:
                 dummy, dummy, dummy, length = _EVENT.unpack_from(data, offset)
                 name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b'\0').decode(errors='replace')
                 offset += _EVENT.size + length
-                if name.endswith('.log') and (self.only is None or name == self.only + '.log'):
+                if name.endswith('.log'):
                     names.add(name)
         return names
 
@@ -133,3 +177,4 @@ class Watcher:
 
     def close(self):
         os.close(self.fd)
+        os.close(self.held)

@@ -333,8 +333,9 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
     if purge:
         actions.append('purge tree %s' % root)
     wipe = current is not None and bool(opts['purge'] or current.get('purging'))  # also when the tree is gone
-    leftover_files = [f for f in (paths.log_file(name), paths.autostart_mark(name)) if wipe and os.path.lexists(f)]
-    actions.extend('remove log %s' % f if f == paths.log_file(name) else 'autostart off' for f in leftover_files)
+    log = paths.log_file(name)
+    leftover_files = [f for f in (log, log + '.1', paths.autostart_mark(name)) if wipe and os.path.lexists(f)]
+    actions.extend('remove log %s' % f if f.startswith(log) else 'autostart off' for f in leftover_files)
     if current is not None:
         actions.append('remove config')
     if not check_mode:

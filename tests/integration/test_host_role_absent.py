@@ -159,9 +159,9 @@ def test_absent_refuses_guests_then_removes_them_and_everything_else(host):
     assert after['cgroups'] == []
     # the guest's tree and log were not purged (no host_purge_guest_trees): their directories stay, the others go
     assert sorted(after['dirs']) == sorted([paths.tree_dir, paths.log_dir])
-    # (the supervisor's own log stays with the guest logs it speaks of)
+    # (the supervisor's own log and the log watchers' lock files stay with the guest logs they speak of)
     assert os.listdir(paths.tree_dir) == ['hr-one']
-    assert sorted(os.listdir(paths.log_dir)) == ['hr-one.log', 'supervise.log']
+    assert sorted(os.listdir(paths.log_dir)) == ['.cap.lock', '.watch.lock', 'hr-one.log', 'supervise.log']
     kept = [res['msg'] for task_name, res in task_results_of(data) if task_name.endswith('Show what was kept')]
     assert kept and any(paths.tree_dir in line for line in kept[0]), kept
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _guests, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _context, _guests, _kernel as K, _logs
 from helpers import TOP, build_static, vserver
 
 HOSTILE_C = os.path.join(TOP, 'tests', 'integration', 'files', 'hostile.c')
@@ -308,6 +308,55 @@ def test_a_log_flooding_guest_leaves_its_log_under_the_cap(host_paths, make_gues
     finally:
         supervisor.kill()
         supervisor.wait(timeout=30)
+
+
+SEQ_LINES = 20000000
+
+
+def test_two_log_watchers_never_rotate_the_same_log_at_once(host_paths, make_guest):
+    """Two watchers (vserver-supervise --logs twice: vserver-logs.service and a supervisor started by hand) cap the
+    log of a guest whose init writes numbered lines (busybox seq, 20 million lines, about 170 MiB) to its console
+    log as fast as it can. Rotations take LOG_DIR/.cap.lock: NAME.log.1, sampled all along, is always a whole
+    tail (exactly the cap) and ends as consecutive lines; neither watcher fails. Before the lock the same setup
+    (outside a guest, same code) saw NAME.log.1 emptied (one watcher copying from past the other's truncation)
+    and `rename NAME.log.1.tmp: No such file or directory` errors."""
+    doc = make_guest('seqflood', init=['/bin/sh', '-c', '(/bin/busybox seq 1 %d >> /proc/1/fd/1; echo done > '
+                                       '/tmp/flood.out); exec sleep 1000' % SEQ_LINES])
+    env = dict(os.environ, VSERVER_LOG_MAX='1M', **{'VSERVER_' + k.upper(): v for k, v in host_paths.as_dict().items()})
+    watchers = [subprocess.Popen([sys.executable, SUPERVISE, '--logs'], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT) for dummy in range(2)]
+    log = host_paths.log_file('seqflood')
+    out = os.path.join(doc['root'], 'tmp', 'flood.out')
+    sizes = set()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _logs.watching(host_paths.log_dir):
+            time.sleep(0.1)
+        assert _logs.watching(host_paths.log_dir)
+        _context.start(host_paths, doc)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not os.path.exists(out):
+            try:
+                sizes.add(os.path.getsize(log + '.1'))
+            except FileNotFoundError:
+                pass
+            time.sleep(0.002)
+        assert os.path.exists(out), 'the flood did not end within 300 s'
+        deadline = time.monotonic() + 10  # the last rotation may still be under way
+        while time.monotonic() < deadline and os.path.getsize(log) > LOG_CAP:
+            time.sleep(0.1)
+        assert os.path.getsize(log) <= LOG_CAP
+        assert sizes == {LOG_CAP}, sorted(sizes)
+        with open(log + '.1', 'rb') as handle:
+            numbers = [int(line) for line in handle.read().split(b'\n')[1:-1]]
+        assert len(numbers) > 100000 and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+        assert [w.poll() for w in watchers] == [None, None]
+    finally:
+        for watcher in watchers:
+            watcher.kill()
+        said = b''.join(w.communicate(timeout=30)[0] for w in watchers).decode(errors='replace')
+    assert said == '', said
+    assert not _logs.watching(host_paths.log_dir)
 
 
 SHARED_FILES = 300

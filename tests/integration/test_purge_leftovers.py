@@ -25,12 +25,17 @@ def test_purge_removes_the_log_and_the_autostart_mark(host_paths):
     assert host_paths.autostart_mark('pl-a') == os.path.join(_guests.autostart_dir(host_paths), 'pl-a')
 
     purge = {'name': 'pl-a', 'state': 'absent', 'purge': True}
+    rotated = host_paths.log_file('pl-a') + '.1'  # the cap's copy of the log's tail goes with it
+    with open(rotated, 'w') as handle:
+        handle.write('old tail\n')
     check = _manager.ensure_context(host_paths, purge, check_mode=True)
     assert 'remove log %s' % host_paths.log_file('pl-a') in check['actions'] and 'autostart off' in check['actions']
-    assert len(leftovers(host_paths, 'pl-a')) == 3  # check mode touched nothing
+    assert 'remove log %s' % rotated in check['actions']
+    assert len(leftovers(host_paths, 'pl-a')) == 3 and os.path.exists(rotated)  # check mode touched nothing
     done = _manager.ensure_context(host_paths, purge)
     assert done['changed'] and done['actions'] == check['actions']
     assert leftovers(host_paths, 'pl-a') == [] and _config.load(host_paths, 'pl-a') is None
+    assert not os.path.exists(rotated)
     assert _manager.ensure_context(host_paths, purge)['changed'] is False
     # the other guests' files are theirs
     assert len(leftovers(host_paths, 'pl-b')) == 3 and len(leftovers(host_paths, 'pl-c')) == 3

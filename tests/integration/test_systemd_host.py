@@ -29,6 +29,7 @@ PLAYBOOK = """
   gather_facts: false
   vars:
     host_install_packages: false
+    host_guest_log_max: 1M
     vserver_bridge: vstsdbr0
     vserver_bridge_addresses: [198.18.77.1/24]
     unify_schedule: auto
@@ -144,6 +145,7 @@ def test_check_mode_then_converge_then_idempotent(host, converged):
     first, second = converged
     assert host.checked > 0
     assert 'vserver@.service' not in host.after_check and 'vservers.service' not in host.after_check
+    assert 'vserver-logs.service' not in host.after_check
     assert 'sd-a' not in host.after_check
     assert first > 0
     assert second == 0
@@ -209,6 +211,45 @@ def test_crashed_marked_guest_is_restarted_and_a_clean_stop_is_not(host, converg
     assert systemctl(host, 'is-active', 'vserver@sd-a.service') == 'inactive'
 
 
+LOG_CAP = 1 << 20
+
+
+def log_size(box, name):
+    out = box.sh('stat -c %%s /var/log/vservers/%s 2>/dev/null || echo -1' % name, check=False).stdout.strip()
+    return int(out)
+
+
+def test_a_guest_started_by_hand_has_its_log_capped_by_one_host_watcher(host, converged):
+    """vserver-logs.service (one vserver-supervise --logs for the whole host) caps the console log of an unmarked
+    guest started by hand: 25 MiB written from inside to init's stdout (host_guest_log_max 1M) leave sd-b.log at
+    or below 1 MiB within seconds. With the watcher stopped, `vserver NAME start` says the log is not watched."""
+    assert systemctl(host, 'is-enabled', 'vserver-logs.service') == 'enabled'
+    assert systemctl(host, 'is-active', 'vserver-logs.service') == 'active'
+    assert show(host, 'vserver-logs.service', 'Restart') == 'always'
+    watchers = [line for line in host.sh('ps -eo args').stdout.splitlines()
+                if 'vserver-supervise' in line and '--logs' in line]
+    assert len(watchers) == 1, watchers
+    assert not guest_init(host, 'sd-b')  # killed above, unmarked: nothing restarted it
+    proc = host.sh('vserver sd-b start', check=False)
+    assert proc.returncode == 0 and 'note' not in proc.stderr, proc.stdout + proc.stderr
+    try:
+        # from inside the guest's namespaces (its /proc, its busybox dd) onto its init's stdout; nsenter, not
+        # `vserver exec`: in this container the latter's second stage gets EPERM from pidfd_getfd
+        flood = host.sh("nsenter -t %d -a /bin/sh -c 'dd if=/dev/zero bs=64k count=400 >> /proc/1/fd/1'"
+                        % guest_init(host, 'sd-b'), check=False, timeout=300)
+        assert flood.returncode == 0 and '400+0 records out' in flood.stderr, flood.stdout + flood.stderr
+        assert wait_for(lambda: 0 <= log_size(host, 'sd-b.log') <= LOG_CAP, 30), log_size(host, 'sd-b.log')
+        assert 0 < log_size(host, 'sd-b.log.1') <= LOG_CAP
+        # no watcher: a start by hand says so (and the cap at start still holds)
+        host.sh('systemctl stop vserver-logs.service')
+        proc = host.sh('vserver sd-b restart', check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert 'no vserver-supervise watches /var/log/vservers' in proc.stderr, proc.stderr
+    finally:
+        host.sh('systemctl start vserver-logs.service; vserver sd-b stop', check=False)
+    assert systemctl(host, 'is-active', 'vserver-logs.service') == 'active'
+
+
 def test_unify_timer_and_service(host, converged):
     assert systemctl(host, 'is-enabled', 'vserver-unify.timer') == 'enabled'
     assert systemctl(host, 'is-active', 'vserver-unify.timer') == 'active'
@@ -228,6 +269,7 @@ def test_marked_guest_starts_at_boot(host, converged):
                                                                      'vserver@sd-a.service')
     assert systemctl(host, 'is-active', 'vserver@sd-a.service') == 'active'
     assert not guest_init(host, 'sd-b')
+    assert systemctl(host, 'is-active', 'vserver-logs.service') == 'active'
     pid = guest_init(host, 'sd-a')
     assert cgroup_of(host, pid) == '/system.slice/vservers.service/vservers/sd-a'
     # the bridge came back too? not the role's promise at boot: the guest's address is on its own link
@@ -249,8 +291,10 @@ ABSENT = """
     - role: vserver.core.host
 """
 UNITS = ('/etc/systemd/system/vserver@.service', '/etc/systemd/system/vservers.service',
+         '/etc/systemd/system/vserver-logs.service',
          '/etc/systemd/system/multi-user.target.wants/vserver@sd-a.service',
-         '/etc/systemd/system/multi-user.target.wants/vservers.service')
+         '/etc/systemd/system/multi-user.target.wants/vservers.service',
+         '/etc/systemd/system/multi-user.target.wants/vserver-logs.service')
 
 
 def exists(box, path):
@@ -274,10 +318,13 @@ def test_host_role_absent_removes_units_guests_and_command(host, converged):
     assert playbook(host, *args, path='/root/absent.yml') > 0
     assert [unit for unit in UNITS if exists(host, unit)] == []
     assert show(host, 'vservers.service', 'LoadState') == 'not-found'
+    assert show(host, 'vserver-logs.service', 'LoadState') == 'not-found'
     assert show(host, 'vserver@sd-a.service', 'ActiveState') == 'inactive'
     assert not exists(host, CG + '/system.slice/vservers.service')
     assert not exists(host, '/usr/local/bin/vserver') and not exists(host, '/usr/local/lib/vserver-core')
     assert not exists(host, '/etc/default/vserver') and not exists(host, '/etc/vservers')
+    # purged guests' logs (sd-b.log.1 too) and the watchers' lock files: the log directory is gone
+    assert not exists(host, '/var/log/vservers'), host.sh('ls -A /var/log/vservers', check=False).stdout
     assert host.sh('ip link show vstsdbr0', check=False).returncode != 0
     assert host.sh('ls -A /var/lib/vservers').stdout.strip() == ''  # purged (the directory is a bind mount: kept)
     assert playbook(host, *args, path='/root/absent.yml') == 0

@@ -18,7 +18,7 @@ import time
 
 # files the runtime keeps for itself; a directory holding only these (and empty autostart/) counts as empty
 BOOKKEEPING = {'.lock', '.unify-index', '.unify-index-journal', '.unify-index-wal', '.unify-index-shm',
-               '.supervise.pid', 'supervise.log', 'autostart'}
+               '.supervise.pid', 'supervise.log', 'autostart', '.cap.lock', '.watch.lock'}
 UNITS = '/etc/systemd/system'
 
 req = json.loads(sys.argv[1])

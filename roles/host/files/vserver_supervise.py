@@ -7,12 +7,14 @@
   vserver-supervise --once                   start the marked guests that are not running, then exit
   vserver-supervise --watch NAME             (vserver@.service) start NAME, wait for its init; exit 0 when it
                                              was stopped cleanly, 1 when init died on its own
-  vserver-supervise --logs                   only keep the guests' console logs under the cap (see below)
+  vserver-supervise --logs                   only keep the guests' console logs under the cap (see below);
+                                             vserver-logs.service runs this on systemd hosts
 
 Marked guests are those with a file CONFIG_DIR/autostart/NAME (the guest role's `autostart: true`).
-Every mode that stays (foreground, --daemon, --watch NAME for that guest, --logs) keeps the guests' console logs
-LOG_DIR/NAME.log under VSERVER_LOG_MAX (default 16M): one thread woken by inotify copies the last VSERVER_LOG_MAX
-bytes of a log that passed it to NAME.log.1 and truncates NAME.log (docs/security.md, "Guest console logs").
+The foreground, --daemon and --logs modes keep the guests' console logs LOG_DIR/NAME.log under VSERVER_LOG_MAX
+(default 16M): one thread woken by inotify copies the last VSERVER_LOG_MAX bytes of a log that passed it to
+NAME.log.1 and truncates NAME.log (docs/security.md, "Guest console logs"). --watch leaves that to
+vserver-logs.service (one watcher per host, never one per guest; vserver@.service wants it).
 A guest stopped with `vserver NAME stop` leaves no runtime state and is left alone; a guest whose init died
 (runtime state left behind) is restarted, at most 3 times a minute. The supervisor is a child subreaper:
 guest inits are reparented to it and reaped here, even on hosts whose PID 1 never reaps orphans.
@@ -114,17 +116,16 @@ def reap():
             return
 
 
-def cap_logs(paths, only=None):
+def cap_logs(paths):
     """The guests' console logs stay under the cap (VSERVER_LOG_MAX, see _logs): one thread of this one host
     process, woken by inotify as soon as a log in LOG_DIR is written. Started with the signals blocked (they stay
     the main loop's); it never writes to stderr (a fork of the main thread must not inherit a held lock)."""
     try:
-        watcher = _logs.Watcher(paths.log_dir, _logs.log_max(), only)
+        watcher = _logs.Watcher(paths.log_dir, _logs.log_max())
     except (OSError, VServerError) as exc:
         log('guest logs are not capped: %s' % exc)
         return None
-    existing = [n for n in os.listdir(paths.log_dir) if n.endswith('.log') and (only is None or n == only + '.log')]
-    watcher.cap_all(existing)
+    watcher.cap_all([n for n in os.listdir(paths.log_dir) if n.endswith('.log')])
 
     def loop():
         while True:
@@ -173,7 +174,6 @@ def watch(paths, name):
     pid = rt.init_pid()
     if not pid:
         return 1
-    cap_logs(paths, only=name)
     try:
         fd = os.pidfd_open(pid)
     except OSError:
