@@ -98,4 +98,3 @@ def test_python_38_is_refused_clearly(host_paths, make_guest, tmp_path):
                                  % PY38), res
     assert 'Traceback' not in json.dumps(res)
     _untouched(host_paths, 'py38')
-
