@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: guest_module_list
 short_description: Turn the guest role's vserver_guests entries into vserver.core.guests items
-version_added: 1.0.0
+version_added: 0.1.0
 author: vserver.core contributors
 description:
   - Used by the P(vserver.core.guest#role) role. Each entry keeps its keys for M(vserver.core.guests), except the
