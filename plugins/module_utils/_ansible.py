@@ -4,9 +4,28 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import traceback
 
-from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError
+# The oldest managed-node Python the runtime supports (os.pidfd_open, os.waitstatus_to_exitcode, ...). Checked when a
+# module imports this file, before any other module_utils is loaded and before anything is done on the host.
+MIN_PYTHON = (3, 9)
+
+
+def _refuse_old_python():
+    """What fail_json prints, without an AnsibleModule (whose option checks would run first): one clear message."""
+    version = '%d.%d.%d' % sys.version_info[:3]
+    msg = ('vserver.core needs Python %d.%d or newer on the managed node; %s is Python %s (set ansible_python_interpreter'
+           ' to a newer one)' % (MIN_PYTHON + (sys.executable, version)))
+    print(json.dumps({'failed': True, 'msg': msg, 'python_version': version}))
+    sys.exit(1)
+
+
+if sys.version_info < MIN_PYTHON:
+    _refuse_old_python()
+
+from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError  # noqa: E402
 
 PATH_OPTIONS = dict(
     config_dir=dict(type='path'),

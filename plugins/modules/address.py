@@ -28,6 +28,12 @@ description:
     on explicitly. NAT for private guest subnets is left to the host's own firewall.
 author:
   - vserver.core contributors (@vserver-core)
+requirements:
+  - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
+  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root; network namespaces (C(CONFIG_NET_NS)), veth and
+    bridge (or macvlan, ipvlan, VLAN) drivers
+  - iproute2 (C(ip))
+  - util-linux (C(nsenter))
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

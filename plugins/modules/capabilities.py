@@ -30,6 +30,11 @@ description:
     M(vserver.core.guests) is different - a guest entry is the whole section, so a key removed there is lifted.
 author:
   - vserver.core contributors (@vserver-core)
+requirements:
+  - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
+  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root; the O(seccomp) filter needs seccomp
+    (C(CONFIG_SECCOMP_FILTER))
+  - cgroup v1 (hybrid) or cgroup v2 mounted on the host
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

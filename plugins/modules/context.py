@@ -16,6 +16,12 @@ description:
   - The guest's config is one JSON document C(CONFIG_DIR/NAME.json), written atomically under a host-wide lock.
 author:
   - vserver.core contributors (@vserver-core)
+requirements:
+  - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
+  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root
+  - cgroup v1 (hybrid) or cgroup v2 mounted on the host
+  - util-linux (C(mount))
+  - busybox-static for O(template=busybox) (Debian package C(busybox-static))
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

@@ -19,6 +19,10 @@ description:
     labelled with its name.
 author:
   - vserver.core contributors (@vserver-core)
+requirements:
+  - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
+  - Linux 5.6 or newer, run as root (reads C(/proc) and the cgroup filesystem)
+  - cgroup v1 (hybrid) or cgroup v2 mounted on the host
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.INFO_MODULE

@@ -30,6 +30,14 @@ description:
     of the root and renamed onto it when complete.
 author:
   - vserver.core contributors (@vserver-core)
+requirements:
+  - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
+  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root
+  - cgroup v1 (hybrid) or cgroup v2 mounted on the host
+  - util-linux (C(mount), C(nsenter); C(losetup), C(blkid) for loop disk limits)
+  - iproute2 (C(ip)) for guests with addresses
+  - busybox-static for the C(busybox) template
+  - e2fsprogs, xfsprogs or btrfs-progs for disk limits (see M(vserver.core.limits))
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

@@ -28,6 +28,16 @@ description:
     device, CPUs outside the online ones, an rlimit above what the host can grant) fails before anything is written.
 author:
   - vserver.core contributors (@vserver-core)
+requirements:
+  - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
+  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root
+  - cgroup v1 (hybrid) or cgroup v2 mounted on the host (the controllers a limit needs - memory, pids, cpu, io or
+    blkio, cpuset)
+  - For O(disk) with O(disk_backend=loop) - util-linux (C(losetup), C(mount), C(blkid)) and loop devices; e2fsprogs
+    (C(mkfs.ext4), C(e2fsck), C(resize2fs)) for O(disk_fstype=ext4), xfsprogs (C(mkfs.xfs), C(xfs_growfs)) for
+    O(disk_fstype=xfs)
+  - For O(disk) with O(disk_backend=btrfs) - btrfs-progs (C(btrfs)) and the tree on a btrfs filesystem (quotas are
+    enabled on it)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

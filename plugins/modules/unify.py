@@ -29,6 +29,11 @@ description:
   - Holds the host lock while it works. See C(docs/unify.md) for the update workflow.
 author:
   - vserver.core contributors (@vserver-core)
+requirements:
+  - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
+  - Linux, run as root; for O(method=hardlink) with O(protect) a filesystem with the immutable flag (ext4, xfs,
+    btrfs); for O(method=reflink) one with C(FIDEDUPERANGE) (btrfs, XFS with C(reflink=1))
+  - Python's C(sqlite3) module (part of Debian's python3)
 extends_documentation_fragment:
   - vserver.core._attributes
   - vserver.core._attributes.ALL

@@ -6,7 +6,9 @@ import sys
 
 from helpers import TOP
 
-VENV_BIN = os.path.dirname(sys.executable)
+# VSERVER_ANSIBLE_BIN: the bin/ of another venv whose ansible-playbook runs the playbooks (`make test-ansible-versions`
+# points it at the oldest and the newest ansible-core the collection supports); default: this interpreter's venv.
+VENV_BIN = os.environ.get('VSERVER_ANSIBLE_BIN') or os.path.dirname(sys.executable)
 
 
 def ansible_env():

@@ -27,6 +27,9 @@ import signal
 import sys
 import time
 
+if sys.version_info < (3, 9):  # the runtime needs 3.9+ (os.pidfd_open, os.waitstatus_to_exitcode): say so, touch nothing
+    sys.exit('vserver-supervise: needs Python 3.9 or newer; %s is Python %s' % (sys.executable, '%d.%d.%d' % sys.version_info[:3]))
+
 
 def _find_collections():
     here = os.path.dirname(os.path.realpath(__file__))
