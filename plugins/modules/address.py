@@ -30,7 +30,7 @@ author:
   - vserver.core contributors (@vserver-core)
 requirements:
   - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
-  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root; network namespaces (C(CONFIG_NET_NS)), veth and
+  - Linux 5.6 or newer (time namespace; C(pidfd_open) 5.3), run as root; network namespaces (C(CONFIG_NET_NS)), veth and
     bridge (or macvlan, ipvlan, VLAN) drivers
   - iproute2 (C(ip))
   - util-linux (C(nsenter))

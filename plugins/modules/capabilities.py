@@ -32,7 +32,7 @@ author:
   - vserver.core contributors (@vserver-core)
 requirements:
   - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
-  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root; the O(seccomp) filter needs seccomp
+  - Linux 5.6 or newer (time namespace; C(pidfd_open) 5.3), run as root; the O(seccomp) filter needs seccomp
     (C(CONFIG_SECCOMP_FILTER))
   - cgroup v1 (hybrid) or cgroup v2 mounted on the host
 extends_documentation_fragment:

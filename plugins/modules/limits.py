@@ -30,7 +30,7 @@ author:
   - vserver.core contributors (@vserver-core)
 requirements:
   - Python 3.9 or newer on the managed node (the module fails at once, naming the version, on an older one)
-  - Linux 5.6 or newer (time namespace, C(pidfd_getfd)), run as root
+  - Linux 5.6 or newer (time namespace; C(pidfd_open) 5.3), run as root
   - cgroup v1 (hybrid) or cgroup v2 mounted on the host (the controllers a limit needs - memory, pids, cpu, io or
     blkio, cpuset)
   - For O(disk) with O(disk_backend=loop) - util-linux (C(losetup), C(mount), C(blkid)) and loop devices; e2fsprogs
