@@ -18,8 +18,9 @@ def _refuse_old_python():
     version = '%d.%d.%d' % sys.version_info[:3]
     msg = ('vserver.core needs Python %d.%d or newer on the managed node; %s is Python %s (set ansible_python_interpreter'
            ' to a newer one)' % (MIN_PYTHON + (sys.executable, version)))
-    print(json.dumps({'failed': True, 'msg': msg, 'python_version': version}))
-    sys.exit(1)
+    sys.stdout.write(json.dumps({'failed': True, 'msg': msg, 'python_version': version}) + '\n')
+    sys.stdout.flush()
+    raise SystemExit(1)
 
 
 if sys.version_info < MIN_PYTHON:
