@@ -44,6 +44,17 @@ BROKEN_MESSAGE = ("processes in the guest's cgroup but no tracked init (a start 
                   "state started kills them and starts the guest afresh, state stopped kills them")
 
 
+def _read_record(path):
+    """The runtime record (state.json) of a guest, or {} when it is missing or unusable (truncated by a crash, not
+    a JSON object): then the guest's init is untracked, and what its cgroup holds decides (stopped, or broken until
+    a start or stop cleans it up). A volatile file under /run never breaks a listing or a stop."""
+    try:
+        record = read_json(path, {})
+    except (VServerError, OSError, UnicodeDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 class Runtime:
     """What the kernel says about one guest: its init process, cgroup and netns handle."""
 
@@ -51,7 +62,7 @@ class Runtime:
         self.paths = paths
         self.name = name
         self.dir = paths.runtime(name)
-        self.record = read_json(os.path.join(self.dir, STATE_FILE), {}) or {}
+        self.record = _read_record(os.path.join(self.dir, STATE_FILE))
         self._layout = layout
         self.repaired = False
 
@@ -64,7 +75,10 @@ class Runtime:
     @property
     def parent(self):
         """The cgroup parent of this guest: as recorded at start, else where a start would put it."""
-        return self.record.get('cgroup_parent') or _cgroup.guest_parent(self.paths.cgroup_parent, self.layout)
+        recorded = self.record.get('cgroup_parent')
+        if isinstance(recorded, str) and recorded:
+            return recorded
+        return _cgroup.guest_parent(self.paths.cgroup_parent, self.layout)
 
     @property
     def group(self):

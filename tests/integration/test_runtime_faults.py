@@ -225,3 +225,29 @@ def test_stop_with_sigrtmin3(host_paths, make_guest, tmp_path):
     assert time.monotonic() - begin < 30  # init ended on the signal, not killed after stop_timeout (60 s)
     with open(os.path.join(doc['root'], 'got-rtmin3')) as handle:
         assert handle.read() == 'ok\n'
+
+
+# --- item: a corrupt runtime record (state.json) --------------------------------------------------------------
+
+@pytest.mark.parametrize('content', ['{"name": "sj-a", "init_pid": 12', '[1, 2]', '', 'null', '{"init_pid": "x"}'])
+def test_a_corrupt_state_file_breaks_no_listing_and_the_guest_still_stops(host_paths, make_guest, content):
+    """state.json truncated by a crash (or any other shape): the guest's init is untracked; listings go on for
+    every guest, the guest reads as broken while its processes run, and stop ends them."""
+    make_guest('sj-a', start=True)
+    make_guest('sj-b', start=True)
+    rt = _context.Runtime(host_paths, 'sj-a')
+    assert rt.group.procs()
+    with open(os.path.join(rt.dir, _context.STATE_FILE), 'w') as handle:
+        handle.write(content)
+    for listing in ('stat', 'ps'):
+        out = vserver(host_paths, listing)
+        assert out.returncode == 0 and 'Traceback' not in out.stderr, out
+    rows = {line.split()[-2]: line for line in vserver(host_paths, 'stat').stdout.splitlines()[1:]}  # NAME ADDRESSES
+    assert ' broken ' in rows['sj-a'] and ' running ' in rows['sj-b'], rows
+    assert vserver(host_paths, 'sj-a', 'status').returncode == 4
+    out = vserver(host_paths, 'sj-a', 'stop')
+    assert out.returncode == 0 and 'Traceback' not in out.stderr, out
+    assert not _context.Runtime(host_paths, 'sj-a').group.exists()
+    assert _context.Runtime(host_paths, 'sj-b').state() == 'running'
+    assert vserver(host_paths, 'sj-a', 'start').returncode == 0
+    assert _context.Runtime(host_paths, 'sj-a').state() == 'running'
