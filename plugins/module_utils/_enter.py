@@ -214,13 +214,7 @@ def _write_all(fd, data):
 
 def _wait(pid, master, ttys):
     """Forward signals to the second stage, relay the pty if any; return the exit status."""
-    def forward(signum, dummy):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    _enter_stage.forward_signals(pid, FORWARDED)
     if master is not None:
         _relay(pid, master, ttys)
     while True:

@@ -279,15 +279,21 @@ def main(plan_fd, parent):  # pylint: disable=unused-argument
     relay(pid)
 
 
-def relay(pid):
-    """Forward the signals the host side sends us to the child; exit with its status (128+N for signal N)."""
+def forward_signals(pid, signals=FORWARDED):
+    """Pass each of ``signals`` received here on to process ``pid`` (the host side to the second stage, the
+    second stage to the guest's program)."""
     def forward(signum, dummy):
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
-    for sig in FORWARDED:
+    for sig in signals:
         _signal.signal(sig, forward)
+
+
+def relay(pid):
+    """Forward the signals the host side sends us to the child; exit with its status (128+N for signal N)."""
+    forward_signals(pid)
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORWARDED)
     while True:
         try:
