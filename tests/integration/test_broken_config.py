@@ -12,7 +12,6 @@ from ansible_collections.vserver.core.plugins.module_utils import _context, _ker
 from helpers import vserver
 from ansible_helpers import path_vars, run_playbook, task_results
 
-pytestmark = pytest.mark.cgroup
 
 GOOD_XID, BAD_XID = 420, 421
 

@@ -23,7 +23,6 @@ from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, VSERVER, build_static, env_for, vserver
 from test_unify import clear_immutable
 
-pytestmark = pytest.mark.cgroup
 FILES = os.path.join(TOP, 'tests', 'integration', 'files')
 STATUS_KEYS = ('Uid', 'Gid', 'Groups', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs', 'Seccomp')
 

@@ -15,7 +15,6 @@ from ansible_collections.vserver.core.plugins.module_utils import _config, _netn
 from helpers import guest_sh
 from test_address import IPV6_FREEBIND, Net, as_guest, ensure, free_port, http_get, serve, veths_gone
 
-pytestmark = pytest.mark.cgroup
 
 ETH_P_ALL = 3
 PACKET_OUTGOING = 4

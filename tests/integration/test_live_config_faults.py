@@ -20,7 +20,6 @@ from ansible_collections.vserver.core.plugins.module_utils._common import VServe
 from helpers import TOP
 from test_address import Net, ns_ip, veths_gone
 
-pytestmark = pytest.mark.cgroup
 LAYOUT = _cgroup.detect()
 MEMORY = 'memory.max' if LAYOUT.version == 2 else 'memory.limit_in_bytes'
 COLLECTIONS = os.path.join(TOP, '.build', 'collections')

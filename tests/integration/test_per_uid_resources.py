@@ -21,7 +21,6 @@ import pytest
 from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _limits
 from helpers import TOP, env_for, VSERVER
 
-pytestmark = [pytest.mark.cgroup]
 
 LAYOUT = _cgroup.detect()
 NOFILE, NPROC = 16, 6

@@ -1,12 +1,8 @@
 """Host-wide /proc and /sys files seen from inside a guest: masked (empty, unwritable) or read-only."""
 import os
 
-import pytest
-
 from ansible_collections.vserver.core.plugins.module_utils import _masks
 from helpers import guest_sh
-
-pytestmark = pytest.mark.cgroup
 
 
 def _present(paths):

@@ -11,7 +11,6 @@ from ansible_collections.vserver.core.plugins.module_utils import _context
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, VSERVER, env_for, vserver
 
-pytestmark = pytest.mark.cgroup
 
 PYENV = os.path.expanduser('~/.pyenv/versions')
 PY39 = os.path.join(PYENV, '3.9.18', 'bin', 'python')

@@ -5,7 +5,6 @@ unify present then absent)."""
 import os
 import sys
 
-import pytest
 import yaml
 
 from ansible_collections.vserver.core.plugins.module_utils import _config
@@ -17,7 +16,6 @@ from test_unify import clear_immutable, populate
 sys.path.insert(0, os.path.join(TOP, 'tests', 'tools'))
 import return_docs  # noqa: E402
 
-pytestmark = pytest.mark.cgroup
 
 PATHS = {key: '{{ %s }}' % key for key in ('config_dir', 'run_dir', 'tree_dir', 'log_dir', 'cgroup_parent')}
 

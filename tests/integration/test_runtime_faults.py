@@ -16,7 +16,6 @@ from ansible_collections.vserver.core.plugins.module_utils._common import VServe
 from helpers import VSERVER, build_static, env_for, vserver
 from test_address import Net, veths_gone, _host_links
 
-pytestmark = pytest.mark.cgroup
 STRACE = shutil.which('strace')
 
 

@@ -58,7 +58,6 @@ def test_supervise_starts_restarts_and_respects_clean_stops(host_paths, make_gue
     assert 'sv-a: init died, restarting' in log and 'sv-b: init died' not in log
 
 
-@pytest.mark.cgroup
 @pytest.mark.slow
 def test_a_stop_killed_before_it_signals_does_not_switch_off_crash_restarts(host_paths, make_guest):
     """`vserver NAME stop` SIGKILLed on entering pidfd_send_signal (strace): its stop mark stays in state.json,

@@ -1,13 +1,11 @@
 """Options a task does not give are left alone (limits, capabilities, through ansible-playbook on a running guest);
 an explicit value lifts them; the guests module takes a guest's whole section, so a key removed there is lifted."""
-import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _context, _guests
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 from helpers import guest_sh
 from ansible_helpers import path_vars, run_playbook, task_results
 
-pytestmark = pytest.mark.cgroup
 LAYOUT = _cgroup.detect()
 M = 1 << 20
 

@@ -11,7 +11,6 @@ from ansible_collections.vserver.core.plugins.module_utils import _context
 from helpers import VSERVER, env_for, vserver
 from test_enter import _stages_of
 
-pytestmark = pytest.mark.cgroup
 
 NOBODY = ['setpriv', '--reuid', '65534', '--regid', '65534', '--clear-groups']
 OPTIONS = ('--config-dir', '--run-dir', '--tree-dir', '--log-dir', '--cgroup-parent')
