@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,3 +48,15 @@ def _userns_allowed():
 
 
 needs_userns = pytest.mark.skipif(not _userns_allowed(), reason='unprivileged user namespaces are off on this host')
+
+
+def wait_for(predicate, timeout=15, step=0.1):
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` seconds pass (then its last
+    value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()

@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _manager, _netns
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
-from helpers import VSERVER, build_static, env_for, vserver
+from helpers import VSERVER, build_static, env_for, vserver, wait_for
 from test_address import Net, veths_gone, _host_links
 
 STRACE = shutil.which('strace')
@@ -49,16 +49,6 @@ def netns_intact(paths, name):
     rt = _context.Runtime(paths, name)
     pid = rt.init_pid()
     return pid and os.path.exists(rt.netns) and os.path.samestat(os.stat(rt.netns), os.stat('/proc/%d/ns/net' % pid))
-
-
-def wait_for(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 # --- item: a lost netns handle ------------------------------------------------------------------------------

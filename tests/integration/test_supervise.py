@@ -9,19 +9,10 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _context, _manager
+from helpers import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUPERVISE = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'roles', 'host', 'files', 'vserver_supervise.py')
-
-
-def wait_for(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 @pytest.mark.cgroup
