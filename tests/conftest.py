@@ -14,7 +14,7 @@ if not os.path.isdir(os.path.join(COLLECTIONS, 'ansible_collections', 'vserver',
     os.symlink(TOP, os.path.join(COLLECTIONS, 'ansible_collections', 'vserver', 'core'))
 sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.vserver.core.plugins.module_utils import _common, _context, _template  # noqa: E402
+from ansible_collections.vserver.core.plugins.module_utils import _common, _runtime, _template  # noqa: E402
 
 TEST_CGROUP_PREFIX = 'vstest-'
 
@@ -35,7 +35,7 @@ def stop_guests(paths):
         for name in os.listdir(paths.run_dir):
             if not name.startswith('.'):
                 try:
-                    _context.cleanup(paths, name)
+                    _runtime.cleanup(paths, name)
                 except Exception:
                     pass
 
@@ -64,12 +64,12 @@ def make_guest(host_paths, busybox_tree):
         _config.save(host_paths, doc)
         created.append(doc)
         if start:
-            _context.start(host_paths, doc)
+            _runtime.start(host_paths, doc)
         return doc
 
     yield factory
     for doc in created:
         try:
-            _context.stop(host_paths, dict(doc, stop_timeout=0.5))
+            _runtime.stop(host_paths, dict(doc, stop_timeout=0.5))
         except Exception:
             pass

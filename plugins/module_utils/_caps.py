@@ -297,7 +297,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, replace=False):
     ccaps apply live (sysctls in the guest's netns); a bounding-set or no_new_privs change on a running guest
     reports restart_required and restarts the guest only with ``restart``.
     """
-    from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _context
+    from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _runtime
     from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
     with _common.HostLock(paths):
         doc = _config.load(paths, name)
@@ -306,7 +306,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, replace=False):
                                % (name, paths.config_dir), 'name')
         after = validate(params if replace else merge(doc.get('capabilities'), params))
         before = dict(doc.get('capabilities') or {})
-        rt = _context.Runtime(paths, name)
+        rt = _runtime.Runtime(paths, name)
         init_status = None
         proc_fd = rt.open_init()  # init's status read once, through its /proc fd
         if proc_fd is not None:
@@ -355,8 +355,8 @@ def ensure(paths, name, params, check_mode=False, restart=False, replace=False):
                     raise
                 doc['capabilities'] = after
             if needs_restart and restart:
-                _context.stop(paths, doc)
-                _context.start(paths, doc)
+                _runtime.stop(paths, doc)
+                _runtime.start(paths, doc)
                 restarted = True
         changed = config_changed or bool(live) or (needs_restart and restart)
         return {

@@ -102,13 +102,13 @@ def check_doc(doc, path, name=None, sections=CHECKED):
 
     Reuses the validators of the modules that write each part: the context keys through the context
     module's ``validate``, the ``sections`` named through their concern's ``validate``."""
-    from ansible_collections.vserver.core.plugins.module_utils import _manager  # late: the manager imports us
+    from ansible_collections.vserver.core.plugins.module_utils import _mgr_context  # late: the manager imports us
     if not isinstance(doc, dict):
         raise BrokenConfig(path, 'holds %s, not a JSON object' % _kind(doc), doc)
-    unknown = sorted(set(doc) - set(_manager.CONTEXT_KEYS) - set(SECTIONS) - set(MARKS), key=str)
+    unknown = sorted(set(doc) - set(_mgr_context.CONTEXT_KEYS) - set(SECTIONS) - set(MARKS), key=str)
     if unknown:
         raise BrokenConfig(path, 'unknown key %s (known: %s)' % (
-            ', '.join(map(repr, unknown)), ', '.join(_manager.CONTEXT_KEYS + SECTIONS + MARKS)), doc)
+            ', '.join(map(repr, unknown)), ', '.join(_mgr_context.CONTEXT_KEYS + SECTIONS + MARKS)), doc)
     for key in MARKS:
         if key in doc and not isinstance(doc[key], bool):
             raise BrokenConfig(path, '%s must be true or false (got %r)' % (key, doc[key]), doc)
@@ -126,7 +126,7 @@ def check_doc(doc, path, name=None, sections=CHECKED):
     if not isinstance(doc['init'], list):
         raise BrokenConfig(path, 'init must be an argv list such as ["/sbin/init"] (got %r)' % (doc['init'],), doc)
     try:
-        opts = _manager.validate({key: doc.get(key) for key in _manager.CONTEXT_KEYS})
+        opts = _mgr_context.validate({key: doc.get(key) for key in _mgr_context.CONTEXT_KEYS})
     except VServerError as exc:
         raise BrokenConfig(path, str(exc), doc)
     except (TypeError, ValueError, AttributeError) as exc:  # a type the option parser never gets from Ansible

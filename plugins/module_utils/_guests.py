@@ -15,7 +15,7 @@ import os
 import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _cgroup, _config, _context, _kernel as K, _manager, _template)
+    _cgroup, _config, _runtime, _kernel as K, _mgr_context, _template)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, write_error, write_fully, write_json)
 
@@ -137,7 +137,7 @@ def validate(guests, prune=False):
         # context options are validated by the context manager itself (same messages as the module)
         ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
         ctx.update(name=name, state='present', template='none' if spec['template'] == 'clone' else spec['template'])
-        _manager.validate(ctx)
+        _mgr_context.validate(ctx)
         out.append(spec)
     return out
 
@@ -248,7 +248,7 @@ def clone_tree(src, dst, pause=None, paths=None):
         _template.install_build(build, dst)
     except BaseException:
         try:
-            _manager.remove_build(build, paths)  # with paths: shared files are unlinked with the guests frozen
+            _mgr_context.remove_build(build, paths)  # with paths: shared files are unlinked with the guests frozen
         except (OSError, VServerError):
             pass  # the next run under the lock removes it
         raise
@@ -262,7 +262,7 @@ class FrozenSource:
     in 0.1 to 1.1 s on a loaded 2-core machine (integration test)."""
 
     def __init__(self, paths, name):
-        self.runtime = _context.Runtime(paths, name)
+        self.runtime = _runtime.Runtime(paths, name)
         self.name = name
         self.thaw = False
 
@@ -612,7 +612,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
     diff_before, diff_after = {}, {}
     restart_required = False
     if spec['state'] == 'absent':
-        res = _manager.ensure_context(paths, {'name': name, 'state': 'absent', 'purge': bool(spec.get('purge'))},
+        res = _mgr_context.ensure_context(paths, {'name': name, 'state': 'absent', 'purge': bool(spec.get('purge'))},
                                       check_mode)
         mark = _autostart(paths, name, False, check_mode) if os.path.exists(
             os.path.join(autostart_dir(paths), name)) else None
@@ -635,7 +635,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
         if not check_mode:
             with HostLock(paths):  # the build sibling is swept by runs holding the lock
                 for stale in _template.stale_builds(root):
-                    _manager.remove_build(stale, paths)
+                    _mgr_context.remove_build(stale, paths)
                 with FrozenSource(paths, spec['clone_from']):
                     clone_tree(source['root'], root, pause=lambda: AllGuestsFrozen(paths), paths=paths)
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
@@ -645,7 +645,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
     if check_mode and template in ('clone', 'none') and _template.tree_is_empty(root):
         # the clone (or the role's bootstrap, skipped in check mode) would have made the tree: only report
         ctx['template'] = 'busybox'
-    res = _manager.ensure_context(paths, ctx, check_mode)
+    res = _mgr_context.ensure_context(paths, ctx, check_mode)
     actions.extend(a for a in res['actions'] if not (template in ('clone', 'none') and a.startswith('build tree')))
     restart_required = bool(res.get('restart_required'))  # root or init changed under a running guest
     diff_before['context'] = res.get('diff', {}).get('before')
@@ -686,12 +686,12 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
     if restart_required and state == 'started' and allow_restart:
         state = 'restarted'
         restart_required = False
-    observed = _context.Runtime(paths, name).state() if exists else None
+    observed = _runtime.Runtime(paths, name).state() if exists else None
     in_state = (('started', 'running'), ('frozen', 'frozen'), ('stopped', 'stopped'), ('present', observed))
     if exists and not restart_required and (state, observed) in in_state:
         pass  # already in the requested run state: no second pass through the context manager
     elif exists or not check_mode:
-        res = _manager.ensure_context(paths, {'name': name, 'state': state}, check_mode)
+        res = _mgr_context.ensure_context(paths, {'name': name, 'state': state}, check_mode)
         actions.extend(a for a in res['actions'] if a not in ('update config',))
         after = res.get('diff', {}).get('after') or {}
         diff_after.setdefault('context', {})

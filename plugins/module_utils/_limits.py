@@ -41,7 +41,7 @@ KEYS = ('memory', 'memory_high', 'swap', 'nproc', 'cpu', 'cpu_weight', 'cpuset',
 RLIMITS = {name[7:].lower(): getattr(resource, name) for name in dir(resource)
            if name.startswith('RLIMIT_') and name != 'RLIMIT_OFILE'}
 
-# The minimal /dev of a guest (see _context._setup_root): (type, major, minor or None for '*').
+# The minimal /dev of a guest (see _runtime._setup_root): (type, major, minor or None for '*').
 DEVICES = (('c', 1, 3), ('c', 1, 5), ('c', 1, 7), ('c', 1, 8), ('c', 1, 9),  # null zero full random urandom
            ('c', 5, 0), ('c', 5, 2), ('c', 136, None))                      # tty, ptmx, pts/*
 # (/dev/console is a null device, 1:3, in a guest: the host's console is never reachable.)
@@ -1311,7 +1311,7 @@ def disk_usage(root):
     return {'size': st.f_blocks * st.f_frsize, 'free': st.f_bavail * st.f_frsize}
 
 
-# --- hooks (registered in _context) --------------------------------------------------------------------
+# --- hooks (registered in _runtime) --------------------------------------------------------------------
 
 def cgroup_hook(doc, group):
     """At guest start, before any process joins the new cgroup: pending disk changes (the guest is stopped
@@ -1345,7 +1345,7 @@ def _undo_live(paths, doc, rt, live, disk, exc):
     """The config could not be saved: give the running guest its previous cgroup values and rlimits back, so the
     kernel and the config still agree. Raises VServerError saying what was undone and what could not be (an
     interrupt is re-raised as it is, after the undo)."""
-    from ansible_collections.vserver.core.plugins.module_utils import _context
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime
     written, snapshot = live
     disk_actions, restarted = disk
     failed = ['rlimits of pid %d' % pid for pid in rlimits_restore(snapshot)]
@@ -1367,7 +1367,7 @@ def _undo_live(paths, doc, rt, live, disk, exc):
             % '; '.join(disk_actions)
         if restarted:
             try:
-                _context.start(paths, doc, rt.layout)
+                _runtime.start(paths, doc, rt.layout)
                 msg += ' (the guest was started again)'
             except Exception as start_exc:  # report both failures
                 msg += ' (starting the guest again failed too: %s)' % start_exc
@@ -1383,7 +1383,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
     Returns a result dict: changed, diff (before/after section), actions, restart_required, restarted,
     live (cgroup files written / would be written), rlimit_pids.
     """
-    from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _context
+    from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _runtime
     layout = layout or _cgroup.host_layout()
     host = host or Host(layout=layout)
     with _common.HostLock(paths):
@@ -1396,7 +1396,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
             after['disk'] = disk_resolve(doc['root'], after['disk'])
         check_supported(after, layout, host)
         before = copy.deepcopy(doc.get('limits') or {})
-        rt = _context.Runtime(paths, name, layout)
+        rt = _runtime.Runtime(paths, name, layout)
         running = rt.init_pid() is not None
         actions = []
         live = []
@@ -1443,13 +1443,13 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
                 live = [setting.key for setting, _raw in written]
             if disk_now:
                 if dplan['needs_stop'] and running:
-                    _context.stop(paths, doc)
+                    _runtime.stop(paths, doc)
                     restarted = True
                 try:
                     disk_execute(doc['root'], before.get('disk'), after.get('disk'), dplan)
                 except BaseException:
                     if restarted:  # bring the guest back as it was
-                        _context.start(paths, doc, layout)
+                        _runtime.start(paths, doc, layout)
                     else:
                         rlimits_restore(snapshot)
                         restore(rt.group, written)
@@ -1462,7 +1462,7 @@ def ensure(paths, name, params, check_mode=False, restart=False, host=None, layo
                            exc)
                 raise
             if restarted:
-                _context.start(paths, new, layout)
+                _runtime.start(paths, new, layout)
         return {
             'changed': changed, 'diff': {'before': before, 'after': after}, 'actions': actions,
             'restart_required': restart_required and not restarted, 'restarted': restarted,

@@ -955,12 +955,12 @@ def forwarding(section, host, proc='/proc'):
 # --- the manager ----------------------------------------------------------------------------------------
 
 
-def _runtime(paths, name, repair=False, actions=None):
+def _live_runtime(paths, name, repair=False, actions=None):
     """``(init pid, netns handle)`` of a running guest, else ``(None, None)``. The handle is checked against
     init's network namespace; a lost one is bound again when ``repair`` (the caller holds the host lock; the
     action goes to ``actions``), else VServerError saying what repairs it."""
-    from ansible_collections.vserver.core.plugins.module_utils import _context  # late: _context imports us
-    rt = _context.Runtime(paths, name)
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime  # late: _runtime imports us
+    rt = _runtime.Runtime(paths, name)
     pid, handle = rt.netns_handle(repair)
     if rt.repaired and actions is not None:
         actions.append('repair netns handle')
@@ -988,7 +988,7 @@ def ensure(paths, params, check_mode=False):
             resolve_gateways(section, opts['gateway'] is not None, host)
             check_conflicts(paths, name, section, host)
         actions = []
-        pid, handle = _runtime(paths, name, repair=not check_mode, actions=actions)
+        pid, handle = _live_runtime(paths, name, repair=not check_mode, actions=actions)
         plan = None
         if pid:
             guest = NetState(handle)
@@ -1133,7 +1133,7 @@ def describe(paths, doc):
     out = dict(_section_view(section))
     out.setdefault('addresses', [])
     try:
-        pid, handle = _runtime(paths, doc['name'])
+        pid, handle = _live_runtime(paths, doc['name'])
     except VServerError as exc:  # a lost netns handle: say so, a listing repairs nothing
         out['live_addresses'] = None
         out['netns_error'] = str(exc)

@@ -43,7 +43,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime
 from ansible_collections.vserver.core.plugins.module_utils._kernel import FS_APPEND_FL, FS_IMMUTABLE_FL, get_flags, set_flags
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, VServerError
 
@@ -257,7 +257,7 @@ class Freezer:
             pass
         for name in sorted(names):
             try:
-                group = _context.Runtime(paths, name).group
+                group = _runtime.Runtime(paths, name).group
                 if group.exists() and group.procs():
                     self.groups[name] = group
             except (OSError, VServerError):

@@ -174,7 +174,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vserver.core.plugins.module_utils import _ansible, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr_context
 
 
 def main():
@@ -195,7 +195,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    _ansible.run(module, lambda: _manager.ensure_context(_ansible.paths_from(module), module.params,
+    _ansible.run(module, lambda: _mgr_context.ensure_context(_ansible.paths_from(module), module.params,
                                                          module.check_mode))
 
 

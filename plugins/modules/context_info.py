@@ -185,7 +185,7 @@ processes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vserver.core.plugins.module_utils import _ansible, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr_context
 
 
 def main():
@@ -196,7 +196,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    _ansible.run(module, lambda: _manager.info(_ansible.paths_from(module), module.params['names'],
+    _ansible.run(module, lambda: _mgr_context.info(_ansible.paths_from(module), module.params['names'],
                                                module.params['processes']))
 
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _config, _context, _kernel as K, _manager, _netns)
+    _caps, _config, _runtime, _kernel as K, _mgr_context, _netns)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import guest_sh, vserver
 
@@ -104,7 +104,7 @@ def guest_addrs(paths, name):
 
 def ns_ip(paths, name, *args):
     """iproute2 output for the guest's network namespace, from the host."""
-    handle = _context.Runtime(paths, name).netns
+    handle = _runtime.Runtime(paths, name).netns
     return subprocess.run(['nsenter', '--net=%s' % handle, 'ip'] + list(args), capture_output=True, text=True,
                           check=True).stdout
 
@@ -118,12 +118,12 @@ def as_guest(paths, doc, probe):
     if child == 0:
         try:
             os.close(r)
-            rt = _context.Runtime(paths, doc['name'])
+            rt = _runtime.Runtime(paths, doc['name'])
             rt.group.join(os.getpid())
             fd = os.open(rt.netns, os.O_RDONLY)
             K.setns(fd, K.CLONE_NEWNET)
             keep = _caps.mask(_caps.resolve(doc.get('capabilities') or {}))
-            _context.drop_privileges(doc)
+            _runtime.drop_privileges(doc)
             K.capset(keep, keep, 0)
             os.write(w, probe().encode())
             os._exit(0)
@@ -317,7 +317,7 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
     assert http_get(ip_b, port) == 'guest-b\n' and http_get(ip_a, port) == 'guest-a\n'
 
     # a firewall rule in A's namespace (nftables, from the host) affects only A
-    handle = _context.Runtime(host_paths, 'a').netns
+    handle = _runtime.Runtime(host_paths, 'a').netns
     subprocess.run(['nsenter', '--net=%s' % handle, 'nft', '-f', '-'], check=True, text=True, input=(
         'table inet vstfw {\n chain input {\n  type filter hook input priority 0; policy accept;\n'
         '  tcp dport %d drop\n }\n}\n' % port))
@@ -356,10 +356,10 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
     assert _netns.addresses(_config.load(host_paths, 'b')) == [net.cidr4(3)]
 
     # teardown: stopping the guests removes their veths and namespaces; the test removes its bridge
-    inodes = {os.stat(_context.Runtime(host_paths, name).netns).st_ino for name in ('a', 'b')}
+    inodes = {os.stat(_runtime.Runtime(host_paths, name).netns).st_ino for name in ('a', 'b')}
     for name in ('a', 'b'):
-        _context.stop(host_paths, _config.load(host_paths, name))
-        assert not os.path.exists(_context.Runtime(host_paths, name).netns)
+        _runtime.stop(host_paths, _config.load(host_paths, name))
+        assert not os.path.exists(_runtime.Runtime(host_paths, name).netns)
     assert veths_gone(net.bridge + '-')
 
     def holders():  # processes still in either namespace: {pid: comm}
@@ -434,13 +434,13 @@ def test_config_is_reapplied_at_every_start(net, host_paths, make_guest):
     assert res['changed'] and not res['running'] and 'live_addresses' not in res
     assert net.bridge not in _host_links()               # nothing live for a stopped guest
     for _round in range(2):
-        _context.start(host_paths, _config.load(host_paths, 're'))
+        _runtime.start(host_paths, _config.load(host_paths, 're'))
         links, addrs = guest_addrs(host_paths, 're')
         assert addrs == {'127.0.0.1/8', '::1/128', net.cidr4(2), net.cidr6(2)}
         assert 'mtu 1400' in sh(host_paths, 're', 'ip link show eth0').stdout
         assert http_get_or_ping(net.ip4(2))
         assert ensure(host_paths, name='re', addresses=[net.cidr4(2), net.cidr6(2)])['changed'] is False
-        _context.stop(host_paths, doc)
+        _runtime.stop(host_paths, doc)
         assert veths_gone(_netns.host_ifname(net.bridge, doc['xid']))
 
 
@@ -494,7 +494,7 @@ def test_macvlan_guests_on_a_parent(net, host_paths, make_guest):
     assert 'replace interface eth0 in the guest' in res['actions']
     assert '\n    veth ' in ns_ip(host_paths, 'm2', '-d', 'link', 'show', 'eth0')
     for name in ('m1', 'm2'):
-        _context.stop(host_paths, _config.load(host_paths, name))
+        _runtime.stop(host_paths, _config.load(host_paths, name))
 
 
 @pytest.mark.parametrize('params,field', [
@@ -565,23 +565,23 @@ def test_failed_start_rolls_back_the_links_it_created(net, host_paths, make_gues
     doc = make_guest('broken', network={'mode': 'bridge', 'bridge': net.bridge, 'interface': 'eth0',
                                         'addresses': [net.cidr4(2)], 'gateway': ['203.0.113.1']})
     with pytest.raises(VServerError) as err:
-        _context.start(host_paths, doc)
+        _runtime.start(host_paths, doc)
     assert 'route replace 0.0.0.0/0 via 203.0.113.1' in str(err.value)
     assert not [n for n in _host_links() if n.startswith(net.bridge)]
-    assert _context.Runtime(host_paths, 'broken').state() == 'stopped'
+    assert _runtime.Runtime(host_paths, 'broken').state() == 'stopped'
     # on a bridge that exists already: the gateway address given to it by the failed start is taken back
     subprocess.run(['ip', 'link', 'add', net.bridge, 'type', 'bridge'], check=True)
     doc = dict(doc, network=dict(doc['network'], addresses=[net.cidr4(2), net.cidr6(2)],
                                  gateway=[net.ip4(1), '2001:db8::1']))
     _config.save(host_paths, doc)
     with pytest.raises(VServerError) as err:
-        _context.start(host_paths, doc)
+        _runtime.start(host_paths, doc)
     assert 'route replace ::/0 via 2001:db8::1' in str(err.value)
     assert [n for n in _host_links() if n.startswith(net.bridge)] == [net.bridge]
     assert [a['iface'] for a in _netns.NetState().addrs_of(net.bridge) if not a['iface'].ip.is_link_local] == []
     # fixed through the module, the same guest starts
     ensure(host_paths, name='broken', address=net.cidr4(2), gateway=[net.ip4(1)])
-    _context.start(host_paths, _config.load(host_paths, 'broken'))
+    _runtime.start(host_paths, _config.load(host_paths, 'broken'))
     assert guest_addrs(host_paths, 'broken')[1] == {'127.0.0.1/8', '::1/128', net.cidr4(2), net.cidr6(2)}
 
 
@@ -593,7 +593,7 @@ def test_listings_show_each_guests_addresses(net, host_paths, make_guest):
     assert stat.returncode == 0, stat.stderr
     rows = {line.split()[7]: line for line in stat.stdout.splitlines()[1:]}
     assert '%s,%s' % (net.cidr4(2), net.cidr6(2)) in rows['shown'] and rows['bare'].endswith(' -')
-    info = {g['name']: g for g in _manager.info(host_paths, with_processes=False)['guests']}
+    info = {g['name']: g for g in _mgr_context.info(host_paths, with_processes=False)['guests']}
     assert info['shown']['network']['addresses'] == [net.cidr4(2), net.cidr6(2)]
     assert info['shown']['network']['live_addresses'] == [net.cidr4(2), net.cidr6(2)]
     assert 'network' not in info['bare']

@@ -1,7 +1,7 @@
 """The address module through ansible-playbook: changed then unchanged, check mode, diff, bad input, live removal."""
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime
 from ansible_helpers import path_vars, run_playbook, task_results
 from test_address import Net, guest_addrs, ns_ip  # noqa: F401  (Net: the test network helper)
 
@@ -95,4 +95,4 @@ def test_module_twice_check_diff_and_bad_input(net, host_paths, tmp_path):
     finally:
         doc = _config.load(host_paths, 'pm')
         if doc:
-            _context.stop(host_paths, dict(doc, stop_timeout=0.5))
+            _runtime.stop(host_paths, dict(doc, stop_timeout=0.5))

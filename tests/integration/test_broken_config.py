@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _kernel as K
 from helpers import vserver
 from ansible_helpers import path_vars, run_playbook, task_results
 
@@ -64,7 +64,7 @@ def test_listings_show_the_broken_guest_and_it_still_stops(host_paths, make_gues
                                                            xid_readable):
     make_guest('good', xid=GOOD_XID, stop_signal='SIGKILL', start=True)
     bad = make_guest('bad', xid=BAD_XID, start=True)
-    good_rt, bad_rt = _context.Runtime(host_paths, 'good'), _context.Runtime(host_paths, 'bad')
+    good_rt, bad_rt = _runtime.Runtime(host_paths, 'good'), _runtime.Runtime(host_paths, 'bad')
     good_pid, bad_pid = good_rt.init_pid(), bad_rt.init_pid()
     bad_start = bad_rt.record['init_start']
     bad_groups = list(bad_rt.group.paths().values())
@@ -127,7 +127,7 @@ def test_listings_show_the_broken_guest_and_it_still_stops(host_paths, make_gues
 
 def test_context_stops_a_broken_guest_and_never_overwrites_it(host_paths, make_guest, tmp_path):
     bad = make_guest('bad', xid=BAD_XID, start=True)
-    rt = _context.Runtime(host_paths, 'bad')
+    rt = _runtime.Runtime(host_paths, 'bad')
     pid, start = rt.init_pid(), rt.record['init_start']
     corrupt(host_paths, bad, lambda doc: dict(doc, xid=str(doc['xid'])))
     with open(host_paths.config_file('bad'), 'rb') as handle:
@@ -161,7 +161,7 @@ def test_context_stops_a_broken_guest_and_never_overwrites_it(host_paths, make_g
     assert rc == 0 and res['changed'] and res['actions'] == ['stop'], res
     assert res['guest']['state'] == 'broken' and res['guest']['runtime_state'] == 'stopped'
     assert any('stop_signal SIGTERM' in w for w in res.get('warnings', [])), res
-    assert gone(pid, start) and not _context.Runtime(host_paths, 'bad').leftovers()
+    assert gone(pid, start) and not _runtime.Runtime(host_paths, 'bad').leftovers()
     with open(host_paths.config_file('bad'), 'rb') as handle:
         assert handle.read() == broken_bytes  # stopping does not rewrite the broken file
     rc, data = run_playbook(play(tmp_path, [task], 'stop.yml'))

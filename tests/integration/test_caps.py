@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _runtime, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 from helpers import guest_sh
@@ -23,7 +23,7 @@ def _denied(proc):
 
 def test_default_bounding_set_from_inside(make_guest, host_paths):
     doc = make_guest('vst-caps', start=True)
-    pid = _context.Runtime(host_paths, 'vst-caps').init_pid()
+    pid = _runtime.Runtime(host_paths, 'vst-caps').init_pid()
     status = K.read_status(pid)
     assert int(status['CapBnd'], 16) == _caps.mask(_caps.DEFAULT_BCAPS) & ((1 << (K.cap_last_cap() + 1)) - 1)
     assert int(status['CapInh'], 16) == 0 and int(status['CapAmb'], 16) == 0
@@ -48,21 +48,21 @@ def test_default_bounding_set_from_inside(make_guest, host_paths):
             continue
         assert _denied(proc), '%s was not denied: rc=%d %s %s' % (what, proc.returncode, proc.stdout, proc.stderr)
     # the guest is still alive after its reboot attempt
-    assert _context.Runtime(host_paths, 'vst-caps').init_pid() == pid
+    assert _runtime.Runtime(host_paths, 'vst-caps').init_pid() == pid
 
     ok = guest_sh(host_paths, 'vst-caps',
                   'touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u:%g /tmp/f && '
                   'httpd -p 127.0.0.1:80 -h /tmp && sleep 0.3 && grep -c " 0100007F:0050 .* 0A " /proc/net/tcp')
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.split() == ['1000:1000', '1']
-    _context.stop(host_paths, dict(doc, stop_timeout=0.5, stop_signal='SIGKILL'))
+    _runtime.stop(host_paths, dict(doc, stop_timeout=0.5, stop_signal='SIGKILL'))
 
 
 def _in_guest(paths, doc, func, timeout=10):
     """Run ``func`` in a child that joined the guest's cgroup, net/uts/ipc/pid namespaces and dropped
-    privileges exactly like the guest's processes (``_context.drop_privileges``); returns func's result.
+    privileges exactly like the guest's processes (``_runtime.drop_privileges``); returns func's result.
     Used where the guest's busybox has no tool: its ping only opens raw sockets, never ICMP datagram ones."""
-    rt = _context.Runtime(paths, doc['name'])
+    rt = _runtime.Runtime(paths, doc['name'])
     pid = rt.init_pid()
     fds = [os.open('/proc/%d/ns/%s' % (pid, kind), os.O_RDONLY) for kind in ('net', 'uts', 'ipc')]
     read_end, write_end = os.pipe()
@@ -72,7 +72,7 @@ def _in_guest(paths, doc, func, timeout=10):
             rt.group.join(os.getpid())
             for fd in fds:
                 K.setns(fd, 0)
-            _context.drop_privileges(_config.load(paths, doc['name']))
+            _runtime.drop_privileges(_config.load(paths, doc['name']))
             result = {'ok': func()}
         except BaseException as exc:
             result = {'error': '%s: %s' % (type(exc).__name__, exc), 'errno': getattr(exc, 'errno', None)}
@@ -120,7 +120,7 @@ def peer_netns(request):
 
 def _wire(paths, guest, peer, index):
     """veth from the guest's netns to the peer netns: guest 198.18.7.(2*index+1), fd00:5653::7:(..)."""
-    pid = _context.Runtime(paths, guest).init_pid()
+    pid = _runtime.Runtime(paths, guest).init_pid()
     a, b = 'vstg%d%d' % (os.getpid() % 10000, index), 'vstq%d%d' % (os.getpid() % 10000, index)
     subprocess.run(['ip', 'link', 'add', a, 'type', 'veth', 'peer', 'name', b, 'netns', peer], check=True)
     subprocess.run(['ip', 'link', 'set', a, 'netns', str(pid)], check=True)
@@ -159,7 +159,7 @@ def test_raw_icmp_ccap_ping(make_guest, host_paths, peer_netns):
     # the host's own setting is untouched
     with open('/proc/sys/net/ipv4/ping_group_range') as handle:
         host_range = handle.read().split()
-    assert host_range != [] and _context.Runtime(host_paths, 'vst-ping').netns
+    assert host_range != [] and _runtime.Runtime(host_paths, 'vst-ping').netns
 
     # live: grant it to the other guest with the manager, no restart
     result = _caps.ensure(host_paths, 'vst-noping', {'ccaps': ['raw_icmp']})
@@ -172,7 +172,7 @@ def test_no_new_privs_and_custom_set(make_guest, host_paths):
     make_guest('vst-nnp', start=True, stop_timeout=1, stop_signal='SIGKILL',
                capabilities=_caps.validate({'bcaps': ['CAP_CHOWN', 'kill', 'setuid', 'setgid'],
                                             'no_new_privs': True}))
-    status = K.read_status(_context.Runtime(host_paths, 'vst-nnp').init_pid())
+    status = K.read_status(_runtime.Runtime(host_paths, 'vst-nnp').init_pid())
     assert status['NoNewPrivs'] == '1'
     assert _caps.names_from_mask(int(status['CapBnd'], 16)) == ['chown', 'kill', 'setgid', 'setuid']
     inside = guest_sh(host_paths, 'vst-nnp', 'grep -E "^(NoNewPrivs|CapBnd)" /proc/self/status; '

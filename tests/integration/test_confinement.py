@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _cgroup, _config, _context, _limits, _manager, _kernel as K)
+    _cgroup, _config, _runtime, _limits, _mgr_context, _kernel as K)
 from helpers import build_static, needs_userns, vserver
 
 pytestmark = pytest.mark.cgroup
@@ -42,8 +42,8 @@ def run_escape(host_paths, name, mode):
 
 def test_limits_hold_against_the_guest_root(host_paths, make_guest, escape_binary):
     doc = limited_guest(make_guest, 'vst-lift', escape_binary)
-    _context.start(host_paths, doc)
-    group = _context.Runtime(host_paths, 'vst-lift', LAYOUT).group
+    _runtime.start(host_paths, doc)
+    group = _runtime.Runtime(host_paths, 'vst-lift', LAYOUT).group
     before = limit_files(group)
     assert before['pids.max'] == '64'
     steps = run_escape(host_paths, 'vst-lift', 'lift')
@@ -64,8 +64,8 @@ def test_unconfined_guest_can_lift_its_limits(host_paths, make_guest, escape_bin
     """What the filter stops, shown without it (docs/security.md: `unconfined` reopens this on cgroup v1 and on
     cgroup2 without nsdelegate; with nsdelegate the kernel refuses writes to the namespace root's limit files)."""
     doc = limited_guest(make_guest, 'vst-lift2', escape_binary, capabilities=NO_FILTER)
-    _context.start(host_paths, doc)
-    group = _context.Runtime(host_paths, 'vst-lift2', LAYOUT).group
+    _runtime.start(host_paths, doc)
+    group = _runtime.Runtime(host_paths, 'vst-lift2', LAYOUT).group
     before = limit_files(group)
     steps = run_escape(host_paths, 'vst-lift2', 'lift')
     assert steps['unshare_user'] == 'ok', steps
@@ -88,8 +88,8 @@ def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_gu
         pytest.skip('no cgroup v1 freezer (on cgroup v2 a frozen process dies of SIGKILL)')
     name = 'vst-hide-' + how
     doc = limited_guest(make_guest, name, escape_binary, capabilities=NO_FILTER)
-    _context.start(host_paths, doc)
-    rt = _context.Runtime(host_paths, name, LAYOUT)
+    _runtime.start(host_paths, doc)
+    rt = _runtime.Runtime(host_paths, name, LAYOUT)
     tops = rt.group.paths()
     steps = run_escape(host_paths, name, 'hide-frozen' if how == 'stop-frozen' else 'hide')
     hidden = int(steps['hidden'])
@@ -110,9 +110,9 @@ def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_gu
         assert open(state).read().strip() == 'FROZEN'
     t0 = time.monotonic()
     if how != 'absent':
-        _context.stop(host_paths, doc)
+        _runtime.stop(host_paths, doc)
     else:
-        result = _manager.ensure_context(host_paths, {'name': name, 'state': 'absent'})
+        result = _mgr_context.ensure_context(host_paths, {'name': name, 'state': 'absent'})
         assert result['changed']
         assert _config.load(host_paths, name) is None
     assert time.monotonic() - t0 < doc['stop_timeout'] + 10
@@ -123,15 +123,15 @@ def test_stop_and_absent_end_a_guest_hiding_in_child_cgroups(host_paths, make_gu
     assert not any(os.path.exists(path) for path in list(tops.values()) + list(children.values()))
     with open('/proc/self/mountinfo') as handle:
         assert host_paths.run_dir not in handle.read()
-    assert _context.status(host_paths, doc)['state'] == 'stopped'
+    assert _runtime.status(host_paths, doc)['state'] == 'stopped'
 
 
 def test_absent_keeps_the_config_until_the_guest_is_gone(host_paths, make_guest, tmp_path):
     """A cgroup that cannot be removed (here: a child cgroup with a mount on it, a real kernel EBUSY) makes `absent`
     fail naming it, with the config kept; once it can go, `absent` finishes."""
     doc = make_guest('vst-keep', stop_timeout=1, stop_signal='SIGKILL')
-    _context.start(host_paths, doc)
-    group = _context.Runtime(host_paths, 'vst-keep', LAYOUT).group
+    _runtime.start(host_paths, doc)
+    group = _runtime.Runtime(host_paths, 'vst-keep', LAYOUT).group
     top = group.paths()['memory' if LAYOUT.version == 1 else 'unified']
     child = os.path.join(top, 'held')
     os.mkdir(child)
@@ -140,12 +140,12 @@ def test_absent_keeps_the_config_until_the_guest_is_gone(host_paths, make_guest,
     K.mount(str(source), child, None, K.MS_BIND)
     try:
         with pytest.raises(Exception) as err:
-            _manager.ensure_context(host_paths, {'name': 'vst-keep', 'state': 'absent'})
+            _mgr_context.ensure_context(host_paths, {'name': 'vst-keep', 'state': 'absent'})
         assert child in str(err.value), err.value
         assert _config.load(host_paths, 'vst-keep') is not None      # the config stays: the guest is not gone
         assert os.path.isdir(child)
     finally:
         K.umount(child, K.MNT_DETACH)
-    result = _manager.ensure_context(host_paths, {'name': 'vst-keep', 'state': 'absent'})
+    result = _mgr_context.ensure_context(host_paths, {'name': 'vst-keep', 'state': 'absent'})
     assert result['changed'] and _config.load(host_paths, 'vst-keep') is None
     assert not any(os.path.exists(path) for path in group.paths().values())

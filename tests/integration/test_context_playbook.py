@@ -4,7 +4,7 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _context
+from ansible_collections.vserver.core.plugins.module_utils import _runtime
 from helpers import guest_sh
 from ansible_helpers import changed_count, path_vars, run_playbook, task_results
 
@@ -72,18 +72,18 @@ def test_run_twice_and_check_mode(host_paths, playbook):
     info = [r for name, r in task_results(data) if name == 'info'][0]
     states = {g['name']: g['state'] for g in info['guests']}
     assert states == {'pb-one': 'running', 'pb-two': 'running', 'pb-three': 'stopped'}
-    pid = _context.Runtime(host_paths, 'pb-one').init_pid()
+    pid = _runtime.Runtime(host_paths, 'pb-one').init_pid()
     assert any(p['pid'] == pid and p['xid'] == 300 for p in info['processes'])
 
     rc, data = run_playbook(playbook, evars)
     assert rc == 0 and changed_count(data) == 0
-    assert _context.Runtime(host_paths, 'pb-one').init_pid() == pid      # not restarted
+    assert _runtime.Runtime(host_paths, 'pb-one').init_pid() == pid      # not restarted
 
     # a live change: the host name of a running guest, no restart
     guests[0]['hostname'] = 'renamed.test'
     rc, data = run_playbook(playbook, dict(evars, guests=guests))
     assert rc == 0
-    assert _context.Runtime(host_paths, 'pb-one').init_pid() == pid
+    assert _runtime.Runtime(host_paths, 'pb-one').init_pid() == pid
     assert guest_sh(host_paths, 'pb-one', 'hostname').stdout.strip() == 'renamed.test'
     results = dict((r['item']['name'], r) for name, r in task_results(data) if name == 'guests')
     assert results['pb-one']['actions'] == ['update config', 'set hostname']
@@ -130,7 +130,7 @@ def test_bad_input_leaves_nothing(host_paths, make_guest, tmp_path, params, fiel
     assert [f for f in after_cfg if f != '.lock'] == [f for f in before_cfg if f != '.lock']
     after_trees = sorted(os.listdir(host_paths.tree_dir)) if os.path.isdir(host_paths.tree_dir) else []
     assert after_trees == before_trees
-    group = _context.Runtime(host_paths, params['name'] if '/' not in params['name'] else 'x').group
+    group = _runtime.Runtime(host_paths, params['name'] if '/' not in params['name'] else 'x').group
     assert not group.exists()
 
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _kernel as K
 from helpers import build_static, guest_sh, vserver
 
 pytestmark = pytest.mark.cgroup
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.cgroup
 def all_ns_inodes():
     seen = set()
     for pid in K.pids():
-        for kind in _context.NAMESPACES:
+        for kind in _runtime.NAMESPACES:
             ino = K.ns_inode(pid, kind)
             if ino:
                 seen.add(ino)
@@ -22,10 +22,10 @@ def all_ns_inodes():
 
 def test_started_guest_from_outside(host_paths, make_guest):
     doc = make_guest('outside', hostname='outside.test', start=True)
-    rt = _context.Runtime(host_paths, 'outside')
+    rt = _runtime.Runtime(host_paths, 'outside')
     pid = rt.init_pid()
     assert pid
-    for kind in _context.NAMESPACES:
+    for kind in _runtime.NAMESPACES:
         assert K.ns_inode(pid, kind) != K.ns_inode(os.getpid(), kind), kind
     status = K.read_status(pid)
     assert status['NSpid'].split()[-1] == '1'       # PID 1 of its own PID namespace
@@ -50,7 +50,7 @@ def test_started_guest_from_outside(host_paths, make_guest):
 def test_guest_sees_only_its_own_processes(host_paths, make_guest):
     make_guest('seer', start=True)
     make_guest('other', start=True)
-    other_pid = _context.Runtime(host_paths, 'other').init_pid()
+    other_pid = _runtime.Runtime(host_paths, 'other').init_pid()
     out = guest_sh(host_paths, 'seer', 'ls /proc | grep -E "^[0-9]+$"; echo ---; '
                                        'for p in /proc/[0-9]*; do cat $p/comm; done')
     assert out.returncode == 0, out.stderr
@@ -60,7 +60,7 @@ def test_guest_sees_only_its_own_processes(host_paths, make_guest):
     comms = out.stdout.split('---')[1].split()
     assert comms.count('init') == 1                    # its own init, not the other guest's nor the host's
     # the spectator view sees both, labelled
-    rows = {row['pid']: row for row in _context.processes(host_paths)}
+    rows = {row['pid']: row for row in _runtime.processes(host_paths)}
     assert rows[other_pid]['guest'] == 'other' and rows[other_pid]['guest_pid'] == 1
     assert rows[os.getpid()]['xid'] == 0
 
@@ -96,7 +96,7 @@ def test_double_chroot_escape_does_not_reach_the_host(host_paths, make_guest, tm
 
 def test_stop_leaves_nothing_behind(host_paths, make_guest):
     doc = make_guest('gone', start=True)
-    rt = _context.Runtime(host_paths, 'gone')
+    rt = _runtime.Runtime(host_paths, 'gone')
     pid = rt.init_pid()
     inodes = set(rt.record['ns'].values())
     assert inodes <= all_ns_inodes()
@@ -105,7 +105,7 @@ def test_stop_leaves_nothing_behind(host_paths, make_guest):
     assert out.returncode == 0
     assert len(rt.group.procs()) >= 3
     t0 = time.monotonic()
-    _context.stop(host_paths, doc)
+    _runtime.stop(host_paths, doc)
     assert time.monotonic() - t0 < doc['stop_timeout'] + 3
     deadline = time.monotonic() + 5
     while os.path.exists('/proc/%d' % pid) and time.monotonic() < deadline:
@@ -116,16 +116,16 @@ def test_stop_leaves_nothing_behind(host_paths, make_guest):
     with open('/proc/self/mountinfo') as handle:
         assert host_paths.run_dir not in handle.read()
     assert not inodes & all_ns_inodes()
-    assert _context.status(host_paths, doc)['state'] == 'stopped'
+    assert _runtime.status(host_paths, doc)['state'] == 'stopped'
 
 
 def test_stop_kills_an_init_that_ignores_the_signal(host_paths, make_guest):
     doc = make_guest('stubborn', init=['/bin/sh', '-c', 'trap "" TERM; while :; do sleep 1; done'],
                      stop_timeout=1, start=True)
     t0 = time.monotonic()
-    _context.stop(host_paths, doc)
+    _runtime.stop(host_paths, doc)
     assert 0.9 < time.monotonic() - t0 < 5
-    assert not _context.Runtime(host_paths, 'stubborn').group.exists()
+    assert not _runtime.Runtime(host_paths, 'stubborn').group.exists()
 
 
 def test_freeze_and_thaw(host_paths, make_guest):
@@ -133,24 +133,24 @@ def test_freeze_and_thaw(host_paths, make_guest):
                      start=True, stop_signal='SIGKILL')
     ticks = os.path.join(doc['root'], 'tmp', 'ticks')
     time.sleep(0.5)
-    _context.freeze(host_paths, doc)
-    assert _context.status(host_paths, doc)['state'] == 'frozen'
+    _runtime.freeze(host_paths, doc)
+    assert _runtime.status(host_paths, doc)['state'] == 'frozen'
     before = open(ticks).read().count('tick')
     time.sleep(0.6)
     assert open(ticks).read().count('tick') == before   # nothing runs while frozen
-    _context.thaw(host_paths, doc)
+    _runtime.thaw(host_paths, doc)
     time.sleep(0.6)
     assert open(ticks).read().count('tick') > before
-    assert _context.status(host_paths, doc)['state'] == 'running'
+    assert _runtime.status(host_paths, doc)['state'] == 'running'
 
 
 def test_start_failure_rolls_back(host_paths, make_guest):
     from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
     doc = make_guest('broken', init=['/sbin/does-not-exist'])
     with pytest.raises(VServerError) as err:
-        _context.start(host_paths, doc)
+        _runtime.start(host_paths, doc)
     assert 'exec' in str(err.value)
-    rt = _context.Runtime(host_paths, 'broken')
+    rt = _runtime.Runtime(host_paths, 'broken')
     assert not rt.group.exists() and not os.path.exists(rt.dir)
 
 

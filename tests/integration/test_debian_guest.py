@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K
 from helpers import TOP, guest_sh
 
 pytestmark = [pytest.mark.slow,
@@ -85,8 +85,8 @@ def test_debian_guest_apt_dpkg_and_a_service(host_paths, debian_tree, tmp_path):
         doc = {'name': name, 'xid': _config.free_xid(host_paths), 'root': root, 'init': REAPER,
                'stop_timeout': 2, 'stop_signal': 'SIGKILL'}
         _config.save(host_paths, doc)
-        _context.start(host_paths, doc)
-        init = _context.Runtime(host_paths, name).init_pid()
+        _runtime.start(host_paths, doc)
+        init = _runtime.Runtime(host_paths, name).init_pid()
         assert K.read_status(init).get('Seccomp', '').strip() == '2'
 
         ok(host_paths, name, 'grep -qx "Seccomp:.2" /proc/self/status; test ! -s /proc/keys; '
@@ -124,7 +124,7 @@ def test_debian_guest_apt_dpkg_and_a_service(host_paths, debian_tree, tmp_path):
         ok(host_paths, name, 'apt-get check; test -z "$(dpkg --audit)"')
     finally:
         try:
-            _context.cleanup(host_paths, name)
+            _runtime.cleanup(host_paths, name)
         except Exception:   # never started: nothing to stop
             pass
         subprocess.run(['rm', '-rf', '--one-file-system', root], check=False, timeout=300)

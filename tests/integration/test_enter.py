@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _runtime, _kernel as K
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, VSERVER, build_static, env_for, vserver
 from test_unify import clear_immutable
@@ -107,8 +107,8 @@ def test_a_guest_attacking_every_new_process_reaches_nothing_of_the_host(host_pa
     doc = make_guest('atk', init=['/sbin/attacker', str(marker), '/attack.log', '/stop'], stop_signal='SIGKILL',
                      stop_timeout=1, capabilities={'bcaps_add': ['sys_ptrace']} if ptrace else {})
     build('entry_attacker.c', os.path.join(doc['root'], 'sbin', 'attacker'))
-    _context.start(host_paths, doc)
-    init = _context.Runtime(host_paths, 'atk').init_pid()
+    _runtime.start(host_paths, doc)
+    init = _runtime.Runtime(host_paths, 'atk').init_pid()
     bset = int(K.read_status(init)['CapBnd'], 16)
     assert bool(bset & (1 << _caps.CAP_BITS['sys_ptrace'])) == ptrace
     env = env_for(host_paths)
@@ -201,7 +201,7 @@ def _guest_process(rt, comm, deadline=30):
 def test_an_exec_holds_exactly_the_credentials_of_the_guest_init(host_paths, make_guest):
     make_guest('creds', capabilities={'bcaps_drop': ['setfcap'], 'no_new_privs': True},
                limits={'rlimits': {'nofile': {'soft': 300, 'hard': 600}}}, start=True)
-    rt = _context.Runtime(host_paths, 'creds')
+    rt = _runtime.Runtime(host_paths, 'creds')
     init = rt.init_pid()
     opened = os.open('/etc', os.O_RDONLY | os.O_DIRECTORY)  # a caller's fd without close-on-exec: `N</etc`
     extra = fcntl.fcntl(opened, fcntl.F_DUPFD, 100)
@@ -220,7 +220,7 @@ def test_an_exec_holds_exactly_the_credentials_of_the_guest_init(host_paths, mak
         for name in ('cgroup', 'limits'):
             assert open('/proc/%d/%s' % (pid, name)).read() == open('/proc/%d/%s' % (init, name)).read(), name
         assert len(open('/proc/%d/cgroup' % pid).read().splitlines()) >= 1
-        for kind in _context.NAMESPACES:
+        for kind in _runtime.NAMESPACES:
             assert K.ns_inode(pid, kind) == K.ns_inode(init, kind), kind
         assert sorted(os.listdir('/proc/%d/fd' % pid)) == ['0', '1', '2']
         assert K.read_stat(pid)[1] != init  # a child of the second stage, not reparented to the guest's init
@@ -291,7 +291,7 @@ def _stages_of(pid):
 def test_bad_input_fails_clearly_and_leaves_nothing_running(host_paths, make_guest):
     make_guest('idle')
     make_guest('ice', start=True)
-    rt = _context.Runtime(host_paths, 'ice')
+    rt = _runtime.Runtime(host_paths, 'ice')
     cases = [
         (('nope', 'exec', '/bin/true'), 1, 'no such guest: nope'),
         (('idle', 'exec', '/bin/true'), 1, 'guest idle is not running'),
@@ -308,14 +308,14 @@ def test_bad_input_fails_clearly_and_leaves_nothing_running(host_paths, make_gue
         assert (proc.returncode, msg in err) == (code, True), (args, proc.returncode, err)
         assert not _stages_of(proc.pid), args
         assert rt.group.procs() == [rt.init_pid()], args
-    _context.freeze(host_paths, {'name': 'ice'})
+    _runtime.freeze(host_paths, {'name': 'ice'})
     try:
         t0 = time.monotonic()
         out = vserver(host_paths, 'ice', 'exec', '/bin/true', timeout=30)
         assert out.returncode == 1 and 'guest ice is frozen' in out.stderr, out
         assert time.monotonic() - t0 < 15
     finally:
-        _context.thaw(host_paths, {'name': 'ice'})
+        _runtime.thaw(host_paths, {'name': 'ice'})
     assert vserver(host_paths, 'ice', 'exec', '/bin/true').returncode == 0
     assert rt.group.procs() == [rt.init_pid()]
 
@@ -358,11 +358,11 @@ def test_unify_update_never_runs_a_stopped_guests_programs_as_host_root(host_pat
         res = dict(task_results(data))
         assert marker.read_text() == 'untouched\n'
         assert 'contained' in res['Run the update command inside the guest']['stdout'], res
-        assert _context.status(host_paths, planted)['state'] == 'stopped'
+        assert _runtime.status(host_paths, planted)['state'] == 'stopped'
         rc, data = run_playbook(book, dict(common, unify_update_guest='honest',
                                            unify_update_command='echo updated > /etc/vstest-updated'))
         assert rc == 0, data
         assert open(os.path.join(honest['root'], 'etc', 'vstest-updated')).read() == 'updated\n'
-        assert _context.status(host_paths, honest)['state'] == 'stopped'
+        assert _runtime.status(host_paths, honest)['state'] == 'stopped'
     finally:
         clear_immutable(host_paths.tree_dir)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _limits, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _limits, _mgr_context
 from ansible_collections.vserver.core.plugins.module_utils._common import CONFIG_TMP_RE, VServerError
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, guest_sh
@@ -19,7 +19,7 @@ PAGE = 4096
 RUN = """
 import sys
 sys.path.insert(0, %r)
-from ansible_collections.vserver.core.plugins.module_utils import _common, _guests, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _common, _guests, _mgr_context
 _%s.%s(_common.Paths(**%r), %r)
 """
 
@@ -145,27 +145,27 @@ def test_killed_template_build_never_leaves_a_half_tree(host_paths):
         else:
             assert builds(host_paths, 'kb'), 'a killed build leaves its sibling (and nothing at root)'
             assert not os.path.lexists(root)
-        res = _manager.ensure_context(host_paths, params)
+        res = _mgr_context.ensure_context(host_paths, params)
         assert res['changed'] is True
         assert_complete_tree(root)
         assert _config.load(host_paths, 'kb')['root'] == root
         assert builds(host_paths, 'kb') == [] and temps(host_paths) == []
-        assert _manager.ensure_context(host_paths, params)['changed'] is False
+        assert _mgr_context.ensure_context(host_paths, params)['changed'] is False
         if when != 2:
-            _manager.ensure_context(host_paths, {'name': 'kb', 'state': 'absent', 'purge': True})
-    _manager.ensure_context(host_paths, {'name': 'kb', 'state': 'started'})
+            _mgr_context.ensure_context(host_paths, {'name': 'kb', 'state': 'absent', 'purge': True})
+    _mgr_context.ensure_context(host_paths, {'name': 'kb', 'state': 'started'})
     try:
         out = guest_sh(host_paths, 'kb', 'echo shell-ok')
         assert out.stdout.strip() == 'shell-ok', out.stderr
     finally:
-        _manager.ensure_context(host_paths, {'name': 'kb', 'state': 'absent', 'purge': True})
+        _mgr_context.ensure_context(host_paths, {'name': 'kb', 'state': 'absent', 'purge': True})
 
 
 def test_killed_clone_never_leaves_a_half_tree(host_paths, tmp_path):
     """guests cloning a tree with a unified (immutable, hardlinked) file, killed at the 100th symlink of the copy
     and on the rename onto the root: no half tree at the clone's root; the re-run removes the unfinished copy
     (the shared inode stays immutable) and clones completely."""
-    _manager.ensure_context(host_paths, {'name': 'cs', 'state': 'present'})
+    _mgr_context.ensure_context(host_paths, {'name': 'cs', 'state': 'present'})
     shared = os.path.join(host_paths.default_root('cs'), 'bin', 'busybox')
     os.link(shared, str(tmp_path / 'other-guest-copy'))  # unified with another guest: nlink > 1 and immutable
     subprocess.run(['chattr', '+i', shared], check=True, timeout=30)
@@ -203,24 +203,24 @@ def test_killed_purge_converges_and_the_name_can_be_created_again(host_paths):
     root = host_paths.default_root(name)
     purge = {'name': name, 'state': 'absent', 'purge': True}
     for syscall, when in (('rename', 1), ('rename', 2), ('unlinkat', 1), ('unlinkat', 120), ('unlink', 1)):
-        _manager.ensure_context(host_paths, {'name': name, 'state': 'started'})
+        _mgr_context.ensure_context(host_paths, {'name': name, 'state': 'started'})
         killed_run(host_paths, purge, syscall, when)
         doc = _config.load(host_paths, name)
         if doc is None:
             assert not os.path.lexists(root)
         elif doc.get('purging') and os.path.isdir(root):
             with pytest.raises(VServerError) as exc:
-                _manager.ensure_context(host_paths, {'name': name, 'state': 'started'})
+                _mgr_context.ensure_context(host_paths, {'name': name, 'state': 'started'})
             assert exc.value.field == 'state' and 'being purged' in str(exc.value)
-        check = _manager.ensure_context(host_paths, purge, check_mode=True)
-        res = _manager.ensure_context(host_paths, purge)
+        check = _mgr_context.ensure_context(host_paths, purge, check_mode=True)
+        res = _mgr_context.ensure_context(host_paths, purge)
         assert res['changed'] is True and res['actions'] == check['actions']
         assert not os.path.lexists(root) and _config.load(host_paths, name) is None
         assert not os.path.exists(host_paths.runtime(name)) and temps(host_paths) == []
-        assert _manager.ensure_context(host_paths, purge)['changed'] is False
-        _manager.ensure_context(host_paths, {'name': name, 'state': 'present'})
+        assert _mgr_context.ensure_context(host_paths, purge)['changed'] is False
+        _mgr_context.ensure_context(host_paths, {'name': name, 'state': 'present'})
         assert_complete_tree(root)
-    _manager.ensure_context(host_paths, purge)
+    _mgr_context.ensure_context(host_paths, purge)
 
 
 def test_purge_refuses_a_mount_point_below_the_tree(host_paths, make_guest, tmp_path):
@@ -235,14 +235,14 @@ def test_purge_refuses_a_mount_point_below_the_tree(host_paths, make_guest, tmp_
     subprocess.run(['mount', '--bind', str(data), mnt], check=True, timeout=30)
     try:
         with pytest.raises(VServerError) as exc:
-            _manager.ensure_context(host_paths, {'name': 'km', 'state': 'absent', 'purge': True})
+            _mgr_context.ensure_context(host_paths, {'name': 'km', 'state': 'absent', 'purge': True})
         assert exc.value.field == 'purge' and os.path.realpath(mnt) in str(exc.value)
         assert (data / 'precious').read_text() == 'keep me\n'
         assert _config.load(host_paths, 'km') == doc
         assert_complete_tree(doc['root'])
     finally:
         subprocess.run(['umount', mnt], check=True, timeout=30)
-    assert _manager.ensure_context(host_paths, {'name': 'km', 'state': 'absent', 'purge': True})['changed']
+    assert _mgr_context.ensure_context(host_paths, {'name': 'km', 'state': 'absent', 'purge': True})['changed']
     assert not os.path.lexists(doc['root']) and (data / 'precious').read_text() == 'keep me\n'
 
 
@@ -256,7 +256,7 @@ def test_stale_config_temp_files_are_removed_under_the_lock(host_paths, make_gue
     for entry in stale + kept:
         with open(os.path.join(host_paths.config_dir, entry), 'w') as handle:
             handle.write('{"name": "ta", "xid":')
-    res = _manager.ensure_context(host_paths, {'name': 'ta', 'state': 'stopped'})
+    res = _mgr_context.ensure_context(host_paths, {'name': 'ta', 'state': 'stopped'})
     assert res['changed'] is False
     left = os.listdir(host_paths.config_dir)
     assert not set(stale) & set(left)
@@ -306,7 +306,7 @@ def test_purge_of_a_guest_on_its_own_disk_image(host_paths, make_guest):
     try:
         _limits.ensure(host_paths, 'kd', {'disk': '32M', 'disk_backend': 'loop', 'disk_fstype': 'ext4'})
         assert os.path.ismount(root)
-        res = _manager.ensure_context(host_paths, {'name': 'kd', 'state': 'absent', 'purge': True})
+        res = _mgr_context.ensure_context(host_paths, {'name': 'kd', 'state': 'absent', 'purge': True})
         assert res['actions'] == ['purge tree %s' % root, 'remove config']
         assert not os.path.lexists(root) and not os.path.exists(_limits.disk_image(root))
         assert _config.load(host_paths, 'kd') is None

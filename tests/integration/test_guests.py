@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _guests
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
@@ -83,8 +83,8 @@ def test_list_converges_check_mode_first_then_idempotent(host_paths):
         first = _guests.ensure(host_paths, {'guests': guests})
         assert first['changed']
         doc = _config.load(host_paths, 'lg-a')
-        assert _context.Runtime(host_paths, 'lg-a').state() == 'running'
-        assert _context.Runtime(host_paths, 'lg-b').state() == 'stopped'
+        assert _runtime.Runtime(host_paths, 'lg-a').state() == 'running'
+        assert _runtime.Runtime(host_paths, 'lg-b').state() == 'stopped'
         assert oct(os.stat(os.path.join(doc['root'], 'etc/motd')).st_mode & 0o777) == '0o600'
         assert open(os.path.join(doc['root'], 'etc/shadow')).read().startswith('root:!:')
         assert os.path.exists(os.path.join(host_paths.config_dir, 'autostart', 'lg-a'))
@@ -111,23 +111,23 @@ def test_unlisted_guest_is_left_alone_and_a_restart_needs_consent(host_paths):
     guests = [{'name': 'rc-a', 'xid': 911, 'stop_timeout': 2}, {'name': 'rc-b', 'xid': 912, 'stop_timeout': 2}]
     try:
         _guests.ensure(host_paths, {'guests': guests})
-        pid_a = _context.Runtime(host_paths, 'rc-a').init_pid()
-        pid_b = _context.Runtime(host_paths, 'rc-b').init_pid()
+        pid_a = _runtime.Runtime(host_paths, 'rc-a').init_pid()
+        pid_b = _runtime.Runtime(host_paths, 'rc-b').init_pid()
         assert pid_a and pid_b and _bounding_set(pid_a) & cap_sys_chroot
         # rc-b no longer listed, rc-a loses sys_chroot: rc-b untouched, rc-a reported, not restarted
         changed = [dict(guests[0], capabilities={'bcaps_drop': ['sys_chroot']})]
         res = _guests.ensure(host_paths, {'guests': changed})
         assert res['restart_required'] == ['rc-a'], res
-        assert _context.Runtime(host_paths, 'rc-a').init_pid() == pid_a and _bounding_set(pid_a) & cap_sys_chroot
-        assert _context.Runtime(host_paths, 'rc-b').init_pid() == pid_b and _config.load(host_paths, 'rc-b')
+        assert _runtime.Runtime(host_paths, 'rc-a').init_pid() == pid_a and _bounding_set(pid_a) & cap_sys_chroot
+        assert _runtime.Runtime(host_paths, 'rc-b').init_pid() == pid_b and _config.load(host_paths, 'rc-b')
         again = _guests.ensure(host_paths, {'guests': changed})
         assert again['restart_required'] == ['rc-a']                    # still pending, still reported
         # with consent: restarted, the new init runs without the capability
         res = _guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})
         assert res['changed'] and not res['restart_required']
-        new_a = _context.Runtime(host_paths, 'rc-a').init_pid()
+        new_a = _runtime.Runtime(host_paths, 'rc-a').init_pid()
         assert new_a and new_a != pid_a and not _bounding_set(new_a) & cap_sys_chroot
         assert not _guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})['changed']
-        assert _context.Runtime(host_paths, 'rc-b').init_pid() == pid_b
+        assert _runtime.Runtime(host_paths, 'rc-b').init_pid() == pid_b
     finally:
         _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})

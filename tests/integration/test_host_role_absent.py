@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _common, _context, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _common, _runtime, _guests
 from ansible_helpers import changed_count, run_playbook
 from conftest import stop_guests
 
@@ -115,7 +115,7 @@ def snapshot(box):
         'dirs': [d for d in (paths.config_dir, paths.tree_dir, paths.log_dir, paths.run_dir) if os.path.isdir(d)],
         'guests': sorted(n for n in os.listdir(paths.config_dir) if n.endswith('.json'))
         if os.path.isdir(paths.config_dir) else [],
-        'running': sorted(n for n in ('hr-one', 'hr-two') if _context.Runtime(paths, n).state() == 'running'),
+        'running': sorted(n for n in ('hr-one', 'hr-two') if _runtime.Runtime(paths, n).state() == 'running'),
         'cgroups': cgroup_dirs(box['top']),
     }
 

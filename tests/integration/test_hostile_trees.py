@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _guests, _kernel as K, _logs
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _guests, _kernel as K, _logs
 from helpers import TOP, build_static, vserver
 
 HOSTILE_C = os.path.join(TOP, 'tests', 'integration', 'files', 'hostile.c')
@@ -73,7 +73,7 @@ def start_in_guest(paths, name, *argv):
 def stop_process(proc, paths=None, guest=None):
     """Kill the `vserver exec` wrapper and the guest's hostile processes (they hold its output pipe); its output."""
     if guest is not None:
-        for pid in _context.Runtime(paths, guest).group.procs():
+        for pid in _runtime.Runtime(paths, guest).group.procs():
             try:
                 with open('/proc/%d/comm' % pid) as handle:
                     if handle.read().strip() == 'hostile':
@@ -172,7 +172,7 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
             shutil.rmtree(dst)
         assert racer.poll() is None, 'the racer stopped early'
         # through the guests module: the running source is frozen for the copy, thawed after
-        rt = _context.Runtime(host_paths, 'racer')
+        rt = _runtime.Runtime(host_paths, 'racer')
         t0 = time.monotonic()
         with _guests.FrozenSource(host_paths, 'racer'):
             assert rt.group.frozen() and rt.state() == 'frozen'
@@ -265,7 +265,7 @@ def test_tarball_never_unpacks_into_an_existing_tree(host_paths, make_guest, hos
     new_root = host_paths.default_root('tbnew')
     with open(os.path.join(new_root, 'etc', 'from-tarball')) as handle:
         assert handle.read() == 'unpacked\n'
-    assert _context.Runtime(host_paths, 'tbnew').state() == 'running'
+    assert _runtime.Runtime(host_paths, 'tbnew').state() == 'running'
     assert not [e for e in os.listdir(host_paths.tree_dir) if e.startswith('.')]
 
 
@@ -288,7 +288,7 @@ def test_a_log_flooding_guest_leaves_its_log_under_the_cap(host_paths, make_gues
     largest = 0
     try:
         time.sleep(1)  # the supervisor is watching LOG_DIR
-        _context.start(host_paths, doc)
+        _runtime.start(host_paths, doc)
         out = os.path.join(doc['root'], 'tmp', 'flood.out')
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (os.path.exists(out) and open(out).read().endswith('\n0\n')):
@@ -333,7 +333,7 @@ def test_two_log_watchers_never_rotate_the_same_log_at_once(host_paths, make_gue
         while time.monotonic() < deadline and not _logs.watching(host_paths.log_dir):
             time.sleep(0.1)
         assert _logs.watching(host_paths.log_dir)
-        _context.start(host_paths, doc)
+        _runtime.start(host_paths, doc)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not os.path.exists(out):
             try:
@@ -382,7 +382,7 @@ def test_clone_never_lets_a_sharer_write_a_unified_file(host_paths, make_guest, 
         files.append(path)
     subprocess.run(['chattr', '+i'] + files, check=True, timeout=60)
     before = {p: snapshot(p) for p in files}
-    _context.start(host_paths, sharer)
+    _runtime.start(host_paths, sharer)
     spinner = start_in_guest(host_paths, 'sharer', '/bin/hostile', 'spin', '/shared', '120')
     try:
         time.sleep(0.5)

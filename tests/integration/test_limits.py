@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _config, _context, _limits
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _config, _runtime, _limits
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 from helpers import guest_sh
@@ -20,7 +20,7 @@ LAYOUT = _cgroup.detect()
 
 
 def _group(paths, name):
-    return _context.Runtime(paths, name, LAYOUT).group
+    return _runtime.Runtime(paths, name, LAYOUT).group
 
 
 def _guest(make_guest, name, limits=None, **extra):
@@ -49,7 +49,7 @@ def test_fork_bomb_is_contained(make_guest, host_paths):
     assert len(group.procs()) <= 64
     # the host keeps forking fine meanwhile
     assert all(subprocess.run(['true'], timeout=10, check=False).returncode == 0 for _round in range(20))
-    assert _context.Runtime(host_paths, 'vst-fork').init_pid()
+    assert _runtime.Runtime(host_paths, 'vst-fork').init_pid()
 
 
 def _oom_kills(group):
@@ -61,7 +61,7 @@ def _oom_kills(group):
 def test_memory_hog_is_oom_killed_inside_only(make_guest, host_paths):
     _guest(make_guest, 'vst-mem', {'memory': '32M', 'swap': 0})
     group = _group(host_paths, 'vst-mem')
-    init = _context.Runtime(host_paths, 'vst-mem').init_pid()
+    init = _runtime.Runtime(host_paths, 'vst-mem').init_pid()
     assert _oom_kills(group) == 0
     # a fixed 64M: the shell buffers the whole command substitution in its own memory
     hog = guest_sh(host_paths, 'vst-mem', 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}',
@@ -69,7 +69,7 @@ def test_memory_hog_is_oom_killed_inside_only(make_guest, host_paths):
     assert 'survived' not in hog.stdout
     assert hog.returncode in (137, 126, 1) or hog.returncode < 0 or hog.returncode > 128, hog
     assert _oom_kills(group) >= 1
-    assert _context.Runtime(host_paths, 'vst-mem').init_pid() == init       # the guest's init survived
+    assert _runtime.Runtime(host_paths, 'vst-mem').init_pid() == init       # the guest's init survived
     assert subprocess.run(['true'], timeout=10, check=False).returncode == 0
 
 
@@ -320,18 +320,18 @@ def test_v2_backend_guest_devices(make_guest, host_paths):
     in the v2 VM this is simply the host's layout."""
     layout = _cgroup.Layout(2, unified=LAYOUT.unified)
     doc = make_guest('vst-v2dev', capabilities={'bcaps_add': ['mknod']}, stop_timeout=1, stop_signal='SIGKILL')
-    _context.start(host_paths, doc, layout=layout)
+    _runtime.start(host_paths, doc, layout=layout)
     try:
-        group = _context.Runtime(host_paths, 'vst-v2dev', layout).group
+        group = _runtime.Runtime(host_paths, 'vst-v2dev', layout).group
         assert group.path.startswith(LAYOUT.unified) and _limits.bpf_device_programs(group.path) == 1
         out = os.path.join(doc['root'], 'tmp', 'out')
         # /dev is the guest's tmpfs (the tree itself is mounted nodev)
         script = ('mknod /dev/n c 1 3 && echo x > /dev/n && echo allowed > /tmp/out; '
                   'for n in "b 254 0" "b 7 0" "c 1 1" "c 10 237"; do mknod /dev/f $n 2>> /tmp/out; done')
-        assert _context.enter(host_paths, doc, ['/bin/sh', '-c', script], layout=layout) != 0
+        assert _runtime.enter(host_paths, doc, ['/bin/sh', '-c', script], layout=layout) != 0
         lines = open(out).read().splitlines()
         assert lines[0] == 'allowed' and len(lines) == 5
         assert all('Operation not permitted' in line for line in lines[1:]), lines
     finally:
-        _context.stop(host_paths, doc, layout=layout)
+        _runtime.stop(host_paths, doc, layout=layout)
     assert not os.path.exists(os.path.join(LAYOUT.unified, host_paths.cgroup_parent, 'vst-v2dev'))

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _kernel as K, _limits
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _kernel as K, _limits
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 from helpers import guest_sh
@@ -45,7 +45,7 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     assert os.path.getsize(image) == size << 20 and _mounted(root)
     assert os.path.exists(os.path.join(root, 'bin', 'busybox'))
     assert not _limits.ensure(host_paths, 'vst-disk', params)['changed']
-    _context.start(host_paths, _limits_doc(host_paths, 'vst-disk'))
+    _runtime.start(host_paths, _limits_doc(host_paths, 'vst-disk'))
     total = _df_total_kb(host_paths, 'vst-disk')
     assert total <= size * 1024
     fill = guest_sh(host_paths, 'vst-disk', 'dd if=/dev/zero of=/big bs=1M count=%d' % (size + 40), timeout=120)
@@ -73,12 +73,12 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     assert not _limits.ensure(host_paths, 'vst-disk', {'disk': 'none'})['changed']
     # ... and happens at the next start (here a plain stop and start): the tree is a plain directory again
     current = _limits_doc(host_paths, 'vst-disk')
-    _context.stop(host_paths, current)
+    _runtime.stop(host_paths, current)
     assert os.path.exists(image)
-    _context.start(host_paths, current)
+    _runtime.start(host_paths, current)
     assert not os.path.exists(image) and not _mounted(root)
     assert os.path.exists(os.path.join(root, 'bin', 'busybox'))
-    assert _context.Runtime(host_paths, 'vst-disk').init_pid()
+    assert _runtime.Runtime(host_paths, 'vst-disk').init_pid()
 
 
 def _limits_doc(paths, name):
@@ -109,11 +109,11 @@ def test_btrfs_qgroup_limit(make_guest, host_paths, tmp_path, unmount_after):
     assert os.stat(root).st_ino == 256                                        # a subvolume now
     assert _limits._btrfs_limit(root) == 32 << 20
     assert not _limits.ensure(host_paths, 'vst-btrfs', {'disk': '32M'})['changed']
-    _context.start(host_paths, _config.load(host_paths, 'vst-btrfs'))
+    _runtime.start(host_paths, _config.load(host_paths, 'vst-btrfs'))
     fill = guest_sh(host_paths, 'vst-btrfs', 'dd if=/dev/zero of=/big bs=1M count=64 && sync', timeout=120)
     assert fill.returncode != 0 and 'Disk quota exceeded' in fill.stderr, fill
     # a btrfs limit changes live
     live = _limits.ensure(host_paths, 'vst-btrfs', {'disk': '128M'})
     assert live['changed'] and not live['restart_required'] and _limits._btrfs_limit(root) == 128 << 20
-    _context.stop(host_paths, _config.load(host_paths, 'vst-btrfs'))
+    _runtime.stop(host_paths, _config.load(host_paths, 'vst-btrfs'))
     subprocess.run(['btrfs', 'subvolume', 'delete', root], check=False, capture_output=True)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _runtime, _kernel as K
 from helpers import guest_sh
 from ansible_helpers import path_vars, run_playbook, task_results
 
@@ -87,8 +87,8 @@ def _whole_disk():
 
 def test_modules_on_running_guest(make_guest, host_paths, tmp_path):
     doc = make_guest('vst-mod', start=True, stop_timeout=1, stop_signal='SIGKILL')
-    group = _context.Runtime(host_paths, 'vst-mod', LAYOUT).group
-    init = _context.Runtime(host_paths, 'vst-mod').init_pid()
+    group = _runtime.Runtime(host_paths, 'vst-mod', LAYOUT).group
+    init = _runtime.Runtime(host_paths, 'vst-mod').init_pid()
     disk = _whole_disk()
     evars = dict(path_vars(host_paths), guest='vst-mod', pids_max=group.file('pids.max'))
     if disk:
@@ -143,7 +143,7 @@ def test_modules_on_running_guest(make_guest, host_paths, tmp_path):
     cbad = results['caps bad']
     assert cbad['failed'] and cbad['field'] == 'ccaps' and 'raw_icmp' in cbad['msg']
 
-    new_init = _context.Runtime(host_paths, 'vst-mod').init_pid()
+    new_init = _runtime.Runtime(host_paths, 'vst-mod').init_pid()
     assert new_init and new_init != init
     bound = int(K.read_status(new_init)['CapBnd'], 16)
     assert not bound & (1 << _caps.CAP_BITS['sys_chroot']) and bound & (1 << _caps.CAP_BITS['chown'])

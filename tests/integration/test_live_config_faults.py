@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _cgroup, _config, _context, _limits, _manager, _netns)
+    _caps, _cgroup, _config, _runtime, _limits, _mgr_context, _netns)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import TOP
 from test_address import Net, ns_ip, veths_gone
@@ -127,7 +127,7 @@ def test_limits_full_config_fs_changes_nothing_then_converges(host_paths, make_g
     with config_on_tmpfs(host_paths):
         make_guest('vst-lfull', start=True, limits=_limits.validate(before, layout=LAYOUT), stop_timeout=1,
                    stop_signal='SIGKILL')
-        rt = _context.Runtime(host_paths, 'vst-lfull', LAYOUT)
+        rt = _runtime.Runtime(host_paths, 'vst-lfull', LAYOUT)
         pid = rt.init_pid()
         assert memory(rt.group) == 64 * M and nofile(pid) == [300, 600]
         config = host_paths.config_file('vst-lfull')
@@ -148,13 +148,13 @@ def test_limits_full_config_fs_changes_nothing_then_converges(host_paths, make_g
         assert _config.load(host_paths, 'vst-lfull')['limits']['memory'] == 96 * M
         again = honest(_limits.ensure(host_paths, 'vst-lfull', after))
         assert not again['changed'] and again['actions'] == []
-        _context.stop(host_paths, _config.load(host_paths, 'vst-lfull'))
+        _runtime.stop(host_paths, _config.load(host_paths, 'vst-lfull'))
 
 
 def test_limits_killed_between_kernel_and_config_converges(host_paths, make_guest, tmp_path):
     make_guest('vst-lkill', start=True, limits=_limits.validate({'memory': '64M'}, layout=LAYOUT), stop_timeout=1,
                stop_signal='SIGKILL')
-    group = _context.Runtime(host_paths, 'vst-lkill', LAYOUT).group
+    group = _runtime.Runtime(host_paths, 'vst-lkill', LAYOUT).group
     args = dict(path_args(host_paths), name='vst-lkill', memory='96M')
     run_module(tmp_path, 'limits', args, kill_at_rename=True)
     assert memory(group) == 96 * M                                               # killed after the kernel ...
@@ -192,7 +192,7 @@ def _pids_dir_removed(group):
 def test_nproc_on_a_guest_whose_pids_cgroup_was_removed(host_paths, make_guest):
     doc = make_guest('vst-nproc', start=True, limits=_limits.validate({'nproc': 40}, layout=LAYOUT),
                      stop_timeout=1, stop_signal='SIGKILL')
-    group = _context.Runtime(host_paths, 'vst-nproc', LAYOUT).group
+    group = _runtime.Runtime(host_paths, 'vst-nproc', LAYOUT).group
     directory = _pids_dir_removed(group)
     with pytest.raises(VServerError) as err:
         _limits.ensure(host_paths, 'vst-nproc', {'nproc': 50})
@@ -201,9 +201,9 @@ def test_nproc_on_a_guest_whose_pids_cgroup_was_removed(host_paths, make_guest):
     assert 'this host' not in msg
     assert _config.load(host_paths, 'vst-nproc')['limits'] == {'nproc': 40}
     # what the message says: a restart recreates the cgroup, and the limit applies again
-    _context.stop(host_paths, doc)
-    _context.start(host_paths, _config.load(host_paths, 'vst-nproc'))
-    group = _context.Runtime(host_paths, 'vst-nproc', LAYOUT).group
+    _runtime.stop(host_paths, doc)
+    _runtime.start(host_paths, _config.load(host_paths, 'vst-nproc'))
+    group = _runtime.Runtime(host_paths, 'vst-nproc', LAYOUT).group
     assert group.read('pids.max') == '40'
     res = honest(_limits.ensure(host_paths, 'vst-nproc', {'nproc': 50}))
     assert res['actions'] == ['update config', 'write pids.max'] and group.read('pids.max') == '50'
@@ -249,7 +249,7 @@ def test_address_full_config_fs_changes_nothing_then_converges(net, host_paths, 
         assert guest_v4(host_paths, 'vst-afull') == sorted([net.cidr4(2), net.cidr4(3)])
         assert _config.load(host_paths, 'vst-afull')['network']['addresses'] == [net.cidr4(2), net.cidr4(3)]
         assert not honest(_netns.ensure(host_paths, dict(name='vst-afull', address=net.cidr4(3))))['changed']
-        _context.stop(host_paths, doc)
+        _runtime.stop(host_paths, doc)
 
 
 def test_address_killed_between_kernel_and_config_converges(net, host_paths, make_guest, tmp_path):
@@ -263,19 +263,19 @@ def test_address_killed_between_kernel_and_config_converges(net, host_paths, mak
     assert res['changed'] and res['actions'] == ['update config']
     assert _config.load(host_paths, 'vst-akill')['network']['addresses'] == [net.cidr4(2), net.cidr4(3)]
     assert not honest(run_module(tmp_path, 'address', args))['changed']
-    _context.stop(host_paths, doc)
+    _runtime.stop(host_paths, doc)
 
 
 # --- capabilities (ccaps) and the host name ------------------------------------------------------------------
 
 def ping_range(paths, name):
-    handle = _context.Runtime(paths, name).netns
+    handle = _runtime.Runtime(paths, name).netns
     return subprocess.run(['nsenter', '--net=%s' % handle, 'cat', '/proc/sys/net/ipv4/ping_group_range'],
                           capture_output=True, text=True, check=True, timeout=30).stdout.split()
 
 
 def uts(paths, name):
-    pid = _context.Runtime(paths, name).init_pid()
+    pid = _runtime.Runtime(paths, name).init_pid()
     return subprocess.run(['nsenter', '--uts', '-t', str(pid), 'hostname'], capture_output=True, text=True,
                           check=True, timeout=30).stdout.strip()
 
@@ -297,16 +297,16 @@ def test_ccaps_and_hostname_full_config_fs(host_paths, make_guest):
         assert 'undone' in str(err.value), str(err.value)
         assert ping_range(host_paths, 'vst-cfull') == old_range
         with pytest.raises(VServerError) as err:
-            _manager.ensure_context(host_paths, context_params(host_paths, 'vst-cfull', hostname='renamed'))
+            _mgr_context.ensure_context(host_paths, context_params(host_paths, 'vst-cfull', hostname='renamed'))
         assert 'previous host name' in str(err.value), str(err.value)
         assert uts(host_paths, 'vst-cfull') == 'vst-cfull' and read(config) == saved
 
         os.unlink(filler)
         res = honest(_caps.ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']}))
         assert res['changed'] and ping_range(host_paths, 'vst-cfull') != old_range
-        res = honest(_manager.ensure_context(host_paths, context_params(host_paths, 'vst-cfull', hostname='renamed')))
+        res = honest(_mgr_context.ensure_context(host_paths, context_params(host_paths, 'vst-cfull', hostname='renamed')))
         assert res['actions'] == ['update config', 'set hostname'] and uts(host_paths, 'vst-cfull') == 'renamed'
-        _context.stop(host_paths, doc)
+        _runtime.stop(host_paths, doc)
 
 
 def test_hostname_killed_between_kernel_and_config_and_changed_behind_its_back(host_paths, make_guest, tmp_path):
@@ -318,7 +318,7 @@ def test_hostname_killed_between_kernel_and_config_and_changed_behind_its_back(h
     assert res['actions'] == ['update config'] and _config.load(host_paths, 'vst-hkill')['hostname'] == 'renamed'
     assert not honest(run_module(tmp_path, 'context', args))['changed']
     # the kernel is what counts: a host name changed behind the module's back is set again
-    pid = _context.Runtime(host_paths, 'vst-hkill').init_pid()
+    pid = _runtime.Runtime(host_paths, 'vst-hkill').init_pid()
     subprocess.run(['nsenter', '--uts', '-t', str(pid), 'hostname', 'other'], check=True, timeout=30)
     res = honest(run_module(tmp_path, 'context', args))
     assert res['actions'] == ['set hostname'] and uts(host_paths, 'vst-hkill') == 'renamed'

@@ -68,7 +68,7 @@ def test_artifact_contents(tmp_path):
     for key in ('repository', 'issues', 'documentation', 'homepage'):
         assert info[key].startswith('https://github.com/vserver-core/vserver.core'), (key, info[key])
     for needed in ('meta/runtime.yml', 'plugins/modules/context.py', 'plugins/modules/context_info.py',
-                   'plugins/module_utils/_context.py', 'plugins/doc_fragments/_paths.py', 'changelogs/config.yaml',
+                   'plugins/module_utils/_runtime.py', 'plugins/doc_fragments/_paths.py', 'changelogs/config.yaml',
                    'changelogs/changelog.yaml', 'README.md', 'COPYING', 'bin/vserver', 'playbooks/site.yml',
                    'playbooks/migrate.yml', 'roles/host/files/vserver_supervise.py',
                    'roles/migrate/meta/argument_specs.yml'):

@@ -3,7 +3,7 @@
 removal without purge keeps them (like the tree)."""
 import os
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _mgr_context
 
 
 def spec(name, xid):
@@ -28,15 +28,15 @@ def test_purge_removes_the_log_and_the_autostart_mark(host_paths):
     rotated = host_paths.log_file('pl-a') + '.1'  # the cap's copy of the log's tail goes with it
     with open(rotated, 'w') as handle:
         handle.write('old tail\n')
-    check = _manager.ensure_context(host_paths, purge, check_mode=True)
+    check = _mgr_context.ensure_context(host_paths, purge, check_mode=True)
     assert 'remove log %s' % host_paths.log_file('pl-a') in check['actions'] and 'autostart off' in check['actions']
     assert 'remove log %s' % rotated in check['actions']
     assert len(leftovers(host_paths, 'pl-a')) == 3 and os.path.exists(rotated)  # check mode touched nothing
-    done = _manager.ensure_context(host_paths, purge)
+    done = _mgr_context.ensure_context(host_paths, purge)
     assert done['changed'] and done['actions'] == check['actions']
     assert leftovers(host_paths, 'pl-a') == [] and _config.load(host_paths, 'pl-a') is None
     assert not os.path.exists(rotated)
-    assert _manager.ensure_context(host_paths, purge)['changed'] is False
+    assert _mgr_context.ensure_context(host_paths, purge)['changed'] is False
     # the other guests' files are theirs
     assert len(leftovers(host_paths, 'pl-b')) == 3 and len(leftovers(host_paths, 'pl-c')) == 3
 
@@ -48,6 +48,6 @@ def test_purge_removes_the_log_and_the_autostart_mark(host_paths):
     assert leftovers(host_paths, 'pl-b') == []
 
     # without purge the log stays with the tree (the guest can be created again from both)
-    _manager.ensure_context(host_paths, {'name': 'pl-c', 'state': 'absent'})
+    _mgr_context.ensure_context(host_paths, {'name': 'pl-c', 'state': 'absent'})
     assert leftovers(host_paths, 'pl-c') == [host_paths.log_file('pl-c'), host_paths.autostart_mark('pl-c'),
                                              host_paths.default_root('pl-c')]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context
+from ansible_collections.vserver.core.plugins.module_utils import _runtime
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, VSERVER, env_for, vserver
 
@@ -57,7 +57,7 @@ def _untouched(paths, name):
     assert vserver(paths, name, 'status').returncode == 3
     assert not os.path.exists(os.path.join(paths.run_dir, name))
     assert not os.path.exists(os.path.join(paths.log_dir, name + '.log'))
-    assert not _context.Runtime(paths, name).leftovers()
+    assert not _runtime.Runtime(paths, name).leftovers()
 
 
 def test_runtime_on_python_39(host_paths, make_guest, tmp_path):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _manager, _netns
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K, _mgr_context, _netns
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import VSERVER, build_static, env_for, vserver, wait_for
 from test_address import Net, veths_gone, _host_links
@@ -41,12 +41,12 @@ def killed_at(paths, syscall, *args, when=1):
 
 
 def record(paths, name):
-    with open(os.path.join(paths.runtime(name), _context.STATE_FILE)) as handle:
+    with open(os.path.join(paths.runtime(name), _runtime.STATE_FILE)) as handle:
         return json.load(handle)
 
 
 def netns_intact(paths, name):
-    rt = _context.Runtime(paths, name)
+    rt = _runtime.Runtime(paths, name)
     pid = rt.init_pid()
     return pid and os.path.exists(rt.netns) and os.path.samestat(os.stat(rt.netns), os.stat('/proc/%d/ns/net' % pid))
 
@@ -55,7 +55,7 @@ def netns_intact(paths, name):
 
 def test_lost_netns_handle_is_repaired_by_address_and_by_started(net, host_paths, make_guest):
     make_guest('lostns', start=True)
-    rt = _context.Runtime(host_paths, 'lostns')
+    rt = _runtime.Runtime(host_paths, 'lostns')
     first = _netns.ensure(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2)], 'bridge': net.bridge})
     assert first['running'] and first['live_addresses'] == [net.cidr4(2)]
 
@@ -85,7 +85,7 @@ def test_start_killed_before_its_netns_bind(net, host_paths, make_guest):
     make_guest('killbind')
     _netns.ensure(host_paths, {'name': 'killbind', 'addresses': [net.cidr4(2)], 'bridge': net.bridge})
     killed_at(host_paths, 'mount', 'killbind', 'start')
-    rt = _context.Runtime(host_paths, 'killbind')
+    rt = _runtime.Runtime(host_paths, 'killbind')
     assert rt.init_pid() and not netns_intact(host_paths, 'killbind')
     out = vserver(host_paths, 'killbind', 'status')
     assert out.returncode == 0 and 'killbind is running' in out.stdout  # never "stopped" while init runs
@@ -103,7 +103,7 @@ def test_start_killed_before_its_netns_bind(net, host_paths, make_guest):
 def test_stop_with_bad_settings_in_the_config_stops_with_defaults(host_paths, make_guest, bad, field):
     doc = make_guest('badstop', start=True)
     _config.save(host_paths, dict(doc, **bad))  # an edited config: the modules would refuse these values
-    rt = _context.Runtime(host_paths, 'badstop')
+    rt = _runtime.Runtime(host_paths, 'badstop')
     out = vserver(host_paths, 'badstop', 'stop')
     assert out.returncode == 0 and out.stdout.strip() == 'badstop: stop', out
     assert 'Traceback' not in out.stderr
@@ -118,13 +118,13 @@ def test_stop_with_bad_settings_in_the_config_stops_with_defaults(host_paths, ma
 
 def test_stop_never_signals_a_host_process_named_by_the_state_file(host_paths, make_guest):
     make_guest('forged', start=True)
-    rt = _context.Runtime(host_paths, 'forged')
+    rt = _runtime.Runtime(host_paths, 'forged')
     host = subprocess.Popen(['sleep', '60'])
     try:
         forged = dict(rt.record, init_pid=host.pid, init_start=K.read_stat(host.pid)[2])
-        with open(os.path.join(rt.dir, _context.STATE_FILE), 'w') as handle:
+        with open(os.path.join(rt.dir, _runtime.STATE_FILE), 'w') as handle:
             json.dump(forged, handle)
-        assert _context.Runtime(host_paths, 'forged').init_pid() is None  # not in the guest's cgroup: not init
+        assert _runtime.Runtime(host_paths, 'forged').init_pid() is None  # not in the guest's cgroup: not init
         out = vserver(host_paths, 'forged', 'status')
         assert out.returncode == 4 and 'forged is broken' in out.stdout and 'no tracked init' in out.stdout, out
         out = vserver(host_paths, 'forged', 'stop')
@@ -141,14 +141,14 @@ def test_stop_never_signals_a_host_process_named_by_the_state_file(host_paths, m
 
 def test_stop_killed_before_it_signals_leaves_a_mark_that_started_clears(host_paths, make_guest):
     make_guest('killstop', start=True)
-    pid = _context.Runtime(host_paths, 'killstop').init_pid()
+    pid = _runtime.Runtime(host_paths, 'killstop').init_pid()
     killed_at(host_paths, 'pidfd_send_signal', 'killstop', 'stop')
-    rt = _context.Runtime(host_paths, 'killstop')
+    rt = _runtime.Runtime(host_paths, 'killstop')
     assert rt.init_pid() == pid and rt.record.get('stopping')
     out = vserver(host_paths, 'killstop', 'start')
     assert out.returncode == 0 and out.stdout.strip() == 'killstop: clear stale stop mark', out
     assert 'stopping' not in record(host_paths, 'killstop')
-    assert _context.Runtime(host_paths, 'killstop').init_pid() == pid  # the guest ran on throughout
+    assert _runtime.Runtime(host_paths, 'killstop').init_pid() == pid  # the guest ran on throughout
     assert vserver(host_paths, 'killstop', 'start').stdout.strip() == 'killstop: nothing to do'
 
 
@@ -159,22 +159,22 @@ def test_start_killed_before_its_state_write_reads_broken(host_paths, make_guest
     """SIGKILL on the starter's wait4 for the intermediate: init gets forked, no state.json is ever written."""
     make_guest('untracked')
     killed_at(host_paths, 'wait4', 'untracked', 'start')
-    rt = _context.Runtime(host_paths, 'untracked')
+    rt = _runtime.Runtime(host_paths, 'untracked')
     assert wait_for(rt.group.procs)  # the guest's processes run in its cgroup...
-    assert not os.path.exists(os.path.join(rt.dir, _context.STATE_FILE))  # ...untracked
+    assert not os.path.exists(os.path.join(rt.dir, _runtime.STATE_FILE))  # ...untracked
     out = vserver(host_paths, 'untracked', 'status')
     assert out.returncode == 4 and 'untracked is broken' in out.stdout, out  # was: "is stopped", exit 3
-    row = _context.status(host_paths, _config.load(host_paths, 'untracked'))
+    row = _runtime.status(host_paths, _config.load(host_paths, 'untracked'))
     assert row['state'] == 'broken' and row['nproc'] >= 1 and 'no tracked init' in row['message']
     assert 'broken' in vserver(host_paths, 'stat').stdout
     untracked = rt.group.procs()
     out = vserver(host_paths, 'untracked', then)
     assert out.returncode == 0 and out.stdout.strip() == 'untracked: %s' % actions, out
-    assert not set(untracked) & set(_context.Runtime(host_paths, 'untracked').group.procs())
+    assert not set(untracked) & set(_runtime.Runtime(host_paths, 'untracked').group.procs())
     for pid in untracked:
         assert wait_for(lambda: K.read_stat(pid) is None or K.read_stat(pid)[0] == 'Z', 5)
     expect = 'running' if then == 'start' else 'stopped'
-    assert _context.Runtime(host_paths, 'untracked').state() == expect
+    assert _runtime.Runtime(host_paths, 'untracked').state() == expect
     assert vserver(host_paths, 'untracked', then).stdout.strip() == 'untracked: nothing to do'
 
 
@@ -204,7 +204,7 @@ def test_stop_with_sigrtmin3(host_paths, make_guest, tmp_path):
     src.write_text(RTINIT)
     doc = make_guest('rtmin')
     build_static(str(src), os.path.join(doc['root'], 'sbin', 'rtinit'))  # an absolute path: files/ is not used
-    res = _manager.ensure_context(host_paths, {'name': 'rtmin', 'init': '/sbin/rtinit', 'stop_signal': 'rtmin+3',
+    res = _mgr_context.ensure_context(host_paths, {'name': 'rtmin', 'init': '/sbin/rtinit', 'stop_signal': 'rtmin+3',
                                                'stop_timeout': 60, 'state': 'started'})
     assert res['guest']['state'] == 'running'
     assert _config.load(host_paths, 'rtmin')['stop_signal'] == 'SIGRTMIN+3'
@@ -224,9 +224,9 @@ def test_a_corrupt_state_file_breaks_no_listing_and_the_guest_still_stops(host_p
     every guest, the guest reads as broken while its processes run, and stop ends them."""
     make_guest('sj-a', start=True)
     make_guest('sj-b', start=True)
-    rt = _context.Runtime(host_paths, 'sj-a')
+    rt = _runtime.Runtime(host_paths, 'sj-a')
     assert rt.group.procs()
-    with open(os.path.join(rt.dir, _context.STATE_FILE), 'w') as handle:
+    with open(os.path.join(rt.dir, _runtime.STATE_FILE), 'w') as handle:
         handle.write(content)
     for listing in ('stat', 'ps'):
         out = vserver(host_paths, listing)
@@ -236,7 +236,7 @@ def test_a_corrupt_state_file_breaks_no_listing_and_the_guest_still_stops(host_p
     assert vserver(host_paths, 'sj-a', 'status').returncode == 4
     out = vserver(host_paths, 'sj-a', 'stop')
     assert out.returncode == 0 and 'Traceback' not in out.stderr, out
-    assert not _context.Runtime(host_paths, 'sj-a').group.exists()
-    assert _context.Runtime(host_paths, 'sj-b').state() == 'running'
+    assert not _runtime.Runtime(host_paths, 'sj-a').group.exists()
+    assert _runtime.Runtime(host_paths, 'sj-b').state() == 'running'
     assert vserver(host_paths, 'sj-a', 'start').returncode == 0
-    assert _context.Runtime(host_paths, 'sj-a').state() == 'running'
+    assert _runtime.Runtime(host_paths, 'sj-a').state() == 'running'

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _runtime, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import build_static, guest_sh, needs_userns, vserver
 
@@ -43,7 +43,7 @@ def seccomp_field(pid):
 
 def test_default_filter_denies_from_inside(host_paths, make_guest, probe_binary):
     doc = make_guest('vst-sc', start=True)
-    init = _context.Runtime(host_paths, 'vst-sc').init_pid()
+    init = _runtime.Runtime(host_paths, 'vst-sc').init_pid()
     assert seccomp_field(init) == '2'
     got = run_probe(host_paths, doc, probe_binary)
     wrong = {name: got.get(name) for name in DENIED if got.get(name) != str(EPERM)}
@@ -59,7 +59,7 @@ def test_default_filter_denies_from_inside(host_paths, make_guest, probe_binary)
 def test_unconfined_guest_shows_what_the_filter_stops(host_paths, make_guest, probe_binary):
     """The same probe without the filter: the kernel's own answers differ, so the EPERMs above are the filter's."""
     doc = make_guest('vst-unc', capabilities={'seccomp': {'mode': 'unconfined'}}, start=True)
-    assert seccomp_field(_context.Runtime(host_paths, 'vst-unc').init_pid()) == '0'
+    assert seccomp_field(_runtime.Runtime(host_paths, 'vst-unc').init_pid()) == '0'
     got = run_probe(host_paths, doc, probe_binary)
     for name in ('unshare_user', 'clone_user', 'clone3_user', 'i386_unshare_user', 'keyctl', 'i386_keyctl'):
         assert got[name] == '0', (name, got)     # a user namespace, a keyring read: what the filter denies
@@ -92,7 +92,7 @@ def test_allow_log_and_bad_names(host_paths, make_guest, probe_binary):
     _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'mode': 'log'}}, restart=True)
     got = run_probe(host_paths, doc, probe_binary)
     assert got['keyctl'] == '0' and got['unshare_user'] == '0' and got['clone3_user'] == '0', got
-    assert seccomp_field(_context.Runtime(host_paths, 'vst-allow').init_pid()) == '2'
+    assert seccomp_field(_runtime.Runtime(host_paths, 'vst-allow').init_pid()) == '2'
 
 
 def test_busybox_guest_works_under_the_filter(host_paths, make_guest, probe_binary):

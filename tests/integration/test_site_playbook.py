@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _common, _context, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _common, _runtime, _guests
 from ansible_helpers import VENV_BIN, ansible_env
 from helpers import TOP
 
@@ -55,7 +55,7 @@ def test_a_failed_host_stops_the_rollout(tmp_path):
         assert stats['site1']['failures'] == 0 and stats['site1']['changed'] > 0
         assert stats['site2']['failures'] == 1
         assert 'site3' not in stats
-        assert _context.Runtime(paths['site1'], 'st-one').state() == 'running'
+        assert _runtime.Runtime(paths['site1'], 'st-one').state() == 'running'
         failed = [res.get('msg', '') for play in data['plays'] for task in play['tasks']
                   for host, res in task['hosts'].items() if host == 'site2' and res.get('failed')]
         assert any('Bad/Name' in msg for msg in failed), failed

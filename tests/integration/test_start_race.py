@@ -15,7 +15,7 @@ import pytest
 
 from helpers import TOP, VSERVER, env_for
 
-from ansible_collections.vserver.core.plugins.module_utils import _context
+from ansible_collections.vserver.core.plugins.module_utils import _runtime
 
 REAPER = os.path.join(TOP, 'tests', 'reaper.py')
 ROUNDS = 200
@@ -28,10 +28,10 @@ def test_status_while_init_exits(host_paths, make_guest):
     doc = make_guest('race-status', init=['/bin/usleep', '3000'], stop_signal='SIGKILL', stop_timeout=1)
     seen = {'running': 0, 'stopped': 0}
     for dummy in range(ROUNDS):
-        _context.start(host_paths, doc)
+        _runtime.start(host_paths, doc)
         deadline = time.monotonic() + 10
         while True:
-            row = _context.status(host_paths, doc)
+            row = _runtime.status(host_paths, doc)
             seen[row['state']] += 1
             if row['state'] == 'stopped':
                 assert row['init_pid'] is None and row['uptime'] is None

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _mgr_context
 from helpers import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,14 +27,14 @@ def test_supervise_starts_restarts_and_respects_clean_stops(host_paths, make_gue
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def rt(name):
-            return _context.Runtime(host_paths, name)
+            return _runtime.Runtime(host_paths, name)
 
         assert wait_for(lambda: rt('sv-a').init_pid() and rt('sv-b').init_pid())
         assert rt('sv-c').state() == 'stopped'
         first = rt('sv-a').init_pid()
         os.kill(first, signal.SIGKILL)  # a crash: init dies, its runtime state stays
         assert wait_for(lambda: rt('sv-a').init_pid() not in (None, first))
-        _manager.ensure_context(host_paths, {'name': 'sv-b', 'state': 'stopped'})  # `vserver sv-b stop`
+        _mgr_context.ensure_context(host_paths, {'name': 'sv-b', 'state': 'stopped'})  # `vserver sv-b stop`
         time.sleep(1.5)
         assert rt('sv-b').state() == 'stopped'
         running = rt('sv-a').init_pid()
@@ -62,7 +62,7 @@ def test_a_stop_killed_before_it_signals_does_not_switch_off_crash_restarts(host
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def rt():
-            return _context.Runtime(host_paths, 'sv-k')
+            return _runtime.Runtime(host_paths, 'sv-k')
 
         first = wait_for(lambda: rt().init_pid())
         assert first
@@ -70,7 +70,7 @@ def test_a_stop_killed_before_it_signals_does_not_switch_off_crash_restarts(host
         mark = rt().record.get('stopping')
         assert mark and rt().init_pid() == first  # the stale mark, init untouched
         # past the mark's stop_timeout (1 s) + the supervisor's grace (10 s) + one interval, init crashes
-        while _context.K.boottime_now() < mark['at'] + 1 + 10.3 + 1:
+        while _runtime.K.boottime_now() < mark['at'] + 1 + 10.3 + 1:
             time.sleep(0.2)
         os.kill(first, signal.SIGKILL)
         assert wait_for(lambda: rt().init_pid() not in (None, first), 20), 'a crash was taken for a clean stop'

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _unify
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 T0 = 1700000000
@@ -233,7 +233,7 @@ def test_bad_input_fails_before_anything_is_written(three, unify_paths):
 
 
 def run_in(unify_paths, doc, script):
-    return _context.enter(unify_paths, doc, ['/bin/sh', '-c', script])
+    return _runtime.enter(unify_paths, doc, ['/bin/sh', '-c', script])
 
 
 def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
@@ -244,7 +244,7 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
     b_sha = sha(pb)
     a_st = os.lstat(os.path.join(a['root'], target))
     a_caps = os.getxattr(os.path.join(a['root'], 'usr/share/vstest/caps'), 'security.capability')
-    _context.start(unify_paths, a)
+    _runtime.start(unify_paths, a)
     try:
         guest_file = '/' + target
         # control: root in the guest can write a private file
@@ -282,7 +282,7 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
         assert inode(os.path.join(a['root'], 'usr/share/vstest/dup05')) == \
             inode(os.path.join(b['root'], 'usr/share/vstest/dup05'))
     finally:
-        _context.stop(unify_paths, dict(a, stop_timeout=1))
+        _runtime.stop(unify_paths, dict(a, stop_timeout=1))
 
 
 def test_deunifying_guests_together_gives_each_its_own_files(three, unify_paths):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _manager, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _mgr_context, _unify
 
 from helpers import TOP, build_static
 from test_unify import clear_immutable
@@ -114,7 +114,7 @@ def test_copy_rewritten_after_the_comparison_is_never_linked(upaths, make_guest,
     host = bait(tmp_path, [evil['root'], victim['root']])
     before = bait_state(host)
     honest = [sha(os.path.join(victim['root'], SHARED, 'f%03d' % i)) for i in range(count)]
-    _context.start(upaths, evil)
+    _runtime.start(upaths, evil)
     racer_counts(evil)
     skipped = 0
     for dummy in range(4):
@@ -161,7 +161,7 @@ def shared_trio(upaths, make_guest, racer, count, spin_seconds, leftovers=0):
             _unify.set_immutable(fd, True)
         finally:
             os.close(fd)
-    _context.start(upaths, b)
+    _runtime.start(upaths, b)
     tries = racer_counts(b)[0]
     end = time.monotonic() + 30
     while racer_counts(b)[0] == tries and time.monotonic() < end:  # spinning
@@ -214,7 +214,7 @@ def test_purge_of_a_sharer_keeps_the_others_protected(upaths, make_guest, racer,
     host = bait(tmp_path, [a['root'], b['root'], c['root']])
     before = bait_state(host)
     honest = [sha(os.path.join(c['root'], SHARED, 'f%03d' % i)) for i in range(count)]
-    out = _manager.ensure_context(upaths, {'name': 'a', 'state': 'absent', 'purge': True})
+    out = _mgr_context.ensure_context(upaths, {'name': 'a', 'state': 'absent', 'purge': True})
     assert out['changed'] and not os.path.exists(a['root'])
     tries = racer_counts(b)[0]
     time.sleep(2)

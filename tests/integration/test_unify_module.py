@@ -4,7 +4,7 @@ import os
 
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _unify
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP
 from test_unify import clear_immutable, inode, populate, sha
@@ -58,7 +58,7 @@ def test_update_playbook_deunifies_updates_and_reunifies(host_paths, make_guest)
         pa, pb = (os.path.join(d['root'], app) for d in (a, b))
         b_sha = sha(pb)
         assert inode(pa) == inode(pb) and _unify.path_flags(pb) & _unify.FS_IMMUTABLE_FL
-        _context.start(host_paths, a)
+        _runtime.start(host_paths, a)
         try:
             extra = {'vserver_hosts_pattern': 'localhost', 'unify_update_guest': 'ua', 'unify_update_allow': True,
                      'unify_update_command': 'echo v2 >> /%s' % app,
@@ -72,7 +72,7 @@ def test_update_playbook_deunifies_updates_and_reunifies(host_paths, make_guest)
             again = res['Unify the guest again']
             assert again['changed'] is True and again['linked'] > 0 and again['sources'] == ['ub']
         finally:
-            _context.stop(host_paths, dict(a, stop_timeout=1))
+            _runtime.stop(host_paths, dict(a, stop_timeout=1))
         with open(pa, 'rb') as handle:
             assert handle.read().endswith(b'v2\n')
         assert sha(pb) == b_sha and inode(pa) != inode(pb)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _unify
 from test_unify import inode, sha, write
 
 MB = 1 << 20
@@ -85,11 +85,11 @@ def test_reflink_shares_extents_and_stays_copy_on_write(xfs_mount, host_paths, m
     assert _unify.ensure(host_paths, {'method': 'auto'})['methods'] == ['reflink']
 
     b_sha = sha(pb)
-    _context.start(host_paths, a)
+    _runtime.start(host_paths, a)
     try:
-        assert _context.enter(host_paths, a, ['/bin/sh', '-c', 'echo more >> /usr/lib/vstest/blob0']) == 0
+        assert _runtime.enter(host_paths, a, ['/bin/sh', '-c', 'echo more >> /usr/lib/vstest/blob0']) == 0
     finally:
-        _context.stop(host_paths, dict(a, stop_timeout=1))
+        _runtime.stop(host_paths, dict(a, stop_timeout=1))
     assert sha(pb) == b_sha != sha(pa)
     with open(pa, 'rb') as handle:
         assert handle.read() == blobs[0] + b'more\n'

@@ -1,7 +1,7 @@
 """Options a task does not give are left alone (limits, capabilities, through ansible-playbook on a running guest);
 an explicit value lifts them; the guests module takes a guest's whole section, so a key removed there is lifted."""
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _context, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _runtime, _guests
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 from helpers import guest_sh
 from ansible_helpers import path_vars, run_playbook, task_results
@@ -94,7 +94,7 @@ def _cgroup_values(group):
 
 def test_a_task_changes_only_what_it_gives(make_guest, host_paths, tmp_path):
     make_guest('vst-keep', start=True, stop_timeout=1, stop_signal='SIGKILL')
-    group = _context.Runtime(host_paths, 'vst-keep', LAYOUT).group
+    group = _runtime.Runtime(host_paths, 'vst-keep', LAYOUT).group
     playbook = tmp_path / 'play.yml'
     playbook.write_text(PLAYBOOK.replace('name: "%(read)s"', 'name: ' + READ))
     files = _files(group)
@@ -120,14 +120,14 @@ def test_a_task_changes_only_what_it_gives(make_guest, host_paths, tmp_path):
 
     # capabilities: ccaps alone keeps the stored bcaps_drop; the running init's bounding set is untouched
     assert named['drop sys_chroot']['restarted']
-    init = _context.Runtime(host_paths, 'vst-keep').init_pid()
+    init = _runtime.Runtime(host_paths, 'vst-keep').init_pid()
     bound = int(K.read_status(init)['CapBnd'], 16)
     assert not bound & (1 << _caps.CAP_BITS['sys_chroot'])
     ccaps = named['ccaps only']
     assert ccaps['changed'] and not ccaps['restart_required'] and not ccaps['restarted']
     assert ccaps['diff']['after'] == {'bcaps_drop': ['sys_chroot'], 'ccaps': ['raw_icmp']}
     assert not named['ccaps again']['changed']
-    assert _context.Runtime(host_paths, 'vst-keep').init_pid() == init
+    assert _runtime.Runtime(host_paths, 'vst-keep').init_pid() == init
     assert int(K.read_status(init)['CapBnd'], 16) == bound
     assert guest_sh(host_paths, 'vst-keep', 'cat /proc/sys/net/ipv4/ping_group_range').stdout.split() == [
         '0', '2147483647']
@@ -140,7 +140,7 @@ def test_capabilities_explicit_removal_lifts(make_guest, host_paths):
     _caps.ensure(host_paths, 'vst-lift', {'bcaps_drop': ['sys_chroot'], 'ccaps': ['raw_icmp']}, restart=True)
     res = _caps.ensure(host_paths, 'vst-lift', {'bcaps_drop': [], 'ccaps': None}, restart=True)
     assert res['restarted'] and res['diff']['after'] == {'ccaps': ['raw_icmp']}
-    init = _context.Runtime(host_paths, 'vst-lift').init_pid()
+    init = _runtime.Runtime(host_paths, 'vst-lift').init_pid()
     assert int(K.read_status(init)['CapBnd'], 16) & (1 << _caps.CAP_BITS['sys_chroot'])
 
 
@@ -151,7 +151,7 @@ def test_guests_module_lifts_a_key_removed_from_the_list(host_paths):
             'capabilities': {'bcaps_drop': ['sys_chroot'], 'ccaps': ['raw_icmp']}}
     try:
         _guests.ensure(host_paths, {'guests': [spec]})
-        group = _context.Runtime(host_paths, 'vst-whole', LAYOUT).group
+        group = _runtime.Runtime(host_paths, 'vst-whole', LAYOUT).group
         assert _cgroup_values(group)[:2] == [str(48 * M), '50000']
         res = _guests.ensure(host_paths, {'guests': [dict(spec, limits={'memory': '48M'},
                                                           capabilities={'ccaps': ['raw_icmp']})]})

@@ -1,7 +1,7 @@
 """The vserver command: start/stop/status exit codes, exec, stat and ps tables."""
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context
+from ansible_collections.vserver.core.plugins.module_utils import _runtime
 from helpers import vserver
 
 pytestmark = pytest.mark.cgroup
@@ -24,7 +24,7 @@ def test_cli_lifecycle_and_tables(host_paths, make_guest):
     assert [r[0] for r in rows[1:]] == ['410', '411'] and all(r[6] == 'running' for r in rows[1:])
     assert all(r[3] == 'none' for r in rows[1:])   # no disk limit: their trees share the host filesystem
     out = vserver(host_paths, 'ps')
-    init_a = _context.Runtime(host_paths, 'cli-a').init_pid()
+    init_a = _runtime.Runtime(host_paths, 'cli-a').init_pid()
     line = [ln for ln in out.stdout.splitlines() if ln.split()[0] == str(init_a)][0].split()
     assert line[1] == '410' and line[2] == '1' and line[3] == 'cli-a'
     assert any(ln.split()[1] == '0' and '(host)' in ln for ln in out.stdout.splitlines()[1:])
@@ -32,7 +32,7 @@ def test_cli_lifecycle_and_tables(host_paths, make_guest):
     assert out.returncode == 0 and vserver(host_paths, 'cli-a', 'status').stdout.startswith('cli-a is frozen')
     assert vserver(host_paths, 'cli-a', 'thaw').returncode == 0
     assert vserver(host_paths, 'cli-a', 'restart').returncode == 0
-    assert _context.Runtime(host_paths, 'cli-a').init_pid() != init_a
+    assert _runtime.Runtime(host_paths, 'cli-a').init_pid() != init_a
     assert vserver(host_paths, 'cli-a', 'stop').returncode == 0
     assert vserver(host_paths, 'cli-a', 'status').returncode == 3
     bad = vserver(host_paths, 'nosuch', 'start')
@@ -47,7 +47,7 @@ def test_exec_gets_the_guest_rlimits_and_bounding_set(host_paths, make_guest):
     assert out.returncode == 0, out.stderr
     soft, hard, capbnd = out.stdout.splitlines()
     assert (soft, hard) == ('512', '1024')
-    with open('/proc/%d/status' % _context.Runtime(host_paths, 'cli-rl').init_pid()) as handle:
+    with open('/proc/%d/status' % _runtime.Runtime(host_paths, 'cli-rl').init_pid()) as handle:
         init_bnd = [line for line in handle.read().splitlines() if line.startswith('CapBnd')][0]
     assert capbnd.split()[1] == init_bnd.split()[1]
 
@@ -55,12 +55,12 @@ def test_exec_gets_the_guest_rlimits_and_bounding_set(host_paths, make_guest):
 def test_stop_clears_what_a_dead_init_left(host_paths, make_guest):
     make_guest('cli-dead', init=['/bin/true'], stop_signal='SIGKILL')
     assert vserver(host_paths, 'cli-dead', 'start').returncode == 0
-    rt = _context.Runtime(host_paths, 'cli-dead')
+    rt = _runtime.Runtime(host_paths, 'cli-dead')
     assert vserver(host_paths, 'cli-dead', 'status').returncode == 3   # init exited at once
     assert rt.leftovers()
     out = vserver(host_paths, 'cli-dead', 'stop')
     assert out.returncode == 0 and 'stop' in out.stdout
-    assert not _context.Runtime(host_paths, 'cli-dead').leftovers()
+    assert not _runtime.Runtime(host_paths, 'cli-dead').leftovers()
     assert vserver(host_paths, 'cli-dead', 'stop').stdout.strip() == 'cli-dead: nothing to do'
 
 

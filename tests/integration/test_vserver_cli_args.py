@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context
+from ansible_collections.vserver.core.plugins.module_utils import _runtime
 from helpers import VSERVER, env_for, vserver
 from test_enter import _stages_of
 
@@ -62,7 +62,7 @@ def test_unknown_options_and_extra_arguments_are_refused(host_paths, make_guest,
     assert out.returncode == 2 and out.stdout == '', out
     assert out.stderr.startswith('usage: vserver ') and 'vserver: error: %s' % message in out.stderr, out.stderr
     assert 'Traceback' not in out.stderr
-    assert _context.status(host_paths, idle)['state'] == 'stopped'
+    assert _runtime.status(host_paths, idle)['state'] == 'stopped'
 
 
 def test_exec_passes_every_word_after_exec_untouched(host_paths, make_guest):
@@ -94,7 +94,7 @@ def test_exec_does_without_argparse(host_paths, make_guest):
 def test_a_refusal_after_the_second_stage_started_aborts_it(host_paths, make_guest, tmp_path):
     """`exec` starts its second stage before it reads the guest; every refusal from then on ends it too."""
     make_guest('started', start=True)
-    rt = _context.Runtime(host_paths, 'started')
+    rt = _runtime.Runtime(host_paths, 'started')
     missing = str(tmp_path / 'no-such-dir')
     for argv, code, message in [
             (['--run-dir=relative', 'started', 'exec', '/bin/true'], 1, 'vserver: run_dir must be an absolute path'),
@@ -136,7 +136,7 @@ def test_ps_into_head_ends_quietly(host_paths, make_guest):
 def test_non_root_is_told_it_needs_root(host_paths, make_guest):
     make_guest('rooted', start=True)
     cold = make_guest('cold')
-    rt = _context.Runtime(host_paths, 'rooted')
+    rt = _runtime.Runtime(host_paths, 'rooted')
     init = rt.init_pid()
     for argv in (['list'], ['stat'], ['ps'], ['rooted', 'status'], ['rooted', 'stop'], ['cold', 'start'],
                  ['rooted', 'exec', '/bin/true'], ['rooted', 'enter'],
@@ -145,7 +145,7 @@ def test_non_root_is_told_it_needs_root(host_paths, make_guest):
         assert (out.returncode, out.stdout) == (1, ''), (argv, out)
         assert out.stderr == 'vserver: needs root: run it as root (e.g. with sudo)\n', (argv, out.stderr)
     assert rt.init_pid() == init and rt.group.procs() == [init]
-    assert _context.status(host_paths, cold)['state'] == 'stopped'
+    assert _runtime.status(host_paths, cold)['state'] == 'stopped'
 
 
 def test_guests_named_like_a_listing_are_reachable(host_paths, make_guest):
@@ -179,7 +179,7 @@ def test_an_explicit_config_dir_must_exist(host_paths, make_guest, tmp_path):
         out = run(host_paths, argv)
         assert (out.returncode, out.stdout) == (2, ''), (argv, out)
         assert 'vserver: error: --config-dir %s: no such directory\n' % missing in out.stderr, out.stderr
-    assert _context.status(host_paths, here)['state'] == 'stopped'
+    assert _runtime.status(host_paths, here)['state'] == 'stopped'
     # given on the command line it wins over the environment
     env = dict(env_for(host_paths), VSERVER_CONFIG_DIR=missing)
     out = run(host_paths, ['--config-dir', host_paths.config_dir, 'list'], env=env)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _limits, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _limits, _mgr_context
 from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError
 
 
@@ -174,10 +174,10 @@ def test_xids_of_broken_configs_are_never_handed_out_again(paths):
 def test_creating_a_guest_next_to_broken_configs_takes_a_free_xid(paths):
     put(paths, 'b', good('b', xid=2, colour='red'))
     taken = _config.xids_in_use(paths, exclude='new')
-    doc = _manager._desired(paths, _manager.validate({'name': 'new'}), None)
+    doc = _mgr_context._desired(paths, _mgr_context.validate({'name': 'new'}), None)
     assert doc['xid'] == 3 and 2 in taken
     with pytest.raises(VServerError) as err:
-        _manager._desired(paths, _manager.validate({'name': 'new', 'xid': 2}), None)
+        _mgr_context._desired(paths, _mgr_context.validate({'name': 'new', 'xid': 2}), None)
     assert 'xid 2 is taken by guest b' in str(err.value)
 
 
@@ -185,7 +185,7 @@ def test_info_lists_good_and_broken_guests(paths):
     put(paths, 'db', good('db', xid=102))
     put(paths, 'web', good(xid='101'))
     put(paths, 'zz', 'null')
-    rows = {row['name']: row for row in _manager.info(paths, with_processes=False)['guests']}
+    rows = {row['name']: row for row in _mgr_context.info(paths, with_processes=False)['guests']}
     assert sorted(rows) == ['db', 'web', 'zz']
     assert rows['db']['state'] == 'stopped' and rows['db']['xid'] == 102 and 'error' not in rows['db']
     assert rows['web']['state'] == 'broken' and rows['web']['xid'] == 101
@@ -193,16 +193,16 @@ def test_info_lists_good_and_broken_guests(paths):
     assert rows['web']['error'] == paths.config_file('web') + ": xid must be stored as the number 101 (got the " \
         "string '101')"
     assert rows['zz']['state'] == 'broken' and rows['zz']['xid'] is None and 'holds null' in rows['zz']['error']
-    only = _manager.info(paths, names=['zz'], with_processes=False)['guests']
+    only = _mgr_context.info(paths, names=['zz'], with_processes=False)['guests']
     assert [row['name'] for row in only] == ['zz']
     with pytest.raises(VServerError) as err:
-        _manager.info(paths, names=['nope'])
+        _mgr_context.info(paths, names=['nope'])
     assert 'no such guest: nope' in str(err.value)
 
 
 def test_stat_table_shows_a_broken_guest_without_xid():
-    from ansible_collections.vserver.core.plugins.module_utils import _context
-    lines = _context.stat_table([{'name': 'zz', 'xid': None, 'state': 'broken', 'nproc': 2},
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime
+    lines = _runtime.stat_table([{'name': 'zz', 'xid': None, 'state': 'broken', 'nproc': 2},
                                  {'name': 'db', 'xid': 102, 'state': 'stopped'}]).splitlines()
     assert lines[1].split() == ['-', '2', '-', '-', '-', '-', 'broken', 'zz', '-']
     assert lines[2].split()[0] == '102'

@@ -1,7 +1,7 @@
 """Every context option is validated before anything is touched."""
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _manager
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_context
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
@@ -20,13 +20,13 @@ from ansible_collections.vserver.core.plugins.module_utils._common import VServe
 ])
 def test_bad_options(params, field, words):
     with pytest.raises(VServerError) as err:
-        _manager.validate(params)
+        _mgr_context.validate(params)
     assert err.value.field == field
     assert words in str(err.value)
 
 
 def test_normalization():
-    opts = _manager.validate({'name': 'web', 'init': '/sbin/init', 'stop_signal': 'pwr', 'stop_timeout': '5',
+    opts = _mgr_context.validate({'name': 'web', 'init': '/sbin/init', 'stop_signal': 'pwr', 'stop_timeout': '5',
                               'root': '/srv/g/../g/web/'})
     assert opts['init'] == ['/sbin/init'] and opts['stop_signal'] == 'SIGPWR' and opts['stop_timeout'] == 5
     assert opts['root'] == '/srv/g/web' and opts['state'] == 'present' and opts['template'] == 'busybox'
@@ -50,7 +50,7 @@ MOUNTINFO = """\
 def test_mounts_below_a_tree(tmp_path, root, below):
     mountinfo = tmp_path / 'mountinfo'
     mountinfo.write_text(MOUNTINFO)
-    assert _manager.mounts_below(root, str(mountinfo)) == below
+    assert _mgr_context.mounts_below(root, str(mountinfo)) == below
 
 
 def test_only_own_build_siblings_are_stale(tmp_path):

@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _context, _manager
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _mgr_context
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 RTMIN, RTMAX = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
@@ -32,9 +32,9 @@ RTMIN, RTMAX = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
     (str(RTMAX), RTMAX, 'SIGRTMAX'),
 ])
 def test_accepted(given, number, stored):
-    assert _context.parse_signal(given) == number
-    assert _manager.validate({'name': 'web', 'stop_signal': given})['stop_signal'] == stored
-    assert _context.parse_signal(stored) == number  # the stored form reads back as the same signal
+    assert _runtime.parse_signal(given) == number
+    assert _mgr_context.validate({'name': 'web', 'stop_signal': given})['stop_signal'] == stored
+    assert _runtime.parse_signal(stored) == number  # the stored form reads back as the same signal
 
 
 @pytest.mark.parametrize('given', [
@@ -44,21 +44,21 @@ def test_accepted(given, number, stored):
 ])
 def test_refused_naming_the_field(given):
     with pytest.raises(VServerError) as err:
-        _manager.validate({'name': 'web', 'stop_signal': given}) if given is not None else \
-            _context.parse_signal(given)
+        _mgr_context.validate({'name': 'web', 'stop_signal': given}) if given is not None else \
+            _runtime.parse_signal(given)
     assert err.value.field == 'stop_signal' and 'stop_signal must be' in str(err.value)
     assert 'SIGRTMIN+3' in str(err.value)
 
 
 @pytest.mark.parametrize('given, stored', [(0, 0), ('5', 5), (2.5, 2.5), ('3600', 3600)])
 def test_timeout_accepted(given, stored):
-    assert _context.parse_stop_timeout(given) == stored
+    assert _runtime.parse_stop_timeout(given) == stored
 
 
 @pytest.mark.parametrize('given', ['soon', -1, 3601, 'nan', True, None, [], 'inf'])
 def test_timeout_refused(given):
     with pytest.raises(VServerError) as err:
-        _context.parse_stop_timeout(given)
+        _runtime.parse_stop_timeout(given)
     assert err.value.field == 'stop_timeout' and 'stop_timeout must be a number of seconds' in str(err.value)
 
 
@@ -71,7 +71,7 @@ def test_timeout_refused(given):
 ])
 def test_stop_settings_fall_back_with_a_warning(doc, sig, timeout, warned):
     """A config with bad stop settings still stops (defaults), and each bad field is named in a warning."""
-    got_sig, got_timeout, warnings = _context.stop_settings(dict(doc, name='web'))
+    got_sig, got_timeout, warnings = _runtime.stop_settings(dict(doc, name='web'))
     assert (got_sig, got_timeout) == (sig, timeout)
     assert len(warnings) == len(warned)
     for field, warning in zip(warned, warnings):

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _context, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _runtime, _kernel as K
 
 pytestmark = pytest.mark.cgroup
 
@@ -18,7 +18,7 @@ CONTROLLERS = ('cpu', 'cpuset', 'io', 'memory', 'pids')
 def guest_sh(paths, doc, script):
     """Run ``script`` inside the guest; return (exit code, output) through a file in the guest's tree."""
     out = '/tmp/.v2smoke-out'
-    rc = _context.enter(paths, doc, ['/bin/sh', '-c', '( %s ) > %s 2>&1' % (script, out)])
+    rc = _runtime.enter(paths, doc, ['/bin/sh', '-c', '( %s ) > %s 2>&1' % (script, out)])
     with open(doc['root'] + out) as handle:
         return rc, handle.read()
 
@@ -38,7 +38,7 @@ def test_vm_is_a_cgroup_v2_only_host():
 
 def test_guest_lifecycle_on_v2(host_paths, make_guest):
     doc = make_guest('v2smoke', start=True)
-    rt = _context.Runtime(host_paths, 'v2smoke')
+    rt = _runtime.Runtime(host_paths, 'v2smoke')
     pid = rt.init_pid()
     assert pid
     start_ticks = K.read_stat(pid)[2]
@@ -76,15 +76,15 @@ def test_guest_lifecycle_on_v2(host_paths, make_guest):
     group.write('pids.max', 'max')
 
     # freeze / thaw through cgroup.freeze
-    _context.freeze(host_paths, doc)
+    _runtime.freeze(host_paths, doc)
     assert rt.state() == 'frozen'
     with open(os.path.join(path, 'cgroup.events')) as handle:
         assert 'frozen 1' in handle.read()
-    _context.thaw(host_paths, doc)
+    _runtime.thaw(host_paths, doc)
     assert rt.state() == 'running'
 
     # stop leaves no process and no cgroup behind
-    _context.stop(host_paths, dict(doc, stop_timeout=2))
-    assert _context.Runtime(host_paths, 'v2smoke').init_pid() is None
+    _runtime.stop(host_paths, dict(doc, stop_timeout=2))
+    assert _runtime.Runtime(host_paths, 'v2smoke').init_pid() is None
     assert K.read_stat(pid) is None or K.read_stat(pid)[2] != start_ticks
     assert not os.path.exists(path)

@@ -45,7 +45,7 @@ def _find_collections():
 sys.path.insert(0, _find_collections())
 
 from ansible_collections.vserver.core.plugins.module_utils import (  # noqa: E402
-    _config, _context, _guests, _logs, _manager)
+    _config, _runtime, _guests, _logs, _mgr_context)
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError  # noqa: E402
 
 MAX_RESTARTS = 3
@@ -68,11 +68,11 @@ def marked(paths):
 def condition(paths, name, interval=10.0):
     """running | crashed (init gone, runtime state left) | stopped (cleanly).
 
-    `_context.stop` marks a stop before it signals init. The mark explains a dead init only while that stop
+    `_runtime.stop` marks a stop before it signals init. The mark explains a dead init only while that stop
     can be the cause (its stop_timeout plus STOP_GRACE and one interval after the mark): a stop killed before
     it signalled leaves a stale mark, and a later crash is still a crash. Processes in the guest's cgroup with
     no tracked init (a start killed half-way) count as crashed: a restart cleans them up."""
-    rt = _context.Runtime(paths, name)
+    rt = _runtime.Runtime(paths, name)
     state = rt.state()
     if state in ('running', 'frozen'):
         return 'running'
@@ -83,7 +83,7 @@ def condition(paths, name, interval=10.0):
 
 def start(paths, name):
     try:
-        result = _manager.ensure_context(paths, {'name': name, 'state': 'started'})
+        result = _mgr_context.ensure_context(paths, {'name': name, 'state': 'started'})
         log('%s: %s' % (name, ', '.join(result['actions']) or 'already running'))
         return True
     except (VServerError, OSError) as exc:
@@ -103,7 +103,7 @@ def restart(paths, name, recent, now, interval=10.0):
             doc = _config.load(paths, name)
             if doc is None:
                 return
-            _context.start(paths, doc)
+            _runtime.start(paths, doc)
             log('%s: start' % name)
     except (VServerError, OSError) as exc:
         log('%s: restart failed: %s' % (name, exc))
@@ -173,7 +173,7 @@ def supervise(paths, interval):
 def watch(paths, name):
     if condition(paths, name) != 'running' and not start(paths, name):
         return 1
-    rt = _context.Runtime(paths, name)
+    rt = _runtime.Runtime(paths, name)
     pid = rt.init_pid()
     if not pid:
         return 1

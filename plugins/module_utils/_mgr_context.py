@@ -11,7 +11,7 @@ import re
 import shutil
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _context, _kernel as K, _template, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K, _template, _unify
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, check_xid)
 
@@ -30,7 +30,7 @@ REFUSED_ROOTS = ('/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64'
 
 def _check_signal(value):
     """A stop signal in its canonical stored form (SIGTERM, SIGRTMIN+3); numbers and aliases are normalised."""
-    return _context.signal_name(_context.parse_signal(value))
+    return _runtime.signal_name(_runtime.parse_signal(value))
 
 
 def _check_init(value):
@@ -80,7 +80,7 @@ def validate(params):
     if params.get('stop_signal') is not None:
         out['stop_signal'] = _check_signal(params['stop_signal'])
     if params.get('stop_timeout') is not None:
-        out['stop_timeout'] = _context.parse_stop_timeout(params['stop_timeout'])
+        out['stop_timeout'] = _runtime.parse_stop_timeout(params['stop_timeout'])
     out['purge'] = bool(params.get('purge'))
     return out
 
@@ -141,7 +141,7 @@ def _undo_uts(paths, doc, old_uts, exc):
     outcome = 'nothing was changed on the guest'
     if old_uts:
         try:
-            _context.set_uts(paths, dict(doc, hostname=old_uts[0], domainname=old_uts[1]))
+            _runtime.set_uts(paths, dict(doc, hostname=old_uts[0], domainname=old_uts[1]))
             outcome = 'the guest keeps its previous host name %s' % old_uts[0]
         except VServerError as undo_exc:
             outcome = ('giving the guest its previous host name back failed (%s): it differs from its config until '
@@ -342,11 +342,11 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
         for build in builds:
             remove_build(build, paths)
         if current is not None:
-            _context.stop(paths, current)
+            _runtime.stop(paths, current)
         else:
-            _context.cleanup(paths, name)
-        _context.load_hooks()
-        for hook in _context.HOOKS['absent']:
+            _runtime.cleanup(paths, name)
+        _runtime.load_hooks()
+        for hook in _runtime.HOOKS['absent']:
             hook(paths, current)
         if purge:
             if not current.get('purging'):
@@ -374,7 +374,7 @@ def _ensure_broken(paths, opts, broken, check_mode):
     if opts['state'] == 'absent' and opts['purge']:
         raise VServerError('%s; purge cannot tell which tree to remove: remove the guest without purge, then '
                            'delete its tree yourself' % broken, 'purge')
-    rt = _context.Runtime(paths, name)
+    rt = _runtime.Runtime(paths, name)
     running = rt.state() != 'stopped' or bool(rt.leftovers())
     actions = ['stop'] if running else []
     if opts['state'] == 'absent':
@@ -388,10 +388,10 @@ def _ensure_broken(paths, opts, broken, check_mode):
               'diff': {'before': before, 'after': after}}
     if not check_mode:
         if running:
-            _context.stop(paths, {'name': name})
+            _runtime.stop(paths, {'name': name})
         if opts['state'] == 'absent':
-            _context.load_hooks()
-            for hook in _context.HOOKS['absent']:
+            _runtime.load_hooks()
+            for hook in _runtime.HOOKS['absent']:
                 hook(paths, None)
             _config.remove(paths, name)
     if opts['state'] == 'stopped':
@@ -412,7 +412,7 @@ def ensure_context(paths, params, check_mode=False):
                 raise VServerError('%s; repair or remove that file (state=absent removes the guest and its '
                                    'config, keeping its tree) before state=%s' % (exc, opts['state']), 'name')
             return _ensure_broken(paths, opts, exc, check_mode)
-        rt = _context.Runtime(paths, name)
+        rt = _runtime.Runtime(paths, name)
         running_state = rt.state()
         before = _view(current, _observed_state(running_state) if current else 'absent')
         result = {'changed': False, 'actions': actions, 'restart_required': False,
@@ -483,7 +483,7 @@ def ensure_context(paths, params, check_mode=False):
         result['diff'] = {'before': before, 'after': _view(doc, after_state)}
         result['changed'] = bool(actions)
         if check_mode or not actions:
-            result['guest'] = _context.status(paths, doc) if current else {'name': name, 'state': 'absent'}
+            result['guest'] = _runtime.status(paths, doc) if current else {'name': name, 'state': 'absent'}
             return result
 
         built = False
@@ -497,7 +497,7 @@ def ensure_context(paths, params, check_mode=False):
                 built = True
             if 'set hostname' in plan:  # live first, then the config (undone if the config cannot be saved)
                 old_uts = _live_uts(rt)
-                _context.set_uts(paths, doc)
+                _runtime.set_uts(paths, doc)
                 plan.remove('set hostname')
                 try:
                     _config.save(paths, doc)
@@ -508,24 +508,24 @@ def ensure_context(paths, params, check_mode=False):
                 _config.save(paths, doc)
             for step in plan:
                 if step == 'stop':
-                    warnings.extend(_context.stop(paths, current or doc))
+                    warnings.extend(_runtime.stop(paths, current or doc))
                 elif step == KILL_UNTRACKED:
-                    _context.cleanup(paths, name)
+                    _runtime.cleanup(paths, name)
                 elif step == 'start':
-                    _context.start(paths, doc)
+                    _runtime.start(paths, doc)
                 elif step == 'freeze':
-                    _context.freeze(paths, doc)
+                    _runtime.freeze(paths, doc)
                 elif step == 'thaw':
-                    _context.thaw(paths, doc)
+                    _runtime.thaw(paths, doc)
                 elif step == 'set hostname':
-                    _context.set_uts(paths, doc)
+                    _runtime.set_uts(paths, doc)
         except BaseException:
             if current is None:  # roll back what this run created
                 _config.remove(paths, name)
                 if built:
                     purge_tree(root, paths)
             raise
-        result['guest'] = _context.status(paths, doc)
+        result['guest'] = _runtime.status(paths, doc)
         if warnings:
             result['warnings'] = warnings
         return result
@@ -548,7 +548,7 @@ def info(paths, names=None, with_processes=True):
             guests.append(broken_status(paths, name, broken[name]))
             continue
         doc = docs[name]
-        row = _context.status(paths, doc)
+        row = _runtime.status(paths, doc)
         row['disk_limit'] = disk_limit(doc)
         if doc.get('network'):
             from ansible_collections.vserver.core.plugins.module_utils import _netns
@@ -559,7 +559,7 @@ def info(paths, names=None, with_processes=True):
         # a guest with a broken config still labels its processes, by name (its xid is null if unreadable)
         labels = dict(docs)
         labels.update((name, {'name': name, 'xid': exc.xid}) for name, exc in broken.items())
-        out['processes'] = _context.processes(paths, labels)
+        out['processes'] = _runtime.processes(paths, labels)
     return out
 
 
@@ -572,6 +572,6 @@ def disk_limit(doc):
 def broken_status(paths, name, broken):
     """The listing row of a guest whose config is unusable: state ``broken``, the problem in ``error``, and
     what the kernel says about its processes (``runtime_state``: running, frozen or stopped)."""
-    row = _context.status(paths, {'name': name, 'xid': broken.xid})
+    row = _runtime.status(paths, {'name': name, 'xid': broken.xid})
     row.update(runtime_state=row['state'], state='broken', error=str(broken), config=broken.path)
     return row
