@@ -27,6 +27,7 @@ if sys.version_info < MIN_PYTHON:
     _refuse_old_python()
 
 from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError  # noqa: E402
+from ansible_collections.vserver.core.plugins.module_utils._result import Result  # noqa: E402
 
 PATH_OPTIONS = dict(
     config_dir=dict(type='path'),
@@ -59,10 +60,12 @@ def paths_from(module):
 
 
 def run(module, manager):
-    """Call ``manager()`` and turn domain errors into one ``fail_json`` naming the field; a result with
-    ``failed`` set (and its ``msg``) fails the task too, keeping every other key of the result."""
+    """Call ``manager()`` (a Result or a dict); turn domain errors into one ``fail_json`` naming the field; a
+    result with ``failed`` set (and its ``msg``) fails the task too, keeping every other key of the result."""
     try:
         result = manager()
+        if isinstance(result, Result):
+            result = result.to_dict()
     except VServerError as exc:
         extra = {'field': exc.field} if exc.field else {}
         module.fail_json(msg=str(exc), **extra)

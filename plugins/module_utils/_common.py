@@ -245,36 +245,51 @@ def read_json(path, default=None):
 class HostLock:
     """Host-wide exclusive lock (flock on CONFIG_DIR/.lock) so two runs cannot interleave.
 
-    Every writer of CONFIG_DIR holds it; so taking it also removes the temp files killed writers left there."""
+    Every writer of CONFIG_DIR holds it; so taking it also removes the temp files killed writers left there.
+    Re-entrant across instances within one process: a second HostLock on the same path (another manager called
+    by the first, the supervisor calling a manager) shares the held flock instead of waiting on itself."""
+
+    _held = {}  # lock path -> [fd, depth], shared by every instance in this process
 
     def __init__(self, paths, timeout=300):
         self.path = os.path.join(paths.config_dir, '.lock')
         self.timeout = timeout
-        self.fd = None
-        self.depth = 0
+
+    @property
+    def fd(self):
+        held = self._held.get(self.path)
+        return held[0] if held else None
+
+    @property
+    def depth(self):
+        held = self._held.get(self.path)
+        return held[1] if held else 0
 
     def __enter__(self):
-        if self.depth == 0:
-            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            deadline = time.monotonic() + self.timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        os.close(fd)
-                        raise VServerError('could not take the host lock %s within %ss' % (self.path, self.timeout))
-                    time.sleep(0.05)
-            self.fd = fd
-            remove_stale_temps(os.path.dirname(self.path))  # no writer is active now: what is there is left over
-        self.depth += 1
+        held = self._held.get(self.path)
+        if held is not None and held[2] == os.getpid():
+            held[1] += 1
+            return self
+        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    os.close(fd)
+                    raise VServerError('could not take the host lock %s within %ss' % (self.path, self.timeout))
+                time.sleep(0.05)
+        self._held[self.path] = [fd, 1, os.getpid()]  # a forked child does not inherit the hold (its pid differs)
+        remove_stale_temps(os.path.dirname(self.path))  # no writer is active now: what is there is left over
         return self
 
     def __exit__(self, *exc):
-        self.depth -= 1
-        if self.depth == 0:
-            os.close(self.fd)
-            self.fd = None
+        held = self._held[self.path]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[self.path]
+            os.close(held[0])
         return False
