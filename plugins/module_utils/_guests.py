@@ -613,7 +613,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
     restart_required = False
     if spec['state'] == 'absent':
         res = _mgr_context.ensure_context(paths, {'name': name, 'state': 'absent', 'purge': bool(spec.get('purge'))},
-                                      check_mode)
+                                          check_mode)
         mark = _autostart(paths, name, False, check_mode) if os.path.exists(
             os.path.join(autostart_dir(paths), name)) else None
         actions.extend(res['actions'] + ([mark] if mark and mark not in res['actions'] else []))  # purge: done

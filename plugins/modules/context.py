@@ -196,7 +196,7 @@ def main():
         supports_check_mode=True,
     )
     _ansible.run(module, lambda: _mgr_context.ensure_context(_ansible.paths_from(module), module.params,
-                                                         module.check_mode))
+                                                             module.check_mode))
 
 
 if __name__ == '__main__':

@@ -197,7 +197,7 @@ def main():
         supports_check_mode=True,
     )
     _ansible.run(module, lambda: _mgr_context.info(_ansible.paths_from(module), module.params['names'],
-                                               module.params['processes']))
+                                                   module.params['processes']))
 
 
 if __name__ == '__main__':

@@ -48,7 +48,7 @@ def fill(directory, leave=PAGE):
     assert st.f_bavail * st.f_frsize == leave
 
 
-def killed_run(paths, params, syscall, when, call=('manager', 'ensure_context')):
+def killed_run(paths, params, syscall, when, call=('mgr_context', 'ensure_context')):
     """Run ensure_context(params) (or another manager CALL) in a child interpreter killed on entering its
     WHEN-th SYSCALL."""
     script = RUN % ((os.path.join(TOP, '.build', 'collections'),) + call + (paths.as_dict(), params))

@@ -205,7 +205,7 @@ def test_stop_with_sigrtmin3(host_paths, make_guest, tmp_path):
     doc = make_guest('rtmin')
     build_static(str(src), os.path.join(doc['root'], 'sbin', 'rtinit'))  # an absolute path: files/ is not used
     res = _mgr_context.ensure_context(host_paths, {'name': 'rtmin', 'init': '/sbin/rtinit', 'stop_signal': 'rtmin+3',
-                                               'stop_timeout': 60, 'state': 'started'})
+                                                   'stop_timeout': 60, 'state': 'started'})
     assert res['guest']['state'] == 'running'
     assert _config.load(host_paths, 'rtmin')['stop_signal'] == 'SIGRTMIN+3'
     begin = time.monotonic()

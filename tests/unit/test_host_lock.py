@@ -33,6 +33,6 @@ def test_another_process_waits_for_it(tmp_path):
             'except VServerError as exc:\n    print(exc)\n    sys.exit(3)\n')
     with HostLock(paths):
         proc = subprocess.run([sys.executable, '-c', code, str(tmp_path)], capture_output=True, text=True,
-                              timeout=60, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+                              timeout=60, check=False, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert proc.returncode == 3, proc.stderr
     assert 'could not take the host lock' in proc.stdout

@@ -27,7 +27,7 @@ def test_bad_options(params, field, words):
 
 def test_normalization():
     opts = _mgr_context.validate({'name': 'web', 'init': '/sbin/init', 'stop_signal': 'pwr', 'stop_timeout': '5',
-                              'root': '/srv/g/../g/web/'})
+                                  'root': '/srv/g/../g/web/'})
     assert opts['init'] == ['/sbin/init'] and opts['stop_signal'] == 'SIGPWR' and opts['stop_timeout'] == 5
     assert opts['root'] == '/srv/g/web' and opts['state'] == 'present' and opts['template'] == 'busybox'
 
