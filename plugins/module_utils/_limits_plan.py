@@ -203,7 +203,7 @@ V2_CONTROLLERS = (('memory', ('memory', 'memory_high', 'swap')), ('pids', ('npro
                   ('cpuset', ('cpuset',)), ('io', ('io',)))
 
 
-def check_supported(section: Optional[dict], layout, host: Optional[Host] = None) -> None:
+def check_supported(section: Optional[dict], layout) -> None:
     """Options the host's kernel cannot enforce fail before anything is written."""
     section = section or {}
     if layout.version == 1:

@@ -71,7 +71,7 @@ def plan_change(doc: Dict[str, Any], params: Dict[str, Any], rt, host: _limits_p
     after = _limits_parse.validate(params if replace else _limits_parse.merge(stored, params), host, layout)
     if after.get('disk'):
         after['disk'] = _disk.disk_resolve(doc['root'], after['disk'])
-    _limits_plan.check_supported(after, layout, host)
+    _limits_plan.check_supported(after, layout)
     before = copy.deepcopy(stored or {})
     running = rt.init_pid() is not None
     pending, rlimit_pids = [], []
