@@ -33,6 +33,7 @@ KEYS = ('memory', 'memory_high', 'swap', 'nproc', 'cpu', 'cpu_weight', 'cpuset',
 RLIMITS = {name[7:].lower(): getattr(resource, name) for name in dir(resource)
            if name.startswith('RLIMIT_') and name != 'RLIMIT_OFILE'}
 
+
 # --- parsing ----------------------------------------------------------------------------------------
 
 def parse_size(value, field, allow_max=True, allow_zero=False):
@@ -390,6 +391,7 @@ def merge(stored, params):
     return out
 
 
+# --- disk (the option; the loop image and btrfs qgroup are in _disk) ---------------------------------
 
 def disk_validate(raw, backend=None, fstype=None, field='disk'):
     if raw is None:
@@ -419,4 +421,3 @@ def disk_validate(raw, backend=None, fstype=None, field='disk'):
         raise VServerError('%s: %d bytes is too small for %s (at least %dM)'
                            % (field, size, 'a btrfs qgroup' if backend == 'btrfs' else fstype, least >> 20), field)
     return {'size': size, 'backend': backend, 'fstype': fstype}
-

@@ -48,7 +48,7 @@ class Tree:
                 (self.base / ctrl).mkdir(parents=True)
                 mounts[ctrl] = str(self.base / ctrl)
             for name in ('memory.memsw.limit_in_bytes', 'blkio.bfq.weight', 'cpu.cfs_burst_us'):
-                (self.base / name.split('.')[0] / name).write_text('0\n')
+                (self.base / name.split('.', maxsplit=1)[0] / name).write_text('0\n')
             (self.base / 'cpuset/cpuset.cpus').write_text('0-3\n')
             (self.base / 'cpuset/cpuset.mems').write_text('0\n')
             self.layout = _cgroup.Layout(1, v1=mounts)
@@ -61,7 +61,7 @@ class Tree:
     def path(self, key):
         if self.version == 2:
             return self.base / 'vservers/web' / key
-        ctrl, name = key.split('/') if '/' in key else (key.split('.')[0], key)
+        ctrl, name = key.split('/') if '/' in key else (key.split('.', maxsplit=1)[0], key)
         return self.base / ctrl / 'vservers/web' / name
 
     def read(self, key):
