@@ -54,15 +54,6 @@ def _is_mountpoint(path, mountinfo='/proc/self/mountinfo'):
     return any(m['mountpoint'] == real for m in K.read_mountinfo(mountinfo))
 
 
-def _cap_sys_resource(proc_root='/proc'):
-    """This process has CAP_SYS_RESOURCE in its effective set."""
-    with open(os.path.join(proc_root, 'self/status')) as handle:
-        for line in handle:
-            if line.startswith('CapEff:'):
-                return bool(int(line.split()[1], 16) & (1 << CAP_SYS_RESOURCE))
-    return False
-
-
 def disk_resolve(root: str, disk: Optional[dict]) -> Optional[dict]:
     """'auto' -> 'btrfs' when the tree's filesystem is btrfs, else 'loop' (canonical section value)."""
     if not disk:
@@ -155,7 +146,7 @@ def _plan_loop(root, cur, after, cap_sys_resource):
     if after['size'] == cur['size']:
         return [], []
     if cap_sys_resource is None and (cur['fstype'] or after['fstype']) == 'ext4':
-        cap_sys_resource = _cap_sys_resource()
+        cap_sys_resource = K.has_effective_cap(CAP_SYS_RESOURCE)
     if (cur['fstype'] or after['fstype']) == 'ext4' and not cap_sys_resource:
         # online ext4 growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE: resize offline instead
         steps = ['loop_grow_offline']

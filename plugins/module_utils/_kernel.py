@@ -487,3 +487,12 @@ def loop_set_capacity(device):
 def blkid_type(path):
     """The filesystem type blkid finds in ``path``, or None."""
     return run(['blkid', '-o', 'value', '-s', 'TYPE', path], check=False).stdout.strip() or None
+
+
+def has_effective_cap(bit, proc_root='/proc'):
+    """This process has capability ``bit`` in its effective set (CapEff of /proc/self/status)."""
+    with open(os.path.join(proc_root, 'self/status')) as handle:
+        for line in handle:
+            if line.startswith('CapEff:'):
+                return bool(int(line.split()[1], 16) & (1 << bit))
+    return False

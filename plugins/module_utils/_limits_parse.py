@@ -16,8 +16,10 @@ import re
 import resource
 import stat
 
+from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
-from ansible_collections.vserver.core.plugins.module_utils._disk import DISK_BACKENDS, DISK_FSTYPES, DISK_MIN
+from ansible_collections.vserver.core.plugins.module_utils._disk import (
+    CAP_SYS_RESOURCE, DISK_BACKENDS, DISK_FSTYPES, DISK_MIN)
 
 MAX = 'max'
 UNITS = {'': 1, 'B': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
@@ -145,11 +147,7 @@ class Host:
         return majmin
 
     def has_cap(self, bit):
-        with open(os.path.join(self.proc_root, 'self/status')) as handle:
-            for line in handle:
-                if line.startswith('CapEff:'):
-                    return bool(int(line.split()[1], 16) & (1 << bit))
-        return False
+        return K.has_effective_cap(bit, self.proc_root)
 
     def nr_open(self):
         try:
@@ -162,7 +160,6 @@ class Host:
         return resource.getrlimit(resource_id)
 
 
-CAP_SYS_RESOURCE = 24
 
 
 def _rlimit_value(value, field):
