@@ -160,8 +160,6 @@ class Host:
         return resource.getrlimit(resource_id)
 
 
-
-
 def _rlimit_value(value, field):
     if isinstance(value, str) and value.strip().lower() in ('unlimited', 'infinity', 'max', '-1'):
         return 'unlimited'
