@@ -417,7 +417,8 @@ def seccomp_load(program):
 
 
 # --- limits: bpf(2) for the cgroup v2 device program; loop images (util-linux mount, losetup, blkid) -------------
-# Callers: _devices (the device program), _disk (a guest's disk image). No policy here: raw calls, OSError out.
+# Callers: _devices (the device program), _disk (a guest's disk image), _limits_parse (CapEff). No policy here: raw calls,
+# OSError out.
 
 _SYS_BPF = {'x86_64': 321, 'aarch64': 280, 'riscv64': 280, 'ppc64le': 361, 'ppc64': 361, 's390x': 351,
             'i686': 357, 'i386': 357, 'armv7l': 386}
