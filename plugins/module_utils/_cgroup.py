@@ -14,6 +14,7 @@ import os
 import signal
 import time
 
+from ansible_collections.vserver.core.plugins.module_utils import _common, _kernel
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils._kernel import read_mountinfo
 
@@ -493,7 +494,6 @@ def ensure_delegation(layout, proc='/proc', unit_dir='/etc/systemd/system', run=
     """Under systemd: install and start the delegated unit the guests' cgroups live in. Returns actions."""
     if not systemd_is_pid1(proc):
         return []
-    from ansible_collections.vserver.core.plugins.module_utils import _common, _kernel
     run = run or _kernel.run
     actions = []
     unit = os.path.join(unit_dir, DELEGATE_UNIT)

@@ -414,3 +414,86 @@ def seccomp_load(program):
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
     _check(libc().prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
                         ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0)), 'seccomp filter')
+
+
+# --- limits: bpf(2) for the cgroup v2 device program; loop images (util-linux mount, losetup, blkid) -------------
+# Callers: _devices (the device program), _disk (a guest's disk image), _limits_parse (CapEff). No policy here: raw calls,
+# OSError out.
+
+_SYS_BPF = {'x86_64': 321, 'aarch64': 280, 'riscv64': 280, 'ppc64le': 361, 'ppc64': 361, 's390x': 351,
+            'i686': 357, 'i386': 357, 'armv7l': 386}
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_QUERY = 16
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+
+
+def bpf(cmd, attr):
+    """The raw bpf(2) syscall on the bytes of ``union bpf_attr``; returns (result, the attr bytes afterwards)."""
+    import platform  # here: only cgroup v2 starts need it
+    number = _SYS_BPF.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, 'bpf: unsupported architecture %s' % platform.machine())
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    lib = libc()
+    lib.syscall.restype = ctypes.c_long
+    result = lib.syscall(ctypes.c_long(number), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, 'bpf(%d): %s' % (cmd, os.strerror(err)))
+    return result, buf.raw
+
+
+def bpf_prog_load(prog_type, attach_type, program, name, log=None):
+    """BPF_PROG_LOAD of ``program`` (instruction bytes, GPL); returns the program's fd. With ``log`` (a ctypes
+    string buffer) the verifier writes its log there (log level 1)."""
+    insns = ctypes.create_string_buffer(program, len(program))
+    license_ = ctypes.create_string_buffer(b'GPL')
+    level = 1 if log is not None else 0
+    attr = struct.pack('<IIQQIIQII16sII', prog_type, len(program) // 8, ctypes.addressof(insns),
+                       ctypes.addressof(license_), level, len(log) if level else 0,
+                       ctypes.addressof(log) if level else 0, 0, 0, name, 0, attach_type)
+    return bpf(BPF_PROG_LOAD, attr + b'\0' * (128 - len(attr)))[0]
+
+
+def bpf_prog_attach(target_fd, prog_fd, attach_type):
+    """BPF_PROG_ATTACH (no flags: replaces the program attached there before)."""
+    bpf(BPF_PROG_ATTACH, struct.pack('<IIIII', target_fd, prog_fd, attach_type, 0, 0) + b'\0' * 12)
+
+
+def bpf_prog_query_count(target_fd, attach_type):
+    """BPF_PROG_QUERY: how many programs of ``attach_type`` are attached to ``target_fd``."""
+    ids = ctypes.create_string_buffer(64 * 4)
+    attr = struct.pack('<IIIIQI', target_fd, attach_type, 0, 0, ctypes.addressof(ids), 64)
+    raw = bpf(BPF_PROG_QUERY, attr + b'\0' * (64 - len(attr)))
+    return struct.unpack_from('<I', raw[1], 24)[0]
+
+
+def mount_loop(image, target):
+    """Mount a filesystem image on ``target`` through a loop device (nodev)."""
+    run(['mount', '-o', 'loop,nodev', image, target])
+
+
+def loop_devices(image):
+    """The loop devices backed by ``image`` (``losetup -j``)."""
+    return run(['losetup', '-j', image, '-O', 'NAME', '-n']).stdout.split()
+
+
+def loop_set_capacity(device):
+    """Make a loop device see its backing file's new size (``losetup -c``)."""
+    run(['losetup', '-c', device])
+
+
+def blkid_type(path):
+    """The filesystem type blkid finds in ``path``, or None."""
+    return run(['blkid', '-o', 'value', '-s', 'TYPE', path], check=False).stdout.strip() or None
+
+
+def has_effective_cap(bit, proc_root='/proc'):
+    """This process has capability ``bit`` in its effective set (CapEff of /proc/self/status)."""
+    with open(os.path.join(proc_root, 'self/status')) as handle:
+        for line in handle:
+            if line.startswith('CapEff:'):
+                return bool(int(line.split()[1], 16) & (1 << bit))
+    return False

@@ -258,39 +258,21 @@ diff:
   sample: {before: {memory: 268435456}, after: {memory: 536870912}}
 '''
 
+import copy
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vserver.core.plugins.module_utils import _ansible, _limits
-
-LIMIT_KEYS = ('memory', 'memory_high', 'swap', 'nproc', 'cpu', 'cpu_weight', 'cpuset', 'io', 'rlimits', 'disk',
-              'disk_backend', 'disk_fstype')
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _limits, _mgr_limits
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_ansible.argument_spec(
-            name=dict(type='str', required=True),
-            memory=dict(type='raw'),
-            memory_high=dict(type='raw'),
-            swap=dict(type='raw'),
-            nproc=dict(type='raw'),
-            cpu=dict(type='dict', options=dict(
-                fill_rate=dict(type='int'), interval=dict(type='int'), quota=dict(type='raw'),
-                period=dict(type='int'), burst=dict(type='int'))),
-            cpu_weight=dict(type='int'),
-            cpuset=dict(type='str'),
-            io=dict(type='dict', options=dict(weight=dict(type='int'), devices=dict(type='list', elements='dict'))),
-            rlimits=dict(type='dict'),
-            disk=dict(type='raw'),
-            disk_backend=dict(type='str', default='auto', choices=['auto', 'loop', 'btrfs']),
-            disk_fstype=dict(type='str', default='ext4', choices=['ext4', 'xfs']),
-            restart=dict(type='bool', default=False),
-        ),
+        argument_spec=_ansible.argument_spec(**copy.deepcopy(_limits.ARGUMENT_SPEC)),
         supports_check_mode=True,
     )
-    params = {key: module.params[key] for key in LIMIT_KEYS}
-    _ansible.run(module, lambda: _limits.ensure(_ansible.paths_from(module), module.params['name'], params,
-                                                module.check_mode, module.params['restart']))
+    params = {key: module.params[key] for key in _limits.OPTION_KEYS}
+    _ansible.run(module, lambda: _mgr_limits.ensure(_ansible.paths_from(module), module.params['name'], params,
+                                                    module.check_mode, restart=module.params['restart']))
 
 
 if __name__ == '__main__':
