@@ -214,12 +214,13 @@ class NetState:
             for payload in self._dump(sock, RTM_GETLINK, struct.pack('=BxHiII', 0, 0, 0, 0, 0)):
                 link = parse_link(payload)
                 self.links[link['name']] = link
-            self.addrs = [a for a in map(parse_addr, self._dump(sock, RTM_GETADDR, struct.pack('=BBBBI', 0, 0, 0, 0, 0)))
-                          if a]
+            addrs = self._dump(sock, RTM_GETADDR, struct.pack('=BBBBI', 0, 0, 0, 0, 0))
+            self.addrs = [a for a in map(parse_addr, addrs) if a]
             self.routes = [parse_route(p) for p in self._dump(
                 sock, RTM_GETROUTE, struct.pack('=BBBBBBBBI', 0, 0, 0, 0, 0, 0, 0, 0, 0))] if routes else []
             self.rules6 = [parse_rule(p) for p in self._dump(
-                sock, RTM_GETRULE, struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0))] if routes else []
+                sock, RTM_GETRULE, struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0))
+            ] if routes else []
         self.by_index = {link['index']: link for link in self.links.values()}
         self.ipv6_off = read_ipv6_off(netns, self.links) if netns is not None and routes else {}
 

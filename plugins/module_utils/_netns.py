@@ -346,8 +346,8 @@ def check_conflicts(paths, name: str, section: dict, host: NetState) -> None:
     if section['mode'] == 'bridge':
         br = host.links.get(section['bridge'])
         if br is not None and br['kind'] != 'bridge':
-            raise VServerError('bridge %s exists on the host and is not a bridge (%s)' % (section['bridge'], br['kind']),
-                               'bridge')
+            raise VServerError('bridge %s exists on the host and is not a bridge (%s)'
+                               % (section['bridge'], br['kind']), 'bridge')
 
 
 def _sysctl(path, default=None):

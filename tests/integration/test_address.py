@@ -555,7 +555,8 @@ def test_live_rename_and_mtu(net, host_paths, make_guest):
     assert 'mtu 1280' in sh(host_paths, 'ren', 'ip link show net0').stdout
     assert 'default via %s dev net0' % net.ip4(1) in sh(host_paths, 'ren', 'ip route').stdout
     assert http_get_or_ping(net.ip4(2))
-    assert ensure(host_paths, name='ren', mtu=1400, address=net.cidr4(2))['actions'] == ['update config', 'set mtu 1400']
+    res = ensure(host_paths, name='ren', mtu=1400, address=net.cidr4(2))
+    assert res['actions'] == ['update config', 'set mtu 1400']
     assert 'mtu 1400' in sh(host_paths, 'ren', 'ip link show net0').stdout
     assert len([n for n in _host_links() if n.startswith(net.bridge + '-')]) == 1   # one veth, the old one gone
 

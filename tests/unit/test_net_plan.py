@@ -63,7 +63,8 @@ def test_operations_render_once_to_the_ip_lines():
     p = plan(BRIDGE_SECTION, fake_state([{'name': 'eth0'}]), fresh_guest())
     assert NL.render(p.host) == ['link add vstb type bridge', 'link set vstb up', 'addr add 10.0.0.1/24 dev vstb',
                                  'link add vstb-7 type veth peer name eth0 netns 4242',
-                                 'link set vstb-7 addrgenmode none', 'link set vstb-7 master vstb', 'link set vstb-7 up']
+                                 'link set vstb-7 addrgenmode none', 'link set vstb-7 master vstb',
+                                 'link set vstb-7 up']
     assert NL.render(p.guest) == ['link set eth0 addrgenmode none', 'addr add 10.0.0.5/24 dev eth0',
                                   'link set eth0 up', 'route replace 0.0.0.0/0 via 10.0.0.1 dev eth0']
 
@@ -215,7 +216,8 @@ def test_plan_replaces_an_interface_of_another_mode_first():
     p = plan(MACVLAN_SECTION, host, guest, BRIDGE_SECTION)
     assert p.guest_pre == [LinkDel('eth0')]
     assert p.host == [LinkAdd('macvlan', 'eth0', lower='eth9', pid=4242)]
-    assert p.guest == [LinkSet('eth0', addrgen_off=True), Addr(True, I('10.0.0.5/24'), 'eth0'), LinkSet('eth0', up=True)]
+    assert p.guest == [LinkSet('eth0', addrgen_off=True), Addr(True, I('10.0.0.5/24'), 'eth0'),
+                       LinkSet('eth0', up=True)]
 
 
 # --- IPv6 on the link, and the source address rules ----------------------------------------------------------
