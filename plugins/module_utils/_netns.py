@@ -181,7 +181,6 @@ def section_view(section: Optional[dict]) -> Dict[str, Any]:
     return {key: section.get(key) for key in SECTION_KEYS if section.get(key) is not None}
 
 
-
 def desired(current: Optional[dict], opts: Dict[str, Any]) -> Optional[dict]:
     """The new ``network`` section from the current one and validated options (None: no networking).
 
