@@ -37,9 +37,9 @@ from ansible_collections.vserver.core.plugins.module_utils._netns_plan import (
 
 # What other files use (host_ifname and NetState are the plan's and the mechanism's, named here for callers).
 __all__ = ['ARGUMENT_SPEC', 'DEFAULTS', 'DEFAULT_BRIDGE', 'DEFAULT_INTERFACE', 'MODES', 'SECTION_KEYS', 'STATES',
-           'NetState', 'addresses', 'apply_on_start', 'check_conflicts', 'desired', 'forwarding', 'host_ifname',
-           'live_addresses', 'netns_defaults', 'on_netns', 'on_started', 'parse_address', 'parse_gateway',
-           'resolve_gateways', 'section_view', 'validate', 'vlan_ifname', 'vlan_supported']
+           'NetState', 'addresses', 'apply_on_start', 'check_conflicts', 'describe', 'desired', 'ensure', 'forwarding',
+           'host_ifname', 'live_addresses', 'netns_defaults', 'on_netns', 'on_started', 'parse_address',
+           'parse_gateway', 'resolve_gateways', 'section_view', 'validate', 'vlan_ifname', 'vlan_supported']
 
 MODES = ('bridge', 'macvlan')
 STATES = ('present', 'absent')
@@ -434,12 +434,17 @@ netns_defaults = on_netns
 apply_on_start = on_started
 
 
-def __getattr__(name):
-    """``ensure`` (old signature ``ensure(paths, params, check_mode) -> dict``) and ``describe`` moved to the
-    manager, ``_mgr_address``; callers above this floor that still look for them here (_guests, _mgr_context, tests)
-    get them, resolved on first use so that loading this file imports nothing above it. Remove once they call
-    ``_mgr_address``."""
-    if name in ('ensure', 'describe'):
-        from ansible_collections.vserver.core.plugins.module_utils import _mgr_address
-        return {'ensure': _mgr_address.ensure_params, 'describe': _mgr_address.describe}[name]
-    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+# The manager's names, kept for callers above this floor until they call _mgr_address (_guests, _mgr_context, the
+# tests of the runtime's faults). No logic here; the imports point up a floor and go when those callers move.
+
+
+def ensure(paths, params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """Alias of ``_mgr_address.ensure_params`` (the old signature: name inside params, a dict back)."""
+    from ansible_collections.vserver.core.plugins.module_utils import _mgr_address  # compat alias, see above
+    return _mgr_address.ensure_params(paths, params, check_mode)
+
+
+def describe(paths, doc: dict) -> Dict[str, Any]:
+    """Alias of ``_mgr_address.describe``."""
+    from ansible_collections.vserver.core.plugins.module_utils import _mgr_address  # compat alias, see above
+    return _mgr_address.describe(paths, doc)
