@@ -191,30 +191,20 @@ diff:
   sample: {before: {}, after: {mode: bridge, bridge: vsbr0, interface: eth0, addresses: [10.8.0.2/24]}}
 '''
 
+import copy
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vserver.core.plugins.module_utils import _ansible, _netns
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr_address, _netns
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_ansible.argument_spec(
-            name=dict(type='str', required=True),
-            address=dict(type='str'),
-            addresses=dict(type='list', elements='str'),
-            state=dict(type='str', default='present', choices=['present', 'absent']),
-            exclusive=dict(type='bool', default=False),
-            mode=dict(type='str', choices=['bridge', 'macvlan']),
-            bridge=dict(type='str'),
-            parent=dict(type='str'),
-            vlan=dict(type='int'),
-            gateway=dict(type='list', elements='str'),
-            mtu=dict(type='int'),
-            interface=dict(type='str'),
-        ),
+        argument_spec=_ansible.argument_spec(**copy.deepcopy(_netns.ARGUMENT_SPEC)),
         supports_check_mode=True,
     )
-    _ansible.run(module, lambda: _netns.ensure(_ansible.paths_from(module), module.params, module.check_mode))
+    paths = _ansible.paths_from(module)
+    _ansible.run(module, lambda: _mgr_address.ensure(paths, module.params['name'], module.params, module.check_mode))
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _config, _runtime, _kernel as K, _mgr_context, _netns)
+    _caps, _config, _runtime, _kernel as K, _mgr_address, _mgr_context, _netns)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import guest_sh, vserver
 
@@ -84,7 +84,8 @@ def net():
 
 
 def ensure(paths, **params):
-    return _netns.ensure(paths, dict(params))
+    """The address manager, as the module calls it; its result as the module returns it."""
+    return _mgr_address.ensure(paths, params.pop('name'), params).to_dict()
 
 
 def sh(paths, name, script, timeout=30):
@@ -351,7 +352,7 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
     assert http_get(ip_a, port) == 'guest-a\n'
 
     # what listings show
-    info = _netns.describe(host_paths, _config.load(host_paths, 'a'))
+    info = _mgr_address.describe(host_paths, _config.load(host_paths, 'a'))
     assert info['addresses'] == [net.cidr4(2)] and info['live_addresses'] == [net.cidr4(2)]
     assert _netns.addresses(_config.load(host_paths, 'b')) == [net.cidr4(3)]
 
@@ -554,7 +555,8 @@ def test_live_rename_and_mtu(net, host_paths, make_guest):
     assert 'mtu 1280' in sh(host_paths, 'ren', 'ip link show net0').stdout
     assert 'default via %s dev net0' % net.ip4(1) in sh(host_paths, 'ren', 'ip route').stdout
     assert http_get_or_ping(net.ip4(2))
-    assert ensure(host_paths, name='ren', mtu=1400, address=net.cidr4(2))['actions'] == ['update config', 'set mtu 1400']
+    res = ensure(host_paths, name='ren', mtu=1400, address=net.cidr4(2))
+    assert res['actions'] == ['update config', 'set mtu 1400']
     assert 'mtu 1400' in sh(host_paths, 'ren', 'ip link show net0').stdout
     assert len([n for n in _host_links() if n.startswith(net.bridge + '-')]) == 1   # one veth, the old one gone
 

@@ -1,18 +1,19 @@
-"""Pure logic of _netns: validation, the config section, gateway defaults, live plans, rtnetlink parsing."""
+"""Pure logic of _netns: validation, the options, the config section, gateway defaults, host checks.
+
+The live planner is tested in test_net_plan.py, rtnetlink parsing and requests in test_netlink.py."""
 import ipaddress
 import os
 import socket
-import struct
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _netns as N
+from ansible_collections.vserver.core.plugins.module_utils import _netlink as NL, _netns as N
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
 def fake_state(links=(), addrs=(), routes=(), rules=(), ipv6_off=None):
     """A NetState built from tables instead of the kernel."""
-    st = object.__new__(N.NetState)
+    st = object.__new__(NL.NetState)
     st.links = {}
     for i, link in enumerate(links, start=1):
         entry = {'index': i, 'up': True, 'mtu': 1500, 'link': None, 'master': None, 'kind': None}
@@ -149,93 +150,6 @@ def test_interface_names_fit_ifnamsiz():
     assert N.vlan_ifname('enp0s31f6abcdef', 4094) == 'enp0s31f6a.4094'
 
 
-BRIDGE_SECTION = {'mode': 'bridge', 'bridge': 'vstb', 'interface': 'eth0', 'addresses': ['10.0.0.5/24'],
-                  'gateway': ['10.0.0.1']}
-
-
-def test_plan_for_a_fresh_guest_creates_bridge_veth_address_route():
-    plan = N.plan_live(BRIDGE_SECTION, 7, 4242, fake_state([{'name': 'eth0'}]), fake_state([{'name': 'lo'}]))
-    assert plan.host == ['link add vstb type bridge', 'link set vstb up', 'addr add 10.0.0.1/24 dev vstb',
-                         'link add vstb-7 type veth peer name eth0 netns 4242', 'link set vstb-7 addrgenmode none',
-                         'link set vstb-7 master vstb', 'link set vstb-7 up']
-    assert plan.guest == ['link set eth0 addrgenmode none', 'addr add 10.0.0.5/24 dev eth0', 'link set eth0 up',
-                          'route replace 0.0.0.0/0 via 10.0.0.1 dev eth0']
-    assert plan.created == ['vstb', 'vstb-7'] and plan.guest_pre == []
-
-
-def synced_states(mtu=1500, guest_addrs=('10.0.0.5/24',), gw='10.0.0.1'):
-    host = fake_state([{'name': 'vstb', 'kind': 'bridge'}, {'name': 'vstb-7', 'kind': 'veth', 'link': 2, 'master': 1,
-                                                            'mtu': mtu}],
-                      [('vstb', '10.0.0.1/24')])
-    guest = fake_state([{'name': 'lo'}, {'name': 'eth0', 'kind': 'veth', 'link': 2, 'mtu': mtu}],
-                       [('eth0', a) for a in guest_addrs],
-                       [{'family': socket.AF_INET, 'gateway': gw, 'oif': 2}] if gw else [])
-    return host, guest
-
-
-def test_plan_is_empty_when_in_sync():
-    host, guest = synced_states()
-    plan = N.plan_live(BRIDGE_SECTION, 7, 4242, host, guest)
-    assert (plan.host, plan.guest, plan.actions) == ([], [], [])
-
-
-def test_plan_changes_only_what_differs():
-    host, guest = synced_states(guest_addrs=('10.0.0.5/24', '10.0.0.6/24'), gw='10.0.0.9')
-    plan = N.plan_live(dict(BRIDGE_SECTION, mtu=1400, addresses=['10.0.0.5/24', 'fd00:8::5/64'],
-                            gateway=['10.0.0.1', 'fd00:8::1']), 7, 4242, host, guest)
-    assert plan.guest == ['link set eth0 mtu 1400', 'addr del 10.0.0.6/24 dev eth0',
-                          'addr add fd00:8::5/64 dev eth0 nodad', 'route replace 0.0.0.0/0 via 10.0.0.1 dev eth0',
-                          'route replace ::/0 via fd00:8::1 dev eth0']
-    assert plan.host == ['addr add fd00:8::1/64 dev vstb nodad', 'link set vstb-7 mtu 1400']
-    assert plan.ipv6 == ('eth0', False) and 'turn IPv6 on on eth0' in plan.actions
-    removal = N.plan_live(None, 7, 4242, host, guest)
-    assert removal.guest == ['link del eth0'] and removal.host == []
-
-
-def test_plan_replaces_an_interface_of_another_mode_first():
-    host, guest = synced_states()
-    host.links['eth9'] = {'index': 9, 'name': 'eth9', 'up': True, 'mtu': 1500, 'link': None, 'master': None,
-                          'kind': None}
-    section = {'mode': 'macvlan', 'parent': 'eth9', 'interface': 'eth0', 'addresses': ['10.0.0.5/24']}
-    plan = N.plan_live(section, 7, 4242, host, guest)
-    assert plan.guest_pre == ['link del eth0']
-    assert plan.host == ['link add link eth9 name eth0 netns 4242 type macvlan mode bridge']
-    assert plan.guest == ['link set eth0 addrgenmode none', 'addr add 10.0.0.5/24 dev eth0', 'link set eth0 up']
-
-
-def test_plan_refuses_a_foreign_host_interface_and_non_bridge():
-    host = fake_state([{'name': 'vstb', 'kind': 'bridge'}, {'name': 'vstb-7', 'kind': 'veth', 'link': 99}])
-    with pytest.raises(VServerError) as err:
-        N.plan_live(BRIDGE_SECTION, 7, 4242, host, fake_state([{'name': 'lo'}]))
-    assert err.value.field == 'bridge' and 'vstb-7' in str(err.value)
-    with pytest.raises(VServerError):
-        N.plan_live(BRIDGE_SECTION, 7, 4242, fake_state([{'name': 'vstb', 'kind': 'veth'}]), fake_state())
-
-
-def nlmsg(kind, body):
-    return struct.pack('=IHHII', 16 + len(body), kind, 2, 1, 0) + body + b'\0' * (-len(body) % 4)
-
-
-def rta(kind, data):
-    return struct.pack('=HH', 4 + len(data), kind) + data + b'\0' * (-len(data) % 4)
-
-
-def test_netlink_parsers():
-    link = struct.pack('=BxHiII', 0, 1, 5, 1, 0) + rta(3, b'eth0\0') + rta(4, struct.pack('=I', 1400)) + \
-        rta(5, struct.pack('=I', 9)) + rta(18 | 0x8000, rta(1, b'veth\0'))
-    addr = struct.pack('=BBBBI', socket.AF_INET6, 64, 0, 0, 5) + rta(1, socket.inet_pton(socket.AF_INET6, 'fd00:8::5'))
-    route = struct.pack('=BBBBBBBBI', socket.AF_INET, 0, 0, 0, 254, 3, 0, 1, 0) + \
-        rta(4, struct.pack('=I', 5)) + rta(5, socket.inet_aton('10.0.0.1'))
-    msgs = N.parse_messages(nlmsg(16, link) + nlmsg(20, addr) + nlmsg(24, route) + nlmsg(3, b'\0' * 4))
-    assert [m[0] for m in msgs] == [16, 20, 24, 3]
-    assert N.parse_link(msgs[0][1]) == {'index': 5, 'name': 'eth0', 'up': True, 'mtu': 1400, 'link': 9,
-                                        'master': None, 'kind': 'veth'}
-    parsed = N.parse_addr(msgs[1][1])
-    assert parsed['index'] == 5 and str(parsed['iface']) == 'fd00:8::5/64'
-    assert N.parse_route(msgs[2][1]) == {'family': socket.AF_INET, 'dst_len': 0, 'table': 254, 'oif': 5,
-                                         'gateway': '10.0.0.1', 'dst': None}
-
-
 def test_vlan_support_detection(tmp_path):
     proc, sys_, mods = tmp_path / 'proc', tmp_path / 'sys', tmp_path / 'lib'
     release = os.uname().release
@@ -269,93 +183,45 @@ def test_display_helpers():
     assert N.addresses({'name': 'g', 'network': {'addresses': ['10.0.0.5/24']}}) == ['10.0.0.5/24']
 
 
-def test_simple_live_changes_become_rtnetlink_requests():
-    msg, flags, body, dev = N.netlink_request('addr add fd00:8::5/64 dev eth0 nodad')
-    assert (msg, dev) == (N.RTM_NEWADDR, 'eth0') and flags & N.NLM_F_EXCL
-    parsed = N.parse_addr(body(7))
-    assert parsed['index'] == 7 and str(parsed['iface']) == 'fd00:8::5/64'
-    assert N.parse_attrs(body(7), 8)[N.IFA_FLAGS] == struct.pack('=I', N.IFA_F_NODAD)
-    msg, flags, body, dev = N.netlink_request('addr del 10.0.0.5/24 dev eth0')
-    assert msg == N.RTM_DELADDR and str(N.parse_addr(body(3))['iface']) == '10.0.0.5/24'
-    msg, flags, body, dev = N.netlink_request('route replace ::/0 via fd00:8::1 dev eth0')
-    assert msg == N.RTM_NEWROUTE and flags & N.NLM_F_REPLACE
-    assert N.parse_route(body(4)) == {'family': socket.AF_INET6, 'dst_len': 0, 'table': 254, 'oif': 4,
-                                      'gateway': 'fd00:8::1', 'dst': None}
-    msg, _flags, body, dev = N.netlink_request('link set eth0 up')
-    assert msg == N.RTM_NEWLINK and N.parse_link(body(2))['up'] is True
-    for line in ('link set eth0 addrgenmode none', 'link del eth0', 'route replace 10.0.0.0/8 via 10.0.0.1 dev eth0',
-                 'link add x type veth peer name eth0 netns 1'):
-        assert N.netlink_request(line) is None       # everything else goes through `ip -batch`
+def test_one_source_for_the_options():
+    """The module's spec is the concern's (plus the host path options); DEFAULTS are what an absent option means."""
+    import ast
+    assert N.DEFAULTS == {'address': None, 'addresses': None, 'state': 'present', 'exclusive': False, 'mode': None,
+                          'bridge': None, 'parent': None, 'vlan': None, 'gateway': None, 'mtu': None,
+                          'interface': None}
+    assert N.ARGUMENT_SPEC['state']['choices'] == list(N.STATES) and N.ARGUMENT_SPEC['mode']['choices'] == list(N.MODES)
+    assert N.ARGUMENT_SPEC['name'] == {'type': 'str', 'required': True}
+    # the module spells no option of its own: it passes the concern's spec
+    source = open(os.path.join(os.path.dirname(N.__file__), '..', 'modules', 'address.py')).read()
+    main = next(node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == 'main')
+    own = [k.arg for k in ast.walk(main) if isinstance(k, ast.keyword) and k.arg in N.ARGUMENT_SPEC]
+    assert 'ARGUMENT_SPEC' in ast.dump(main) and own == []
+    # every default validates as "nothing given"
+    opts = N.validate(dict(N.DEFAULTS, name='g', address='10.0.0.5/24'))
+    assert opts['state'] == 'present' and opts['gateway'] is None and opts['exclusive'] is False
 
 
-def test_plan_renames_the_interface_without_leaving_the_old_one():
-    host, guest = synced_states()
-    plan = N.plan_live(dict(BRIDGE_SECTION, interface='net0'), 7, 4242, host, guest, BRIDGE_SECTION)
-    assert plan.guest_pre == ['link del eth0']
-    assert 'link add vstb-7 type veth peer name net0 netns 4242' in plan.host
+class FakeRuntime:
+    def __init__(self, answer=(None, None)):
+        self.answer, self.calls = answer, []
+
+    def netns_handle(self, repair=False):
+        self.calls.append(repair)
+        return self.answer
 
 
-def test_ipv6_duplicate_address_detection_stays_on_for_lan_guests():
-    host = fake_state([{'name': 'eth9'}])
-    section = {'mode': 'macvlan', 'parent': 'eth9', 'interface': 'eth0', 'addresses': ['fd00:8::5/64']}
-    plan = N.plan_live(section, 7, 4242, host, fake_state([{'name': 'lo'}]))
-    assert 'addr add fd00:8::5/64 dev eth0' in plan.guest
-    bridged = N.plan_live(dict(BRIDGE_SECTION, addresses=['fd00:8::5/64'], gateway=[]), 7, 4242, host,
-                          fake_state([{'name': 'lo'}]))
-    assert 'addr add fd00:8::5/64 dev eth0 nodad' in bridged.guest
+def test_start_step_needs_addresses_and_a_running_init():
+    rt = FakeRuntime()
+    N.on_started(None, {'name': 'g'}, rt)
+    N.on_started(None, {'name': 'g', 'network': {'addresses': []}}, rt)
+    assert rt.calls == []                    # nothing to give: the runtime is not even asked
+    N.on_started(None, {'name': 'g', 'network': {'addresses': ['10.0.0.5/24'], 'mode': 'bridge'}}, rt)
+    assert rt.calls == [True]                # start holds the host lock: a lost handle is repaired
+    assert N.apply_on_start is N.on_started and N.netns_defaults is N.on_netns
 
 
-def test_ipv6_source_rules_follow_the_guest_addresses():
-    host, guest = synced_states()
-    section = dict(BRIDGE_SECTION, addresses=['10.0.0.5/24', 'fd00:8::5/64', 'fd00:9::5/64'], gateway=[])
-    plan = N.plan_live(section, 7, 4242, host, guest)
-    kernel_rule = {'priority': 0, 'src_len': 0, 'src': None, 'action': 1, 'table': 255}
-    guest.rules6 = [dict(kernel_rule, invert=False, iif=None, dst_len=0, family=socket.AF_INET6)]
-    plan = N.plan_live(section, 7, 4242, host, guest)
-    # the kernel's catch-all local rule is replaced (inbound, outbound but multicast) before it goes
-    assert plan.guest6 == ['rule add not iif lo lookup local pref 1', 'rule add not to ff00::/8 lookup local pref 2',
-                           'rule del pref 0 lookup local',
-                           'rule add from fd00:8::5/128 lookup local pref 100',
-                           'rule add from fd00:9::5/128 lookup local pref 100',
-                           'rule add from fd00:8::5/128 lookup main pref 101',
-                           'rule add from fd00:9::5/128 lookup main pref 101', 'rule add unreachable pref 200']
-    assert plan.ipv6 == ('eth0', False)
-    ruled = fake_state(guest.links.values(), [('eth0', '10.0.0.5/24'), ('eth0', 'fd00:8::5/64')], rules=[
-        {'priority': 1, 'src_len': 0, 'src': None, 'action': 1, 'table': 255, 'invert': True, 'iif': 'lo'},
-        {'priority': 2, 'src_len': 0, 'src': None, 'action': 1, 'table': 255, 'invert': True, 'dst_len': 8},
-        {'priority': 100, 'src_len': 128, 'src': ipaddress.ip_address('fd00:8::5'), 'action': 1, 'table': 255,
-         'find_saddr': True},
-        {'priority': 101, 'src_len': 128, 'src': ipaddress.ip_address('fd00:8::5'), 'action': 1},
-        {'priority': 101, 'src_len': 128, 'src': ipaddress.ip_address('fd00:7::5'), 'action': 1},
-        {'priority': 200, 'src_len': 0, 'src': None, 'action': 7}])
-    ruled.links = guest.links
-    ruled.by_index = guest.by_index
-    plan = N.plan_live(dict(section, addresses=['10.0.0.5/24', 'fd00:8::5/64']), 7, 4242, host, ruled)
-    assert plan.guest6 == ['rule del from fd00:7::5/128 lookup main pref 101']
-    assert plan.ipv6 is None    # already on
-    v4only = N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, guest)
-    assert v4only.guest6 == [] and v4only.ipv6 is None   # IPv4 only: no rules, IPv6 stays off
-    # losing the last IPv6 address turns IPv6 off on the link (after the address lines)
-    plan = N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, ruled)
-    assert plan.ipv6 == ('eth0', True) and 'turn IPv6 off on eth0' in plan.actions
-    assert 'addr del fd00:8::5/64 dev eth0' in plan.guest
-
-
-def test_a_new_interface_gets_ipv6_only_with_an_ipv6_address():
-    host = fake_state([{'name': 'vstb', 'kind': 'bridge'}])
-    plan = N.plan_live(dict(BRIDGE_SECTION), 7, 4242, host, fake_state([{'name': 'lo'}]))
-    assert plan.ipv6 == ('eth0', True)
-    plan = N.plan_live(dict(BRIDGE_SECTION, addresses=['fd00:8::5/64'], gateway=[]), 7, 4242, host,
-                       fake_state([{'name': 'lo'}]))
-    assert plan.ipv6 == ('eth0', False)
-
-
-def test_rule_parser():
-    body = struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 128, 0, 254, 0, 0, 1, 0) + \
-        rta(6, struct.pack('=I', 101)) + rta(2, socket.inet_pton(socket.AF_INET6, 'fd00:8::5'))
-    assert N.parse_rule(body) == {'family': socket.AF_INET6, 'src_len': 128, 'table': 254, 'action': 1,
-                                  'priority': 101, 'src': ipaddress.ip_address('fd00:8::5'), 'dst_len': 0,
-                                  'invert': False, 'iif': None, 'find_saddr': False}
-    inbound = struct.pack('=BBBBBBBBI', socket.AF_INET6, 0, 0, 0, 255, 0, 0, 1, 2) + \
-        rta(6, struct.pack('=I', 1)) + rta(3, b'lo\0')
-    assert N.parse_rule(inbound)['invert'] and N.parse_rule(inbound)['iif'] == 'lo'
+def test_manager_names_kept_for_old_callers():
+    import inspect
+    # the guests manager tells the old signature (name inside params, a dict back) by its parameters
+    assert list(inspect.signature(N.ensure).parameters) == ['paths', 'params', 'check_mode']
+    assert list(inspect.signature(N.describe).parameters) == ['paths', 'doc']
