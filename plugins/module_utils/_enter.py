@@ -11,6 +11,8 @@ namespaces and, when a terminal is involved, a pty in the guest's own devpts ins
 and sends the plan with those fds (SCM_RIGHTS). The second stage joins the guest, drops to its credentials
 and forks the guest's program; this side relays the pty (keys, output, window size), forwards
 SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 and returns the exit status. See docs/security.md, "Entering a guest".
+An entry that went the full way keeps what it concluded for the next (``enter_known``: the fast path of `vserver
+exec`, used while every input of that conclusion is the same).
 """
 
 from __future__ import annotations
@@ -301,14 +303,16 @@ def code_key():
     return tuple(out)
 
 
-def _read_file(path):
-    """The bytes of a small regular file (None if there is none), without following a symlink at its end."""
+def _read_file(path, private=False):
+    """The bytes of a small regular file (None if there is none), without following a symlink at its end;
+    ``private``: only if it is ours and nobody else may read or write it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or private and (st.st_uid != os.geteuid() or st.st_mode & 0o077):
             return None
         return os.read(fd, KNOWN_MAX + 1)
     finally:
@@ -388,7 +392,7 @@ def _known_plan(opts, name, argv, stage, terminal, opened):
     run_dir = _run_dir(opts, roots[2])
     if run_dir is None:
         return None
-    raw = _read_file(os.path.join(run_dir, name, KNOWN_FILE))
+    raw = _read_file(os.path.join(run_dir, name, KNOWN_FILE), private=True)
     if not raw or len(raw) > KNOWN_MAX:
         return None
     known = marshal.loads(raw)
