@@ -437,6 +437,8 @@ def _frozen(groups):
         if value is None or value.strip() in wanted:
             return True
     return False
+
+
 def _write_all_to(path, data):
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:

@@ -83,8 +83,8 @@ def test_a_kept_conclusion_holds_only_while_every_input_does(host_paths, make_gu
     _runtime.start(host_paths, doc)
     init_pid = _runtime.Runtime(host_paths, 'known').init_pid()
     for want_full in (True, False):
-        proc, full = run(host_paths, 'known', 'exec', '/bin/sh', '-c',
-                                  'readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt')
+        proc, full = run(host_paths, 'known', 'exec', '/bin/sh', '-c', 'readlink /proc/self/ns/pid; '
+                         'readlink /proc/self/ns/mnt')
         assert (proc.returncode, full) == (0, want_full), proc.stderr
         assert proc.stdout.split() == [os.readlink('/proc/%d/ns/%s' % (init_pid, kind)) for kind in ('pid', 'mnt')]
 
