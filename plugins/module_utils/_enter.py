@@ -27,6 +27,7 @@ import os
 import resource
 import select
 import stat
+import sys
 
 from ansible_collections.vserver.core.plugins.module_utils import _enter_stage, _kernel as K
 
@@ -269,17 +270,17 @@ def _finish(name, proc_fd, facts, ns, config, argv, env, terminal, opened):
 # --- the fast path: an entry like the last one ---------------------------------------------------------------
 #
 # Reading a guest's config means loading the config store and every validator of the sections it holds, and
-# finding its init the runtime: most of the CPU an exec costs (the imports of `re`, `json` and the collection's
+# finding its init, the runtime: most of the CPU an exec costs (the imports of `re`, `json` and the collection's
 # modules, 30-50 ms on the CI machine), and the critical path (the second stage waits for its plan). So an
 # entry that went the full way keeps what it concluded in the guest's runtime dir (root's, on tmpfs, removed
 # with it by stop), with every input it rests on: the command's options, the VSERVER_* variables and the
 # defaults file (the host roots), the exact bytes of the config and of the runtime record, the size, times and
-# inode of every module of this library (the code that checked them), and init's /proc/PID/cgroup as found in
-# the guest's cgroup. The next entry uses that conclusion only when every input is the same again; anything else
-# (or anything unusual on the way) takes the full path, which decides and says what is wrong. What a conclusion
-# never stands in for is read afresh every time, as by the full path: that init runs (its pid, start time and
-# cgroup), whether the guest is frozen, init's credentials, rlimits and namespaces. A runtime record is rewritten
-# by every start, so a conclusion lives at most as long as the guest's init.
+# inode of every module of this library and the interpreter's version (the code that checked them), and init's
+# /proc/PID/cgroup as found in the guest's cgroup. The next entry uses that conclusion only when every input is
+# the same again; anything else (or anything unusual on the way) takes the full path, which decides and says what
+# is wrong. What a conclusion never stands in for is read afresh every time, as by the full path: that init runs
+# (its pid, start time and cgroup), whether the guest is frozen, init's credentials, rlimits and namespaces. A
+# runtime record is rewritten by every start, so a conclusion lives at most as long as the guest's init.
 
 def roots_key(opts):
     """What the host roots of a vserver command with options ``opts`` rest on (``_common.Paths`` reads these)."""
@@ -293,9 +294,10 @@ def roots_key(opts):
 
 
 def code_key():
-    """The modules of this library (name, size, mtime, ctime, inode): a conclusion holds for the code that drew it."""
+    """The modules of this library (name, size, mtime, ctime, inode) and the interpreter's version: a conclusion
+    holds for the code that drew it."""
     here = os.path.dirname(os.path.abspath(__file__))
-    out = []
+    out = [sys.hexversion]
     for entry in sorted(os.listdir(here)):
         if entry.endswith('.py'):
             st = os.stat(os.path.join(here, entry))
