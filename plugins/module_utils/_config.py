@@ -158,11 +158,16 @@ _MISSING = object()
 
 def _read(path):
     """The parsed JSON document at ``path``; _MISSING if there is no such file; BrokenConfig if unreadable."""
+    return _read_raw(path)[0]
+
+
+def _read_raw(path):
+    """``(document, the bytes it was parsed from)``; ``(_MISSING, None)`` if there is no such file."""
     try:
         with open(path, 'rb') as handle:
             raw = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        return _MISSING
+        return _MISSING, None
     except OSError as exc:
         raise BrokenConfig(path, 'cannot be read: %s' % (exc.strerror or exc))
     if len(raw) > MAX_BYTES:
@@ -170,7 +175,7 @@ def _read(path):
     if not raw.strip():
         raise BrokenConfig(path, 'is empty')
     try:
-        return json.loads(raw.decode('utf-8'))
+        return json.loads(raw.decode('utf-8')), raw
     except UnicodeDecodeError as exc:
         raise BrokenConfig(path, 'is not UTF-8 text: %s' % exc)
     except ValueError as exc:
@@ -179,12 +184,17 @@ def _read(path):
 
 def load(paths, name, sections=CHECKED):
     """Guest ``name``'s config, validated; None when it has none. Raises BrokenConfig for an unusable file."""
+    return load_raw(paths, name, sections)[0]
+
+
+def load_raw(paths, name, sections=CHECKED):
+    """``(config, the exact bytes it was parsed from)`` as ``load``; ``(None, None)`` when it has none."""
     check_name(name)
     path = paths.config_file(name)
-    doc = _read(path)
+    doc, raw = _read_raw(path)
     if doc is _MISSING:
-        return None
-    return check_doc(doc, path, name, sections)
+        return None, None
+    return check_doc(doc, path, name, sections), raw
 
 
 def names(paths):

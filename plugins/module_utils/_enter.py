@@ -11,25 +11,45 @@ namespaces and, when a terminal is involved, a pty in the guest's own devpts ins
 and sends the plan with those fds (SCM_RIGHTS). The second stage joins the guest, drops to its credentials
 and forks the guest's program; this side relays the pty (keys, output, window size), forwards
 SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 and returns the exit status. See docs/security.md, "Entering a guest".
+An entry that went the full way keeps what it concluded for the next (``enter_known``: the fast path of `vserver
+exec`, used while every input of that conclusion is the same).
 """
 
 from __future__ import annotations
 
-import json
+# Only what the second stage loads anyway, and C modules: this module is the fast path of `vserver exec`
+# (``enter_known``), which must not wait for `re`, `json` or `enum` (``signal`` and ``socket`` import it); the
+# collection's other modules (config, validators, the runtime) are imported where the full path needs them.
+import _json
+import _signal
+import marshal
 import os
 import resource
 import select
-import signal
 import stat
+import sys
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _enter_stage, _kernel as K
-from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils import _enter_stage, _kernel as K
 
 # joined in this order; mount last (it changes the root), PID applies to the second stage's children only
 NS_ORDER = ('cgroup', 'ipc', 'uts', 'net', 'time', 'pid', 'mnt')
 GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 PTMX = (5, 2)
+# What an entry that went the full way (config read and checked, init found) concluded, kept in the guest's
+# runtime dir for the next one (see ``enter_known``).
+KNOWN_FILE = 'entry.known'
+KNOWN_VERSION = 1
+KNOWN_MAX = 1 << 20
+# the host roots (``_common.Paths``): their inputs are part of what a conclusion rests on
+ROOT_KEYS = ('config_dir', 'run_dir', 'tree_dir', 'log_dir', 'cgroup_parent')
+DEFAULTS_FILE = '/etc/default/vserver'
+DEFAULT_RUN_DIR = '/run/vservers'
+
+
+def _error(msg, field=None):
+    from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+    return VServerError(msg, field)
 
 
 def rlimit_ids():
@@ -39,6 +59,11 @@ def rlimit_ids():
 def cgroup_dirs(cgroup_raw, mounts):
     """The host directories of the cgroups listed in a /proc/PID/cgroup text, one per hierarchy (``mounts``: the
     host's mountinfo). A hierarchy the host has not mounted is skipped when the process sits at its root."""
+    return [path for dummy, path in _cgroup_dirs(cgroup_raw, mounts)]
+
+
+def _cgroup_dirs(cgroup_raw, mounts):
+    """``[(controllers, directory)]`` (controllers '' for cgroup2), as ``cgroup_dirs``."""
     out = []
     for line in cgroup_raw.splitlines():
         parts = line.split(':', 2)
@@ -51,11 +76,11 @@ def cgroup_dirs(cgroup_raw, mounts):
                     wanted and mnt['fstype'] == 'cgroup' and wanted <= set(mnt['super'].split(',')):
                 root = mnt['root'].rstrip('/')
                 if path == root or path.startswith(root + '/'):
-                    out.append(mnt['mountpoint'].rstrip('/') + path[len(root):])
+                    out.append((controllers, mnt['mountpoint'].rstrip('/') + path[len(root):]))
                     break
         else:
             if path != '/':
-                raise VServerError('cgroup hierarchy %r of the guest is not mounted on the host' % controllers)
+                raise _error('cgroup hierarchy %r of the guest is not mounted on the host' % controllers)
     return out
 
 
@@ -116,86 +141,304 @@ def log_entry(name, argv, terminal):
         tty = os.ttyname(0) if os.isatty(0) else '-'
         syslog.openlog('vserver', syslog.LOG_PID, syslog.LOG_AUTHPRIV)
         syslog.syslog(syslog.LOG_NOTICE, 'guest=%s uid=%d user=%s login=%s tty=%s pty=%s command=%s' % (
-            name, uid, user, login, tty, 'yes' if terminal else 'no', json.dumps(list(argv))))
+            name, uid, user, login, tty, 'yes' if terminal else 'no', _json_list(argv)))
         syslog.closelog()
     except Exception:  # no syslog daemon, no /dev/log: the entry goes on
         pass
 
 
-def enter(rt, doc, argv, env=None, terminal=True, stage=None):
+def _json_list(strings):
+    """``json.dumps(list(strings))`` for strings, without importing json (and with it re)."""
+    return '[' + ', '.join(_json.encode_basestring_ascii(item) for item in strings) + ']'
+
+
+def enter(rt, doc, argv, env=None, terminal=True, stage=None, known=None):
     """Run ``argv`` inside the running guest of Runtime ``rt`` with exactly its init's credentials; return the exit
     status (128+N when the command was killed by signal N). ``terminal``: give it a pty of the guest's own for
     each of fds 0-2 that is a terminal here, and relay it. ``stage``: a second stage already started
-    (``_enter_stage.spawn()``, done first thing by the vserver command so that it starts meanwhile)."""
+    (``_enter_stage.spawn()``, done first thing by the vserver command so that it starts meanwhile). ``known``:
+    ``(options, roots_key(options), config bytes)`` of the vserver command, which ``doc`` was parsed from and
+    checked: what this entry concludes is then kept for the next one (``enter_known``)."""
     if os.geteuid() != 0:
-        raise VServerError('entering guest %s needs root' % doc['name'])
+        raise _error('entering guest %s needs root' % doc['name'])
     if stage is None:
         stage = _enter_stage.spawn()
     opened = []
     try:
         try:
-            plan, master = _plan(rt, doc, argv, env, terminal, opened, stage)
+            plan, master, facts, config = _plan(rt, doc, argv, env, terminal, opened, stage)
+            if known is not None:
+                _remember(rt, known, facts, config)
         except BaseException:
             stage.abort()
             raise
-        log_entry(doc['name'], argv, bool(plan['ttys']))
-        old = {sig: signal.getsignal(sig) for sig in FORWARDED}
-        try:
-            stage.send(plan, [fd for dummy, fd in plan['ns']] + ([plan['pty']] if plan['pty'] is not None else []))
-            return _wait(stage.pid, master, plan['ttys'])
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        return _run(stage, doc['name'], argv, plan, master)
     finally:
         for fd in opened:
             os.close(fd)
 
 
+def _run(stage, name, argv, plan, master):
+    """Log the entry, send the plan and wait for the command (forwarding signals, relaying the pty)."""
+    log_entry(name, argv, bool(plan['ttys']))
+    old = {sig: _signal.getsignal(sig) for sig in FORWARDED}
+    try:
+        stage.send(plan, [fd for dummy, fd in plan['ns']] + ([plan['pty']] if plan['pty'] is not None else []))
+        return _wait(stage.pid, master, plan['ttys'])
+    finally:
+        for sig, handler in old.items():
+            _signal.signal(sig, handler if handler is not None else _signal.SIG_DFL)
+
+
 def _plan(rt, doc, argv, env, terminal, opened, stage):
     """Everything the second stage needs, read from init through its /proc fd and opened here (``opened`` gets
-    the fds, which the second stage duplicates from this process); returns (plan, pty master or None)."""
+    the fds, which the second stage duplicates from this process); returns (plan, pty master or None, init's
+    facts, what the config says: ``configured``)."""
     name = doc['name']
     if not argv or not isinstance(argv[0], str) or not argv[0]:
-        raise VServerError('exec: the command is empty; give a program to run inside guest %s' % name, 'command')
+        raise _error('exec: the command is empty; give a program to run inside guest %s' % name, 'command')
     proc_fd = rt.open_init()
     if proc_fd is None:
-        raise VServerError('guest %s is not running' % name)
+        raise _error('guest %s is not running' % name)
     opened.append(proc_fd)
     if rt.group.frozen():
-        raise VServerError('guest %s is frozen: nothing can run in it until `vserver %s thaw`' % (name, name))
+        raise _error('guest %s is frozen: nothing can run in it until `vserver %s thaw`' % (name, name))
     facts = guest_facts(proc_fd)
     if facts is None:
-        raise VServerError('guest %s is not running' % name)
+        raise _error('guest %s is not running' % name)
+    ns = _open_namespaces(proc_fd, opened)
+    if ns is None:
+        raise _error('guest %s is not running' % name)
+    # the second stage joins the guest's cgroup in every hierarchy now, while it starts up, long before it forks
+    # what the guest will see: joining waits for an RCU grace period (~10 ms), which this hides
+    _move(stage, _cgroup_dirs(facts['cgroup'], K.read_mountinfo()))
+    config = configured(doc)
+    plan, master = _finish(name, proc_fd, facts, ns, config, argv, env, terminal, opened)
+    return plan, master, facts, config
+
+
+def configured(doc):
+    """What the guest's config says about entering it: ``{'bcaps': mask, 'nnp': bool, 'seccomp': program or
+    None}`` (the bounding set configured, which the plan intersects with init's; no_new_privs; the syscall filter
+    of the guest's processes, as its init's)."""
+    from ansible_collections.vserver.core.plugins.module_utils import _caps
+    section = doc.get('capabilities') or {}
+    return {'bcaps': _caps.mask(_caps.resolve(section)), 'nnp': bool(section.get('no_new_privs')),
+            'seccomp': _caps.seccomp_program(doc)}
+
+
+def _open_namespaces(proc_fd, opened):
+    """[(kind, fd)] of init's namespaces, in the order they are joined; None once init is gone."""
     ns = []
     try:  # through init's /proc fd: an init that exits (or a reused pid) is never entered
         for kind in NS_ORDER:
             opened.append(os.open('ns/' + kind, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
             ns.append((kind, opened[-1]))
     except (FileNotFoundError, ProcessLookupError):
-        raise VServerError('guest %s is not running' % name) from None
-    # the second stage joins the guest's cgroup in every hierarchy now, while it starts up, long before it forks
-    # what the guest will see: joining waits for an RCU grace period (~10 ms), which this hides
-    for path in cgroup_dirs(facts['cgroup'], K.read_mountinfo()):
+        return None
+    return ns
+
+
+def _move(stage, groups):
+    for dummy, path in groups:
         _write_all_to(os.path.join(path, 'cgroup.procs'), b'%d' % stage.pid)
+
+
+def _finish(name, proc_fd, facts, ns, config, argv, env, terminal, opened):
+    """The plan (and the pty master or None) from init's ``facts``, its namespaces ``ns`` and ``config`` (as
+    ``configured``)."""
     ttys = [fd for fd in (0, 1, 2) if os.isatty(fd)] if terminal else []
     master = peer = None
     if ttys:
         try:
             master, peer = _open_guest_ptmx(proc_fd)
         except OSError as exc:
-            raise VServerError('guest %s: cannot allocate a terminal inside it: %s' % (name, exc)) from None
+            raise _error('guest %s: cannot allocate a terminal inside it: %s' % (name, exc)) from None
         opened += [master, peer]
-    section = doc.get('capabilities') or {}
     environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
                'TERM': os.environ.get('TERM', 'linux') if ttys else 'dumb'}
     environ.update(env or {})
     plan = {'ns': ns, 'pty': peer, 'ttys': ttys,
-            'bcaps': _caps.mask(_caps.resolve(section)) & facts['bcaps'],
-            'nnp': facts['nnp'] or bool(section.get('no_new_privs')),
+            'bcaps': config['bcaps'] & facts['bcaps'],
+            'nnp': facts['nnp'] or config['nnp'],
             'uids': facts['uids'], 'gids': facts['gids'], 'groups': facts['groups'], 'rlimits': facts['rlimits'],
-            'seccomp': _caps.seccomp_program(doc),  # the guest's syscall filter (None: unconfined), as its init's
+            'seccomp': config['seccomp'],
             'argv': list(argv), 'env': environ}
     return plan, master
+
+
+# --- the fast path: an entry like the last one ---------------------------------------------------------------
+#
+# Reading a guest's config means loading the config store and every validator of the sections it holds, and
+# finding its init, the runtime: most of the CPU an exec costs (the imports of `re`, `json` and the collection's
+# modules, 30-50 ms on the CI machine), and the critical path (the second stage waits for its plan). So an
+# entry that went the full way keeps what it concluded in the guest's runtime dir (root's, on tmpfs, removed
+# with it by stop), with every input it rests on: the command's options, the VSERVER_* variables and the
+# defaults file (the host roots), the exact bytes of the config and of the runtime record, the size, times and
+# inode of every module of this library and the interpreter's version (the code that checked them), and init's
+# /proc/PID/cgroup as found in the guest's cgroup. The next entry uses that conclusion only when every input is
+# the same again; anything else (or anything unusual on the way) takes the full path, which decides and says what
+# is wrong. What a conclusion never stands in for is read afresh every time, as by the full path: that init runs
+# (its pid, start time and cgroup), whether the guest is frozen, init's credentials, rlimits and namespaces. A
+# runtime record is rewritten by every start, so a conclusion lives at most as long as the guest's init.
+
+def roots_key(opts):
+    """What the host roots of a vserver command with options ``opts`` rest on (``_common.Paths`` reads these)."""
+    try:
+        with open(DEFAULTS_FILE, 'rb') as handle:
+            defaults = handle.read(KNOWN_MAX)
+    except (FileNotFoundError, PermissionError):
+        defaults = None
+    return (tuple(sorted(opts.items())), tuple(os.environ.get('VSERVER_' + key.upper()) for key in ROOT_KEYS),
+            defaults)
+
+
+def code_key():
+    """The modules of this library (name, size, mtime, ctime, inode) and the interpreter's version: a conclusion
+    holds for the code that drew it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = [sys.hexversion]
+    for entry in sorted(os.listdir(here)):
+        if entry.endswith('.py'):
+            st = os.stat(os.path.join(here, entry))
+            out.append((entry, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(out)
+
+
+def _read_file(path, private=False):
+    """The bytes of a small regular file (None if there is none), without following a symlink at its end;
+    ``private``: only if it is ours and nobody else may read or write it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or private and (st.st_uid != os.geteuid() or st.st_mode & 0o077):
+            return None
+        return os.read(fd, KNOWN_MAX + 1)
+    finally:
+        os.close(fd)
+
+
+def _remember(rt, known, facts, config):
+    """Keep what this entry concluded (see above), if its inputs held still meanwhile; never fails."""
+    import json
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime
+    try:
+        opts, roots, config_raw = known
+        state_file = os.path.join(rt.dir, _runtime.STATE_FILE)
+        state_raw = _read_file(state_file)
+        record = rt.record
+        if not state_raw or json.loads(state_raw.decode('utf-8')) != record or roots_key(opts) != roots \
+                or _read_file(rt.paths.config_file(rt.name)) != config_raw \
+                or _runtime.guest_of(_runtime.parse_proc_cgroup(facts['cgroup']), rt.parent) != rt.name:
+            return
+        data = marshal.dumps({
+            'version': KNOWN_VERSION, 'name': rt.name, 'run_dir': rt.paths.run_dir, 'roots': roots,
+            'config_file': rt.paths.config_file(rt.name), 'config': config_raw, 'state_file': state_file,
+            'state': state_raw, 'code': code_key(), 'init_pid': record['init_pid'],
+            'init_start': record['init_start'], 'cgroup': facts['cgroup'], 'configured': config})
+    except Exception:  # pylint: disable=broad-except
+        return
+    tmp = os.path.join(rt.dir, '.%s.%d' % (KNOWN_FILE, os.getpid()))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(rt.dir, KNOWN_FILE))
+    except OSError:  # a stop removing the runtime dir meanwhile, a full /run: the next entry goes the full way
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _run_dir(opts, defaults):
+    """Where the runtime dirs are, as ``_common.Paths`` finds it (only to find a kept conclusion, which says
+    where it was drawn: an answer that differs finds none); None if unusual."""
+    value = opts.get('run_dir') or os.environ.get('VSERVER_RUN_DIR')
+    if not value and defaults:
+        for line in defaults.decode('utf-8', 'replace').splitlines():
+            key, eq, found = line.strip().partition('=')
+            if eq and key == 'VSERVER_RUN_DIR':
+                value = found.strip().strip('"\'')
+    value = value or DEFAULT_RUN_DIR
+    return os.path.normpath(value) if os.path.isabs(value) else None
+
+
+def enter_known(opts, name, argv, stage, terminal=True):
+    """`vserver [opts] NAME exec ARGV...` (or enter) the fast way, when every input of the last entry's conclusion
+    is the same again (see above): returns the exit status as ``enter``, or None (before anything was sent) when
+    the full path must decide. The second stage ``stage`` is sent its plan here, or left for the full path."""
+    if not name or len(name) > 63 or '/' in name or name[0] == '.' or '\0' in name or not argv or not argv[0]:
+        return None
+    opened = []
+    try:
+        try:
+            ready = _known_plan(opts, name, argv, stage, terminal, opened)
+        except Exception:  # pylint: disable=broad-except  # the full path decides, and says what is wrong
+            ready = None
+        if ready is None:
+            return None
+        return _run(stage, name, argv, *ready)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _known_plan(opts, name, argv, stage, terminal, opened):
+    roots = roots_key(opts)
+    run_dir = _run_dir(opts, roots[2])
+    if run_dir is None:
+        return None
+    raw = _read_file(os.path.join(run_dir, name, KNOWN_FILE), private=True)
+    if not raw or len(raw) > KNOWN_MAX:
+        return None
+    known = marshal.loads(raw)
+    if not isinstance(known, dict) or known.get('version') != KNOWN_VERSION or known.get('name') != name \
+            or known.get('run_dir') != run_dir or known.get('roots') != roots \
+            or known['state_file'] != os.path.join(run_dir, name, os.path.basename(known['state_file'])) \
+            or _read_file(known['config_file']) != known['config'] \
+            or _read_file(known['state_file']) != known['state'] or known['code'] != code_key():
+        return None
+    # that init, still running, still in the guest's cgroup (as Runtime.open_init), and the guest not frozen
+    try:
+        proc_fd = os.open('/proc/%d' % known['init_pid'], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    opened.append(proc_fd)
+    st = K.read_stat_at(proc_fd)
+    cgroup = K.read_at(proc_fd, 'cgroup')
+    if st is None or st[0] in ('Z', 'X') or st[2] != known['init_start'] or cgroup != known['cgroup']:
+        return None
+    groups = _cgroup_dirs(cgroup, K.read_mountinfo())
+    if _frozen(groups):
+        return None
+    _move(stage, groups)  # first: it waits for an RCU grace period, while the second stage starts up
+    facts = guest_facts(proc_fd)
+    if facts is None or facts['cgroup'] != cgroup:
+        return None
+    ns = _open_namespaces(proc_fd, opened)
+    if ns is None:
+        return None
+    return _finish(name, proc_fd, facts, ns, known['configured'], argv, None, terminal, opened)
+
+
+def _frozen(groups):
+    """Is any of the cgroups ``groups`` (``_cgroup_dirs``) frozen or freezing (v1 freezer, v2 cgroup.freeze)?"""
+    for controllers, path in groups:
+        if 'freezer' in controllers.split(','):
+            value, wanted = _read_file(os.path.join(path, 'freezer.state')), (b'FROZEN', b'FREEZING')
+        elif not controllers:
+            value, wanted = _read_file(os.path.join(path, 'cgroup.freeze')), (b'1',)
+        else:
+            continue
+        if value is None or value.strip() in wanted:
+            return True
+    return False
 
 
 def _write_all_to(path, data):
@@ -245,7 +488,7 @@ def _relay(pid, master, ttys):
             fcntl.ioctl(master, termios.TIOCSWINSZ, raw)
         except OSError:
             pass
-    old_winch = signal.signal(signal.SIGWINCH, winsize)
+    old_winch = _signal.signal(_signal.SIGWINCH, winsize)
     pidfd = os.pidfd_open(pid)
     try:
         try:
@@ -279,7 +522,7 @@ def _relay(pid, master, ttys):
                 break
     finally:
         os.close(pidfd)
-        signal.signal(signal.SIGWINCH, old_winch)
+        _signal.signal(_signal.SIGWINCH, old_winch)
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
 

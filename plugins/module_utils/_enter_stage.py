@@ -247,13 +247,14 @@ def _execvpe(argv, env):
 def main(plan_fd, parent):  # pylint: disable=unused-argument
     stage = 'plan'
     try:
+        # from the host, before the mount namespace changes; done while the host side makes the plan
+        K.libc()
+        last_cap = K.cap_last_cap()
         first, fds = _receive_fds(plan_fd)
         if not first:  # the host side gave up (the guest is not running, ...): it says why
             os._exit(0)
         plan = marshal.loads(K.read_all(plan_fd))
         os.close(plan_fd)
-        K.libc()  # loaded from the host's library before the mount namespace changes
-        last_cap = K.cap_last_cap()
         _take_fds(plan, fds)
         for kind, fd in plan['ns']:
             stage = 'namespace %s' % kind
