@@ -31,7 +31,9 @@ DEMO_PIP := $(shell grep -E '^ansible-core[=<>~]' $(TOP)/requirements-dev.txt)
 
 help:
 	@echo "make demo   deploy three busybox guests on this host and print the status table"
-	@echo "make test   run every test (unit, integration, sanity, lint, import-check, docs-lint, molecule, cgroup v2 VM)"
+	@echo "make test   run every test (unit, integration, sanity, lint, import-check, docs-lint, ansible-core versions,"
+	@echo "            molecule, cgroup v2 VM); what .ci/run calls"
+	@echo "make checks the static checks alone (sanity, lint, import-check, docs-lint)"
 	@echo "make lint   ansible-lint (production profile) and the role READMEs' check"
 	@echo "make import-check   galaxy-importer on the built collection artifact"
 	@echo "make docs   the antsibull-docs site (modules, roles, docs/*.md guides) in .build/docs/build/html, offline"
@@ -98,16 +100,38 @@ unit: setup
 integration: setup
 	$(REAPER) $(PY) -m pytest -q tests/integration
 
+# `make test` (what .ci/run calls) runs two lanes side by side on the 2 cores. Lane 1: the pytest run (on average
+# about one core busy: guests start, sleep and wait on the kernel). Lane 2: lint, docs-lint, the two other ansible-core
+# versions (their guests have private paths and random vstest-* cgroup parents, like every pytest test), then the
+# molecule scenarios (names of their own: /var/tmp/vstest-molecule, cgroup parents vstest-molecule and
+# vstest-fleet1..3, bridges vstmolbr0 and vstfleetbr, netns vst-fleet1..3 on 198.18.10/20/30.0/24, which no pytest
+# test uses).
+# make -j2 runs at most two of these at once; each one's output is printed whole when it ends (--output-sync).
+# Nothing in lane 2 writes into the work tree: tests/integration/test_packaging.py builds the artifact from it, and
+# `ansible-galaxy collection build` lists every file below it (.build/ too) before applying galaxy.yml's manifest, so
+# a file deleted meanwhile fails the build. That keeps sanity (its copy in .build/sanity) and import-check
+# (.build/dist, .build/importer) after the lanes, and PYTHONDONTWRITEBYTECODE=1 keeps both lanes' Python (pytest's
+# rewritten test modules included) from writing __pycache__ files there. Then the leak check (after both lanes: each
+# lane's guests would be the other's leaks), sanity, import-check and the cgroup v2 VM (qemu needs both cores: its
+# TCG run is near its timeouts already), one at a time.
+PYTEST_PATHS ?= tests/unit tests/integration
+LANE2  := lint docs-lint test-ansible-versions molecule-default molecule-fleet
+.PHONY: test-pytest checks
 test: setup
-	$(REAPER) $(PY) -m pytest -q tests/unit tests/integration
+	PYTHONDONTWRITEBYTECODE=1 $(MAKE) -j2 --output-sync=target --no-print-directory test-pytest $(LANE2)
 	$(REAPER) $(PY) tests/leakcheck.py
-	$(MAKE) sanity
-	$(MAKE) lint
-	$(MAKE) import-check
-	$(MAKE) docs-lint
-	$(MAKE) molecule
-	$(MAKE) test-ansible-versions
-	$(MAKE) test-v2
+	$(MAKE) --no-print-directory sanity
+	$(MAKE) --no-print-directory import-check
+	$(MAKE) --no-print-directory test-v2
+
+test-pytest: setup
+	$(REAPER) $(PY) -m pytest -q $(PYTEST_PATHS)
+
+# the static checks alone: sanity, lint and docs-lint two at a time, then import-check (its build lists .build/,
+# where sanity's copy changes while sanity runs)
+checks: setup
+	$(MAKE) -j2 --output-sync=target --no-print-directory sanity lint docs-lint
+	$(MAKE) --no-print-directory import-check
 
 # Release hygiene: ansible-test sanity (no ignore entries) and changelog lint.
 # ansible-test wants the collection under .../ansible_collections/vserver/core and lists files through git,
@@ -210,24 +234,31 @@ test-v2: setup
 # modules through the roles, the guest role's filter plugin, the roles' interpreter, the installed command); the
 # guests module and the guest role with a root password hash under -vvv (no_log). The base venv's ansible-core
 # (between the two) runs every test. The newest ansible-core needs Python 3.12+ on the controller: the first
-# python3.12+ found (Debian's, else pyenv's). A venv is named by its version: changing a pin builds a new one.
+# python3.12+ found (Debian's, else pyenv's). The two venvs hold nothing but a pinned ansible-core (no code of this
+# repository), so they live outside the clone, in ANSIBLE_VENV_CACHE (/var/cache/vserver-ansible), shared by every
+# clone on the machine and built once (~1 min each on a loaded machine); a venv is named by its ansible-core and
+# Python versions: changing a pin builds a new one. A flock serialises concurrent builds.
 ANSIBLE_OLDEST      ?= 2.16.19
 ANSIBLE_NEWEST      ?= 2.21.5
 ANSIBLE_NEWEST_PY   ?= $(firstword $(wildcard /usr/bin/python3.1[2-9] $(HOME)/.pyenv/versions/3.1[2-9].*/bin/python))
 ANSIBLE_VERSION_TESTS ?= tests/integration/test_site_playbook.py::test_a_failed_host_stops_the_rollout \
 	tests/integration/test_secrets.py
 .PHONY: test-ansible-versions
-ANSIBLE_OLDEST_VENV := $(BUILD)/ansible-$(ANSIBLE_OLDEST)
-ANSIBLE_NEWEST_VENV := $(BUILD)/ansible-$(ANSIBLE_NEWEST)
+ANSIBLE_VENV_CACHE  ?= /var/cache/vserver-ansible
+pyver = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ANSIBLE_OLDEST_VENV := $(ANSIBLE_VENV_CACHE)/ansible-$(ANSIBLE_OLDEST)-py$(call pyver,$(SYSPY))
+ANSIBLE_NEWEST_VENV := $(ANSIBLE_VENV_CACHE)/ansible-$(ANSIBLE_NEWEST)-py$(call pyver,$(ANSIBLE_NEWEST_PY))
+# ansible_venv(PYTHON, VERSION): build the venv $(@D) under the cache's lock unless another build finished it meanwhile
+define ansible_venv
+	@mkdir -p $(ANSIBLE_VENV_CACHE)
+	flock $(ANSIBLE_VENV_CACHE)/.lock sh -c '[ -f $@ ] || { rm -rf $(@D) && $(1) -m venv $(@D) && \
+	  $(@D)/bin/pip install -q --disable-pip-version-check ansible-core==$(2) && touch $@; }'
+endef
 $(ANSIBLE_OLDEST_VENV)/.stamp:
-	rm -rf $(@D) && $(SYSPY) -m venv $(@D)
-	$(@D)/bin/pip install -q --disable-pip-version-check ansible-core==$(ANSIBLE_OLDEST)
-	@touch $@
+	$(call ansible_venv,$(SYSPY),$(ANSIBLE_OLDEST))
 $(ANSIBLE_NEWEST_VENV)/.stamp:
 	@[ -n "$(ANSIBLE_NEWEST_PY)" ] || { echo "ansible-core $(ANSIBLE_NEWEST) needs python3.12+ (set ANSIBLE_NEWEST_PY)"; exit 1; }
-	rm -rf $(@D) && $(ANSIBLE_NEWEST_PY) -m venv $(@D)
-	$(@D)/bin/pip install -q --disable-pip-version-check ansible-core==$(ANSIBLE_NEWEST)
-	@touch $@
+	$(call ansible_venv,$(ANSIBLE_NEWEST_PY),$(ANSIBLE_NEWEST))
 test-ansible-versions: setup $(ANSIBLE_OLDEST_VENV)/.stamp $(ANSIBLE_NEWEST_VENV)/.stamp
 	set -e; for v in $(ANSIBLE_OLDEST_VENV) $(ANSIBLE_NEWEST_VENV); do \
 	  $$v/bin/ansible-playbook --version | sed -n 1p; \

@@ -48,3 +48,19 @@ def test_setup_for_the_tests_installs_everything():
     proc = subprocess.run(['make', '-C', TOP, '-pn', '--no-print-directory', 'help'], capture_output=True, text=True,
                           timeout=60, check=True)
     assert re.search(r'^test: setup$', proc.stdout, re.M)
+
+
+def test_make_test_runs_every_part_and_keeps_the_build_writers_out_of_the_lanes():
+    """`make test` runs two lanes at once (make -j2); sanity and import-check write below .build/, which
+    test_packaging's `ansible-galaxy collection build` lists file by file, so they run after the lanes."""
+    commands, dummy, dummy = dry_run('test')
+    lanes = [line for line in commands.splitlines() if re.search(r'make .*-j2 ', line)]
+    assert len(lanes) == 1, lanes
+    lane_targets = set(lanes[0].split()) - {'-j2', '--output-sync=target', '--no-print-directory'}
+    assert {'test-pytest', 'lint', 'docs-lint', 'test-ansible-versions', 'molecule-default', 'molecule-fleet'} \
+        <= lane_targets, lane_targets
+    assert not lane_targets & {'sanity', 'import-check', 'build', 'docs', 'test-v2'}, lane_targets
+    assert 'PYTHONDONTWRITEBYTECODE=1' in lanes[0]
+    after = commands[commands.index(lanes[0]) + len(lanes[0]):]
+    for part in ('tests/leakcheck.py', 'ansible-test sanity', 'galaxy_importer.main', 'tests/vm/run'):
+        assert part in after, part
