@@ -13,7 +13,7 @@ import errno
 import os
 import secrets
 import stat
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from ansible_collections.vserver.core.plugins.module_utils._kernel import FS_IMMUTABLE_FL, get_flags, set_immutable
 from ansible_collections.vserver.core.plugins.module_utils._unify import TMP_PREFIX, Node, Stats, node_flags, \
@@ -40,6 +40,7 @@ class Copy(NamedTuple):
 
 
 def plan_absent(nodes) -> AbsentPlan:
+    """What de-unifying the scanned guest changes."""
     return AbsentPlan([n for n in nodes if n.nlink > len(n.paths)],
                       [n for n in nodes if n.nlink <= len(n.paths) and n.ours])
 
@@ -200,7 +201,8 @@ def _unprotect(ours, stats, changes):
     return unprotected
 
 
-def deunify(nodes: List[Node], index: Index, stats: Stats, check_mode: bool, guard: Freezer):
+def deunify(nodes: List[Node], index: Index, stats: Stats, check_mode: bool,
+            guard: Freezer) -> Tuple[int, int, Dict[str, int]]:
     """Carry out ``plan_absent``. Returns (paths given a private copy, inodes unprotected, counts after)."""
     plan = plan_absent(nodes)
     if check_mode:

@@ -13,7 +13,7 @@ import errno
 import os
 import secrets
 import stat
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from ansible_collections.vserver.core.plugins.module_utils._kernel import FS_APPEND_FL, FS_IMMUTABLE_FL, dedupe, \
     extents, get_flags, no_writer, set_immutable
@@ -285,7 +285,7 @@ def remove_leftovers(scan, check_mode: bool, guard: Freezer) -> int:
     return count
 
 
-def _row(node: Node, index: Index, touched) -> IndexRow:
+def _row(node: Node, index: Index, touched) -> Optional[IndexRow]:
     """The index row of ``node`` after this run (None: nothing worth keeping, or it was replaced)."""
     prev = index.fresh(node)  # keep what the index knew (also when the ctime moved because of us)
     if prev is not None:
@@ -311,5 +311,6 @@ def _row(node: Node, index: Index, touched) -> IndexRow:
 
 
 def save_index(index: Index, nodes, changes: Changes) -> None:
+    """Write what this run learnt about the surviving inodes; forget the inodes that went."""
     rows = (_row(node, index, changes.touched) for node in nodes if node.alive)
     index.save([row for row in rows if row is not None], changes.dropped)

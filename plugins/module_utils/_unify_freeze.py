@@ -40,7 +40,7 @@ class Freezer:
         self.frozen_seconds = 0.0
         self.frozen_max = 0.0
 
-    def running(self, names=None):
+    def running(self, names=None) -> list:
         return sorted(self.groups if names is None else (n for n in names if n in self.groups))
 
     @staticmethod
@@ -59,7 +59,7 @@ class Freezer:
         except OSError:
             return ''
 
-    def frozen(self, names=None, timeout=5.0):
+    def frozen(self, names=None, timeout: float = 5.0) -> '_Frozen':
         return _Frozen(self, self.running(names), timeout)
 
 
@@ -132,7 +132,7 @@ class _Frozen:
         return False
 
 
-def unlink_protected(dfd, name, freezer, names=None):
+def unlink_protected(dfd: int, name: str, freezer: Freezer, names=None) -> None:
     """Remove one name of an immutable inode whose other names stay: the flag is lifted only while the
     running guests ``names`` (all with None) are frozen, and put back on the same inode before they thaw."""
     fd = os.open(name, O_READ, dir_fd=dfd)

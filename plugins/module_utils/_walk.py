@@ -91,7 +91,7 @@ class Dirs:
                 pass
         self.budget = max(0, min(soft, 1 << 20) - FD_RESERVE)
 
-    def add(self, path, fd, st):
+    def add(self, path: str, fd: int, st: os.stat_result) -> int:
         with self.lock:
             self.paths.append(path)
             self.ids.append((st.st_dev, st.st_ino))
@@ -103,7 +103,7 @@ class Dirs:
                 self.fds.append(None)
             return len(self.paths) - 1
 
-    def open(self, i):
+    def open(self, i: int) -> int:
         """A verified fd of directory ``i``; call ``release(i, fd)`` when done."""
         fd = self.fds[i]
         if fd is not None:
@@ -119,14 +119,14 @@ class Dirs:
                 self.kept += 1
         return fd
 
-    def release(self, i, fd):
+    def release(self, i: int, fd: int) -> None:
         if self.fds[i] != fd:
             os.close(fd)
 
-    def path(self, entry):
+    def path(self, entry: Entry) -> str:
         return self.paths[entry.dir] + '/' + entry.name
 
-    def close(self):
+    def close(self) -> None:
         for fd in self.fds:
             if fd is not None:
                 os.close(fd)
@@ -294,7 +294,7 @@ class Rules:
         return bool((compiled.any is not None and compiled.any.match(rel)) or
                     (is_dir and compiled.dirs is not None and compiled.dirs.match(rel)))
 
-    def verdict(self, rel, is_dir, parent_excluded):
+    def verdict(self, rel: str, is_dir: bool, parent_excluded: bool) -> bool:
         """True if ``rel`` is excluded."""
         if self.has_include and self._match(self.include, rel, is_dir):
             return False
@@ -304,7 +304,7 @@ class Rules:
             return True
         return parent_excluded
 
-    def may_include_below(self, rel):
+    def may_include_below(self, rel: str) -> bool:
         """Could an include pattern match something below the excluded directory ``rel``?"""
         if self.include_floating:
             return True
