@@ -28,6 +28,7 @@ from ansible_collections.vserver.core.plugins.module_utils._kernel import O_READ
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FD_RESERVE = 1024 + 4 * 64 * 4  # fds left for everything but kept directories (file batches read in threads)
 
+
 class Entry(NamedTuple):
     """One name of a file in a scanned tree: directory ``dir`` (an index into ``Dirs``), ``name`` in it, the
     guest whose tree it is, and whether this run may replace it (``mutable``: the guest was selected)."""
