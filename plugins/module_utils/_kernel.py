@@ -497,3 +497,149 @@ def has_effective_cap(bit, proc_root='/proc'):
             if line.startswith('CapEff:'):
                 return bool(int(line.split()[1], 16) & (1 << bit))
     return False
+
+
+# --- unify: inode flags, FIDEDUPERANGE/FIEMAP, write leases, open-for-write scan ---------------------
+
+FIDEDUPERANGE = 0xC0189436
+FS_IOC_FIEMAP = 0xC020660B
+DEDUPE_CHUNK = 16 << 20
+# open a file of a guest tree to read it: never through a symlink, never block on a FIFO, never a tty
+O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, 'O_NOATIME', 0)
+_DEDUPE_HEAD = struct.Struct('QQHHI')  # struct file_dedupe_range
+_DEDUPE_INFO = struct.Struct('qQQiI')  # struct file_dedupe_range_info
+_FIEMAP_HEAD = struct.Struct('QQIIII')
+_FIEMAP_EXTENT = struct.Struct('QQQQQIIII')
+
+
+def path_flags(path: str) -> int:
+    """The inode flags of ``path`` (not followed if it is a symlink)."""
+    fd = os.open(path, O_READ)
+    try:
+        return get_flags(fd)
+    finally:
+        os.close(fd)
+
+
+def set_immutable(fd: int, on: bool) -> bool:
+    """Set or clear the immutable flag; returns True if it changed."""
+    flags = get_flags(fd)
+    new = (flags | FS_IMMUTABLE_FL) if on else (flags & ~FS_IMMUTABLE_FL)
+    if new == flags:
+        return False
+    set_flags(fd, new)
+    return True
+
+
+def _dedupe_once(src_fd, dst_fd, offset, length):
+    """One FIDEDUPERANGE call: (bytes deduped, status) with status 0 same, 1 differs, < 0 -errno."""
+    buf = bytearray(_DEDUPE_HEAD.pack(offset, length, 1, 0, 0) + _DEDUPE_INFO.pack(dst_fd, offset, 0, 0, 0))
+    fcntl.ioctl(src_fd, FIDEDUPERANGE, buf, True)
+    return _DEDUPE_INFO.unpack_from(buf, _DEDUPE_HEAD.size)[2:4]
+
+
+def dedupe(src_fd: int, dst_fd: int, length: int) -> int:
+    """FIDEDUPERANGE the whole file; returns bytes deduped. Raises OSError (EOPNOTSUPP, EBADE if differing)."""
+    done = 0
+    while done < length:
+        got, status = _dedupe_once(src_fd, dst_fd, done, min(DEDUPE_CHUNK, length - done))
+        if status < 0:
+            raise OSError(-status, os.strerror(-status))
+        if status == 1:
+            raise OSError(errno.EBADE, 'contents differ')
+        if got == 0:
+            raise OSError(errno.EIO, 'dedupe made no progress')
+        done += got
+    return done
+
+
+def reflink_supported(fd: int, size: int) -> bool:
+    """Probe without changing anything: a dedupe of a file onto itself is refused with EINVAL (overlap)
+    where the filesystem can share extents and with EOPNOTSUPP/ENOTTY where it cannot."""
+    try:
+        status = _dedupe_once(fd, fd, 0, max(1, min(size, 4096)))[1]
+    except OSError as exc:
+        status = -exc.errno
+    return status not in (-errno.EOPNOTSUPP, -errno.ENOTTY, -errno.EXDEV, -errno.ENOSYS)
+
+
+def extents(fd: int, max_extents: int = 256):
+    """Physical extents (logical, physical, length) of an open file, via FIEMAP; None if unsupported."""
+    buf = bytearray(_FIEMAP_HEAD.size + _FIEMAP_EXTENT.size * max_extents)
+    _FIEMAP_HEAD.pack_into(buf, 0, 0, 0xFFFFFFFFFFFFFFFF, 0x1, 0, max_extents, 0)  # FIEMAP_FLAG_SYNC
+    try:
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
+    except OSError:
+        return None
+    count = _FIEMAP_HEAD.unpack_from(buf, 0)[3]
+    return tuple(_FIEMAP_EXTENT.unpack_from(buf, _FIEMAP_HEAD.size + i * _FIEMAP_EXTENT.size)[:3]
+                 for i in range(count))
+
+
+def no_writer(fd: int, proc: str = '/proc') -> bool:
+    """True if no process holds the inode open for writing (nor maps it shared-writable): a read lease is
+    granted only then. Leases unsupported here: the /proc scan."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return False
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino) not in open_for_write(proc)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
+
+
+def _fdinfo_flags(info):
+    """The octal ``flags:`` of a /proc/PID/fdinfo/FD text (bytes); ValueError if it has none."""
+    at = info.find(b'flags:')
+    if at < 0:
+        raise ValueError('no flags')
+    return int(info[at + 6:].split(None, 1)[0], 8)
+
+
+def _writers_of(proc, pid, found):
+    """Add the (dev, ino) of the regular files process ``pid`` holds open for writing to ``found``."""
+    fddir = '%s/%s/fd' % (proc, pid)
+    try:
+        fds = os.listdir(fddir)
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            if not os.readlink('%s/%s' % (fddir, fd)).startswith('/'):
+                continue
+            with open('%s/%s/fdinfo/%s' % (proc, pid, fd), 'rb') as handle:
+                flags = _fdinfo_flags(handle.read())
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                st = os.stat('%s/%s' % (fddir, fd))
+                if (st.st_mode & 0o170000) == 0o100000:  # S_ISREG
+                    found.add((st.st_dev, st.st_ino))
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def _shared_writable_maps(proc, pid, found):
+    """Add the (dev, ino) of the files process ``pid`` maps shared and writable to ``found``."""
+    try:
+        with open('%s/%s/maps' % (proc, pid), 'rb') as handle:
+            for line in handle:
+                parts = line.split(None, 5)
+                if len(parts) >= 5 and parts[1][1:2] == b'w' and parts[1][3:4] == b's' and parts[4] != b'0':
+                    major, minor = parts[3].split(b':')
+                    found.add((os.makedev(int(major, 16), int(minor, 16)), int(parts[4])))
+    except (OSError, ValueError):
+        pass
+
+
+def open_for_write(proc: str = '/proc') -> set:
+    """(dev, ino) of every regular file some process holds open for writing or maps shared-writable."""
+    found = set()
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        _writers_of(proc, pid, found)
+        _shared_writable_maps(proc, pid, found)
+    return found

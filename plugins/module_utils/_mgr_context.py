@@ -12,6 +12,7 @@ import shutil
 import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K, _template, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_unify
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, check_xid)
 
@@ -263,7 +264,7 @@ def _remove_shared(root, names, paths):
     leaving such an inode writable by a running guest: the flag is lifted only while every running guest is
     frozen (``paths`` None: none is known), and set back on the same inode (held open) before they thaw.
     ``_unify.FREEZE_BATCH`` names per freeze."""
-    freezer = _unify.Freezer(paths)
+    freezer = _mgr_unify.freezer(paths)
     for i in range(0, len(names), _unify.FREEZE_BATCH):
         held = []
         try:

@@ -118,6 +118,18 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+actions:
+  description: What was done (or would be done in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: ['shared 14980 path(s) with identical files (hardlink)', 'set the immutable flag on 7490 shared inode(s)',
+           'recorded unify state present for guest web']
+restart_required:
+  description: Always false; unification applies to running guests (they are frozen while a shared file is changed).
+  returned: always
+  type: bool
+  sample: false
 guests:
   description: Guests whose trees were (or would be) changed.
   returned: always
@@ -236,24 +248,13 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vserver.core.plugins.module_utils import _ansible, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr_unify, _unify
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=_ansible.argument_spec(
-            guests=dict(type='list', elements='str', default=['all']),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            method=dict(type='str', choices=['hardlink', 'reflink', 'auto'], default='hardlink'),
-            exclude=dict(type='list', elements='str'),
-            include=dict(type='list', elements='str', default=[]),
-            ignore_mtime=dict(type='bool', default=False),
-            protect=dict(type='bool', default=True),
-        ),
-        supports_check_mode=True,
-    )
-    params = {key: module.params[key] for key in _unify.PARAM_DEFAULTS}
-    _ansible.run(module, lambda: _unify.ensure(_ansible.paths_from(module), params, module.check_mode))
+    module = AnsibleModule(argument_spec=_ansible.argument_spec(**_unify.ARGUMENT_SPEC), supports_check_mode=True)
+    params = {key: module.params[key] for key in _unify.ARGUMENT_SPEC}
+    _ansible.run(module, lambda: _mgr_unify.ensure(_ansible.paths_from(module), None, params, module.check_mode))
 
 
 if __name__ == '__main__':

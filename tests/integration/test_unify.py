@@ -9,13 +9,18 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _config, _kernel as K, _mgr_unify, _runtime, _unify
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 T0 = 1700000000
 # A valid VFS_CAP_REVISION_2 security.capability value: cap_net_bind_service (bit 10), effective.
 CAP_NET_BIND = struct.pack('<IIIII', 0x02000001, 1 << 10, 0, 0, 0)
 CAP_CHOWN = struct.pack('<IIIII', 0x02000001, 1 << 0, 0, 0, 0)
+
+
+def unify(paths, params=None, check_mode=False):
+    """The unify manager's result as the module returns it."""
+    return _mgr_unify.ensure(paths, None, params, check_mode).to_dict()
 
 
 def clear_immutable(top):
@@ -30,7 +35,7 @@ def clear_immutable(top):
             except OSError:
                 continue
             try:
-                _unify.set_immutable(fd, False)
+                K.set_immutable(fd, False)
             except OSError:
                 pass
             finally:
@@ -156,13 +161,13 @@ def test_unify_links_only_equal_files(three, unify_paths):
     want_linked = sum(len(paths) - 1 for paths in classes.values())
     params = {'include': ['/var/lib/shared/**']}
 
-    dry = _unify.ensure(unify_paths, params, check_mode=True)
+    dry = unify(unify_paths, params, check_mode=True)
     assert dry['changed'] is True
     assert manifest(roots) == before
     assert all(os.lstat(p).st_nlink == 1 for p in before), 'check mode linked something'
     assert not os.path.exists(os.path.join(unify_paths.config_dir, _unify.INDEX_NAME))
 
-    real = _unify.ensure(unify_paths, params)
+    real = unify(unify_paths, params)
     assert real['changed'] is True
     for key in ('files_scanned', 'candidates', 'linked', 'bytes_saved', 'protected', 'skipped_by_reason'):
         assert dry[key] == real[key], key
@@ -185,7 +190,8 @@ def test_unify_links_only_equal_files(three, unify_paths):
     for rel in ('lastbyte', 'modeonly', 'owneronly', 'grouponly', 'xattronly', 'mtimeonly', 'caps'):
         pa, pb, pc = (os.path.join(r, 'usr/share/vstest', rel) for r in roots)
         assert inode(pa) == inode(pb) != inode(pc), rel
-    assert inode(os.path.join(a, 'usr/share/vstest/dup00')) == inode(os.path.join(c, 'usr/share/vstest/sub/dup00-again'))
+    assert inode(os.path.join(a, 'usr/share/vstest/dup00')) == \
+        inode(os.path.join(c, 'usr/share/vstest/sub/dup00-again'))
     assert inode(os.path.join(a, 'var/lib/shared/blob')) == inode(os.path.join(b, 'var/lib/shared/blob'))
     for rel in EXCLUDED:
         assert len({inode(os.path.join(r, rel)) for r in roots}) == 3, rel
@@ -193,11 +199,11 @@ def test_unify_links_only_equal_files(three, unify_paths):
     assert manifest(roots) == before
     # shared inodes are immutable, private ones are not
     for key, paths in classes.items():
-        flags = _unify.path_flags(paths[0])
-        assert bool(flags & _unify.FS_IMMUTABLE_FL) == (len(paths) > 1), paths
-    assert not _unify.path_flags(os.path.join(c, 'usr/share/vstest/lastbyte')) & _unify.FS_IMMUTABLE_FL
+        flags = K.path_flags(paths[0])
+        assert bool(flags & K.FS_IMMUTABLE_FL) == (len(paths) > 1), paths
+    assert not K.path_flags(os.path.join(c, 'usr/share/vstest/lastbyte')) & K.FS_IMMUTABLE_FL
 
-    again = _unify.ensure(unify_paths, params)
+    again = unify(unify_paths, params)
     assert again['changed'] is False
     assert again['linked'] == again['hashed'] == again['protected'] == 0
     assert again['diff']['before'] == again['diff']['after']
@@ -205,13 +211,13 @@ def test_unify_links_only_equal_files(three, unify_paths):
 
     # protect: false lifts the flags this module set (and only those), once
     shared = [paths[0] for paths in classes.values() if len(paths) > 1]
-    off = _unify.ensure(unify_paths, dict(params, protect=False))
+    off = unify(unify_paths, dict(params, protect=False))
     assert off['changed'] is True and off['unprotected'] == len(shared) and off['linked'] == 0
-    assert not any(_unify.path_flags(p) & _unify.FS_IMMUTABLE_FL for p in shared)
-    assert _unify.ensure(unify_paths, dict(params, protect=False))['changed'] is False
+    assert not any(K.path_flags(p) & K.FS_IMMUTABLE_FL for p in shared)
+    assert unify(unify_paths, dict(params, protect=False))['changed'] is False
     # ignore_mtime: the files differing only in their mtime are equal now
     mt = [os.path.join(r, 'usr/share/vstest/mtimeonly') for r in roots]
-    loose = _unify.ensure(unify_paths, dict(params, ignore_mtime=True))
+    loose = unify(unify_paths, dict(params, ignore_mtime=True))
     assert loose['linked'] == 1 and loose['protected'] == len(shared)
     assert len({inode(p) for p in mt}) == 1 and manifest(roots).keys() == before.keys()
 
@@ -223,13 +229,13 @@ def test_bad_input_fails_before_anything_is_written(three, unify_paths):
                           ({'exclude': ['/usr/../etc']}, 'exclude'), ({'method': 'reflink'}, 'method'),
                           ({'protect': 'yes'}, 'protect'), ({'state': 'gone'}, 'state')):
         with pytest.raises(VServerError) as err:
-            _unify.ensure(unify_paths, params)
+            unify(unify_paths, params)
         assert err.value.field == field, params
     assert manifest(roots) == before
     assert all(os.lstat(p).st_nlink == 1 for p in before)
     assert all((_config.load(unify_paths, n).get('unify') is None) for n in 'abc')
     # auto on a filesystem without shared extents (the test's tmp dir): hardlinks
-    assert _unify.ensure(unify_paths, {'method': 'auto'})['methods'] == ['hardlink']
+    assert unify(unify_paths, {'method': 'auto'})['methods'] == ['hardlink']
 
 
 def run_in(unify_paths, doc, script):
@@ -238,7 +244,7 @@ def run_in(unify_paths, doc, script):
 
 def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
     a, b, c = (three[n] for n in 'abc')
-    _unify.ensure(unify_paths, {})
+    unify(unify_paths, {})
     target = 'usr/share/vstest/dup04'
     pb = os.path.join(b['root'], target)
     b_sha = sha(pb)
@@ -256,7 +262,7 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
         assert run_in(unify_paths, a, 'chmod 777 %s' % guest_file) != 0
         assert sha(pb) == b_sha and inode(pb) == inode(os.path.join(a['root'], target))
 
-        out = _unify.ensure(unify_paths, {'guests': ['a'], 'state': 'absent'})
+        out = unify(unify_paths, {'guests': ['a'], 'state': 'absent'})
         assert out['changed'] is True and out['deunified'] > 0
         assert out['diff']['after']['shared_paths'] == 0 < out['diff']['before']['shared_paths']
         pa = os.path.join(a['root'], target)
@@ -265,18 +271,18 @@ def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):
         assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == \
             (a_st.st_mode, a_st.st_uid, a_st.st_gid, a_st.st_mtime_ns)
         assert os.getxattr(os.path.join(a['root'], 'usr/share/vstest/caps'), 'security.capability') == a_caps
-        assert not _unify.path_flags(pa) & _unify.FS_IMMUTABLE_FL
-        assert _unify.path_flags(pb) & _unify.FS_IMMUTABLE_FL  # b and c still share theirs
+        assert not K.path_flags(pa) & K.FS_IMMUTABLE_FL
+        assert K.path_flags(pb) & K.FS_IMMUTABLE_FL  # b and c still share theirs
         # the guest's own hardlinks stay hardlinks, to its private copy
         a0, a1 = (os.path.join(a['root'], 'usr/share/vstest', rel) for rel in ('dup00', 'sub/dup00-again'))
         assert inode(a0) == inode(a1) != inode(os.path.join(b['root'], 'usr/share/vstest/dup00'))
         assert os.lstat(a0).st_nlink == 2
         assert run_in(unify_paths, a, 'echo x >> %s' % guest_file) == 0
         assert sha(pa) != b_sha and sha(pb) == b_sha
-        assert _unify.ensure(unify_paths, {'guests': ['a'], 'state': 'absent'})['changed'] is False
+        assert unify(unify_paths, {'guests': ['a'], 'state': 'absent'})['changed'] is False
         # a de-unified guest is left out of "all" until it is named again
-        assert _unify.ensure(unify_paths, {})['guests'] == ['b', 'c']
-        again = _unify.ensure(unify_paths, {'guests': ['a']})
+        assert unify(unify_paths, {})['guests'] == ['b', 'c']
+        again = unify(unify_paths, {'guests': ['a']})
         assert again['sources'] == ['b', 'c'] and again['linked'] > 0
         assert inode(pa) != inode(pb)  # the modified file stays private
         assert inode(os.path.join(a['root'], 'usr/share/vstest/dup05')) == \
@@ -289,24 +295,24 @@ def test_deunifying_guests_together_gives_each_its_own_files(three, unify_paths)
     """De-unified in one call, guests must not keep sharing inodes with each other (writable now): root in one
     would write into the other's files. Each gets private copies; the originals stay with one of them."""
     a, b, c = (three[n] for n in 'abc')
-    _unify.ensure(unify_paths, {})
+    unify(unify_paths, {})
     target = 'usr/share/vstest/dup04'
     pa, pb, pc = (os.path.join(g['root'], target) for g in (a, b, c))
     assert inode(pa) == inode(pb) == inode(pc)
-    check = _unify.ensure(unify_paths, {'guests': ['a', 'b'], 'state': 'absent'}, check_mode=True)
+    check = unify(unify_paths, {'guests': ['a', 'b'], 'state': 'absent'}, check_mode=True)
     assert check['changed'] and inode(pa) == inode(pb)
-    out = _unify.ensure(unify_paths, {'guests': ['a', 'b'], 'state': 'absent'})
+    out = unify(unify_paths, {'guests': ['a', 'b'], 'state': 'absent'})
     assert out['changed'] and out['deunified'] > 0 and out['guests'] == ['a', 'b']
     assert len({inode(pa), inode(pb), inode(pc)}) == 3
     for path in (pa, pb):
-        assert not _unify.path_flags(path) & _unify.FS_IMMUTABLE_FL
-    assert _unify.path_flags(pc) & _unify.FS_IMMUTABLE_FL or os.lstat(pc).st_nlink == 1
+        assert not K.path_flags(path) & K.FS_IMMUTABLE_FL
+    assert K.path_flags(pc) & K.FS_IMMUTABLE_FL or os.lstat(pc).st_nlink == 1
     # all three at once: nothing shared across guests afterwards, and a later unify links them again
-    _unify.ensure(unify_paths, {'guests': ['all'], 'state': 'absent'})
+    unify(unify_paths, {'guests': ['all'], 'state': 'absent'})
     assert len({inode(pa), inode(pb), inode(pc)}) == 3
-    assert not any(_unify.path_flags(p) & _unify.FS_IMMUTABLE_FL for p in (pa, pb, pc))
-    assert not _unify.ensure(unify_paths, {'guests': ['all'], 'state': 'absent'})['changed']
-    again = _unify.ensure(unify_paths, {'guests': ['a', 'b', 'c']})
+    assert not any(K.path_flags(p) & K.FS_IMMUTABLE_FL for p in (pa, pb, pc))
+    assert not unify(unify_paths, {'guests': ['all'], 'state': 'absent'})['changed']
+    again = unify(unify_paths, {'guests': ['a', 'b', 'c']})
     assert again['linked'] > 0 and inode(pa) == inode(pb) == inode(pc)
 
 
@@ -322,9 +328,9 @@ def test_symlinks_out_of_a_tree_are_never_followed(three, unify_paths, tmp_path)
           mtime=st.st_mtime)
     os.symlink(str(host_dir), os.path.join(three['a']['root'], 'usr/share/vstest/evil'))
     os.symlink(str(victim), os.path.join(three['a']['root'], 'usr/share/vstest/evil-file'))
-    out = _unify.ensure(unify_paths, {})
+    out = unify(unify_paths, {})
     assert out['linked'] > 0
-    assert os.lstat(victim).st_nlink == 1 and not _unify.path_flags(str(victim)) & _unify.FS_IMMUTABLE_FL
+    assert os.lstat(victim).st_nlink == 1 and not K.path_flags(str(victim)) & K.FS_IMMUTABLE_FL
     assert os.path.islink(os.path.join(three['a']['root'], 'usr/share/vstest/evil'))
 
 
@@ -336,7 +342,7 @@ def test_open_files_and_other_filesystems_are_skipped(three, unify_paths):
     try:
         write(os.path.join(mnt, 'dup08'), open(os.path.join(three['c']['root'], 'usr/share/vstest/dup08'), 'rb').read())
         with open(path, 'ab'):
-            out = _unify.ensure(unify_paths, {})
+            out = unify(unify_paths, {})
         assert out['skipped_by_reason']['other_filesystem'] == 1
         assert os.lstat(os.path.join(mnt, 'dup08')).st_nlink == 1
     finally:
@@ -345,5 +351,5 @@ def test_open_files_and_other_filesystems_are_skipped(three, unify_paths):
     assert os.lstat(path).st_nlink == 1
     assert inode(os.path.join(three['a']['root'], 'usr/share/vstest/dup07')) == \
         inode(os.path.join(three['c']['root'], 'usr/share/vstest/dup07'))
-    out = _unify.ensure(unify_paths, {})
+    out = unify(unify_paths, {})
     assert out['linked'] == 1 and 'open_for_write' not in out['skipped_by_reason']

@@ -6,15 +6,15 @@ import sys
 import time
 
 from ansible_collections.vserver.core.plugins.module_utils import _unify
-from test_unify import clear_immutable, expected_classes, inode, manifest, write
+from test_unify import clear_immutable, expected_classes, inode, manifest, unify, write
 from helpers import TOP
 
 SCRIPT = """
 import sys
 sys.path.insert(0, %r)
-from ansible_collections.vserver.core.plugins.module_utils import _common, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _common, _mgr_unify
 paths = _common.Paths(**%r)
-_unify.ensure(paths, {'guests': ['ka', 'kb', 'kc']})
+_mgr_unify.ensure(paths, None, {'guests': ['ka', 'kb', 'kc']})
 """
 
 
@@ -35,7 +35,7 @@ def test_sigkill_at_random_points(host_paths, make_guest):
         before = manifest(roots)
         script = SCRIPT % (os.path.join(TOP, '.build', 'collections'), host_paths.as_dict())
         t = time.monotonic()
-        _unify.ensure(host_paths, {}, check_mode=True)
+        unify(host_paths, {}, check_mode=True)
         # python start-up + the dry run's work (scan, read, compare), then the links: kill anywhere in there
         span = 0.3 + (time.monotonic() - t) * 1.5
         kills = 0
@@ -51,7 +51,7 @@ def test_sigkill_at_random_points(host_paths, make_guest):
                 span = (time.monotonic() - t0) * 0.95
                 # finished before the kill: start over from private files (and no index) for the next kill
                 assert proc.returncode == 0
-                _unify.ensure(host_paths, {'guests': 'all', 'state': 'absent'})
+                unify(host_paths, {'guests': 'all', 'state': 'absent'})
                 os.unlink(os.path.join(host_paths.config_dir, _unify.INDEX_NAME))
                 print('run finished within %.2fs: de-unified again' % delay)
             except subprocess.TimeoutExpired:
@@ -67,9 +67,9 @@ def test_sigkill_at_random_points(host_paths, make_guest):
             if kills == 4:
                 break
         assert kills >= 3
-        final = _unify.ensure(host_paths, {'guests': ['ka', 'kb', 'kc']})
+        final = unify(host_paths, {'guests': ['ka', 'kb', 'kc']})
         assert manifest(roots) == before
-        again = _unify.ensure(host_paths, {})
+        again = unify(host_paths, {})
         assert again['changed'] is False and again['leftovers_removed'] == 0
         for paths in expected_classes(roots).values():
             assert len({inode(p) for p in paths}) == 1, paths

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _runtime, _mgr_context, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _kernel as K, _runtime, _mgr_context
 
 from helpers import TOP, build_static
-from test_unify import clear_immutable
+from test_unify import clear_immutable, unify
 
 T0 = 1700000000
 SHARED = 'usr/share/shared'
@@ -92,11 +92,11 @@ def bait(tmp_path, trees):
 
 def bait_state(path):
     st = os.lstat(path)
-    return sha(path), st.st_mode, st.st_uid, st.st_gid, _unify.path_flags(path), st.st_ino, st.st_nlink
+    return sha(path), st.st_mode, st.st_uid, st.st_gid, K.path_flags(path), st.st_ino, st.st_nlink
 
 
 def immutable(path):
-    return bool(_unify.path_flags(path) & _unify.FS_IMMUTABLE_FL)
+    return bool(K.path_flags(path) & K.FS_IMMUTABLE_FL)
 
 
 def test_copy_rewritten_after_the_comparison_is_never_linked(upaths, make_guest, racer, tmp_path):
@@ -118,7 +118,7 @@ def test_copy_rewritten_after_the_comparison_is_never_linked(upaths, make_guest,
     racer_counts(evil)
     skipped = 0
     for dummy in range(4):
-        out = _unify.ensure(upaths, {'guests': ['evil', 'victim']})
+        out = unify(upaths, {'guests': ['evil', 'victim']})
         skipped += out['skipped_by_reason'].get('changed_during_run', 0)
         for i in range(count):
             vpath = os.path.join(victim['root'], SHARED, 'f%03d' % i)
@@ -129,7 +129,7 @@ def test_copy_rewritten_after_the_comparison_is_never_linked(upaths, make_guest,
             path = os.path.join(evil['root'], SHARED, 'f%03d' % i)
             fd = os.open(path, os.O_RDONLY)
             try:
-                _unify.set_immutable(fd, False)
+                K.set_immutable(fd, False)
             finally:
                 os.close(fd)
             put(path, content(i))
@@ -148,7 +148,7 @@ def shared_trio(upaths, make_guest, racer, count, spin_seconds, leftovers=0):
     b = guest_with_racer(make_guest, 'b', racer, ['spin', str(spin_seconds)] + files, count)
     c = make_guest('c')
     populate(c['root'], count)
-    out = _unify.ensure(upaths, {})
+    out = unify(upaths, {})
     assert out['linked'] >= 2 * count
     for i in range(count):
         assert immutable(os.path.join(c['root'], SHARED, 'f%03d' % i))
@@ -156,9 +156,9 @@ def shared_trio(upaths, make_guest, racer, count, spin_seconds, leftovers=0):
         path = os.path.join(a['root'], SHARED, 'f%03d' % i)
         fd = os.open(path, os.O_RDONLY)
         try:
-            _unify.set_immutable(fd, False)
+            K.set_immutable(fd, False)
             os.link(path, os.path.join(a['root'], SHARED, '.vsunify.%016x.link' % i))
-            _unify.set_immutable(fd, True)
+            K.set_immutable(fd, True)
         finally:
             os.close(fd)
     _runtime.start(upaths, b)
@@ -188,17 +188,17 @@ def test_spinning_writer_never_writes_a_sharer_during_deunify(upaths, make_guest
     honest = [sha(os.path.join(c['root'], SHARED, 'f%03d' % i)) for i in range(count)]
     freezes = []
     for round_ in range(3):
-        out = _unify.ensure(upaths, {'guests': ['a'], 'state': 'absent'})
+        out = unify(upaths, {'guests': ['a'], 'state': 'absent'})
         assert out['deunified'] >= count and out['leftovers_removed'] == (20 if round_ == 0 else 0)
         freezes.append((out.get('freezes'), out['timings'].get('frozen_max')))
         check_c(c, count, honest)
-        out = _unify.ensure(upaths, {'guests': ['a']})
+        out = unify(upaths, {'guests': ['a']})
         assert out['linked'] >= count, (out['skipped_by_reason'], out['linked'], out['freezes'])
         freezes.append((out.get('freezes'), out['timings'].get('frozen_max')))
         check_c(c, count, honest)
     tries, wins = racer_counts(b)
     assert wins == 0 and tries > 0, (tries, wins)
-    out = _unify.ensure(upaths, {'guests': ['b'], 'state': 'absent'})
+    out = unify(upaths, {'guests': ['b'], 'state': 'absent'})
     assert out['deunified'] >= count
     check_c(c, count, honest)
     assert bait_state(host) == before
@@ -245,9 +245,9 @@ def test_conffiles_traps_neither_hang_nor_read_outside(upaths, make_guest, tmp_p
     put(os.path.join(info, 'ok.conffiles'), b'/%s/f003\n' % SHARED.encode())
     before = bait_state(host)
     code = ('import sys, json; sys.path.insert(0, %r)\n'
-            'from ansible_collections.vserver.core.plugins.module_utils import _common, _unify\n'
+            'from ansible_collections.vserver.core.plugins.module_utils import _common, _mgr_unify\n'
             'p = _common.Paths(config_dir=%r, run_dir=%r, tree_dir=%r, log_dir=%r, cgroup_parent=%r)\n'
-            'print(json.dumps(_unify.ensure(p, {})["linked"]))\n'
+            'print(json.dumps(_mgr_unify.ensure(p, None, {}).extra["linked"]))\n'
             % (os.path.join(TOP, '.build', 'collections'), upaths.config_dir, upaths.run_dir, upaths.tree_dir,
                upaths.log_dir, upaths.cgroup_parent))
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=False)
@@ -273,12 +273,12 @@ def test_host_file_hardlinked_into_a_tree_is_never_target_nor_changed(upaths, ma
     os.unlink(os.path.join(docs[0]['root'], SHARED, 'f000'))
     os.link(host, os.path.join(docs[0]['root'], SHARED, 'f000'))
     before = bait_state(host)
-    out = _unify.ensure(upaths, {})
+    out = unify(upaths, {})
     assert bait_state(host) == before
     b0, c0 = (os.path.join(d['root'], SHARED, 'f000') for d in docs[1:])
     assert os.lstat(b0).st_ino == os.lstat(c0).st_ino != before[5]
     assert immutable(b0)
     assert out['skipped_by_reason'].get('linked_outside') == 1
     assert len({os.lstat(os.path.join(d['root'], SHARED, 'f001')).st_ino for d in docs}) == 1
-    assert _unify.ensure(upaths, {})['changed'] is False  # and stays so
+    assert unify(upaths, {})['changed'] is False  # and stays so
     assert bait_state(host) == before

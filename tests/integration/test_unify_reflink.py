@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _runtime, _unify
-from test_unify import inode, sha, write
+from ansible_collections.vserver.core.plugins.module_utils import _kernel as K, _runtime
+from test_unify import inode, sha, unify, write
 
 MB = 1 << 20
 
@@ -28,7 +28,8 @@ def xfs_mount(tmp_path):
         yield mnt
     finally:
         for dummy in range(50):
-            if subprocess.run(['umount', mnt], capture_output=True, check=False).returncode == 0 or not os.path.ismount(mnt):
+            unmounted = subprocess.run(['umount', mnt], capture_output=True, check=False).returncode == 0
+            if unmounted or not os.path.ismount(mnt):
                 break
             time.sleep(0.1)
         else:
@@ -55,9 +56,9 @@ def test_reflink_shares_extents_and_stays_copy_on_write(xfs_mount, host_paths, m
     os.sync()
     used = df_used(xfs_mount)
 
-    dry = _unify.ensure(host_paths, {'method': 'reflink'}, check_mode=True)
+    dry = unify(host_paths, {'method': 'reflink'}, check_mode=True)
     assert df_used(xfs_mount) == used
-    out = _unify.ensure(host_paths, {'method': 'reflink'})
+    out = unify(host_paths, {'method': 'reflink'})
     assert out['methods'] == ['reflink'] and out['changed'] is True
     assert out['linked'] == dry['linked'] >= 3 and out['bytes_saved'] == dry['bytes_saved'] >= 24 * MB
     os.sync()
@@ -67,22 +68,22 @@ def test_reflink_shares_extents_and_stays_copy_on_write(xfs_mount, host_paths, m
     assert inode(pa) != inode(pb) and os.lstat(pb).st_uid == 1
     fa, fb = os.open(pa, os.O_RDONLY), os.open(pb, os.O_RDONLY)
     try:
-        assert _unify.extents(fa) == _unify.extents(fb)
+        assert K.extents(fa) == K.extents(fb)
     finally:
         os.close(fa)
         os.close(fb)
     near = os.path.join(b['root'], 'usr/lib/vstest/blob-near')
     fn, fa = os.open(near, os.O_RDONLY), os.open(pa, os.O_RDONLY)
     try:
-        assert _unify.extents(fn) != _unify.extents(fa)
+        assert K.extents(fn) != K.extents(fa)
     finally:
         os.close(fn)
         os.close(fa)
-    assert not _unify.path_flags(pa) & _unify.FS_IMMUTABLE_FL  # copy-on-write needs no protection
+    assert not K.path_flags(pa) & K.FS_IMMUTABLE_FL  # copy-on-write needs no protection
 
-    again = _unify.ensure(host_paths, {'method': 'reflink'})
+    again = unify(host_paths, {'method': 'reflink'})
     assert again['changed'] is False and again['linked'] == 0 and again['hashed'] == 0
-    assert _unify.ensure(host_paths, {'method': 'auto'})['methods'] == ['reflink']
+    assert unify(host_paths, {'method': 'auto'})['methods'] == ['reflink']
 
     b_sha = sha(pb)
     _runtime.start(host_paths, a)

@@ -1,4 +1,4 @@
-"""Pure logic of _unify (validation, rsync-like rules, conffiles, the index) and its small kernel helpers on
+"""Pure logic of unify (validation, rsync-like rules, conffiles, the index, the walk) and its kernel helpers on
 files of the test's own tmp dir (content partition, open-for-write detection, flags)."""
 import hashlib
 import mmap
@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _unify
+from ansible_collections.vserver.core.plugins.module_utils import _kernel as K, _unify, _unify_index, _unify_prove, _walk
+from ansible_collections.vserver.core.plugins.module_utils._unify_index import IndexRow
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
@@ -62,7 +63,7 @@ RULES = [
 
 @pytest.mark.parametrize('exclude, include, path, is_dir, parent, expected', RULES)
 def test_rules_verdict(exclude, include, path, is_dir, parent, expected):
-    assert _unify.Rules(exclude, include).verdict(path, is_dir, parent) is expected
+    assert _walk.Rules(exclude, include).verdict(path, is_dir, parent) is expected
 
 
 @pytest.mark.parametrize('include, directory, expected', [
@@ -75,7 +76,7 @@ def test_rules_verdict(exclude, include, path, is_dir, parent, expected):
     ([], '/var', False),
 ])
 def test_rules_descend_into_excluded_dir_only_for_includes(include, directory, expected):
-    assert _unify.Rules(['/var'], include).may_include_below(directory) is expected
+    assert _walk.Rules(['/var'], include).may_include_below(directory) is expected
 
 
 def test_conffiles_are_literal_excludes(tmp_path):
@@ -86,36 +87,36 @@ def test_conffiles_are_literal_excludes(tmp_path):
     (info / 'x.list').write_text('/usr/bin/x\n')
     found = _unify.conffiles(str(tmp_path))
     assert sorted(found) == ['/etc/host.conf', '/etc/issue', '/opt/[weird]*.conf', '/usr/share/x/old.conf']
-    rules = _unify.Rules([], [], found)
+    rules = _walk.Rules([], [], found)
     assert rules.verdict('/opt/[weird]*.conf', False, False) is True
     assert rules.verdict('/opt/w.conf', False, False) is False  # literal, not a glob
     assert _unify.conffiles(str(tmp_path / 'nothing')) == []
 
 
 def scan_tree(root):
-    scan = _unify.Scan()
-    _unify.walk(str(root), 'g', True, _unify.Rules([]), scan, set())
+    scan = _walk.Scan(_unify.Node)
+    _walk.walk(str(root), 'g', True, _walk.Rules([]), scan, set())
     return scan
 
 
 def test_partition_proves_byte_equality_and_hashes_once(tmp_path):
-    big = os.urandom(3 * _unify.CHUNK + 17)
+    big = os.urandom(3 * _unify_prove.CHUNK + 17)
     files = {'a': big, 'b': big, 'c': big[:-1] + bytes([big[-1] ^ 1]), 'd': big, 'e': bytes(len(big))}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     os.setxattr(str(tmp_path / 'd'), 'user.k', b'v')
     scan = scan_tree(tmp_path)
     try:
-        nodes = sorted(scan.nodes.values(), key=lambda n: n.paths[0][1])
-        classes = {tuple(sorted(n.paths[0][1] for n in members)): digest
-                   for digest, members in _unify.partition(nodes)}
+        nodes = sorted(scan.nodes.values(), key=lambda n: n.paths[0].name)
+        classes = {tuple(sorted(n.paths[0].name for n in members)): digest
+                   for digest, members in _unify_prove.partition(nodes)}
         assert set(classes) == {('a', 'b'), ('c',), ('d',), ('e',)}
         assert classes[('a', 'b')] == hashlib.sha256(big).digest()
         assert classes[('e',)] == hashlib.sha256(files['e']).digest()
         for node in nodes:
             node.xattr = None
-        merged = {tuple(sorted(n.paths[0][1] for n in members))
-                  for dummy, members in _unify.partition(nodes, xattrs=False)}
+        merged = {tuple(sorted(n.paths[0].name for n in members))
+                  for dummy, members in _unify_prove.partition(nodes, xattrs=False)}
         assert ('a', 'b', 'd') in merged  # reflinks ignore xattrs: each inode keeps its own
     finally:
         scan.dirs.close()
@@ -130,7 +131,7 @@ def test_walk_skips_symlinks_specials_empty_and_other_mounts(tmp_path):
     (tmp_path / 'd' / 'g').write_bytes(b'y')
     scan = scan_tree(tmp_path)
     try:
-        names = sorted(e[1] for n in scan.nodes.values() for e in n.paths)
+        names = sorted(e.name for n in scan.nodes.values() for e in n.paths)
         assert names == ['f', 'g']
         assert scan.skipped == {'symlink': 1, 'special': 1, 'empty': 1}
     finally:
@@ -147,7 +148,7 @@ def test_open_for_write_sees_writers_and_shared_writable_maps(tmp_path):
         mapped = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         os.close(fd)  # only the mapping remains
         try:
-            busy = _unify.open_for_write()
+            busy = K.open_for_write()
         finally:
             mapped.close()
     assert key[w] in busy and key[m] in busy and key[r] not in busy
@@ -155,24 +156,25 @@ def test_open_for_write_sees_writers_and_shared_writable_maps(tmp_path):
 
 def test_index_round_trip_and_freshness(tmp_path):
     path = str(tmp_path / 'idx')
-    index = _unify.Index(path)
+    index = _unify_index.Index(path)
     index.load({1})
     assert index.rows == {} and not os.path.exists(path)
-    index.save([(1, 10, 5, 100, 200, b'h' * 32, b'', 2), (2, 11, 5, 100, 200, b'g' * 32, b'', None)], set())
+    index.save([IndexRow(1, 10, 5, 100, 200, b'h' * 32, b'', 2), IndexRow(2, 11, 5, 100, 200, b'g' * 32, b'', None)],
+               set())
     index.close()
     assert os.stat(path).st_mode & 0o777 == 0o600
-    again = _unify.Index(path)
+    again = _unify_index.Index(path)
     again.load({1})
     assert set(again.rows) == {(1, 10)}
 
     class N:
         dev, ino, size, mtime, ctime = 1, 10, 5, 100, 200
-    assert again.fresh(N())[3] == b'h' * 32
+    assert again.fresh(N()).hash == b'h' * 32
     N.ctime = 201
     assert again.fresh(N()) is None
     again.save([], {(1, 10)})
     again.close()
-    third = _unify.Index(path)
+    third = _unify_index.Index(path)
     third.load({1, 2})
     assert set(third.rows) == {(2, 11)}
 
@@ -182,13 +184,13 @@ def test_immutable_flag(tmp_path):
     path.write_bytes(b'x' * 8192)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert _unify.set_immutable(fd, True) is True
-        assert _unify.set_immutable(fd, True) is False
+        assert K.set_immutable(fd, True) is True
+        assert K.set_immutable(fd, True) is False
         with pytest.raises(PermissionError):
             open(path, 'ab')
         with pytest.raises(PermissionError):
             os.unlink(path)
-        assert _unify.set_immutable(fd, False) is True
+        assert K.set_immutable(fd, False) is True
     finally:
         os.close(fd)
     with open(path, 'ab') as handle:
@@ -208,21 +210,21 @@ def test_directories_swapped_for_symlinks_are_refused(tmp_path):
         dirs = scan.dirs
         node = next(iter(scan.nodes.values()))
         entry = node.paths[0]
-        kept = dirs.fds[entry[0]]
+        kept = dirs.fds[entry.dir]
         os.rename(str(tree / 'a'), str(tree / 'moved'))
         os.symlink(str(host), str(tree / 'a'))
-        fd = _unify.open_entry(dirs, entry)  # the kept fd: still the guest's directory
+        fd = _walk.open_entry(dirs, entry)  # the kept fd: still the guest's directory
         try:
             assert os.read(fd, 10) == b'guest'
         finally:
             os.close(fd)
         os.close(kept)  # as if over the fd budget: reopened by path, and checked
-        dirs.fds[entry[0]] = None
+        dirs.fds[entry.dir] = None
         with pytest.raises(OSError):
-            _unify.open_entry(dirs, entry)
+            _walk.open_entry(dirs, entry)
         (tree / 'a').unlink()
         os.symlink(str(tree / 'moved'), str(tree / 'a'))  # the very same directory through a symlink: harmless
-        fd = _unify.open_entry(dirs, entry)
+        fd = _walk.open_entry(dirs, entry)
         try:
             assert os.read(fd, 10) == b'guest'
         finally:
