@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _common, _runtime, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _common, _runtime, _mgr_guests
 from ansible_helpers import changed_count, run_playbook
 from conftest import stop_guests
 
@@ -84,7 +84,7 @@ def host(tmp_path):
             os.kill(pid, 15)
         stop_guests(paths)
         if os.path.isdir(paths.config_dir):
-            _guests.ensure(paths, {'guests': [], 'prune': True, 'purge_pruned': True})
+            _mgr_guests.ensure(paths, {'guests': [], 'prune': True, 'purge_pruned': True})
         for name in (box['dummy'], evars['host_bridge']):
             if link_exists(name):
                 subprocess.run(['ip', 'link', 'del', 'dev', name], check=False, timeout=30)
@@ -124,7 +124,7 @@ def present_with_a_guest(box):
     rc, data, failed = run(box)
     assert rc == 0, failed
     paths = box['paths']
-    _guests.ensure(paths, {'guests': [{'name': 'hr-one', 'xid': 951, 'template': 'busybox', 'stop_timeout': 2,
+    _mgr_guests.ensure(paths, {'guests': [{'name': 'hr-one', 'xid': 951, 'template': 'busybox', 'stop_timeout': 2,
                                        'autostart': True, 'addresses': ['198.18.91.11/24'],
                                        'network': {'bridge': box['vars']['host_bridge']}}]})
     before = snapshot(box)
@@ -154,7 +154,7 @@ def test_absent_refuses_guests_then_removes_them_and_everything_else(host):
     assert rc == 0, failed
     after = snapshot(host)
     assert not alive(supervisor) and not os.path.exists(os.path.join(paths.run_dir, '.supervise.pid'))
-    assert after['running'] == [] and after['guests'] == [] and not _guests.autostart_dir(paths) in after['dirs']
+    assert after['running'] == [] and after['guests'] == [] and not _mgr_guests.autostart_dir(paths) in after['dirs']
     assert after['links'] == [] and not after['prefix'] and not after['env'] and not after['bridge']
     assert after['cgroups'] == []
     # the guest's tree and log were not purged (no host_purge_guest_trees): their directories stay, the others go
