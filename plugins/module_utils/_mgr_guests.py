@@ -10,14 +10,12 @@ one process. Nothing is computed twice: this file only orders the calls.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _cgroup, _config, _runtime, _kernel as K, _mgr_context, _template)
+    _cgroup, _config, _runtime, _mgr_context, _template, _tree, _unify)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    HostLock, VServerError, check_name, write_error, write_fully, write_json)
+    HostLock, VServerError, check_name, write_json)
 
 # Concern managers, each ``ensure(paths, params, check_mode) -> result`` (changed, actions, diff,
 # restart_required). They are written by other parts of the collection; a guest that asks for a concern
@@ -122,7 +120,7 @@ def validate(guests, prune=False):
         if not isinstance(files, dict):
             raise VServerError('%s.files must be a dict of absolute guest paths to contents' % field, field + '.files')
         for fpath, value in files.items():
-            _check_guest_path(fpath, '%s.files' % field)
+            _tree.check_guest_path(fpath, '%s.files' % field)
             if not isinstance(value, (str, dict)) or (isinstance(value, dict) and 'content' not in value):
                 raise VServerError('%s.files[%s] must be a string or a dict with content (and mode)' % (field, fpath),
                                    field + '.files')
@@ -142,117 +140,11 @@ def validate(guests, prune=False):
     return out
 
 
-# The source tree is the guest's: every object of it is opened relative to its parent directory's fd with
-# O_NOFOLLOW and then checked and read through that fd (never looked up again by path). The destination is the
-# fresh build sibling (mode 0700, reachable by no guest), so names relative to its directory fds are safe there.
-SRC_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-MAX_DEPTH = 256
-LINK_BATCH = 64  # unified files linked under one freeze of every guest
-
-
-def _copy_meta(src_fd, dst_fd, st):
-    """Owner, mode (after the owner: chown clears set-id bits), xattrs and times, all by fd."""
-    os.fchown(dst_fd, st.st_uid, st.st_gid)
-    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
-    try:
-        names = os.listxattr(src_fd)
-    except OSError:
-        names = []
-    for attr in names:
-        try:
-            os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr))
-        except OSError:
-            pass
-    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _copy_bytes(src_fd, dst_fd, size):
-    """At most ``size`` bytes (the size seen at open: a file the guest keeps growing cannot make this endless)."""
-    done = 0
-    while done < size:
-        try:
-            count = os.copy_file_range(src_fd, dst_fd, size - done)
-        except (OSError, AttributeError):  # another filesystem pair, or Python < 3.8
-            count = 0
-        if count == 0:
-            chunk = os.read(src_fd, min(1 << 20, size - done))
-            if not chunk:
-                break
-            _write_all(dst_fd, chunk)
-            count = len(chunk)
-        done += count
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _link_unified(fd, name, dfd, flags):
-    """Hardlink the inode open as ``fd`` (exactly that one, through /proc/self/fd) into the build directory.
-    link(2) refuses an immutable inode: the flag is cleared on that fd around the link, as unification does."""
-    K.set_flags(fd, flags & ~K.FS_IMMUTABLE_FL)
-    try:
-        os.link('/proc/self/fd/%d' % fd, name, dst_dir_fd=dfd, follow_symlinks=True)
-    finally:
-        K.set_flags(fd, flags)
-
-
-def _is_unified(fd, st):
-    """Hardlinked into the clone only: a regular file with more than one link and the immutable flag. A guest
-    cannot set that flag (linux_immutable is outside every guest's bounding set), so only the host's unification
-    made it so: any other multiply-linked inode (a host file hardlinked into the tree, a guest's own hardlinks)
-    is copied, never shared with the clone."""
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
-        return None
-    try:
-        flags = K.get_flags(fd)
-    except OSError:
-        return None
-    return flags if flags & K.FS_IMMUTABLE_FL else None
-
-
-def clone_tree(src, dst, pause=None, paths=None):
-    """util-vserver's clone: unified files (immutable, shared) are hardlinked, everything else is copied.
-
-    Returns counts. ``dst`` must not exist. The copy is made in a build sibling of ``dst`` and renamed onto it
-    when complete (removed again if the copy fails half-way); hold the host lock, which covers the siblings.
-    The source is walked by fd (O_NOFOLLOW on every component): a guest swapping a directory for a symlink
-    while this runs can change what is copied, never make the host read, link or change anything outside its
-    tree. Clone a running source frozen (``FrozenSource``) so the copy is one consistent view. ``pause`` (a
-    context manager factory, ``AllGuestsFrozen``) is entered around each batch of links of unified files: the
-    immutable flag is off for those link(2) calls only, while no guest process runs."""
-    if os.path.lexists(dst):
-        raise VServerError('clone target %s exists' % dst, 'root')
-    counts = {'linked': 0, 'copied': 0}
-    build = _template.new_build_dir(dst)
-    try:
-        try:
-            sfd = os.open(src, DIR_OPEN)
-        except OSError as exc:
-            raise VServerError('clone_from: cannot open the source tree %s: %s' % (src, exc.strerror),
-                               'clone_from') from exc
-        try:
-            dfd = os.open(build, DIR_OPEN)
-            linked = []
-            try:
-                _copy_dir(sfd, dfd, counts, linked, 0, pause)
-                _copy_meta(sfd, dfd, os.fstat(sfd))
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(sfd)
-        _check_no_writer(linked)
-        _template.install_build(build, dst)
-    except BaseException:
-        try:
-            _mgr_context.remove_build(build, paths)  # with paths: shared files are unlinked with the guests frozen
-        except (OSError, VServerError):
-            pass  # the next run under the lock removes it
-        raise
-    return counts
+def clone(paths, src, dst):
+    """Clone guest tree ``src`` to ``dst`` (``_tree.clone_tree``): unified files are linked while every guest is
+    frozen, a build sibling left by a failure is removed with the running guests frozen around shared unlinks."""
+    return _tree.clone_tree(src, dst, writers=_unify.open_for_write, pause=lambda: AllGuestsFrozen(paths),
+                            freezer=lambda: _unify.Freezer(paths))
 
 
 class FrozenSource:
@@ -311,223 +203,6 @@ class AllGuestsFrozen:
         return False
 
 
-def _check_no_writer(linked):
-    """The immutable flag of a linked inode was off for the link(2) only; a process that opened it for writing
-    in that instant keeps a writable fd on a file every sharer runs: refuse the clone then (checked once)."""
-    if not linked:
-        return
-    from ansible_collections.vserver.core.plugins.module_utils import _unify
-    held = set(linked) & _unify.open_for_write()
-    if held:
-        raise VServerError('clone: %d shared (unified) file(s) were opened for writing while being linked '
-                           '(inodes %s); the clone is not made' % (len(held), sorted(i for _d, i in held)),
-                           'clone_from')
-
-
-def _copy_dir(sfd, dfd, counts, linked, depth, pause):
-    if depth > MAX_DEPTH:
-        raise VServerError('clone: the source tree is deeper than %d directories' % MAX_DEPTH, 'clone_from')
-    batch = []  # unified files of this directory, open, linked together under one pause
-    try:
-        for name in os.listdir(sfd):
-            try:
-                _copy_entry(sfd, dfd, name, counts, linked, depth, pause, batch)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # gone or swapped since listed (only when the source runs): not copied
-            if len(batch) >= LINK_BATCH:
-                _link_batch(batch, dfd, counts, linked, pause)
-        _link_batch(batch, dfd, counts, linked, pause)
-    finally:
-        for fd, _name, _flags, _st in batch:
-            os.close(fd)
-
-
-def _link_batch(batch, dfd, counts, linked, pause):
-    if not batch:
-        return
-    with (pause() if pause else _NoPause()):
-        for fd, name, flags, st in batch:
-            _link_unified(fd, name, dfd, flags)
-            linked.append((st.st_dev, st.st_ino))
-            counts['linked'] += 1
-    for fd, _name, _flags, _st in batch:
-        os.close(fd)
-    del batch[:]
-
-
-class _NoPause:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _copy_entry(sfd, dfd, name, counts, linked, depth, pause, batch):
-    st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
-    if stat.S_ISLNK(st.st_mode):
-        try:
-            target = os.readlink(name, dir_fd=sfd)
-        except OSError:
-            return  # no longer a symlink
-        os.symlink(target, name, dir_fd=dfd)
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
-        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
-        return
-    if stat.S_ISFIFO(st.st_mode):
-        os.mkfifo(name, 0o600, dir_fd=dfd)
-        fd = os.open(name, SRC_OPEN, dir_fd=dfd)  # the build's own FIFO: never blocks with O_NONBLOCK
-        try:
-            os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-        finally:
-            os.close(fd)
-        return
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        return  # device nodes, sockets: the guest's /dev is built at start; skip
-    try:
-        fd = os.open(name, SRC_OPEN, dir_fd=sfd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):
-            return  # swapped for a symlink or a socket since listed
-        raise
-    try:
-        st = os.fstat(fd)  # from here on: the object opened, whatever the name means now
-        if stat.S_ISDIR(st.st_mode):
-            os.mkdir(name, 0o700, dir_fd=dfd)
-            cfd = os.open(name, DIR_OPEN, dir_fd=dfd)
-            try:
-                _copy_dir(fd, cfd, counts, linked, depth + 1, pause)
-                _copy_meta(fd, cfd, st)
-            finally:
-                os.close(cfd)
-        elif stat.S_ISREG(st.st_mode):
-            flags = _is_unified(fd, st)
-            if flags is not None:
-                batch.append((fd, name, flags, st))  # linked (and closed) with its directory's batch
-                fd = None
-                return
-            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                          dir_fd=dfd)
-            try:
-                _copy_bytes(fd, out, st.st_size)
-                _copy_meta(fd, out, st)
-            finally:
-                os.close(out)
-            counts['copied'] += 1
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def _check_guest_path(path, field):
-    if not isinstance(path, str) or not path.startswith('/') or '\x00' in path or \
-            any(part in ('..', '.') for part in path.split('/')[1:]) or path.endswith('/'):
-        raise VServerError('%s: %r must be an absolute file path inside the guest without "." or ".."'
-                           % (field, path), field)
-
-
-def _open_dir_in_tree(root, parts, create=False):
-    """fd of directory root/parts..., resolving every component with O_NOFOLLOW: a symlink the guest planted
-    cannot lead the host's write outside the tree."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            try:
-                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, 0o700 if part == '.ssh' else 0o755, dir_fd=fd)
-                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except OSError as exc:
-        os.close(fd)
-        why = 'a symlink or not a directory there is never followed' if exc.errno in (
-            errno.ELOOP, errno.ENOTDIR) else exc.strerror
-        raise VServerError('cannot reach %s/%s inside the guest tree safely: %s' % (root, '/'.join(parts), why),
-                           'files')
-    return fd
-
-
-MAX_MANAGED_READ = 4 << 20  # a managed file (or /etc/shadow) larger than this is not read, and is replaced
-
-
-def read_in_tree(root, path):
-    """(bytes, mode) of the regular file ROOT/PATH, or (None, None) when it is absent or not a regular file.
-    Never blocks (O_NONBLOCK: a FIFO the guest planted is opened and refused, not waited on) and never reads
-    more than MAX_MANAGED_READ (a larger file reads as absent, so it is replaced)."""
-    parts = path.strip('/').split('/')
-    try:
-        dfd = _open_dir_in_tree(root, parts[:-1])
-    except (VServerError, FileNotFoundError):
-        return None, None
-    try:
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
-    except OSError:
-        return None, None
-    finally:
-        os.close(dfd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANAGED_READ:
-            return None, None
-        chunks, size = [], 0
-        while size <= MAX_MANAGED_READ:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return b''.join(chunks), stat.S_IMODE(st.st_mode)
-            chunks.append(chunk)
-            size += len(chunk)
-        return None, None  # grew past the cap while read
-    finally:
-        os.close(fd)
-
-
-def write_in_tree(root, path, data, mode):
-    """Atomically replace ROOT/PATH (no symlink followed anywhere), owned by root: every byte written and the
-    size checked, fsync, rename, fsync of the directory. The temp file has a random name created with O_EXCL
-    (whatever the guest planted there, a name that exists is never used: another is drawn). On failure the old
-    file stays, the temp file is removed and VServerError names the file."""
-    import secrets
-    parts = path.strip('/').split('/')
-    dfd = _open_dir_in_tree(root, parts[:-1], create=True)
-    tmp = None
-    try:
-        for _attempt in range(16):
-            name = '.%s.vserver-%s' % (parts[-1][:200], secrets.token_hex(8))
-            try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=dfd)
-            except FileExistsError:
-                continue
-            tmp = name
-            break
-        else:
-            raise OSError(errno.EEXIST, 'no free temp name in 16 tries')
-        try:
-            os.fchown(fd, 0, 0)
-            os.fchmod(fd, mode)
-            write_fully(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
-        tmp = None
-        os.fsync(dfd)
-    except OSError as exc:
-        if tmp is not None:
-            try:
-                os.unlink(tmp, dir_fd=dfd)
-            except OSError:
-                pass
-        raise write_error(os.path.join(root, path.lstrip('/')), exc) from exc
-    finally:
-        os.close(dfd)
-
-
 def _desired_files(root, spec):
     """guest path -> (bytes, mode) for the files and root-login policy the spec asks for."""
     out = {}
@@ -539,7 +214,7 @@ def _desired_files(root, spec):
             mode, content = 0o644, value
         out[fpath] = (content.encode(), mode)
     if spec.get('root_password_hash') is not None:
-        current, mode = read_in_tree(root, '/etc/shadow')
+        current, mode = _tree.read_in_tree(root, '/etc/shadow')
         lines = (current or b'').decode().splitlines()
         found = False
         for i, line in enumerate(lines):
@@ -560,12 +235,12 @@ def _desired_files(root, spec):
 def _files(root, spec, check_mode):
     actions = []
     for fpath, (data, mode) in sorted(_desired_files(root, spec).items()):
-        current, current_mode = read_in_tree(root, fpath)
+        current, current_mode = _tree.read_in_tree(root, fpath)
         if current == data and current_mode == mode:
             continue
         actions.append('write %s' % fpath)
         if not check_mode:
-            write_in_tree(root, fpath, data, mode)
+            _tree.write_in_tree(root, fpath, data, mode)
     return actions
 
 
@@ -637,7 +312,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
                 for stale in _template.stale_builds(root):
                     _mgr_context.remove_build(stale, paths)
                 with FrozenSource(paths, spec['clone_from']):
-                    clone_tree(source['root'], root, pause=lambda: AllGuestsFrozen(paths), paths=paths)
+                    clone(paths, source['root'], root)
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
     ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
     if template == 'clone':

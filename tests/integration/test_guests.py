@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _mgr_guests
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _mgr_guests, _tree, _unify
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
@@ -40,12 +40,12 @@ def test_write_in_tree_never_follows_a_planted_symlink(tmp_path):
     (outside / 'hosts').write_text('host file\n')
     os.symlink(str(outside), str(root / 'etc'))  # the guest planted /etc -> a host directory
     with pytest.raises(VServerError):
-        _mgr_guests.write_in_tree(str(root), '/etc/hosts', b'evil\n', 0o644)
+        _tree.write_in_tree(str(root), '/etc/hosts', b'evil\n', 0o644)
     assert (outside / 'hosts').read_text() == 'host file\n'
     os.unlink(str(root / 'etc'))
     (root / 'etc').mkdir()
     os.symlink(str(outside / 'hosts'), str(root / 'etc' / 'hosts'))  # a symlinked file is replaced, not followed
-    _mgr_guests.write_in_tree(str(root), '/etc/hosts', b'mine\n', 0o644)
+    _tree.write_in_tree(str(root), '/etc/hosts', b'mine\n', 0o644)
     assert (outside / 'hosts').read_text() == 'host file\n'
     assert not os.path.islink(str(root / 'etc' / 'hosts'))
     assert (root / 'etc' / 'hosts').read_text() == 'mine\n'
@@ -58,7 +58,7 @@ def test_clone_hardlinks_only_unified_files(tmp_path, busybox_tree):
     os.link(str(shared), str(tmp_path / 'other-guest-copy'))  # unified: nlink > 1 and immutable
     subprocess.run(['chattr', '+i', str(shared)], check=True)
     try:
-        counts = _mgr_guests.clone_tree(str(src), str(tmp_path / 'dst'))
+        counts = _tree.clone_tree(str(src), str(tmp_path / 'dst'), writers=_unify.open_for_write)
         assert os.stat(str(tmp_path / 'dst' / 'bin' / 'busybox')).st_ino == shared.stat().st_ino
         assert os.stat(str(tmp_path / 'dst' / 'etc' / 'passwd')).st_ino != (src / 'etc' / 'passwd').stat().st_ino
         assert (tmp_path / 'dst' / 'etc' / 'passwd').read_text() == (src / 'etc' / 'passwd').read_text()
