@@ -81,63 +81,79 @@ def validate(guests, prune=False):
     out = []
     for index, raw in enumerate(guests):
         field = 'guests[%d]' % index
-        if not isinstance(raw, dict) or 'name' not in raw:
-            raise VServerError('%s must be a dict with at least a name (got %r)' % (field, raw), field)
-        unknown = sorted(set(raw) - GUEST_KEYS)
-        if unknown:
-            raise VServerError('%s: unknown keys %s; accepted: %s'
-                               % (field, ', '.join(unknown), ', '.join(sorted(GUEST_KEYS))), field)
-        name = check_name(raw['name'], field + '.name')
+        name = _check_keys(field, raw)
         if name in seen:
             raise VServerError('%s: guest %s is listed twice' % (field, name), field + '.name')
         seen.add(name)
-        spec = dict(raw)
-        spec['state'] = spec.get('state') or 'started'
-        if spec['state'] not in STATES:
-            raise VServerError('%s.state must be one of %s (got %r)' % (field, ', '.join(STATES), spec['state']),
-                               field + '.state')
-        spec['template'] = spec.get('template') or 'busybox'
-        if spec['template'] not in TEMPLATES:
-            raise VServerError('%s.template must be one of %s (got %r); debootstrap, mmdebstrap and tarball trees '
-                               'are built by the guest role, then passed with template none'
-                               % (field, ', '.join(TEMPLATES), spec['template']), field + '.template')
-        if spec['template'] == 'clone':
-            if not spec.get('clone_from'):
-                raise VServerError('%s.clone_from names the guest to clone when template is clone' % field,
-                                   field + '.clone_from')
-            check_name(spec['clone_from'], field + '.clone_from')
+        spec = _check_entry(field, raw)
         if spec.get('xid') is not None:
             xid = spec['xid']
             if xid in xids:
                 raise VServerError('%s.xid %s is also given to guest %s' % (field, xid, xids[xid]), field + '.xid')
             xids[xid] = name
-        if spec.get('addresses') is not None and not isinstance(spec['addresses'], list):
-            spec['addresses'] = [spec['addresses']]
-        for key in ('capabilities', 'limits', 'network'):
-            if spec.get(key) is not None and not isinstance(spec[key], dict):
-                raise VServerError('%s.%s must be a dict of that module\'s options' % (field, key), field + '.' + key)
-        files = spec.get('files') or {}
-        if not isinstance(files, dict):
-            raise VServerError('%s.files must be a dict of absolute guest paths to contents' % field, field + '.files')
-        for fpath, value in files.items():
-            _tree.check_guest_path(fpath, '%s.files' % field)
-            if not isinstance(value, (str, dict)) or (isinstance(value, dict) and 'content' not in value):
-                raise VServerError('%s.files[%s] must be a string or a dict with content (and mode)' % (field, fpath),
-                                   field + '.files')
-        pw = spec.get('root_password_hash')
-        if pw is not None and (not isinstance(pw, str) or ':' in pw or '\n' in pw or not pw):
-            raise VServerError('%s.root_password_hash must be a crypt(3) hash, "!" (locked) or "*" (no password), '
-                               'without ":"' % field, field + '.root_password_hash')
-        keys = spec.get('root_authorized_keys')
-        if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
-            raise VServerError('%s.root_authorized_keys must be a list of public key lines' % field,
-                               field + '.root_authorized_keys')
         # context options are validated by the context manager itself (same messages as the module)
         ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
         ctx.update(name=name, state='present', template='none' if spec['template'] == 'clone' else spec['template'])
         _mgr_context.validate(ctx)
         out.append(spec)
     return out
+
+
+def _check_keys(field, raw):
+    """The entry's name, once it is a dict of known keys with a valid name."""
+    if not isinstance(raw, dict) or 'name' not in raw:
+        raise VServerError('%s must be a dict with at least a name (got %r)' % (field, raw), field)
+    unknown = sorted(set(raw) - GUEST_KEYS)
+    if unknown:
+        raise VServerError('%s: unknown keys %s; accepted: %s'
+                           % (field, ', '.join(unknown), ', '.join(sorted(GUEST_KEYS))), field)
+    return check_name(raw['name'], field + '.name')
+
+
+def _check_entry(field, raw):
+    """One entry's own values checked (a copy), with state and template defaulted."""
+    spec = dict(raw)
+    spec['state'] = spec.get('state') or 'started'
+    if spec['state'] not in STATES:
+        raise VServerError('%s.state must be one of %s (got %r)' % (field, ', '.join(STATES), spec['state']),
+                           field + '.state')
+    spec['template'] = spec.get('template') or 'busybox'
+    if spec['template'] not in TEMPLATES:
+        raise VServerError('%s.template must be one of %s (got %r); debootstrap, mmdebstrap and tarball trees '
+                           'are built by the guest role, then passed with template none'
+                           % (field, ', '.join(TEMPLATES), spec['template']), field + '.template')
+    if spec['template'] == 'clone':
+        if not spec.get('clone_from'):
+            raise VServerError('%s.clone_from names the guest to clone when template is clone' % field,
+                               field + '.clone_from')
+        check_name(spec['clone_from'], field + '.clone_from')
+    if spec.get('addresses') is not None and not isinstance(spec['addresses'], list):
+        spec['addresses'] = [spec['addresses']]
+    for key in ('capabilities', 'limits', 'network'):
+        if spec.get(key) is not None and not isinstance(spec[key], dict):
+            raise VServerError('%s.%s must be a dict of that module\'s options' % (field, key), field + '.' + key)
+    _check_files(field, spec)
+    return spec
+
+
+def _check_files(field, spec):
+    """files, root_password_hash and root_authorized_keys of one entry."""
+    files = spec.get('files') or {}
+    if not isinstance(files, dict):
+        raise VServerError('%s.files must be a dict of absolute guest paths to contents' % field, field + '.files')
+    for fpath, value in files.items():
+        _tree.check_guest_path(fpath, '%s.files' % field)
+        if not isinstance(value, (str, dict)) or (isinstance(value, dict) and 'content' not in value):
+            raise VServerError('%s.files[%s] must be a string or a dict with content (and mode)' % (field, fpath),
+                               field + '.files')
+    pw = spec.get('root_password_hash')
+    if pw is not None and (not isinstance(pw, str) or ':' in pw or '\n' in pw or not pw):
+        raise VServerError('%s.root_password_hash must be a crypt(3) hash, "!" (locked) or "*" (no password), '
+                           'without ":"' % field, field + '.root_password_hash')
+    keys = spec.get('root_authorized_keys')
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+        raise VServerError('%s.root_authorized_keys must be a list of public key lines' % field,
+                           field + '.root_authorized_keys')
 
 
 def clone(paths, src, dst):
@@ -279,58 +295,71 @@ def _adopt(paths, spec, check_mode):
     return 'adopt config'
 
 
-def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None):
-    """Context, then each concern, then the run state; one guest. ``actions`` (a list) collects what was done,
-    also when a later step fails."""
+class _Outcome:
+    """What one guest's run did so far: actions (also when a later step fails), diff per section, restart."""
+
+    def __init__(self, actions):
+        self.actions = actions
+        self.before = {}
+        self.after = {}
+        self.restart_required = False
+
+    def section(self, key, res):
+        """Record a manager's diff under ``key``."""
+        self.before[key] = res.get('diff', {}).get('before')
+        self.after[key] = res.get('diff', {}).get('after')
+
+    def result(self, name):
+        return {'name': name, 'changed': bool(self.actions), 'actions': self.actions,
+                'restart_required': self.restart_required, 'diff': {'before': self.before, 'after': self.after}}
+
+
+def _ensure_absent(paths, spec, check_mode, actions):
     name = spec['name']
-    actions = [] if actions is None else actions
-    diff_before, diff_after = {}, {}
-    restart_required = False
-    if spec['state'] == 'absent':
-        res = _mgr_context.ensure_context(paths, {'name': name, 'state': 'absent', 'purge': bool(spec.get('purge'))},
+    res = _mgr_context.ensure_context(paths, {'name': name, 'state': 'absent', 'purge': bool(spec.get('purge'))},
                                       check_mode)
-        mark = _autostart(paths, name, False, check_mode) if os.path.exists(
-            os.path.join(autostart_dir(paths), name)) else None
-        actions.extend(res['actions'] + ([mark] if mark and mark not in res['actions'] else []))  # purge: done
-        return {'name': name, 'changed': bool(actions), 'actions': actions, 'restart_required': False,
-                'diff': res.get('diff', {})}
-    if spec.get('config'):
-        step = _adopt(paths, spec, check_mode)
-        if step:
-            actions.append(step)
+    mark = _autostart(paths, name, False, check_mode) if os.path.exists(
+        os.path.join(autostart_dir(paths), name)) else None
+    actions.extend(res['actions'] + ([mark] if mark and mark not in res['actions'] else []))  # purge: done
+    return {'name': name, 'changed': bool(actions), 'actions': actions, 'restart_required': False,
+            'diff': res.get('diff', {})}
+
+
+def _clone_step(paths, spec, root, check_mode, out):
+    """template clone, tree absent: copy the source guest's tree (frozen if it runs) to ``root``."""
+    source = _config.load(paths, spec['clone_from'])
+    if source is None and check_mode:
+        source = {'root': None}  # the source may be created by this very run
+    elif source is None:
+        raise VServerError('clone_from: no such guest %s on this host' % spec['clone_from'], 'clone_from')
+    out.actions.append('clone tree from %s' % spec['clone_from'])
+    if not check_mode:
+        with HostLock(paths):  # the build sibling is swept by runs holding the lock
+            for stale in _template.stale_builds(root):
+                _mgr_context.remove_build(stale, paths)
+            with FrozenSource(paths, spec['clone_from']):
+                clone(paths, source['root'], root)
+
+
+def _context_step(paths, spec, root, check_mode, out):
+    """The context section (config and tree; the run state comes last, in ``_run_state_step``)."""
     template = spec['template']
-    root = spec.get('root') or paths.default_root(name)
-    if template == 'clone' and not os.path.exists(root):
-        source = _config.load(paths, spec['clone_from'])
-        if source is None and check_mode:
-            source = {'root': None}  # the source may be created by this very run
-        elif source is None:
-            raise VServerError('clone_from: no such guest %s on this host' % spec['clone_from'], 'clone_from')
-        actions.append('clone tree from %s' % spec['clone_from'])
-        if not check_mode:
-            with HostLock(paths):  # the build sibling is swept by runs holding the lock
-                for stale in _template.stale_builds(root):
-                    _mgr_context.remove_build(stale, paths)
-                with FrozenSource(paths, spec['clone_from']):
-                    clone(paths, source['root'], root)
     ctx = {key: spec.get(key) for key in CONTEXT_KEYS}
-    ctx.update(name=name, state='present', template='none' if template == 'clone' else template)
+    ctx.update(name=spec['name'], state='present', template='none' if template == 'clone' else template)
     if template == 'clone':
         ctx['root'] = root
     if check_mode and template in ('clone', 'none') and _template.tree_is_empty(root):
         # the clone (or the role's bootstrap, skipped in check mode) would have made the tree: only report
         ctx['template'] = 'busybox'
     res = _mgr_context.ensure_context(paths, ctx, check_mode)
-    actions.extend(a for a in res['actions'] if not (template in ('clone', 'none') and a.startswith('build tree')))
-    restart_required = bool(res.get('restart_required'))  # root or init changed under a running guest
-    diff_before['context'] = res.get('diff', {}).get('before')
-    diff_after['context'] = res.get('diff', {}).get('after')
-    doc = _config.load(paths, name)
-    exists = doc is not None
-    if exists and os.path.isdir(doc.get('root') or ''):
-        actions.extend(_files(doc['root'], spec, check_mode))
-    elif spec.get('files') or spec.get('root_password_hash') or spec.get('root_authorized_keys') is not None:
-        actions.append('write guest files')
+    out.actions.extend(a for a in res['actions']
+                       if not (template in ('clone', 'none') and a.startswith('build tree')))
+    out.restart_required = bool(res.get('restart_required'))  # root or init changed under a running guest
+    out.section('context', res)
+
+
+def _sections(spec):
+    """(concern, params) of the concern sections the entry gives, with the single-purpose modules' defaults."""
     sections = []
     if spec.get('capabilities') is not None:
         sections.append(('capabilities', dict(CAPS_DEFAULTS, **spec['capabilities'])))
@@ -340,43 +369,76 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
         params = dict(spec.get('network') or {})
         if spec.get('addresses') is not None:
             params['addresses'] = spec['addresses']
+        params.setdefault('state', 'present')
+        params.setdefault('exclusive', True)  # the list is the guest's whole set of addresses
         sections.append(('network', params))
-    for concern, params in sections:
+    return sections
+
+
+def _concerns_step(paths, spec, exists, check_mode, out):
+    for concern, params in _sections(spec):
         if check_mode and not exists:
-            actions.append('configure %s' % concern)  # new guest: every section will be written
+            out.actions.append('configure %s' % concern)  # new guest: every section will be written
             continue
-        if concern == 'network':
-            params.setdefault('state', 'present')
-            params.setdefault('exclusive', True)  # the list is the guest's whole set of addresses
-        res = _concern(concern)(paths, name, params, check_mode)
+        res = _concern(concern)(paths, spec['name'], params, check_mode)
         if res.get('changed'):
-            actions.extend('%s: %s' % (concern, a) for a in res.get('actions') or ['update'])
-            diff_before[concern] = res.get('diff', {}).get('before')
-            diff_after[concern] = res.get('diff', {}).get('after')
-        restart_required = restart_required or bool(res.get('restart_required'))
+            out.actions.extend('%s: %s' % (concern, a) for a in res.get('actions') or ['update'])
+            out.section(concern, res)
+        out.restart_required = out.restart_required or bool(res.get('restart_required'))
+
+
+def _run_state_step(paths, spec, exists, allow_restart, check_mode, out):
+    """The requested run state, through the context manager only when the guest is not in it already (or a
+    change waits for a restart the task allows)."""
+    name = spec['name']
+    state = spec['state']
+    if out.restart_required and state == 'started' and allow_restart:
+        state = 'restarted'
+        out.restart_required = False
+    observed = _runtime.Runtime(paths, name).state() if exists else None
+    in_state = (('started', 'running'), ('frozen', 'frozen'), ('stopped', 'stopped'), ('present', observed))
+    if exists and not out.restart_required and (state, observed) in in_state:
+        return  # already in the requested run state: no second pass through the context manager
+    if exists or not check_mode:
+        res = _mgr_context.ensure_context(paths, {'name': name, 'state': state}, check_mode)
+        out.actions.extend(a for a in res['actions'] if a not in ('update config',))
+        after = res.get('diff', {}).get('after') or {}
+        out.after.setdefault('context', {})
+        if isinstance(out.after['context'], dict):
+            out.after['context'] = dict(out.after['context'], state=after.get('state'))
+        out.restart_required = out.restart_required or bool(res.get('restart_required'))
+    elif state in ('started', 'frozen'):
+        out.actions.append('start')
+
+
+def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None):
+    """Context, then each concern, then the run state; one guest. ``actions`` (a list) collects what was done,
+    also when a later step fails."""
+    name = spec['name']
+    actions = [] if actions is None else actions
+    if spec['state'] == 'absent':
+        return _ensure_absent(paths, spec, check_mode, actions)
+    out = _Outcome(actions)
+    if spec.get('config'):
+        step = _adopt(paths, spec, check_mode)
+        if step:
+            actions.append(step)
+    root = spec.get('root') or paths.default_root(name)
+    if spec['template'] == 'clone' and not os.path.exists(root):
+        _clone_step(paths, spec, root, check_mode, out)
+    _context_step(paths, spec, root, check_mode, out)
+    doc = _config.load(paths, name)
+    exists = doc is not None
+    if exists and os.path.isdir(doc.get('root') or ''):
+        actions.extend(_files(doc['root'], spec, check_mode))
+    elif spec.get('files') or spec.get('root_password_hash') or spec.get('root_authorized_keys') is not None:
+        actions.append('write guest files')
+    _concerns_step(paths, spec, exists, check_mode, out)
     mark = _autostart(paths, name, spec.get('autostart'), check_mode)
     if mark:
         actions.append(mark)
-    state = spec['state']
-    if restart_required and state == 'started' and allow_restart:
-        state = 'restarted'
-        restart_required = False
-    observed = _runtime.Runtime(paths, name).state() if exists else None
-    in_state = (('started', 'running'), ('frozen', 'frozen'), ('stopped', 'stopped'), ('present', observed))
-    if exists and not restart_required and (state, observed) in in_state:
-        pass  # already in the requested run state: no second pass through the context manager
-    elif exists or not check_mode:
-        res = _mgr_context.ensure_context(paths, {'name': name, 'state': state}, check_mode)
-        actions.extend(a for a in res['actions'] if a not in ('update config',))
-        after = res.get('diff', {}).get('after') or {}
-        diff_after.setdefault('context', {})
-        if isinstance(diff_after['context'], dict):
-            diff_after['context'] = dict(diff_after['context'], state=after.get('state'))
-        restart_required = restart_required or bool(res.get('restart_required'))
-    elif state in ('started', 'frozen'):
-        actions.append('start')
-    return {'name': name, 'changed': bool(actions), 'actions': actions, 'restart_required': restart_required,
-            'diff': {'before': diff_before, 'after': diff_after}}
+    _run_state_step(paths, spec, exists, allow_restart, check_mode, out)
+    return out.result(name)
 
 
 def ensure(paths, params, check_mode=False):
