@@ -48,7 +48,7 @@ def fill(directory, leave=PAGE):
     assert st.f_bavail * st.f_frsize == leave
 
 
-def killed_run(paths, params, syscall, when, call=('manager', 'ensure_context')):
+def killed_run(paths, params, syscall, when, call=('mgr_context', 'ensure_context')):
     """Run ensure_context(params) (or another manager CALL) in a child interpreter killed on entering its
     WHEN-th SYSCALL."""
     script = RUN % ((os.path.join(TOP, '.build', 'collections'),) + call + (paths.as_dict(), params))
@@ -174,7 +174,7 @@ def test_killed_clone_never_leaves_a_half_tree(host_paths, tmp_path):
     root = host_paths.default_root('cc')
     try:
         for syscall, when in (('symlinkat', 100), ('rename', 1)):  # the copy works by directory fd
-            killed_run(host_paths, params, syscall, when, call=('guests', 'ensure'))
+            killed_run(host_paths, params, syscall, when, call=('mgr_guests', 'ensure'))
             assert not os.path.lexists(root) and len(builds(host_paths, 'cc')) == 1
             assert _config.load(host_paths, 'cc') is None
             res = _mgr_guests.ensure(host_paths, params)
