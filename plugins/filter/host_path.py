@@ -14,8 +14,7 @@ author: vserver.core contributors
 description:
   - Returns the input when it is set (not null and not empty), else the built-in default of the host root named by
     O(key), the same default the modules and the C(vserver) command use.
-  - The roles set their path variables with it, for example
-    C(guest_config_dir: "{{ vserver_config_dir | default(none) | vserver.core.host_path('config_dir') }}").
+  - The roles' path variables (C(host_config_dir), C(guest_tree_dir) and the like) default through it.
 positional: _input, key
 options:
   _input:
