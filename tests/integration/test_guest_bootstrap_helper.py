@@ -1,6 +1,7 @@
-"""The guest role's tree builder (the private module _guest_bootstrap, run as Ansible runs it) and its build step against a stand-in tool (no network, a few seconds): rollback
-with real mounts left in the chroot, a killed timeout with a process that left the tool's session, a rename that
-fails, a crashed run's leftover, two concurrent builds of one tree. The real tools: test_guest_bootstrap.py."""
+"""The guest role's tree builder (the private module _guest_bootstrap, run as Ansible runs it) against a stand-in
+tool (no network, a few seconds): rollback with real mounts left in the chroot, a killed timeout with a process that
+left the tool's session, a rename that fails, a crashed run's leftover, two concurrent builds of one tree. The real
+tools: test_guest_bootstrap.py."""
 import json
 import os
 import subprocess

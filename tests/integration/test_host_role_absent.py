@@ -125,8 +125,8 @@ def present_with_a_guest(box):
     assert rc == 0, failed
     paths = box['paths']
     _mgr_guests.ensure(paths, {'guests': [{'name': 'hr-one', 'xid': 951, 'template': 'busybox', 'stop_timeout': 2,
-                                       'autostart': True, 'addresses': ['198.18.91.11/24'],
-                                       'network': {'bridge': box['vars']['host_bridge']}}]})
+                                           'autostart': True, 'addresses': ['198.18.91.11/24'],
+                                           'network': {'bridge': box['vars']['host_bridge']}}]})
     before = snapshot(box)
     assert before['links'] == ['vserver', 'vserver-supervise'] and before['prefix'] and before['env']
     assert before['bridge'] and before['supervisor'] and before['running'] == ['hr-one']

@@ -182,8 +182,8 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         assert rt.state() == 'running' and racer.poll() is None
         check_clone_has_no_host_file(str(tmp_path / 'frozen-clone'), snaps)
         print('busybox tree cloned with the source frozen for %.3f s' % frozen_for)
-        res = _mgr_guests.ensure(host_paths, {'guests': [{'name': 'copy', 'template': 'clone', 'clone_from': 'racer',
-                                                      'state': 'present'}]})
+        res = _mgr_guests.ensure(host_paths, {'guests': [{'name': 'copy', 'template': 'clone',
+                                                          'clone_from': 'racer', 'state': 'present'}]})
         assert not res.get('failed'), res
         assert os.path.isfile(os.path.join(host_paths.default_root('copy'), 'bin', 'hostile'))
         assert rt.state() == 'running' and racer.poll() is None
@@ -389,7 +389,7 @@ def test_clone_never_lets_a_sharer_write_a_unified_file(host_paths, make_guest, 
         time.sleep(0.5)
         for i in range(SHARED_CLONES):
             res = _mgr_guests.ensure(host_paths, {'guests': [{'name': 'shc%d' % i, 'template': 'clone',
-                                                          'clone_from': 'shsrc', 'state': 'present'}]})
+                                                              'clone_from': 'shsrc', 'state': 'present'}]})
             assert not res.get('failed'), res
             assert spinner.poll() is None
     finally:

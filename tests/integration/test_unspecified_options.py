@@ -154,7 +154,7 @@ def test_guests_module_lifts_a_key_removed_from_the_list(host_paths):
         group = _runtime.Runtime(host_paths, 'vst-whole', LAYOUT).group
         assert _cgroup_values(group)[:2] == [str(48 * M), '50000']
         res = _mgr_guests.ensure(host_paths, {'guests': [dict(spec, limits={'memory': '48M'},
-                                                          capabilities={'ccaps': ['raw_icmp']})]})
+                                                              capabilities={'ccaps': ['raw_icmp']})]})
         assert res['changed'] and res['restart_required'] == ['vst-whole'], res
         doc = _config.load(host_paths, 'vst-whole')
         assert doc['limits'] == {'memory': 48 * M} and doc['capabilities'] == {'ccaps': ['raw_icmp']}

@@ -1,5 +1,6 @@
-"""The guest role's tree builder (module_utils _bootstrap, _apt_sources; module _guest_bootstrap) without a network: input checks, apt sources parsing, mirror choice,
-mountinfo parsing, the tool's command line and the refusal of directories that are not ours."""
+"""The guest role's tree builder (module_utils _bootstrap, _apt_sources; module _guest_bootstrap) without a network:
+input checks, apt sources parsing, mirror choice, mountinfo parsing, the tool's command line and the refusal of
+directories that are not ours."""
 import json
 import os
 import subprocess
