@@ -1,7 +1,8 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: what the host role looks at and removes beyond what builtin modules do (behind the
-private modules ``_host_probe`` and ``_host_remove``; were roles/host/files/host_probe.py and host_remove.py).
+"""Private to this collection: what the host and migrate roles look at and the host role removes beyond what builtin
+modules do (behind the private modules ``_host_probe``, ``_host_remove`` and ``_target_guests``; were
+roles/host/files/host_probe.py, host_remove.py and roles/migrate/files/target_guests.py).
 
 ``probe(want)`` is one read-only look at everything the host role manages, so an idempotent re-run costs one task
 instead of one per item. ``Removal`` does one phase of ``host_state=absent`` at a time:
@@ -26,7 +27,7 @@ import time
 from typing import Any, Dict
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _kernel as K
-from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError
+from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError, read_json
 
 # files the runtime keeps for itself; a directory holding only these (and empty autostart/) counts as empty
 BOOKKEEPING = {'.lock', '.unify-index', '.unify-index-journal', '.unify-index-wal', '.unify-index-shm',
@@ -233,3 +234,22 @@ class Removal:
                     all(os.path.join(path, name) in gone for name in os.listdir(path)):
                 self.act('remove directory %s' % path, os.rmdir, path)
                 gone.add(path)
+
+
+def target_guests(config_dir: str, tree_dir: str) -> Dict[str, Any]:
+    """A migration target's guests (name -> xid and addresses; unreadable configs are skipped), the free space for
+    trees (of tree_dir, or of its nearest existing parent) and which names already have a tree there."""
+    guests = {}
+    for name in _config.names(Paths(config_dir=config_dir, tree_dir=tree_dir, defaults_file=None)):
+        try:
+            doc = read_json(os.path.join(config_dir, name + '.json'))
+        except (OSError, VServerError):
+            continue
+        if isinstance(doc, dict):
+            guests[name] = {'xid': doc.get('xid'), 'addresses': (doc.get('network') or {}).get('addresses') or []}
+    probe_dir = tree_dir
+    while not os.path.exists(probe_dir):
+        probe_dir = os.path.dirname(probe_dir)
+    st = os.statvfs(probe_dir)
+    roots = {name: True for name in os.listdir(tree_dir)} if os.path.isdir(tree_dir) else {}
+    return {'changed': False, 'guests': guests, 'free_bytes': st.f_bavail * st.f_frsize, 'root_exists': roots}

@@ -1,4 +1,4 @@
-"""The host role's removal decisions (module_utils _host, behind the private module _host_remove) without root: what
+"""The host role's removal decisions and the migrate role's look at its target (module_utils _host) without root: what
 counts as a directory holding nothing of a guest, which cgroup hierarchies are looked at, check mode changes nothing."""
 import os
 
@@ -66,3 +66,16 @@ def test_probe_lists_configured_and_running_guests(tmp_path):
                                    {'src': '/opt/other', 'dest': str(tmp_path / 'nothing')}]}, check=True).run('probe')
     assert out['guests'] == ['db', 'web'] and out['running'] == ['gone']
     assert out['links_ours'] == [str(link)] and out['supervisor'] is None and not out['changed']
+
+
+def test_target_guests(tmp_path):
+    config, trees = tmp_path / 'etc', tmp_path / 'trees'
+    config.mkdir()
+    (config / 'web.json').write_text('{"name": "web", "xid": 101, "network": {"addresses": ["198.18.0.2/24"]}}')
+    (config / 'db.json').write_text('{"name": "db", "xid": 102}')
+    (config / 'bad.json').write_text('{not json')
+    out = _host.target_guests(str(config), str(trees / 'not' / 'yet'))
+    assert out['guests'] == {'web': {'xid': 101, 'addresses': ['198.18.0.2/24']}, 'db': {'xid': 102, 'addresses': []}}
+    assert out['root_exists'] == {} and out['free_bytes'] > 0
+    (trees / 'web').mkdir(parents=True)
+    assert _host.target_guests(str(config), str(trees))['root_exists'] == {'web': True}
