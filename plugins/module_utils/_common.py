@@ -93,7 +93,7 @@ class Paths:
         return os.path.join(self.log_dir, name + '.log')
 
     def autostart_mark(self, name):
-        """The boot mark of a guest (``_guests.autostart_dir``/NAME): supervisor and units start marked guests."""
+        """The boot mark of a guest (``_mgr_guests.autostart_dir``/NAME): supervisor and units start marked guests."""
         return os.path.join(self.config_dir, 'autostart', name)
 
     def default_root(self, name):

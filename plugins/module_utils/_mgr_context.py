@@ -5,14 +5,11 @@ and the ``vserver`` command. Read the real state, compute the difference, act un
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import shutil
-import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K, _template, _unify
-from ansible_collections.vserver.core.plugins.module_utils import _mgr_unify
+from ansible_collections.vserver.core.plugins.module_utils import (
+    _config, _mgr_unify, _runtime, _kernel as K, _template, _tree)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, check_xid)
 
@@ -157,158 +154,20 @@ def _observed_state(state):
     return {'running': 'started', 'frozen': 'frozen', 'stopped': 'stopped', 'broken': 'broken'}[state]
 
 
-def _clear_immutable(path):
-    """Clear the immutable/append-only flags (unified files are immutable) so a purge can remove them."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        flags = K.get_flags(fd)
-        both = K.FS_IMMUTABLE_FL | K.FS_APPEND_FL
-        if flags & both:
-            K.set_flags(fd, flags & ~both)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def mounts_below(root, mountinfo='/proc/self/mountinfo'):
-    """Mount points strictly below ``root`` (host data bind-mounted into a tree, a guest's extra disk...)."""
-    prefix = os.path.realpath(root).rstrip('/') + '/'
-    return sorted({m['mountpoint'] for m in K.read_mountinfo(mountinfo) if m['mountpoint'].startswith(prefix)})
-
-
-def check_purgeable(root, own_mount=False):
-    """Refuse to delete a tree through a mount point: rmtree would delete whatever is mounted there.
-    ``own_mount``: the root itself may still be a mount point (its disk image, unmounted by the absent hook)."""
-    if os.path.ismount(root) and not own_mount:
-        raise VServerError('root %s is a mount point; unmount it (or remove its disk limit) before purge' % root,
-                           'purge')
-    below = mounts_below(root)
-    if below:
-        one = len(below) == 1
-        raise VServerError('purge: %s %s mounted inside the tree %s; unmount %s first (purge never deletes '
-                           'through a mount point)' % (', '.join(below), 'is' if one else 'are', root,
-                                                       'it' if one else 'them'), 'purge')
+# Tree removal lives in _tree (a mechanism); these wrappers give it the unify freezer (running guests frozen while
+# a shared file's protection is lifted), which needs the runtime. check_purgeable and mounts_below stay importable.
+check_purgeable = _tree.check_purgeable
+mounts_below = _tree.mounts_below
 
 
 def purge_tree(root, paths=None):
-    """Delete a stopped guest's tree (``check_purgeable`` first). Flags are cleared where nothing else needs
-    them; a unified file (immutable, with names in other guests' trees) is handled by ``_remove_shared``."""
-    def other(func, path, _exc):
-        _clear_immutable(path)
-        _clear_immutable(os.path.dirname(path))
-        func(path)
-    check_purgeable(root)
-    _rmtree_keeping_shared(root, paths, other)
-
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _open_parent(root, path):
-    """An fd on the directory holding ``path`` (below ``root``), opened one component at a time from the root
-    without following symlinks, and the last component's name."""
-    rel = os.path.relpath(path, root).split('/')
-    fd = os.open(root, DIR_FLAGS)
-    try:
-        for part in rel[:-1]:
-            nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, rel[-1]
-
-
-def _shared_immutable(path):
-    """Is ``path`` a regular file whose inode is immutable (or append-only) and has other names?"""
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
-            return False
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return bool(K.get_flags(fd) & (K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _rmtree_keeping_shared(root, paths, other):
-    """rmtree; a name the kernel refuses to unlink because its inode is a shared protected one is removed
-    afterwards by ``_remove_shared``; ``other(func, path, exc_info)`` handles any other error."""
-    shared = []
-
-    def onerror(func, path, exc_info):
-        if func is os.unlink and isinstance(exc_info[1], PermissionError) and _shared_immutable(path):
-            shared.append(path)
-        elif shared and func is os.rmdir and getattr(exc_info[1], 'errno', None) == errno.ENOTEMPTY:
-            pass  # holds one of those: removed by the second pass
-        else:
-            other(func, path, exc_info)
-    shutil.rmtree(root, onerror=onerror)
-    if shared:
-        _remove_shared(root, shared, paths)
-        shutil.rmtree(root, onerror=other)
-
-
-def _remove_shared(root, names, paths):
-    """Unlink names of immutable inodes that other guests' trees still link (unified files) without ever
-    leaving such an inode writable by a running guest: the flag is lifted only while every running guest is
-    frozen (``paths`` None: none is known), and set back on the same inode (held open) before they thaw.
-    ``_unify.FREEZE_BATCH`` names per freeze."""
-    freezer = _mgr_unify.freezer(paths)
-    for i in range(0, len(names), _unify.FREEZE_BATCH):
-        held = []
-        try:
-            for path in names[i:i + _unify.FREEZE_BATCH]:
-                dfd, name = _open_parent(root, path)
-                held.append(dfd)
-                both = K.FS_IMMUTABLE_FL | K.FS_APPEND_FL
-                if K.get_flags(dfd) & both:  # a directory is never shared
-                    K.set_flags(dfd, K.get_flags(dfd) & ~both)
-                held.append(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                                    dir_fd=dfd))
-            try:
-                with freezer.frozen():
-                    for dfd, fd, path in zip(held[::2], held[1::2], names[i:]):
-                        if not stat.S_ISREG(os.fstat(fd).st_mode):
-                            raise VServerError('purge: %s changed while it was removed (the guest runs?)' % path,
-                                               'purge')
-                        flags = K.get_flags(fd)
-                        K.set_flags(fd, flags & ~(K.FS_IMMUTABLE_FL | K.FS_APPEND_FL))
-                        try:
-                            os.unlink(os.path.basename(path), dir_fd=dfd)
-                        finally:
-                            if os.fstat(fd).st_nlink:
-                                K.set_flags(fd, flags)
-            except _unify.FreezeError as exc:
-                raise VServerError('purge: %s; the shared files left in %s stay protected, run again to finish'
-                                   % (exc.strerror, os.path.dirname(names[i])), 'purge') from exc
-        finally:
-            for fd in held:
-                os.close(fd)
+    """Delete a stopped guest's tree (``_tree.purge_tree``), the running guests frozen around shared unlinks."""
+    _tree.purge_tree(root, freezer=lambda: _mgr_unify.freezer(paths))
 
 
 def remove_build(build, paths=None):
-    """Remove an unfinished build sibling (``_template.stale_builds``): never a guest's tree, so nothing of it is
-    left writable; a hardlinked unified file keeps its immutable flag for the trees still linking it
-    (``_remove_shared``)."""
-    def other(func, path, exc_info):
-        if func is os.unlink and isinstance(exc_info[1], PermissionError):
-            _clear_immutable(path)  # an immutable inode with no other name: nothing else reaches it
-            func(path)
-        else:
-            raise exc_info[1]
-    check_purgeable(build)
-    _rmtree_keeping_shared(build, paths, other)
+    """Remove an unfinished build sibling (``_tree.remove_build``), the running guests frozen likewise."""
+    _tree.remove_build(build, freezer=lambda: _mgr_unify.freezer(paths))
 
 
 def _absent(paths, opts, current, rt, running_state, result, check_mode):

@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 
-from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, fsync_dir
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils._kernel import run
+from ansible_collections.vserver.core.plugins.module_utils import _tree
 
 BUSYBOX_CANDIDATES = ('/bin/busybox', '/usr/bin/busybox', '/sbin/busybox')
 DIRS = ('bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc/init.d', 'proc', 'sys', 'dev', 'tmp', 'var/log', 'var/run',
@@ -26,6 +26,9 @@ FILES = {
     'etc/profile': 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n',
 }
 MODES = {'etc/shadow': 0o640, 'etc/init.d/rcS': 0o755, 'etc/init.d/rcK': 0o755}
+# the build siblings are tree operations (_tree); they stay importable from here
+build_prefix, stale_builds, new_build_dir, install_build = (
+    _tree.build_prefix, _tree.stale_builds, _tree.new_build_dir, _tree.install_build)
 
 
 def find_busybox():
@@ -40,39 +43,6 @@ def find_busybox():
 
 def tree_is_empty(root):
     return not os.path.exists(root) or (os.path.isdir(root) and not os.listdir(root))
-
-
-def build_prefix(root):
-    """Trees are built in PARENT/.BASE.build-XXXXXXXX (same filesystem) and renamed onto ROOT when complete."""
-    return '.%s.build-' % os.path.basename(root)
-
-
-def stale_builds(root):
-    """The build siblings of ``root`` (left by a killed run when no build is running: hold the host lock).
-    Exactly the prefix and mkdtemp's 8 random characters: another guest's siblings never match."""
-    parent = os.path.dirname(root)
-    pattern = re.compile(re.escape(build_prefix(root)) + r'[a-z0-9_]{8}$')
-    try:
-        entries = os.listdir(parent)
-    except FileNotFoundError:
-        return []
-    return sorted(os.path.join(parent, e) for e in entries if pattern.match(e))
-
-
-def new_build_dir(root):
-    """A fresh, empty build sibling of ``root`` (mode 0700 until it becomes the root)."""
-    import tempfile
-    parent = os.path.dirname(root)
-    os.makedirs(parent, mode=0o700, exist_ok=True)
-    return tempfile.mkdtemp(prefix=build_prefix(root), dir=parent)
-
-
-def install_build(build, root):
-    """Rename the finished tree ``build`` onto ``root`` (absent or an empty directory): one step, so ROOT is
-    either the old empty directory or the whole tree, never half of it."""
-    fsync_dir(build)
-    os.rename(build, root)
-    fsync_dir(os.path.dirname(root))
 
 
 def _fill(root, busybox, applets, hostname):

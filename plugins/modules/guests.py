@@ -124,7 +124,7 @@ restart_required:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vserver.core.plugins.module_utils import _ansible, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr_guests
 
 
 def main():
@@ -138,7 +138,7 @@ def main():
         supports_check_mode=True,
     )
     _ansible.hide_nested(module, 'guests', 'root_password_hash')
-    _ansible.run(module, lambda: _guests.ensure(_ansible.paths_from(module), module.params, module.check_mode))
+    _ansible.run(module, lambda: _mgr_guests.ensure(_ansible.paths_from(module), module.params, module.check_mode))
 
 
 if __name__ == '__main__':

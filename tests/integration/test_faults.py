@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _limits, _mgr_context
+from ansible_collections.vserver.core.plugins.module_utils import _config, _mgr_guests, _limits, _mgr_context
 from ansible_collections.vserver.core.plugins.module_utils._common import CONFIG_TMP_RE, VServerError
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, guest_sh
@@ -19,7 +19,7 @@ PAGE = 4096
 RUN = """
 import sys
 sys.path.insert(0, %r)
-from ansible_collections.vserver.core.plugins.module_utils import _common, _guests, _mgr_context
+from ansible_collections.vserver.core.plugins.module_utils import _common, _mgr_guests, _mgr_context
 _%s.%s(_common.Paths(**%r), %r)
 """
 
@@ -118,7 +118,7 @@ def test_full_disk_keeps_the_old_guest_file(host_paths, busybox_tree, tmp_path):
         fill(mnt)
         spec = {'name': 'eg', 'template': 'none', 'root': root, 'state': 'present',
                 'files': {'/etc/motd': 'x' * 6000}}
-        result = _guests.ensure(host_paths, {'guests': [spec]})
+        result = _mgr_guests.ensure(host_paths, {'guests': [spec]})
         assert result['failed'] is True
         assert result['guests']['eg']['failed'] is True
         assert result['guests']['eg']['msg'] == 'cannot write %s/etc/motd: No space left on device' % root
@@ -174,18 +174,18 @@ def test_killed_clone_never_leaves_a_half_tree(host_paths, tmp_path):
     root = host_paths.default_root('cc')
     try:
         for syscall, when in (('symlinkat', 100), ('rename', 1)):  # the copy works by directory fd
-            killed_run(host_paths, params, syscall, when, call=('guests', 'ensure'))
+            killed_run(host_paths, params, syscall, when, call=('mgr_guests', 'ensure'))
             assert not os.path.lexists(root) and len(builds(host_paths, 'cc')) == 1
             assert _config.load(host_paths, 'cc') is None
-            res = _guests.ensure(host_paths, params)
+            res = _mgr_guests.ensure(host_paths, params)
             assert 'failed' not in res and res['guests']['cc']['actions'][0] == 'clone tree from cs'
             assert_complete_tree(root)
-            assert builds(host_paths, 'cc') == [] and _guests.ensure(host_paths, params)['changed'] is False
+            assert builds(host_paths, 'cc') == [] and _mgr_guests.ensure(host_paths, params)['changed'] is False
             assert os.stat(os.path.join(root, 'bin', 'busybox')).st_ino == os.stat(shared).st_ino
             assert os.stat(shared).st_nlink == 3
             assert 'i' in subprocess.run(['lsattr', '-d', shared], capture_output=True, text=True, check=True,
                                          timeout=30).stdout.split()[0]
-            _guests.ensure(host_paths, {'guests': [params['guests'][0]], 'prune': True, 'purge_pruned': False})
+            _mgr_guests.ensure(host_paths, {'guests': [params['guests'][0]], 'prune': True, 'purge_pruned': False})
             subprocess.run(['chattr', '-i', os.path.join(root, 'bin', 'busybox')], check=True, timeout=30)
             os.unlink(os.path.join(root, 'bin', 'busybox'))
             subprocess.run(['chattr', '+i', shared], check=True, timeout=30)
@@ -294,7 +294,7 @@ def test_one_broken_guest_does_not_stop_the_list(host_paths, tmp_path):
         assert _config.load(host_paths, name) is not None
         assert open(os.path.join(host_paths.default_root(name), 'etc/motd')).read() == name[1] + '\n'
     assert _config.load(host_paths, 'lb') is None and not os.path.exists(missing)
-    again = _guests.ensure(host_paths, {'guests': [guests[0], guests[2]]})
+    again = _mgr_guests.ensure(host_paths, {'guests': [guests[0], guests[2]]})
     assert again['changed'] is False and 'failed' not in again
 
 

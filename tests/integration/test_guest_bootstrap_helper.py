@@ -1,6 +1,7 @@
-"""roles/guest/files/guest_bootstrap.py's build step against a stand-in tool (no network, a few seconds): rollback
-with real mounts left in the chroot, a killed timeout with a process that left the tool's session, a rename that
-fails, a crashed run's leftover, two concurrent builds of one tree. The real tools: test_guest_bootstrap.py."""
+"""The guest role's tree builder (the private module _guest_bootstrap, run as Ansible runs it) against a stand-in
+tool (no network, a few seconds): rollback with real mounts left in the chroot, a killed timeout with a process that
+left the tool's session, a rename that fails, a crashed run's leftover, two concurrent builds of one tree. The real
+tools: test_guest_bootstrap.py."""
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 from helpers import TOP
 
-HELPER = os.path.join(TOP, 'roles', 'guest', 'files', 'guest_bootstrap.py')
+MODULE = os.path.join(TOP, 'plugins', 'modules', '_guest_bootstrap.py')
 
 # Called like mmdebstrap: OPTIONS... SUITE TARGET MIRROR; what it does depends on the mirror's last path element.
 FAKE_TOOL = r'''#!/bin/sh
@@ -60,12 +61,16 @@ def request(tmp_path, mirror, **over):
 
 
 def build(tmp_path, req, check=False):
-    env = dict(os.environ, PATH='%s:%s' % (tmp_path / 'bin', os.environ.get('PATH', '/usr/bin:/bin')))
-    with open(HELPER) as handle:
-        source = handle.read()
-    proc = subprocess.run([sys.executable, '-c', source, json.dumps({'mode': 'build', 'check': check, 'guest': req})],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
-    return proc.returncode, json.loads(proc.stdout)
+    """(error or None, result) of one build: a failed build does not fail the task, it returns ``error``."""
+    env = dict(os.environ, PATH='%s:%s' % (tmp_path / 'bin', os.environ.get('PATH', '/usr/bin:/bin')),
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    args = tmp_path / ('args-%s.json' % threading.get_ident())
+    args.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': {'mode': 'build', 'guest': req, '_ansible_check_mode': check}}))
+    proc = subprocess.run([sys.executable, MODULE, str(args)], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and not out.get('failed'), out
+    return out.get('error'), out
 
 
 def mounts_under(path):
@@ -92,29 +97,29 @@ def calls(tmp_path):
 
 
 def test_success_renames_the_temporary_tree(fake):
-    rc, out = build(fake, request(fake, 'ok', packages=['hello', 'less'], components=['main', 'contrib']))
-    assert rc == 0 and out['changed'] is True and out['root'] == str(fake / 'trees' / 'fk')
+    err, out = build(fake, request(fake, 'ok', packages=['hello', 'less'], components=['main', 'contrib']))
+    assert err is None and out['changed'] is True and out['root'] == str(fake / 'trees' / 'fk')
     assert (fake / 'trees' / 'fk' / 'etc' / 'debian_version').read_text() == '12.0\n'
     assert sorted(os.listdir(str(fake / 'trees'))) == ['fk']       # no temporary directory, no lock file
     assert calls(fake) == ['--variant=minbase --components=main,contrib --include=hello,less bookworm %s '
                            'file:///fake/ok' % (fake / 'trees' / '.fk.bootstrap')]
-    rc, out = build(fake, request(fake, 'ok'))
-    assert rc == 0 and out['changed'] is False and len(calls(fake)) == 1
+    err, out = build(fake, request(fake, 'ok'))
+    assert err is None and out['changed'] is False and len(calls(fake)) == 1
 
 
 def test_failure_unmounts_and_removes_the_partial_tree(fake):
-    rc, out = build(fake, request(fake, 'fail'))
-    assert rc == 1 and out['failed']
-    assert out['msg'].startswith('guest fk: mmdebstrap bookworm minbase from file:///fake/fail failed (exit status 3)')
-    assert 'E: fake failure, mounts left behind' in out['msg']
+    err, out = build(fake, request(fake, 'fail'))
+    assert err
+    assert err.startswith('guest fk: mmdebstrap bookworm minbase from file:///fake/fail failed (exit status 3)')
+    assert 'E: fake failure, mounts left behind' in err
     assert mounts_under(fake / 'trees') == []
     assert os.listdir(str(fake / 'trees')) == []
 
 
 def test_timeout_kills_every_process_of_the_tool(fake):
-    rc, out = build(fake, request(fake, 'hang', timeout=1))
-    assert rc == 1
-    assert 'timed out after 1 s (guest_bootstrap_timeout) and was killed' in out['msg'] and 'I: hanging' in out['msg']
+    err, out = build(fake, request(fake, 'hang', timeout=1))
+    assert err
+    assert 'timed out after 1 s (guest_bootstrap_timeout) and was killed' in err and 'I: hanging' in err
     assert processes_mentioning(str(fake)) == []      # the setsid'd child too
     assert mounts_under(fake / 'trees') == []
     assert os.listdir(str(fake / 'trees')) == []
@@ -124,9 +129,9 @@ def test_a_rename_that_fails_is_rolled_back(fake):
     root = fake / 'trees' / 'fk'
     root.mkdir(parents=True)
     subprocess.run(['mount', '-t', 'tmpfs', 'vstest-fake', str(root)], check=True)   # rename onto it: EBUSY
-    rc, out = build(fake, request(fake, 'ok'))
-    assert rc == 1
-    assert 'built the tree in' in out['msg'] and 'cannot become %s: Device or resource busy' % root in out['msg']
+    err, out = build(fake, request(fake, 'ok'))
+    assert err
+    assert 'built the tree in' in err and 'cannot become %s: Device or resource busy' % root in err
     assert sorted(os.listdir(str(fake / 'trees'))) == ['fk'] and os.listdir(str(root)) == []
 
 
@@ -135,10 +140,10 @@ def test_a_crashed_runs_leftover_is_removed_first(fake):
     (leftover / 'proc').mkdir(parents=True)
     subprocess.run(['mount', '-t', 'tmpfs', 'vstest-fake', str(leftover / 'proc')], check=True)
     (leftover / 'proc' / 'junk').write_text('x')
-    rc, out = build(fake, request(fake, 'ok'), check=True)
-    assert rc == 0 and out['changed'] is True and leftover.exists()          # check mode: reported, untouched
-    rc, out = build(fake, request(fake, 'ok'))
-    assert rc == 0 and out['changed'] is True
+    err, out = build(fake, request(fake, 'ok'), check=True)
+    assert err is None and out['changed'] is True and leftover.exists()          # check mode: reported, untouched
+    err, out = build(fake, request(fake, 'ok'))
+    assert err is None and out['changed'] is True
     assert sorted(os.listdir(str(fake / 'trees'))) == ['fk'] and mounts_under(fake / 'trees') == []
     assert not (fake / 'trees' / 'fk' / 'proc').exists()
 
@@ -150,7 +155,7 @@ def test_two_concurrent_builds_of_one_tree_run_the_tool_once(fake):
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(out['changed'] for rc, out in outs) == [False, True]
+    assert sorted(out['changed'] for err, out in outs) == [False, True]
     assert len(calls(fake)) == 1
     assert sorted(os.listdir(str(fake / 'trees'))) == ['fk']
 
@@ -159,6 +164,6 @@ def test_a_busy_root_is_refused(fake):
     busy = fake / 'trees' / 'fk'
     busy.mkdir(parents=True)
     (busy / 'data').write_text('mine')
-    rc, out = build(fake, request(fake, 'ok'))
-    assert rc == 1 and out['msg'].startswith('vserver_guests[fk].root: %s is not empty and has no /etc' % busy)
+    err, out = build(fake, request(fake, 'ok'))
+    assert err.startswith('vserver_guests[fk].root: %s is not empty and has no /etc' % busy)
     assert calls(fake) == [] and sorted(os.listdir(str(fake / 'trees'))) == ['fk']

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _runtime, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _mgr_guests
 from ansible_helpers import VENV_BIN, ansible_env, path_vars
 
 pytestmark = pytest.mark.slow
@@ -34,4 +34,4 @@ def test_a_guest_the_module_refuses_fails_the_role(host_paths, tmp_path):
         assert 'rf-bad' in out and 'init /nonexistent/init does not exist' in out, out[-3000:]
         assert _runtime.Runtime(host_paths, 'rf-good').state() == 'running'   # the other guest was converged
     finally:
-        _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
+        _mgr_guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})

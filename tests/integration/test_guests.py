@@ -1,11 +1,11 @@
-"""vserver.core.guests manager (_guests): list validation, safe writes into guest trees, clone, check mode, and
+"""vserver.core.guests manager (_mgr_guests): list validation, safe writes into guest trees, clone, check mode, and
 the whole list converging then staying unchanged."""
 import os
 import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _mgr_guests, _tree, _unify
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
@@ -26,7 +26,7 @@ from ansible_collections.vserver.core.plugins.module_utils._common import VServe
 ])
 def test_bad_lists_fail_before_anything_is_written(host_paths, guests, field):
     with pytest.raises(VServerError) as exc:
-        _guests.ensure(host_paths, {'guests': guests})
+        _mgr_guests.ensure(host_paths, {'guests': guests})
     assert exc.value.field == field
     assert not os.path.exists(host_paths.tree_dir)
     assert _config.names(host_paths) == []
@@ -40,12 +40,12 @@ def test_write_in_tree_never_follows_a_planted_symlink(tmp_path):
     (outside / 'hosts').write_text('host file\n')
     os.symlink(str(outside), str(root / 'etc'))  # the guest planted /etc -> a host directory
     with pytest.raises(VServerError):
-        _guests.write_in_tree(str(root), '/etc/hosts', b'evil\n', 0o644)
+        _tree.write_in_tree(str(root), '/etc/hosts', b'evil\n', 0o644)
     assert (outside / 'hosts').read_text() == 'host file\n'
     os.unlink(str(root / 'etc'))
     (root / 'etc').mkdir()
     os.symlink(str(outside / 'hosts'), str(root / 'etc' / 'hosts'))  # a symlinked file is replaced, not followed
-    _guests.write_in_tree(str(root), '/etc/hosts', b'mine\n', 0o644)
+    _tree.write_in_tree(str(root), '/etc/hosts', b'mine\n', 0o644)
     assert (outside / 'hosts').read_text() == 'host file\n'
     assert not os.path.islink(str(root / 'etc' / 'hosts'))
     assert (root / 'etc' / 'hosts').read_text() == 'mine\n'
@@ -58,7 +58,7 @@ def test_clone_hardlinks_only_unified_files(tmp_path, busybox_tree):
     os.link(str(shared), str(tmp_path / 'other-guest-copy'))  # unified: nlink > 1 and immutable
     subprocess.run(['chattr', '+i', str(shared)], check=True)
     try:
-        counts = _guests.clone_tree(str(src), str(tmp_path / 'dst'))
+        counts = _tree.clone_tree(str(src), str(tmp_path / 'dst'), writers=_unify.open_for_write)
         assert os.stat(str(tmp_path / 'dst' / 'bin' / 'busybox')).st_ino == shared.stat().st_ino
         assert os.stat(str(tmp_path / 'dst' / 'etc' / 'passwd')).st_ino != (src / 'etc' / 'passwd').stat().st_ino
         assert (tmp_path / 'dst' / 'etc' / 'passwd').read_text() == (src / 'etc' / 'passwd').read_text()
@@ -77,10 +77,10 @@ def test_list_converges_check_mode_first_then_idempotent(host_paths):
          'capabilities': {'ccaps': ['raw_icmp']}},
     ]
     try:
-        check = _guests.ensure(host_paths, {'guests': guests}, check_mode=True)
+        check = _mgr_guests.ensure(host_paths, {'guests': guests}, check_mode=True)
         assert check['changed'] and 'lg-a: start' in check['actions']
         assert _config.names(host_paths) == [] and not os.path.exists(host_paths.tree_dir)
-        first = _guests.ensure(host_paths, {'guests': guests})
+        first = _mgr_guests.ensure(host_paths, {'guests': guests})
         assert first['changed']
         doc = _config.load(host_paths, 'lg-a')
         assert _runtime.Runtime(host_paths, 'lg-a').state() == 'running'
@@ -89,13 +89,13 @@ def test_list_converges_check_mode_first_then_idempotent(host_paths):
         assert open(os.path.join(doc['root'], 'etc/shadow')).read().startswith('root:!:')
         assert os.path.exists(os.path.join(host_paths.config_dir, 'autostart', 'lg-a'))
         assert _config.load(host_paths, 'lg-b')['capabilities']['ccaps'] == ['raw_icmp']
-        again = _guests.ensure(host_paths, {'guests': guests})
+        again = _mgr_guests.ensure(host_paths, {'guests': guests})
         assert not again['changed'], again['actions']
-        pruned = _guests.ensure(host_paths, {'guests': guests[:1], 'prune': True, 'purge_pruned': True})
+        pruned = _mgr_guests.ensure(host_paths, {'guests': guests[:1], 'prune': True, 'purge_pruned': True})
         assert pruned['actions'][-1].startswith('lg-b: ') and _config.names(host_paths) == ['lg-a']
         assert not os.path.exists(os.path.join(host_paths.tree_dir, 'lg-b'))
     finally:
-        _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
+        _mgr_guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
 
 
 def _bounding_set(pid):
@@ -110,24 +110,24 @@ def test_unlisted_guest_is_left_alone_and_a_restart_needs_consent(host_paths):
     cap_sys_chroot = 1 << 18
     guests = [{'name': 'rc-a', 'xid': 911, 'stop_timeout': 2}, {'name': 'rc-b', 'xid': 912, 'stop_timeout': 2}]
     try:
-        _guests.ensure(host_paths, {'guests': guests})
+        _mgr_guests.ensure(host_paths, {'guests': guests})
         pid_a = _runtime.Runtime(host_paths, 'rc-a').init_pid()
         pid_b = _runtime.Runtime(host_paths, 'rc-b').init_pid()
         assert pid_a and pid_b and _bounding_set(pid_a) & cap_sys_chroot
         # rc-b no longer listed, rc-a loses sys_chroot: rc-b untouched, rc-a reported, not restarted
         changed = [dict(guests[0], capabilities={'bcaps_drop': ['sys_chroot']})]
-        res = _guests.ensure(host_paths, {'guests': changed})
+        res = _mgr_guests.ensure(host_paths, {'guests': changed})
         assert res['restart_required'] == ['rc-a'], res
         assert _runtime.Runtime(host_paths, 'rc-a').init_pid() == pid_a and _bounding_set(pid_a) & cap_sys_chroot
         assert _runtime.Runtime(host_paths, 'rc-b').init_pid() == pid_b and _config.load(host_paths, 'rc-b')
-        again = _guests.ensure(host_paths, {'guests': changed})
+        again = _mgr_guests.ensure(host_paths, {'guests': changed})
         assert again['restart_required'] == ['rc-a']                    # still pending, still reported
         # with consent: restarted, the new init runs without the capability
-        res = _guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})
+        res = _mgr_guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})
         assert res['changed'] and not res['restart_required']
         new_a = _runtime.Runtime(host_paths, 'rc-a').init_pid()
         assert new_a and new_a != pid_a and not _bounding_set(new_a) & cap_sys_chroot
-        assert not _guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})['changed']
+        assert not _mgr_guests.ensure(host_paths, {'guests': changed, 'allow_restart': True})['changed']
         assert _runtime.Runtime(host_paths, 'rc-b').init_pid() == pid_b
     finally:
-        _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
+        _mgr_guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})

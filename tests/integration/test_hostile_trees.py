@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _runtime, _guests, _kernel as K, _logs
+from ansible_collections.vserver.core.plugins.module_utils import (
+    _runtime, _mgr_guests, _kernel as K, _logs, _tree, _unify)
 from helpers import TOP, build_static, vserver
 
 HOSTILE_C = os.path.join(TOP, 'tests', 'integration', 'files', 'hostile.c')
@@ -164,7 +165,7 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         time.sleep(0.5)
         for i in range(CLONE_RACES):  # by fd, unfrozen: the racer runs through every clone
             dst = str(tmp_path / ('clone%d' % i))
-            _guests.clone_tree(doc['root'], dst)
+            _tree.clone_tree(doc['root'], dst, writers=_unify.open_for_write)
             check_bait(bait_dir, snaps)
             check_clone_has_no_host_file(dst, snaps)
             seen.add('dir' if os.path.isdir(os.path.join(dst, 'tmp/race/l')) and
@@ -174,15 +175,15 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         # through the guests module: the running source is frozen for the copy, thawed after
         rt = _runtime.Runtime(host_paths, 'racer')
         t0 = time.monotonic()
-        with _guests.FrozenSource(host_paths, 'racer'):
+        with _mgr_guests.FrozenSource(host_paths, 'racer'):
             assert rt.group.frozen() and rt.state() == 'frozen'
-            _guests.clone_tree(doc['root'], str(tmp_path / 'frozen-clone'))
+            _tree.clone_tree(doc['root'], str(tmp_path / 'frozen-clone'), writers=_unify.open_for_write)
         frozen_for = time.monotonic() - t0
         assert rt.state() == 'running' and racer.poll() is None
         check_clone_has_no_host_file(str(tmp_path / 'frozen-clone'), snaps)
         print('busybox tree cloned with the source frozen for %.3f s' % frozen_for)
-        res = _guests.ensure(host_paths, {'guests': [{'name': 'copy', 'template': 'clone', 'clone_from': 'racer',
-                                                      'state': 'present'}]})
+        res = _mgr_guests.ensure(host_paths, {'guests': [{'name': 'copy', 'template': 'clone',
+                                                          'clone_from': 'racer', 'state': 'present'}]})
         assert not res.get('failed'), res
         assert os.path.isfile(os.path.join(host_paths.default_root('copy'), 'bin', 'hostile'))
         assert rt.state() == 'running' and racer.poll() is None
@@ -206,7 +207,7 @@ def test_fifo_and_symlinked_ssh_dir_stop_only_their_guest(host_paths, make_guest
     entry = {'state': 'present', 'template': 'none', 'files': {'/etc/motd': 'hello\n'},
              'root_authorized_keys': ['ssh-ed25519 AAAAC3Nza test']}
     t0 = time.monotonic()
-    res = _guests.ensure(host_paths, {'guests': [dict(entry, name=n) for n in ('fifo', 'sshlink', 'honest')]})
+    res = _mgr_guests.ensure(host_paths, {'guests': [dict(entry, name=n) for n in ('fifo', 'sshlink', 'honest')]})
     assert time.monotonic() - t0 < 60
     assert res['failed'] and list(res['guests']) == ['fifo', 'sshlink', 'honest']
     assert res['guests']['sshlink']['failed']
@@ -387,8 +388,8 @@ def test_clone_never_lets_a_sharer_write_a_unified_file(host_paths, make_guest, 
     try:
         time.sleep(0.5)
         for i in range(SHARED_CLONES):
-            res = _guests.ensure(host_paths, {'guests': [{'name': 'shc%d' % i, 'template': 'clone',
-                                                          'clone_from': 'shsrc', 'state': 'present'}]})
+            res = _mgr_guests.ensure(host_paths, {'guests': [{'name': 'shc%d' % i, 'template': 'clone',
+                                                              'clone_from': 'shsrc', 'state': 'present'}]})
             assert not res.get('failed'), res
             assert spinner.poll() is None
     finally:

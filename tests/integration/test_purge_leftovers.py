@@ -3,7 +3,7 @@
 removal without purge keeps them (like the tree)."""
 import os
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _guests, _mgr_context
+from ansible_collections.vserver.core.plugins.module_utils import _config, _mgr_guests, _mgr_context
 
 
 def spec(name, xid):
@@ -12,17 +12,17 @@ def spec(name, xid):
 
 
 def leftovers(paths, name):
-    return [f for f in (paths.log_file(name), os.path.join(_guests.autostart_dir(paths), name),
+    return [f for f in (paths.log_file(name), os.path.join(_mgr_guests.autostart_dir(paths), name),
                         paths.default_root(name)) if os.path.lexists(f)]
 
 
 def test_purge_removes_the_log_and_the_autostart_mark(host_paths):
-    res = _guests.ensure(host_paths, {'guests': [spec('pl-a', 931), spec('pl-b', 932), spec('pl-c', 933)]})
+    res = _mgr_guests.ensure(host_paths, {'guests': [spec('pl-a', 931), spec('pl-b', 932), spec('pl-c', 933)]})
     assert res['changed']
     for name in ('pl-a', 'pl-b', 'pl-c'):
         assert len(leftovers(host_paths, name)) == 3, leftovers(host_paths, name)
     # the mark lives where the supervisor looks for it
-    assert host_paths.autostart_mark('pl-a') == os.path.join(_guests.autostart_dir(host_paths), 'pl-a')
+    assert host_paths.autostart_mark('pl-a') == os.path.join(_mgr_guests.autostart_dir(host_paths), 'pl-a')
 
     purge = {'name': 'pl-a', 'state': 'absent', 'purge': True}
     rotated = host_paths.log_file('pl-a') + '.1'  # the cap's copy of the log's tail goes with it
@@ -42,8 +42,8 @@ def test_purge_removes_the_log_and_the_autostart_mark(host_paths):
 
     # through the guests module: the same, and check mode lists what the real run does (the mark once)
     gone = {'guests': [{'name': 'pl-b', 'state': 'absent', 'purge': True}]}
-    check = _guests.ensure(host_paths, gone, check_mode=True)
-    done = _guests.ensure(host_paths, gone)
+    check = _mgr_guests.ensure(host_paths, gone, check_mode=True)
+    done = _mgr_guests.ensure(host_paths, gone)
     assert done['actions'] == check['actions'] and done['actions'].count('pl-b: autostart off') == 1, done
     assert leftovers(host_paths, 'pl-b') == []
 

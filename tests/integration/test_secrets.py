@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _guests
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_guests
 from ansible_helpers import VENV_BIN, ansible_env, path_vars
 
 pytestmark = pytest.mark.slow
@@ -48,4 +48,4 @@ def test_root_password_hash_is_never_shown(host_paths, tmp_path):
             assert hashes[name] not in seen                                  # ...and never shown
             assert hashes[name][-20:] not in seen
     finally:
-        _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
+        _mgr_guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})

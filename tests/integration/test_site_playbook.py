@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _common, _runtime, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _common, _runtime, _mgr_guests
 from ansible_helpers import VENV_BIN, ansible_env
 from helpers import TOP
 
@@ -64,7 +64,7 @@ def test_a_failed_host_stops_the_rollout(tmp_path):
         assert not os.path.exists(os.path.join(base, 'site3'))
     finally:
         for name in hosts:
-            _guests.ensure(paths[name], {'guests': [], 'prune': True, 'purge_pruned': True})
+            _mgr_guests.ensure(paths[name], {'guests': [], 'prune': True, 'purge_pruned': True})
 
 
 @pytest.mark.parametrize('given, missing', [

@@ -1,7 +1,7 @@
 """Options a task does not give are left alone (limits, capabilities, through ansible-playbook on a running guest);
 an explicit value lifts them; the guests module takes a guest's whole section, so a key removed there is lifted."""
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _runtime, _guests
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _runtime, _mgr_guests
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 from helpers import guest_sh
 from ansible_helpers import path_vars, run_playbook, task_results
@@ -150,14 +150,14 @@ def test_guests_module_lifts_a_key_removed_from_the_list(host_paths):
             'limits': {'memory': '48M', 'cpu': {'quota': 50000, 'period': 100000}},
             'capabilities': {'bcaps_drop': ['sys_chroot'], 'ccaps': ['raw_icmp']}}
     try:
-        _guests.ensure(host_paths, {'guests': [spec]})
+        _mgr_guests.ensure(host_paths, {'guests': [spec]})
         group = _runtime.Runtime(host_paths, 'vst-whole', LAYOUT).group
         assert _cgroup_values(group)[:2] == [str(48 * M), '50000']
-        res = _guests.ensure(host_paths, {'guests': [dict(spec, limits={'memory': '48M'},
-                                                          capabilities={'ccaps': ['raw_icmp']})]})
+        res = _mgr_guests.ensure(host_paths, {'guests': [dict(spec, limits={'memory': '48M'},
+                                                              capabilities={'ccaps': ['raw_icmp']})]})
         assert res['changed'] and res['restart_required'] == ['vst-whole'], res
         doc = _config.load(host_paths, 'vst-whole')
         assert doc['limits'] == {'memory': 48 * M} and doc['capabilities'] == {'ccaps': ['raw_icmp']}
         assert _cgroup_values(group)[:2] == [str(48 * M), 'max']
     finally:
-        _guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})
+        _mgr_guests.ensure(host_paths, {'guests': [], 'prune': True, 'purge_pruned': True})

@@ -1,19 +1,20 @@
-"""roles/guest/files/guest_bootstrap.py without a network: input checks, apt sources parsing, mirror choice,
-mountinfo parsing, the tool's command line and the refusal of directories that are not ours."""
-import importlib.util
+"""The guest role's tree builder (module_utils _bootstrap, _apt_sources; module _guest_bootstrap) without a network:
+input checks, apt sources parsing, mirror choice, mountinfo parsing, the tool's command line and the refusal of
+directories that are not ours."""
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HELPER = os.path.join(TOP, 'roles', 'guest', 'files', 'guest_bootstrap.py')
+from ansible_collections.vserver.core.plugins.module_utils import _apt_sources, _bootstrap
 
-_spec = importlib.util.spec_from_file_location('guest_bootstrap', HELPER)
-gb = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gb)
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE = os.path.join(TOP, 'plugins', 'modules', '_guest_bootstrap.py')
+# the builder and the apt sources parser, under one name as when they were one script
+gb = types.SimpleNamespace(**dict(vars(_apt_sources), **vars(_bootstrap)))
 
 
 def request(**over):
@@ -185,7 +186,7 @@ def test_mounts_under_deepest_first_with_escapes(tmp_path):
 
 
 def test_tool_command_lines(monkeypatch):
-    monkeypatch.setattr(gb, 'find_tool', lambda tool: '/usr/bin/' + tool)
+    monkeypatch.setattr(_bootstrap, 'find_tool', lambda tool: '/usr/bin/' + tool)
     req = gb.check_request(request(packages=['hello', 'less'], components=['main', 'contrib']))
     assert gb.tool_argv(req, '/srv/vs/.web.bootstrap') == [
         '/usr/bin/mmdebstrap', '--variant=minbase', '--components=main,contrib', '--include=hello,less', 'bookworm',
@@ -221,12 +222,21 @@ def test_root_states(tmp_path):
         gb.root_state(gb.check_request(request(root=str(afile))))
 
 
-def run_helper(payload):
-    with open(HELPER) as handle:
-        source = handle.read()
-    proc = subprocess.run([sys.executable, '-c', source, json.dumps(payload)], capture_output=True, text=True,
-                          check=False)
+def run_module(args, check=False, env=None):
+    """The private module run as Ansible runs it on the host (its arguments in a file): (rc, result)."""
+    import tempfile
+    with tempfile.NamedTemporaryFile('w', suffix='.json') as handle:
+        json.dump({'ANSIBLE_MODULE_ARGS': dict(args, _ansible_check_mode=check)}, handle)
+        handle.flush()
+        environ = dict(env or os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.run([sys.executable, MODULE, handle.name], capture_output=True, text=True, env=environ,
+                              timeout=120, check=False)
     return proc.returncode, json.loads(proc.stdout)
+
+
+def run_helper(payload):
+    check = payload.pop('check', False)
+    return run_module(payload, check)
 
 
 def test_plan_reports_every_bad_entry_at_once_and_writes_nothing(tmp_path):
@@ -251,7 +261,7 @@ def test_plan_refuses_a_busy_root_for_that_guest_only(tmp_path):
     (root / 'data').write_text('x')
     rc, out = run_helper({'mode': 'plan', 'guests': [request(name='c', root=str(root)),
                                                      request(name='d', root=str(tmp_path / 'd'))]})
-    assert rc == 0 and not out['failed']
+    assert rc == 0 and not out.get('failed')
     c, d = out['guests']
     assert not c['build'] and c['refused'].startswith('vserver_guests[c].root: %s is not empty and has no /etc' % root)
     assert d['build'] and 'refused' not in d
@@ -262,7 +272,7 @@ def test_plan_of_good_entries(tmp_path):
     (tmp_path / 'built' / 'etc').mkdir(parents=True)
     guests = [request(name='new', root=str(tmp_path / 'new')), request(name='built', root=str(tmp_path / 'built'))]
     rc, out = run_helper({'mode': 'plan', 'guests': guests})
-    assert rc == 0 and not out['failed']
+    assert rc == 0 and not out.get('failed')
     assert [(g['name'], g['build']) for g in out['guests']] == [('new', True), ('built', False)]
 
 
@@ -274,4 +284,4 @@ def test_check_mode_build_writes_nothing(tmp_path):
 
 def test_unknown_mode():
     rc, out = run_helper({'mode': 'nope'})
-    assert rc == 1 and 'mode must be plan, build or unpack' in out['msg']
+    assert rc == 1 and 'mode must be one of: plan, build, unpack' in out['msg']

@@ -9,11 +9,11 @@ import importlib.util
 import os
 import sys
 
-# One parser of apt sources for the whole project: the guest role's bootstrap helper (which runs on managed hosts
-# and reads the same files to pick a guest's mirror).
-_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'roles', 'guest', 'files',
-                       'guest_bootstrap.py')
-_spec = importlib.util.spec_from_file_location('guest_bootstrap', _HELPER)
+# One parser of apt sources for the whole project: module_utils _apt_sources (standard library only, no import from
+# the collection), which the guest role's tree builder uses on managed hosts to pick a guest's mirror.
+_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'plugins', 'module_utils',
+                       '_apt_sources.py')
+_spec = importlib.util.spec_from_file_location('_apt_sources', _HELPER)
 _sources = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_sources)
 

@@ -45,7 +45,7 @@ def _find_collections():
 sys.path.insert(0, _find_collections())
 
 from ansible_collections.vserver.core.plugins.module_utils import (  # noqa: E402
-    _config, _runtime, _guests, _logs, _mgr_context)
+    _config, _runtime, _mgr_guests, _logs, _mgr_context)
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError  # noqa: E402
 
 MAX_RESTARTS = 3
@@ -60,7 +60,7 @@ def log(msg):
 
 def marked(paths):
     try:
-        return sorted(n for n in os.listdir(_guests.autostart_dir(paths)) if not n.startswith('.'))
+        return sorted(n for n in os.listdir(_mgr_guests.autostart_dir(paths)) if not n.startswith('.'))
     except FileNotFoundError:
         return []
 

@@ -1,32 +1,36 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-# Runs on the host (python3 -c '<this file>' JSON): builds the Debian trees of debootstrap/mmdebstrap guests.
-# Standard library only. Prints one JSON document on stdout and exits 0, or 1 with {"failed": true, "msg": ...}.
-#
-# {"mode": "plan", "guests": [REQUEST, ...]} validates every request, finds the mirror of those without one
-# (the host's apt sources, one-line and deb822) and says which trees need a build; nothing is written, so a bad
-# entry stops the role before any guest is touched. {"mode": "build", "check": BOOL, "guest": REQUEST} builds one
-# tree: into a sibling temporary directory (PARENT/.BASE.bootstrap), renamed to ROOT only when the tool succeeded;
-# on failure or timeout the tool's processes are killed, whatever is still mounted below the temporary directory is
-# lazily unmounted and the directory removed, so a half-made tree never becomes ROOT. A build holds an flock on
-# PARENT/.BASE.bootstrap.lock, so two runs cannot build the same tree at once.
-#
-# REQUEST: {"name", "tool": mmdebstrap|debootstrap, "suite", "variant", "mirror" ("" = the host's), "components",
-# "packages", "root", "timeout", "fields": {key: name of the variable the value came from, for messages}}.
-import ctypes
+"""Private to this collection: the Debian trees of debootstrap/mmdebstrap guests and tarball trees, built on the host
+(behind the private module ``_guest_bootstrap`` the guest role calls; was roles/guest/files/guest_bootstrap.py).
+
+``plan(requests)`` validates every request, finds the mirror of those without one (the host's apt sources,
+_apt_sources) and says which trees need a build; nothing is written, so a bad entry stops the role before any guest
+is touched. ``build(request, check)`` builds one tree into a sibling temporary directory (PARENT/.BASE.bootstrap),
+renamed to ROOT only when the tool succeeded; on failure or timeout the tool's processes are killed, whatever is
+still mounted below the temporary directory is lazily unmounted and the directory removed, so a half-made tree never
+becomes ROOT. A build holds an flock on PARENT/.BASE.bootstrap.lock, so two runs cannot build the same tree at once.
+``unpack(request, check)`` does the same for a tarball with tar.
+
+REQUEST: {"name", "tool": mmdebstrap|debootstrap, "suite", "variant", "mirror" ("" = the host's), "components",
+"packages", "root", "timeout", "fields": {key: name of the variable the value came from, for messages}}.
+"""
+
+from __future__ import annotations
+
 import errno
 import fcntl
-import glob
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-import traceback
 from urllib.parse import urlsplit
+
+from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils._apt_sources import (
+    APT_SOURCES, host_codename, host_sources, pick_mirror)
+from ansible_collections.vserver.core.plugins.module_utils._common import NAME_RE
 
 TOOLS = ('mmdebstrap', 'debootstrap')
 # debootstrap's own variants; "important" (its default set, Priority required + important) is passed as no --variant
@@ -41,12 +45,9 @@ VARIANTS = {
 PACKAGE_RE = re.compile(r'^[a-z0-9][a-z0-9+.-]+$')
 SUITE_RE = re.compile(r'^[a-z0-9][a-z0-9+.-]*$')
 COMPONENT_RE = re.compile(r'^[a-z0-9][a-z0-9+.-]*$')
-NAME_RE = re.compile(r'^[a-z0-9_-][a-z0-9_.-]{0,62}$')
-APT_SOURCES = ('/etc/apt/sources.list', '/etc/apt/sources.list.d/*.list', '/etc/apt/sources.list.d/*.sources')
 STOP_GRACE = 10        # seconds between SIGTERM and SIGKILL of the tool's process group on timeout
 REAP_DEADLINE = 30     # seconds to wait for every process of the tool to be gone
 TAIL_LINES = 15
-PR_SET_CHILD_SUBREAPER = 36
 
 
 class Refused(Exception):
@@ -107,7 +108,7 @@ def check_request(req):
     if not isinstance(req, dict):
         raise Refused('a bootstrap request must be a dict (got %r)' % (req,))
     name = req.get('name')
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name) or '..' in name:  # _common.check_name's rule
         raise Refused('vserver_guests: bad guest name %r' % (name,))
     out = dict(req)
     tool = req.get('tool')
@@ -134,85 +135,6 @@ def check_request(req):
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise Refused('%s must be a positive number of seconds (got %r)' % (_field(req, 'timeout'), timeout))
     return out
-
-
-# --- the host's apt sources ---
-
-def parse_one_line(text):
-    """[(uri, suite, components)] of the ``deb`` lines of a one-line sources file."""
-    out = []
-    for raw in text.splitlines():
-        line = raw.split('#', 1)[0].strip()
-        words = line.split()
-        if not words or words[0] != 'deb':
-            continue
-        words = words[1:]
-        if words and words[0].startswith('['):  # options: [arch=amd64 signed-by=...]
-            while words and not words[0].endswith(']'):
-                words.pop(0)
-            words = words[1:]
-        if len(words) >= 2:
-            out.append((words[0], words[1], words[2:]))
-    return out
-
-
-def parse_deb822(text):
-    """[(uri, suite, components)] of the enabled ``Types: deb`` stanzas of a deb822 sources file."""
-    out = []
-    for stanza in re.split(r'\n[ \t]*\n', text):
-        fields = {}
-        key = None
-        for raw in stanza.splitlines():
-            if raw.startswith('#') or not raw.strip():
-                continue
-            if raw[0] in ' \t' and key:
-                fields[key] += ' ' + raw.strip()
-                continue
-            key, dummy, value = raw.partition(':')
-            key = key.strip().lower()
-            fields[key] = value.strip()
-        if 'deb' not in fields.get('types', '').split() or fields.get('enabled', 'yes').lower() in ('no', 'false'):
-            continue
-        for uri in fields.get('uris', '').split():
-            for suite in fields.get('suites', '').split():
-                out.append((uri, suite, fields.get('components', '').split()))
-    return out
-
-
-def host_codename(os_release='/etc/os-release'):
-    try:
-        with open(os_release) as handle:
-            for line in handle:
-                key, dummy, value = line.strip().partition('=')
-                if key == 'VERSION_CODENAME':
-                    return value.strip('"\'')
-    except OSError:
-        pass
-    return None
-
-
-def host_sources(patterns=APT_SOURCES):
-    entries = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(pattern)):
-            try:
-                with open(path) as handle:
-                    text = handle.read()
-            except OSError:
-                continue
-            entries += parse_deb822(text) if path.endswith('.sources') else parse_one_line(text)
-    return entries
-
-
-def pick_mirror(entries, suite, codename):
-    """The archive URI of the host's sources that serves SUITE (else this host's own release) with main."""
-    usable = [(uri, s) for uri, s, comps in entries
-              if 'main' in comps and urlsplit(uri).scheme in ('http', 'https', 'file')]
-    for wanted in (suite, codename):
-        for uri, s in usable:
-            if wanted and s == wanted:
-                return uri
-    return None
 
 
 # --- processes and mounts ---
@@ -293,20 +215,12 @@ def stop_group(proc, grace=STOP_GRACE):
     proc.wait()
 
 
-def _unescape(path):
-    return re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), path)
-
-
 def mounts_under(path, mountinfo='/proc/self/mountinfo'):
     """Mount points at or below PATH, deepest first."""
     real = os.path.realpath(path)
-    out = []
-    with open(mountinfo) as handle:
-        for line in handle:
-            point = _unescape(line.split()[4])
-            if point == real or point.startswith(real.rstrip('/') + '/'):
-                out.append(point)
-    return sorted(set(out), key=lambda p: (p.count('/'), p), reverse=True)
+    points = {m['mountpoint'] for m in K.read_mountinfo(mountinfo)}
+    out = [p for p in points if p == real or p.startswith(real.rstrip('/') + '/')]
+    return sorted(out, key=lambda p: (p.count('/'), p), reverse=True)
 
 
 def remove_tree(path):
@@ -432,8 +346,7 @@ def run_tool(req, target):
     """(exit status or None on timeout, seconds, output tail); every process of the tool is gone on return."""
     argv = tool_argv(req, target)
     env = dict(os.environ, DEBIAN_FRONTEND='noninteractive', LC_ALL='C.UTF-8')
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # the tool's orphans are reparented here and reaped
+    K.set_subreaper()  # the tool's orphans are reparented here and reaped
     start = time.monotonic()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd='/',
@@ -508,7 +421,7 @@ def unpack(req, check=False):
     guest can reach: tar runs in a fresh sibling (PARENT/.BASE.bootstrap, in the 0700 tree directory) renamed onto
     ROOT when complete; a ROOT that is not absent or empty is never unpacked into (one with /etc is built, one
     without is refused). Returns {"changed", "root", "seconds"}."""
-    if not isinstance(req, dict) or not NAME_RE.match(str(req.get('name', ''))) or \
+    if not isinstance(req, dict) or not NAME_RE.match(str(req.get('name', ''))) or '..' in str(req.get('name')) or \
             not isinstance(req.get('root'), str) or not os.path.isabs(req['root']) or \
             not isinstance(req.get('tarball'), str) or not os.path.isabs(req['tarball']):
         raise Refused('an unpack request needs a guest name, an absolute root and an absolute tarball path (got %r)'
@@ -582,30 +495,7 @@ def _interrupted(signum, dummy):
     raise BuildFailed('interrupted by signal %d' % signum)
 
 
-def main(argv):
+def stop_on_signals():
+    """SIGTERM and SIGHUP raise BuildFailed: a build that is interrupted still removes its partial tree."""
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGHUP, _interrupted)
-    try:
-        request = json.loads(argv[1])
-        if request.get('mode') == 'plan':
-            out = plan(request.get('guests'))
-        elif request.get('mode') == 'unpack':
-            out = unpack(request.get('guest'), bool(request.get('check')))
-        elif request.get('mode') == 'build':
-            out = build(check_request(request.get('guest')), bool(request.get('check')))
-        else:
-            raise Refused('mode must be plan, build or unpack')
-    except (Refused, BuildFailed) as exc:
-        print(json.dumps({'failed': True, 'msg': str(exc)}))
-        return 1
-    except Exception as exc:  # pylint: disable=broad-except
-        print(json.dumps({'failed': True, 'msg': 'guest_bootstrap: %s: %s\n%s'
-                          % (type(exc).__name__, exc, traceback.format_exc()[-2000:])}))
-        return 1
-    out['failed'] = False
-    print(json.dumps(out))
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main(sys.argv))
