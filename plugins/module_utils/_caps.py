@@ -1,14 +1,19 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: capability names <-> bits, the default guest bounding set, ccaps policy."""
+"""Private to this collection: the capabilities concern (floor 3, see docs/architecture.md). Capability names <->
+bits, the default guest bounding set, ccaps policy, the section's options (ARGUMENT_SPEC, DEFAULTS), its validation,
+the planner of a change (``plan``) and the guest's start-time steps. What needs a running guest is done by the
+manager, _mgr_capabilities."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+from typing import Any, Dict, List, Optional
 
 from ansible_collections.vserver.core.plugins.module_utils import _seccomp
-from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, atomic_write
 
 CAPS = [
     'chown', 'dac_override', 'dac_read_search', 'fowner', 'fsetid', 'kill', 'setgid', 'setuid', 'setpcap',
@@ -19,6 +24,28 @@ CAPS = [
     'checkpoint_restore',
 ]
 CAP_BITS = {name: bit for bit, name in enumerate(CAPS)}
+
+# The section's options: the capabilities module's argument spec (plus name and restart) and the keys of a config's
+# ``capabilities`` section. One source: the module, the config check and the guests module derive from these.
+_NAMES = {'type': 'list', 'elements': 'str'}
+ARGUMENT_SPEC = {
+    'bcaps': dict(_NAMES),
+    'bcaps_add': dict(_NAMES),
+    'bcaps_drop': dict(_NAMES),
+    'ccaps': dict(_NAMES),
+    'no_new_privs': {'type': 'bool'},
+    'seccomp': {'type': 'dict', 'options': {
+        'mode': {'type': 'str', 'choices': ['default', 'log', 'unconfined'], 'default': 'default'},
+        'allow': dict(_NAMES),
+        'deny': dict(_NAMES),
+    }},
+}
+MUTUALLY_EXCLUSIVE = [('bcaps', 'bcaps_add'), ('bcaps', 'bcaps_drop')]
+SECTION_KEYS = tuple(ARGUMENT_SPEC)
+# A task's options: None keeps the stored value (``merge``). A whole section (the guests module, ``replace``): an
+# option left out has these values, the default of each.
+DEFAULTS = {'bcaps': None, 'bcaps_add': None, 'bcaps_drop': None, 'ccaps': None, 'no_new_privs': False,
+            'seccomp': None}
 
 # The default guest bounding set. util-vserver starts a guest with every capability except its "insecure" set
 # (lib/getinsecurebcaps.c, vc_get_insecurebcaps()): linux_immutable, net_broadcast, net_admin, net_raw, ipc_lock,
@@ -134,8 +161,7 @@ def seccomp_check_hook(doc, group):  # pylint: disable=unused-argument
 
 def seccomp_started_hook(paths, doc, runtime):  # pylint: disable=unused-argument
     """Record which filter the guest's init runs, so a changed filter reports restart_required."""
-    from ansible_collections.vserver.core.plugins.module_utils import _common
-    _common.atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
+    atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
                          0o600, durable=False)
 
 
@@ -187,15 +213,6 @@ def netns_hook(doc):
     section = doc.get('capabilities') or {}
     if section.get('ccaps'):
         write_sysctls(ccap_sysctls(section))
-
-
-def in_netns(handle, func):
-    """Run ``func()`` in a child that joined the network namespace bound at ``handle``; return its result."""
-    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
-    try:
-        return K.call_in_namespaces([handle], func)
-    except OSError as exc:
-        raise VServerError('guest network namespace %s: %s' % (handle, exc))
 
 
 def _is_default(bcaps):
@@ -260,28 +277,6 @@ def validate(params):
     return section
 
 
-def _undo_sysctls(handle, previous, name, exc):
-    """The config could not be saved: the guest's namespace gets its previous sysctls back. Raises VServerError
-    saying so (an interrupt is re-raised as it is, after the undo)."""
-    error = None
-    if previous:
-        try:
-            in_netns(handle, lambda: write_sysctls(previous) or True)
-        except Exception as undo_exc:  # reported below
-            error = undo_exc
-    if not isinstance(exc, Exception):
-        raise exc
-    msg = 'capabilities: saving the config of guest %s failed (%s); ' % (name, exc)
-    if error is not None:
-        msg += ('putting back %s failed (%s): the guest differs from its config until this task runs again or the '
-                'guest restarts' % (', '.join(sorted(previous)), error))
-    elif previous:
-        msg += 'the live change was undone'
-    else:
-        msg += 'nothing was changed on the guest'
-    raise VServerError(msg) from exc
-
-
 def observed(status, last_cap):
     """A running init's bounding set (names) and no_new_privs flag from its /proc status."""
     bound = int(status.get('CapBnd', '0'), 16)
@@ -289,80 +284,72 @@ def observed(status, last_cap):
             'no_new_privs': status.get('NoNewPrivs', '0').strip() == '1'}
 
 
-def ensure(paths, name, params, check_mode=False, restart=False, replace=False):
-    """Set the options ``params`` gives on guest ``name``'s capabilities section (None keeps the stored value,
-    see ``merge``); with ``replace`` (the guests module: a guest's whole desired state) ``params`` is the whole
-    section and an option left out is lifted.
 
-    ccaps apply live (sysctls in the guest's netns); a bounding-set or no_new_privs change on a running guest
-    reports restart_required and restarts the guest only with ``restart``.
-    """
-    from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _runtime
-    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
-    with _common.HostLock(paths):
-        doc = _config.load(paths, name)
-        if doc is None:
-            raise VServerError('guest %s has no config in %s; create it with vserver.core.context first'
-                               % (name, paths.config_dir), 'name')
-        after = validate(params if replace else merge(doc.get('capabilities'), params))
-        before = dict(doc.get('capabilities') or {})
-        rt = _runtime.Runtime(paths, name)
-        init_status = None
-        proc_fd = rt.open_init()  # init's status read once, through its /proc fd
-        if proc_fd is not None:
-            try:
-                init_status = K.read_at(proc_fd, 'status')
-            finally:
-                os.close(proc_fd)
-        actions = []
-        needs_restart = False
-        live = {}
-        previous = {}
-        current = None
-        if init_status:
-            last = K.cap_last_cap()
-            current = observed(K.parse_status(init_status), last)
-            wanted = [n for n in resolve(after) if CAP_BITS[n] <= last]
-            if set(current['bcaps']) != set(wanted) or current['no_new_privs'] != bool(after.get('no_new_privs')):
-                needs_restart = True
-            current['seccomp'] = seccomp_running(rt.dir, K.parse_status(init_status))
-            if current['seccomp'] != _seccomp.digest(seccomp_program(dict(doc, capabilities=after))):
-                needs_restart = True
-            if os.path.exists(rt.netns):
-                desired = {k: _norm_sysctl(v) for k, v in ccap_sysctls(after).items()}
-                have = in_netns(rt.netns, lambda: read_sysctls(list(desired)))
-                live = {k: v for k, v in desired.items() if have.get(k) != v}
-                previous = {k: have[k] for k in live}
-        config_changed = before != after
-        if config_changed:
-            actions.append('update config')
-        if live:
-            actions.append('set %s in the guest network namespace' % ', '.join(
-                '%s=%s' % (k.replace('/', '.'), v.replace('\t', ' ')) for k, v in sorted(live.items())))
-        restarted = False
-        if needs_restart and restart:
-            actions.append('restart the guest')
-        if not check_mode:
-            # the guest first, then the config; a failed save puts the previous sysctls back (docs/security.md)
-            live_now = bool(live) and not (needs_restart and restart)
-            if live_now:
-                in_netns(rt.netns, lambda: write_sysctls(live) or True)
-            if config_changed:
-                try:
-                    _config.save(paths, dict(doc, capabilities=after))
-                except BaseException as exc:
-                    _undo_sysctls(rt.netns, previous if live_now else {}, name, exc)
-                    raise
-                doc['capabilities'] = after
-            if needs_restart and restart:
-                _runtime.stop(paths, doc)
-                _runtime.start(paths, doc)
-                restarted = True
-        changed = config_changed or bool(live) or (needs_restart and restart)
-        return {
-            'changed': changed, 'diff': {'before': before, 'after': after}, 'actions': actions,
-            'restart_required': needs_restart and not restarted, 'restarted': restarted,
-            'bcaps': resolve(after), 'ccaps': after.get('ccaps', []), 'running': bool(init_status),
-            'seccomp': dict({'mode': 'default'}, **(after.get('seccomp') or {})),
-            'observed': current,
-        }
+
+# --- the planner of a change (the manager, _mgr_capabilities, gathers what it reads and executes the plan) ----
+
+
+@dataclasses.dataclass
+class Running:
+    """What a running guest shows: its init's /proc status (parsed), the kernel's last capability, the fingerprint
+    of the filter its init runs (``seccomp_running``) and the ccaps sysctls of its netns (None: no netns handle)."""
+
+    status: Dict[str, str]
+    last_cap: int
+    seccomp: str
+    sysctls: Optional[Dict[str, str]] = None
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a capabilities change does. ``live``: sysctls written in the running guest's netns now (``previous``:
+    their values before, put back if the config cannot be saved); ``needs_restart``: the running guest differs in
+    what only a start sets (bounding set, no_new_privs, syscall filter); ``restart``: and it is restarted now."""
+
+    before: Dict[str, Any]
+    after: Dict[str, Any]
+    config_changed: bool = False
+    live: Dict[str, str] = dataclasses.field(default_factory=dict)
+    previous: Dict[str, str] = dataclasses.field(default_factory=dict)
+    needs_restart: bool = False
+    restart: bool = False
+    observed: Optional[Dict[str, Any]] = None
+
+    @property
+    def actions(self) -> List[str]:
+        out = ['update config'] if self.config_changed else []
+        if self.live:
+            out.append('set %s in the guest network namespace' % ', '.join(
+                '%s=%s' % (k.replace('/', '.'), v.replace('\t', ' ')) for k, v in sorted(self.live.items())))
+        if self.restart:
+            out.append('restart the guest')
+        return out
+
+    @property
+    def changed(self) -> bool:
+        return self.config_changed or bool(self.live) or self.restart
+
+
+def plan(doc: Dict[str, Any], after: Dict[str, Any], running: Optional[Running], restart: bool = False) -> Plan:
+    """The change from guest ``doc``'s stored section to the canonical section ``after`` (``validate``), against
+    what the guest runs (``running``, None when it is stopped). No side effect: building the syscall filter to
+    compare fingerprints is a computation."""
+    before = dict(doc.get('capabilities') or {})
+    out = Plan(before=before, after=after, config_changed=before != after)
+    if running is None:
+        return out
+    last = running.last_cap
+    current = observed(running.status, last)
+    wanted = [n for n in resolve(after) if CAP_BITS[n] <= last]
+    if set(current['bcaps']) != set(wanted) or current['no_new_privs'] != bool(after.get('no_new_privs')):
+        out.needs_restart = True
+    current['seccomp'] = running.seccomp
+    if running.seccomp != _seccomp.digest(seccomp_program(dict(doc, capabilities=after))):
+        out.needs_restart = True
+    out.observed = current
+    if running.sysctls is not None:
+        desired = {k: _norm_sysctl(v) for k, v in ccap_sysctls(after).items()}
+        out.live = {k: v for k, v in desired.items() if running.sysctls.get(k) != v}
+        out.previous = {k: running.sysctls[k] for k in out.live if k in running.sysctls}
+    out.restart = out.needs_restart and restart
+    return out

@@ -67,7 +67,7 @@ def _same(stored, canonical):
 
 def _check_caps(_name, section):
     from ansible_collections.vserver.core.plugins.module_utils import _caps
-    unknown = sorted(set(section) - {'bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs', 'seccomp'})
+    unknown = sorted(set(section) - set(_caps.SECTION_KEYS))
     if unknown:
         raise VServerError('unknown key %s' % ', '.join(unknown))
     _caps.validate(section)

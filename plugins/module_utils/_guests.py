@@ -23,7 +23,7 @@ from ansible_collections.vserver.core.plugins.module_utils._common import (
 # restart_required). They are written by other parts of the collection; a guest that asks for a concern
 # whose manager is missing fails with a clear message.
 try:
-    from ansible_collections.vserver.core.plugins.module_utils import _caps
+    from ansible_collections.vserver.core.plugins.module_utils import _mgr_capabilities as _caps
 except ImportError:  # pragma: no cover
     _caps = None
 try:
@@ -66,7 +66,8 @@ def _concern(concern):
 
         def whole(paths, name, params, check_mode):
             # a guest entry is the whole desired section: a key removed from it is lifted (docs/roles.md)
-            return module.ensure(paths, name, params, check_mode, replace=True)
+            result = module.ensure(paths, name, params, check_mode, replace=True)
+            return result.to_dict() if hasattr(result, 'to_dict') else result  # a _result.Result
         return whole
 
     def by_params(paths, name, params, check_mode):

@@ -15,10 +15,17 @@ import sys
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _cgroup, _config, _runtime, _limits, _mgr_context, _netns)
+    _cgroup, _config, _runtime, _limits, _mgr_context, _netns)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_capabilities
 from helpers import TOP
 from test_address import Net, ns_ip, veths_gone
+
+
+def caps_ensure(*args, **kwargs):
+    """The capabilities manager's result as the module returns it."""
+    return _mgr_capabilities.ensure(*args, **kwargs).to_dict()
+
 
 LAYOUT = _cgroup.detect()
 MEMORY = 'memory.max' if LAYOUT.version == 2 else 'memory.limit_in_bytes'
@@ -293,7 +300,7 @@ def test_ccaps_and_hostname_full_config_fs(host_paths, make_guest):
         saved = read(config)
         filler = fill(host_paths.config_dir)
         with pytest.raises(VServerError) as err:
-            _caps.ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']})
+            caps_ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']})
         assert 'undone' in str(err.value), str(err.value)
         assert ping_range(host_paths, 'vst-cfull') == old_range
         with pytest.raises(VServerError) as err:
@@ -302,7 +309,7 @@ def test_ccaps_and_hostname_full_config_fs(host_paths, make_guest):
         assert uts(host_paths, 'vst-cfull') == 'vst-cfull' and read(config) == saved
 
         os.unlink(filler)
-        res = honest(_caps.ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']}))
+        res = honest(caps_ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']}))
         assert res['changed'] and ping_range(host_paths, 'vst-cfull') != old_range
         res = honest(_mgr_context.ensure_context(host_paths, context_params(host_paths, 'vst-cfull', hostname='renamed')))
         assert res['actions'] == ['update config', 'set hostname'] and uts(host_paths, 'vst-cfull') == 'renamed'
