@@ -8,17 +8,30 @@ are sections owned by their modules. Writers hold the host lock (``_common.HostL
 Every read is validated (``check_doc``): a file that is not a usable guest config raises ``BrokenConfig``
 naming the file and the problem. ``scan`` reads them all and keeps each broken one apart, so one bad file
 never hides or breaks the others.
+
+Documents carry a schema version (key ``schema``, ``SCHEMA``): ``save`` writes it, every read migrates an older
+document (one written before versions: schema 0) in memory, step by step (``MIGRATIONS``), before checking it.
+
+Floor 1 (see docs/architecture.md): the context keys (name, xid, root, init, stop settings...) are checked here,
+the document's own; each section is checked by its concern's validator (imported where used: the last imports up
+a floor in module_utils, listed in tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     XID_MAX, XID_MIN, VServerError, check_name, check_xid, write_json)
 
+CONTEXT_KEYS = ('name', 'xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout')
 SECTIONS = ('capabilities', 'limits', 'network', 'unify')
+SCHEMA_KEY = 'schema'
+SCHEMA = 1
 # Marks the runtime writes into a config: ``purging`` (a purge in progress; a re-run of absent finishes it).
 MARKS = ('purging',)
 # Sections checked with their concern's validator (the others only for being JSON objects): a reader checks
@@ -65,6 +78,114 @@ def _same(stored, canonical):
         isinstance(stored, str) == isinstance(canonical, str)
 
 
+# --- the context keys (the context module's options stored in the document) -------------------------------
+
+HOSTNAME_RE = re.compile(r'^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+                         r'(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$')
+DEFAULT_INIT = ['/sbin/init']
+DEFAULT_STOP_SIGNAL = 'SIGTERM'
+DEFAULT_STOP_TIMEOUT = 10
+REFUSED_ROOTS = ('/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64', '/proc', '/root', '/run', '/sbin',
+                 '/sys', '/tmp', '/usr', '/var', '/var/lib')
+_RT_SIGNAL = re.compile(r'^SIGRT(MIN|MAX)(?:([+-])([0-9]+))?$')
+
+
+def signal_name(num: int) -> str:
+    """The canonical name of a signal number: SIGTERM, SIGRTMIN+3 (real-time ones counted from SIGRTMIN)."""
+    if num == signal.SIGRTMIN:
+        return 'SIGRTMIN'
+    if num == signal.SIGRTMAX:
+        return 'SIGRTMAX'
+    if signal.SIGRTMIN < num < signal.SIGRTMAX:
+        return 'SIGRTMIN+%d' % (num - signal.SIGRTMIN)
+    return signal.Signals(num).name
+
+
+def parse_signal(value: Any, field: str = 'stop_signal') -> int:
+    """A stop signal -> its number. Accepts names (SIGTERM, term), SIGRTMIN+N / SIGRTMAX-N and numbers;
+    refuses SIGSTOP and SIGCONT (they stop or resume, never end init) and anything out of range."""
+    bad = VServerError('%s must be a signal name such as SIGTERM, SIGPWR or SIGKILL, SIGRTMIN+N or SIGRTMAX-N '
+                       '(N from 0 to %d; SIGRTMIN+3 for systemd), or a number from 1 to %d; not SIGSTOP or SIGCONT '
+                       '(got %r)' % (field, signal.SIGRTMAX - signal.SIGRTMIN, signal.SIGRTMAX, value), field)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise bad
+    text = str(value).strip().upper()
+    if text.isdigit():
+        num = int(text)
+    else:
+        name = text if text.startswith('SIG') else 'SIG' + text
+        match = _RT_SIGNAL.match(name)
+        if match:
+            offset = int(match.group(3) or 0)
+            if (match.group(1) == 'MIN') == (match.group(2) == '-') and offset:
+                raise bad  # SIGRTMIN-N, SIGRTMAX+N
+            num = signal.SIGRTMIN + offset if match.group(1) == 'MIN' else signal.SIGRTMAX - offset
+        elif name in signal.Signals.__members__:
+            num = int(signal.Signals[name])
+        else:
+            raise bad
+    if num not in signal.valid_signals() or num in (signal.SIGSTOP, signal.SIGCONT) or \
+            signal.SIGSYS < num < signal.SIGRTMIN:  # 32, 33: the C library's own
+        raise bad
+    return int(num)
+
+
+def parse_stop_timeout(value: Any, field: str = 'stop_timeout') -> Any:
+    """Seconds from 0 to 3600 (int when whole)."""
+    try:
+        timeout = float(value) if not isinstance(value, bool) else -1
+    except (TypeError, ValueError):
+        timeout = -1
+    if not 0 <= timeout <= 3600:  # also refuses nan
+        raise VServerError('%s must be a number of seconds from 0 to 3600 (got %r)' % (field, value), field)
+    return int(timeout) if timeout == int(timeout) else timeout
+
+
+def check_init(value: Any) -> Optional[List[str]]:
+    if value is None:
+        return None
+    argv = [value] if isinstance(value, str) else list(value)
+    if not argv or not all(isinstance(a, str) and a for a in argv) or not argv[0].startswith('/'):
+        raise VServerError('init must be an absolute path inside the guest or an argv list starting with one '
+                           '(got %r)' % (value,), 'init')
+    if '\x00' in ''.join(argv):
+        raise VServerError('init must not contain NUL bytes', 'init')
+    return argv
+
+
+def check_root(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise VServerError('root must be an absolute path (got %r)' % (value,), 'root')
+    norm = os.path.normpath(value)
+    if norm in REFUSED_ROOTS:
+        raise VServerError('root must be a dedicated directory for the guest, not %s' % norm, 'root')
+    return norm
+
+
+def check_context(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The context keys of ``params`` checked and normalized (name always; the others None when not given)."""
+    out = {'name': check_name(params.get('name'))}
+    if params.get('xid') is not None:
+        out['xid'] = check_xid(params['xid'])
+    out['root'] = check_root(params.get('root'))
+    for key in ('hostname', 'domainname'):
+        value = params.get(key)
+        if value is not None and not HOSTNAME_RE.match(value):
+            raise VServerError('%s must be a DNS name of letters, digits, "-" and "." (at most 64 characters, '
+                               'got %r)' % (key, value), key)
+        out[key] = value
+    out['init'] = check_init(params.get('init'))
+    if params.get('stop_signal') is not None:
+        out['stop_signal'] = signal_name(parse_signal(params['stop_signal']))
+    if params.get('stop_timeout') is not None:
+        out['stop_timeout'] = parse_stop_timeout(params['stop_timeout'])
+    return out
+
+
+# --- the sections, checked by their concerns --------------------------------------------------------------
+
 def _check_caps(_name, section):
     from ansible_collections.vserver.core.plugins.module_utils import _caps
     unknown = sorted(set(section) - set(_caps.SECTION_KEYS))
@@ -102,13 +223,14 @@ def check_doc(doc, path, name=None, sections=CHECKED):
 
     Reuses the validators of the modules that write each part: the context keys through the context
     module's ``validate``, the ``sections`` named through their concern's ``validate``."""
-    from ansible_collections.vserver.core.plugins.module_utils import _mgr_context  # late: the manager imports us
     if not isinstance(doc, dict):
         raise BrokenConfig(path, 'holds %s, not a JSON object' % _kind(doc), doc)
-    unknown = sorted(set(doc) - set(_mgr_context.CONTEXT_KEYS) - set(SECTIONS) - set(MARKS), key=str)
+    known = CONTEXT_KEYS + SECTIONS + MARKS + (SCHEMA_KEY,)
+    unknown = sorted(set(doc) - set(known), key=str)
     if unknown:
-        raise BrokenConfig(path, 'unknown key %s (known: %s)' % (
-            ', '.join(map(repr, unknown)), ', '.join(_mgr_context.CONTEXT_KEYS + SECTIONS + MARKS)), doc)
+        raise BrokenConfig(path, 'unknown key %s (known: %s)' % (', '.join(map(repr, unknown)), ', '.join(known)), doc)
+    if SCHEMA_KEY in doc and not _same(doc[SCHEMA_KEY], SCHEMA):
+        raise BrokenConfig(path, '%s must be %d (got %r)' % (SCHEMA_KEY, SCHEMA, doc[SCHEMA_KEY]), doc)
     for key in MARKS:
         if key in doc and not isinstance(doc[key], bool):
             raise BrokenConfig(path, '%s must be true or false (got %r)' % (key, doc[key]), doc)
@@ -126,7 +248,7 @@ def check_doc(doc, path, name=None, sections=CHECKED):
     if not isinstance(doc['init'], list):
         raise BrokenConfig(path, 'init must be an argv list such as ["/sbin/init"] (got %r)' % (doc['init'],), doc)
     try:
-        opts = _mgr_context.validate({key: doc.get(key) for key in _mgr_context.CONTEXT_KEYS})
+        opts = check_context({key: doc.get(key) for key in CONTEXT_KEYS})
     except VServerError as exc:
         raise BrokenConfig(path, str(exc), doc)
     except (TypeError, ValueError, AttributeError) as exc:  # a type the option parser never gets from Ansible
@@ -177,14 +299,63 @@ def _read(path):
         raise BrokenConfig(path, 'is not valid JSON (truncated or corrupt?): %s' % exc)
 
 
-def load(paths, name, sections=CHECKED):
-    """Guest ``name``'s config, validated; None when it has none. Raises BrokenConfig for an unusable file."""
+# --- schema versions: a document read is migrated to SCHEMA in memory, step by step --------------------------
+
+class Migration(NamedTuple):
+    """One step: ``to`` the version it produces, ``apply(doc)`` the doc of version ``to - 1`` -> one of ``to``,
+    ``change`` what it changes in the document, ``at_next_start`` what changes for a guest that runs at its next
+    start (None: nothing), ``restart`` whether a running guest needs that restart to match its config."""
+
+    to: int
+    apply: Callable[[Dict[str, Any]], Dict[str, Any]]
+    change: str
+    at_next_start: Optional[str] = None
+    restart: bool = False
+
+
+def _to_1(doc: Dict[str, Any]) -> Dict[str, Any]:
+    return dict(doc, schema=1)
+
+
+# Schema 0: the documents written before versions (vserver.core 0.1: no ``schema`` key); tests/unit/fixtures/config.
+MIGRATIONS = (
+    Migration(1, _to_1, 'the document gets its schema version'),
+)
+
+
+def migrate(doc: Dict[str, Any], path: str = 'config') -> Tuple[Dict[str, Any], List[Migration]]:
+    """``(doc of version SCHEMA, the steps applied)``. A version this code does not know (a newer collection's,
+    or not a number) raises BrokenConfig: such a document is never guessed at."""
+    version = doc.get(SCHEMA_KEY, 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise BrokenConfig(path, '%s must be a version number (got %r)' % (SCHEMA_KEY, version), doc)
+    if version > SCHEMA:
+        raise BrokenConfig(path, 'was written by a newer vserver.core (schema %d; this one reads up to %d): '
+                                 'upgrade the collection on this host' % (version, SCHEMA), doc)
+    steps = [step for step in MIGRATIONS if step.to > version]
+    for step in steps:
+        doc = step.apply(doc)
+    return doc, steps
+
+
+def load_migrated(paths, name: str, sections=CHECKED) -> Tuple[Optional[Dict[str, Any]], List[Migration]]:
+    """``(config, migration steps applied to it)`` of guest ``name``; ``(None, [])`` when it has none. The file is
+    not rewritten here: the next ``save`` writes the current schema."""
     check_name(name)
     path = paths.config_file(name)
     doc = _read(path)
     if doc is _MISSING:
-        return None
-    return check_doc(doc, path, name, sections)
+        return None, []
+    steps = []
+    if isinstance(doc, dict):
+        doc, steps = migrate(doc, path)
+    return check_doc(doc, path, name, sections), steps
+
+
+def load(paths, name: str, sections=CHECKED) -> Optional[Dict[str, Any]]:
+    """Guest ``name``'s config, validated and migrated; None when it has none. Raises BrokenConfig for an unusable
+    file."""
+    return load_migrated(paths, name, sections)[0]
 
 
 def names(paths):
@@ -221,9 +392,10 @@ def load_all(paths, sections=LISTED):
     return scan(paths, sections)[0]
 
 
-def save(paths, doc):
+def save(paths, doc: Dict[str, Any]) -> None:
+    """Write guest ``doc['name']``'s config (atomically), as the current schema version."""
     os.makedirs(paths.config_dir, mode=0o755, exist_ok=True)
-    write_json(paths.config_file(doc['name']), doc, 0o644)
+    write_json(paths.config_file(doc['name']), dict(doc, schema=SCHEMA), 0o644)
 
 
 def remove(paths, name):
@@ -249,5 +421,3 @@ def free_xid(paths, exclude=None):
     raise VServerError('no free xid left between %d and %d' % (XID_MIN, XID_MAX), 'xid')
 
 
-def by_xid(paths):
-    return dict(xids_in_use(paths))

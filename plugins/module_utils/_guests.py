@@ -588,7 +588,7 @@ def _autostart(paths, name, wanted, check_mode):
 
 def _adopt(paths, spec, check_mode):
     """Install a config document brought from another host (cold migration), root rewritten to this host."""
-    doc = dict(spec['config'])
+    doc = _config.migrate(dict(spec['config']))[0]  # a document of an older schema (another host's) reads as now
     doc['name'] = spec['name']
     doc['root'] = spec.get('root') or paths.default_root(spec['name'])
     with HostLock(paths):  # every config writer holds it (HostLock removes temp files of killed writers)

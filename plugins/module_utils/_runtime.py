@@ -32,7 +32,6 @@ Nothing else of a concern runs inside a start.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import stat
 import struct
@@ -545,60 +544,12 @@ def start(paths, doc, layout=None):
 
 # --- stopping ----------------------------------------------------------------------------------------
 
-DEFAULT_STOP_SIGNAL = 'SIGTERM'
-DEFAULT_STOP_TIMEOUT = 10
-_RT_SIGNAL = re.compile(r'^SIGRT(MIN|MAX)(?:([+-])([0-9]+))?$')
-
-
-def signal_name(num):
-    """The canonical name of a signal number: SIGTERM, SIGRTMIN+3 (real-time ones counted from SIGRTMIN)."""
-    if num == signal.SIGRTMIN:
-        return 'SIGRTMIN'
-    if num == signal.SIGRTMAX:
-        return 'SIGRTMAX'
-    if signal.SIGRTMIN < num < signal.SIGRTMAX:
-        return 'SIGRTMIN+%d' % (num - signal.SIGRTMIN)
-    return signal.Signals(num).name
-
-
-def parse_signal(value, field='stop_signal'):
-    """A stop signal -> its number. Accepts names (SIGTERM, term), SIGRTMIN+N / SIGRTMAX-N and numbers;
-    refuses SIGSTOP and SIGCONT (they stop or resume, never end init) and anything out of range."""
-    bad = VServerError('%s must be a signal name such as SIGTERM, SIGPWR or SIGKILL, SIGRTMIN+N or SIGRTMAX-N '
-                       '(N from 0 to %d; SIGRTMIN+3 for systemd), or a number from 1 to %d; not SIGSTOP or SIGCONT '
-                       '(got %r)' % (field, signal.SIGRTMAX - signal.SIGRTMIN, signal.SIGRTMAX, value), field)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise bad
-    text = str(value).strip().upper()
-    if text.isdigit():
-        num = int(text)
-    else:
-        name = text if text.startswith('SIG') else 'SIG' + text
-        match = _RT_SIGNAL.match(name)
-        if match:
-            offset = int(match.group(3) or 0)
-            if (match.group(1) == 'MIN') == (match.group(2) == '-') and offset:
-                raise bad  # SIGRTMIN-N, SIGRTMAX+N
-            num = signal.SIGRTMIN + offset if match.group(1) == 'MIN' else signal.SIGRTMAX - offset
-        elif name in signal.Signals.__members__:
-            num = int(signal.Signals[name])
-        else:
-            raise bad
-    if num not in signal.valid_signals() or num in (signal.SIGSTOP, signal.SIGCONT) or \
-            signal.SIGSYS < num < signal.SIGRTMIN:  # 32, 33: the C library's own
-        raise bad
-    return int(num)
-
-
-def parse_stop_timeout(value, field='stop_timeout'):
-    """Seconds from 0 to 3600 (int when whole)."""
-    try:
-        timeout = float(value) if not isinstance(value, bool) else -1
-    except (TypeError, ValueError):
-        timeout = -1
-    if not 0 <= timeout <= 3600:  # also refuses nan
-        raise VServerError('%s must be a number of seconds from 0 to 3600 (got %r)' % (field, value), field)
-    return int(timeout) if timeout == int(timeout) else timeout
+# The stop settings are context keys of the config (checked by _config); re-exported for the callers here.
+DEFAULT_STOP_SIGNAL = _config.DEFAULT_STOP_SIGNAL
+DEFAULT_STOP_TIMEOUT = _config.DEFAULT_STOP_TIMEOUT
+signal_name = _config.signal_name
+parse_signal = _config.parse_signal
+parse_stop_timeout = _config.parse_stop_timeout
 
 
 def stop_settings(doc):
