@@ -547,7 +547,6 @@ def start(paths, doc, layout=None):
 # The stop settings are context keys of the config (checked by _config); re-exported for the callers here.
 DEFAULT_STOP_SIGNAL = _config.DEFAULT_STOP_SIGNAL
 DEFAULT_STOP_TIMEOUT = _config.DEFAULT_STOP_TIMEOUT
-signal_name = _config.signal_name
 parse_signal = _config.parse_signal
 parse_stop_timeout = _config.parse_stop_timeout
 
