@@ -464,6 +464,31 @@ def cleanup(paths, name, layout=None, timeout=5.0):
     shutil.rmtree(rt.dir, ignore_errors=True)
 
 
+def _record_init(rt, pid, parent, group, root):
+    """Write the runtime record of a guest whose init is ``pid`` and bind its network namespace at the handle.
+    Everything about init is read once, through its /proc fd: it may exit (or its pid be reused) any time."""
+    try:
+        proc_fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        proc_fd = None
+    try:
+        st = K.read_stat_at(proc_fd) if proc_fd is not None else None
+        alive = st is not None and st[0] not in ('Z', 'X')
+        record = {
+            'name': rt.name, 'init_pid': pid, 'init_start': st[2] if st else None,
+            'started_at': time.time(), 'cgroup_parent': parent,
+            'cgroup': group.paths(), 'root': root,
+            'ns': _ns_inodes(proc_fd) if alive else {kind: None for kind in NAMESPACES},
+        }
+        write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600, durable=False)  # /run: volatile
+        if alive:
+            _bind_netns(proc_fd, os.path.join(rt.dir, NETNS_HANDLE))
+    finally:
+        if proc_fd is not None:
+            os.close(proc_fd)
+    return record
+
+
 def start(paths, doc, layout=None):
     """Start the guest described by ``doc``; return its runtime record. Rolls back on failure."""
     name = doc['name']
@@ -506,26 +531,7 @@ def start(paths, doc, layout=None):
             reason = errors.decode(errors='replace') or 'intermediate exited with %d' % status
             raise VServerError('guest %s failed to start: %s' % (name, reason))
         pid = int(raw)
-        # Everything about init is read once, through its /proc fd: it may exit (or its pid be reused) any time.
-        try:
-            proc_fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, ProcessLookupError):
-            proc_fd = None
-        try:
-            st = K.read_stat_at(proc_fd) if proc_fd is not None else None
-            alive = st is not None and st[0] not in ('Z', 'X')
-            record = {
-                'name': name, 'init_pid': pid, 'init_start': st[2] if st else None,
-                'started_at': time.time(), 'cgroup_parent': parent,
-                'cgroup': group.paths(), 'root': root,
-                'ns': _ns_inodes(proc_fd) if alive else {kind: None for kind in NAMESPACES},
-            }
-            write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600, durable=False)  # /run: volatile
-            if alive:
-                _bind_netns(proc_fd, os.path.join(rt.dir, NETNS_HANDLE))
-        finally:
-            if proc_fd is not None:
-                os.close(proc_fd)
+        record = _record_init(rt, pid, parent, group, root)
         rt = Runtime(paths, name, rt.layout)
         for step in _steps('started'):
             step(paths, doc, rt)
