@@ -162,7 +162,7 @@ def seccomp_check_hook(doc, group):  # pylint: disable=unused-argument
 def seccomp_started_hook(paths, doc, runtime):  # pylint: disable=unused-argument
     """Record which filter the guest's init runs, so a changed filter reports restart_required."""
     atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
-                         0o600, durable=False)
+                 0o600, durable=False)
 
 
 def seccomp_running(runtime_dir, status):
@@ -282,8 +282,6 @@ def observed(status, last_cap):
     bound = int(status.get('CapBnd', '0'), 16)
     return {'bcaps': [n for n in names_from_mask(bound) if CAP_BITS[n] <= last_cap],
             'no_new_privs': status.get('NoNewPrivs', '0').strip() == '1'}
-
-
 
 
 # --- the planner of a change (the manager, _mgr_capabilities, gathers what it reads and executes the plan) ----

@@ -419,5 +419,3 @@ def free_xid(paths, exclude=None):
         if xid not in used:
             return xid
     raise VServerError('no free xid left between %d and %d' % (XID_MIN, XID_MAX), 'xid')
-
-

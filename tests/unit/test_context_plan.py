@@ -10,7 +10,8 @@ STORED = {'name': 'web', 'xid': 2, 'root': '/srv/web', 'init': ['/sbin/init'], '
 UTS = ['web', '(none)']
 
 
-def decide(state='present', current=STORED, running='stopped', change=None, template='busybox', **facts):
+def decide(state='present', current=None, running='stopped', change=None, template='busybox', new=False, **facts):
+    current = None if new else dict(current or STORED)
     opts = _mgr_context.validate(dict({'name': 'web', 'state': state, 'template': template}, **(change or {})))
     doc = dict(current or {'name': 'web', 'xid': 2, 'root': '/srv/web', 'init': ['/sbin/init'],
                            'stop_signal': 'SIGTERM', 'stop_timeout': 10})
@@ -54,7 +55,7 @@ def test_the_state_the_diff_shows_after(state, running, after):
 
 
 def test_a_new_guest_on_an_empty_root_is_built_then_configured_then_started():
-    todo = decide('started', current=None, tree_empty=True, builds=['/srv/.web.build-1'])
+    todo = decide('started', new=True, tree_empty=True, builds=['/srv/.web.build-1'])
     assert todo.build and todo.create and todo.config_changed
     assert todo.actions == ['remove unfinished build /srv/.web.build-1', 'build tree /srv/web from template busybox',
                             'create config', 'start']
@@ -67,12 +68,12 @@ def test_a_new_guest_on_an_empty_root_is_built_then_configured_then_started():
 ])
 def test_an_unusable_root_is_refused_before_anything_is_done(facts, field, words):
     with pytest.raises(VServerError) as err:
-        decide('started', current=None, template='none', **facts)
+        decide('started', new=True, template='none', **facts)
     assert err.value.field == field and words in str(err.value)
 
 
 def test_an_existing_tree_is_never_built_again():
-    todo = decide('present', current=None, template='none')
+    todo = decide('present', new=True, template='none')
     assert not todo.build and todo.actions == ['create config']
 
 
