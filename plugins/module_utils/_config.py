@@ -19,11 +19,11 @@ a floor in module_utils, listed in tests/unit/test_layers.py).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
 import signal
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     XID_MAX, XID_MIN, VServerError, check_name, check_xid, write_json)
@@ -101,7 +101,7 @@ def signal_name(num: int) -> str:
     return signal.Signals(num).name
 
 
-def parse_signal(value: Any, field: str = 'stop_signal') -> int:
+def parse_signal(value: object, field: str = 'stop_signal') -> int:
     """A stop signal -> its number. Accepts names (SIGTERM, term), SIGRTMIN+N / SIGRTMAX-N and numbers;
     refuses SIGSTOP and SIGCONT (they stop or resume, never end init) and anything out of range."""
     bad = VServerError('%s must be a signal name such as SIGTERM, SIGPWR or SIGKILL, SIGRTMIN+N or SIGRTMAX-N '
@@ -130,7 +130,7 @@ def parse_signal(value: Any, field: str = 'stop_signal') -> int:
     return int(num)
 
 
-def parse_stop_timeout(value: Any, field: str = 'stop_timeout') -> Any:
+def parse_stop_timeout(value: object, field: str = 'stop_timeout') -> int | float:
     """Seconds from 0 to 3600 (int when whole)."""
     try:
         timeout = float(value) if not isinstance(value, bool) else -1
@@ -141,7 +141,7 @@ def parse_stop_timeout(value: Any, field: str = 'stop_timeout') -> Any:
     return int(timeout) if timeout == int(timeout) else timeout
 
 
-def check_init(value: Any) -> Optional[List[str]]:
+def check_init(value: object) -> list | None:
     if value is None:
         return None
     argv = [value] if isinstance(value, str) else list(value)
@@ -153,7 +153,7 @@ def check_init(value: Any) -> Optional[List[str]]:
     return argv
 
 
-def check_root(value: Any) -> Optional[str]:
+def check_root(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not os.path.isabs(value):
@@ -164,7 +164,7 @@ def check_root(value: Any) -> Optional[str]:
     return norm
 
 
-def check_context(params: Dict[str, Any]) -> Dict[str, Any]:
+def check_context(params: dict) -> dict:
     """The context keys of ``params`` checked and normalized (name always; the others None when not given)."""
     out = {'name': check_name(params.get('name'))}
     if params.get('xid') is not None:
@@ -301,19 +301,16 @@ def _read(path):
 
 # --- schema versions: a document read is migrated to SCHEMA in memory, step by step --------------------------
 
-class Migration(NamedTuple):
+class Migration(collections.namedtuple('Migration', 'to apply change at_next_start restart', defaults=(None, False))):
     """One step: ``to`` the version it produces, ``apply(doc)`` the doc of version ``to - 1`` -> one of ``to``,
     ``change`` what it changes in the document, ``at_next_start`` what changes for a guest that runs at its next
-    start (None: nothing), ``restart`` whether a running guest needs that restart to match its config."""
+    start (None: nothing), ``restart`` whether a running guest needs that restart to match its config. (Not a
+    typing.NamedTuple: this file is on the path of every `vserver exec`, which does not load typing.)"""
 
-    to: int
-    apply: Callable[[Dict[str, Any]], Dict[str, Any]]
-    change: str
-    at_next_start: Optional[str] = None
-    restart: bool = False
+    __slots__ = ()
 
 
-def _to_1(doc: Dict[str, Any]) -> Dict[str, Any]:
+def _to_1(doc: dict) -> dict:
     return dict(doc, schema=1)
 
 
@@ -323,7 +320,7 @@ MIGRATIONS = (
 )
 
 
-def migrate(doc: Dict[str, Any], path: str = 'config') -> Tuple[Dict[str, Any], List[Migration]]:
+def migrate(doc: dict, path: str = 'config') -> tuple[dict, list[Migration]]:
     """``(doc of version SCHEMA, the steps applied)``. A version this code does not know (a newer collection's,
     or not a number) raises BrokenConfig: such a document is never guessed at."""
     version = doc.get(SCHEMA_KEY, 0)
@@ -338,7 +335,7 @@ def migrate(doc: Dict[str, Any], path: str = 'config') -> Tuple[Dict[str, Any], 
     return doc, steps
 
 
-def load_migrated(paths, name: str, sections=CHECKED) -> Tuple[Optional[Dict[str, Any]], List[Migration]]:
+def load_migrated(paths, name: str, sections=CHECKED) -> tuple[dict | None, list[Migration]]:
     """``(config, migration steps applied to it)`` of guest ``name``; ``(None, [])`` when it has none. The file is
     not rewritten here: the next ``save`` writes the current schema."""
     check_name(name)
@@ -352,7 +349,7 @@ def load_migrated(paths, name: str, sections=CHECKED) -> Tuple[Optional[Dict[str
     return check_doc(doc, path, name, sections), steps
 
 
-def load(paths, name: str, sections=CHECKED) -> Optional[Dict[str, Any]]:
+def load(paths, name: str, sections=CHECKED) -> dict | None:
     """Guest ``name``'s config, validated and migrated; None when it has none. Raises BrokenConfig for an unusable
     file."""
     return load_migrated(paths, name, sections)[0]
@@ -392,7 +389,7 @@ def load_all(paths, sections=LISTED):
     return scan(paths, sections)[0]
 
 
-def save(paths, doc: Dict[str, Any]) -> None:
+def save(paths, doc: dict) -> None:
     """Write guest ``doc['name']``'s config (atomically), as the current schema version."""
     os.makedirs(paths.config_dir, mode=0o755, exist_ok=True)
     write_json(paths.config_file(doc['name']), dict(doc, schema=SCHEMA), 0o644)

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to this collection: the manager of the capabilities module (floor 5, see docs/architecture.md).
 
-Reads the stored section and what the running guest shows, asks the concern (_caps.plan) what changes, then acts:
+Reads the stored section and what the running guest shows, asks the concern's planner (_caps_plan.plan) what changes, then acts:
 ccaps sysctls live in the guest's network namespace, the config, and a restart only when asked."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _kernel as K, _runtime
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _caps_plan, _config, _kernel as K, _runtime
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError
 from ansible_collections.vserver.core.plugins.module_utils._result import Result
 
@@ -23,7 +23,7 @@ def in_netns(handle, func):
         raise VServerError('guest network namespace %s: %s' % (handle, exc))
 
 
-def _running(rt: _runtime.Runtime, after: Dict[str, Any]) -> Optional[_caps.Running]:
+def _running(rt: _runtime.Runtime, after: Dict[str, Any]) -> Optional[_caps_plan.Running]:
     """What guest ``rt`` runs with, or None when it is stopped. Init's status is read once, through its /proc fd."""
     proc_fd = rt.open_init()
     if proc_fd is None:
@@ -39,7 +39,7 @@ def _running(rt: _runtime.Runtime, after: Dict[str, Any]) -> Optional[_caps.Runn
     if os.path.exists(rt.netns):
         keys = list(_caps.ccap_sysctls(after))
         sysctls = in_netns(rt.netns, lambda: _caps.read_sysctls(keys))
-    return _caps.Running(status=status, last_cap=K.cap_last_cap(), seccomp=_caps.seccomp_running(rt.dir, status),
+    return _caps_plan.Running(status=status, last_cap=K.cap_last_cap(), seccomp=_caps.seccomp_running(rt.dir, status),
                          sysctls=sysctls)
 
 
@@ -65,7 +65,7 @@ def _undo_sysctls(handle, previous, name, exc):
     raise VServerError(msg) from exc
 
 
-def _execute(paths: Paths, doc: Dict[str, Any], rt: _runtime.Runtime, plan: _caps.Plan) -> bool:
+def _execute(paths: Paths, doc: Dict[str, Any], rt: _runtime.Runtime, plan: _caps_plan.Plan) -> bool:
     """The guest first, then the config; a failed save puts the previous sysctls back (docs/security.md). Returns
     whether the guest was restarted."""
     live_now = bool(plan.live) and not plan.restart  # a restart sets them anyway
@@ -100,7 +100,7 @@ def ensure(paths: Paths, name: str, params: Dict[str, Any], check_mode: bool = F
         after = _caps.validate(params if replace else _caps.merge(doc.get('capabilities'), params))
         rt = _runtime.Runtime(paths, name)
         running = _running(rt, after)
-        plan = _caps.plan(doc, after, running, restart)
+        plan = _caps_plan.plan(doc, after, running, restart)
         restarted = _execute(paths, doc, rt, plan) if not check_mode else False
         return Result(
             changed=plan.changed, before=plan.before, after=plan.after, actions=plan.actions,

@@ -1,8 +1,8 @@
-"""The capabilities planner's decisions (_caps.plan), without root: what is written live, what waits for a restart,
+"""The capabilities planner's decisions (_caps_plan.plan), without root: what is written live, what waits for a restart,
 what the module reports; and the module's options come from the concern (_caps.ARGUMENT_SPEC)."""
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _seccomp
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _caps_plan, _seccomp
 
 LAST = 40
 DOC = {'name': 'web', 'xid': 2, 'root': '/srv/web', 'init': ['/sbin/init']}
@@ -16,12 +16,12 @@ def running(section, sysctls=None, seccomp=None, **kw):
     """A guest that runs exactly as ``section`` asks, unless told otherwise."""
     names = kw.pop('bcaps', _caps.resolve(section))
     digest = seccomp or _seccomp.digest(_caps.seccomp_program(dict(DOC, capabilities=section)))
-    return _caps.Running(status=status(names, kw.pop('nnp', bool(section.get('no_new_privs')))), last_cap=LAST,
+    return _caps_plan.Running(status=status(names, kw.pop('nnp', bool(section.get('no_new_privs')))), last_cap=LAST,
                          seccomp=digest, sysctls=sysctls)
 
 
 def plan(stored, after, run=None, restart=False):
-    return _caps.plan(dict(DOC, capabilities=stored), _caps.validate(after), run, restart)
+    return _caps_plan.plan(dict(DOC, capabilities=stored), _caps.validate(after), run, restart)
 
 
 def test_a_stopped_guest_gets_its_config_only():
