@@ -1,6 +1,10 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: capability names <-> bits, the default guest bounding set, ccaps policy."""
+"""Private to this collection: the capabilities concern (floor 3, see docs/architecture.md). Capability names <->
+bits, the default guest bounding set, ccaps policy, the section's options (ARGUMENT_SPEC, DEFAULTS), its validation
+and the guest's start-time steps. The planner of a change is _caps_plan; what needs a running guest is done by the
+manager, _mgr_capabilities. This file is on the path of every `vserver exec` (the runtime drops capabilities with
+it): it imports nothing it does not need there (no dataclasses, no typing)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import copy
 import os
 
 from ansible_collections.vserver.core.plugins.module_utils import _seccomp
-from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, atomic_write
 
 CAPS = [
     'chown', 'dac_override', 'dac_read_search', 'fowner', 'fsetid', 'kill', 'setgid', 'setuid', 'setpcap',
@@ -19,6 +23,28 @@ CAPS = [
     'checkpoint_restore',
 ]
 CAP_BITS = {name: bit for bit, name in enumerate(CAPS)}
+
+# The section's options: the capabilities module's argument spec (plus name and restart) and the keys of a config's
+# ``capabilities`` section. One source: the module, the config check and the guests module derive from these.
+_NAMES = {'type': 'list', 'elements': 'str'}
+ARGUMENT_SPEC = {
+    'bcaps': dict(_NAMES),
+    'bcaps_add': dict(_NAMES),
+    'bcaps_drop': dict(_NAMES),
+    'ccaps': dict(_NAMES),
+    'no_new_privs': {'type': 'bool'},
+    'seccomp': {'type': 'dict', 'options': {
+        'mode': {'type': 'str', 'choices': ['default', 'log', 'unconfined'], 'default': 'default'},
+        'allow': dict(_NAMES),
+        'deny': dict(_NAMES),
+    }},
+}
+MUTUALLY_EXCLUSIVE = [('bcaps', 'bcaps_add'), ('bcaps', 'bcaps_drop')]
+SECTION_KEYS = tuple(ARGUMENT_SPEC)
+# A task's options: None keeps the stored value (``merge``). A whole section (the guests module, ``replace``): an
+# option left out has these values, the default of each.
+DEFAULTS = {'bcaps': None, 'bcaps_add': None, 'bcaps_drop': None, 'ccaps': None, 'no_new_privs': False,
+            'seccomp': None}
 
 # The default guest bounding set. util-vserver starts a guest with every capability except its "insecure" set
 # (lib/getinsecurebcaps.c, vc_get_insecurebcaps()): linux_immutable, net_broadcast, net_admin, net_raw, ipc_lock,
@@ -134,9 +160,8 @@ def seccomp_check_hook(doc, group):  # pylint: disable=unused-argument
 
 def seccomp_started_hook(paths, doc, runtime):  # pylint: disable=unused-argument
     """Record which filter the guest's init runs, so a changed filter reports restart_required."""
-    from ansible_collections.vserver.core.plugins.module_utils import _common
-    _common.atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
-                         0o600, durable=False)
+    atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
+                 0o600, durable=False)
 
 
 def seccomp_running(runtime_dir, status):
@@ -164,7 +189,7 @@ def ccap_sysctls(section):
     return {PING_GROUP_RANGE: PING_ALL if 'raw_icmp' in ccaps else PING_NONE}
 
 
-def _norm_sysctl(value):
+def norm_sysctl(value):
     return '\t'.join(str(value).split())
 
 
@@ -178,7 +203,7 @@ def read_sysctls(keys, proc='/proc'):
     out = {}
     for key in keys:
         with open(os.path.join(proc, 'sys', key)) as handle:
-            out[key] = _norm_sysctl(handle.read())
+            out[key] = norm_sysctl(handle.read())
     return out
 
 
@@ -187,15 +212,6 @@ def netns_hook(doc):
     section = doc.get('capabilities') or {}
     if section.get('ccaps'):
         write_sysctls(ccap_sysctls(section))
-
-
-def in_netns(handle, func):
-    """Run ``func()`` in a child that joined the network namespace bound at ``handle``; return its result."""
-    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
-    try:
-        return K.call_in_namespaces([handle], func)
-    except OSError as exc:
-        raise VServerError('guest network namespace %s: %s' % (handle, exc))
 
 
 def _is_default(bcaps):
@@ -260,109 +276,8 @@ def validate(params):
     return section
 
 
-def _undo_sysctls(handle, previous, name, exc):
-    """The config could not be saved: the guest's namespace gets its previous sysctls back. Raises VServerError
-    saying so (an interrupt is re-raised as it is, after the undo)."""
-    error = None
-    if previous:
-        try:
-            in_netns(handle, lambda: write_sysctls(previous) or True)
-        except Exception as undo_exc:  # reported below
-            error = undo_exc
-    if not isinstance(exc, Exception):
-        raise exc
-    msg = 'capabilities: saving the config of guest %s failed (%s); ' % (name, exc)
-    if error is not None:
-        msg += ('putting back %s failed (%s): the guest differs from its config until this task runs again or the '
-                'guest restarts' % (', '.join(sorted(previous)), error))
-    elif previous:
-        msg += 'the live change was undone'
-    else:
-        msg += 'nothing was changed on the guest'
-    raise VServerError(msg) from exc
-
-
 def observed(status, last_cap):
     """A running init's bounding set (names) and no_new_privs flag from its /proc status."""
     bound = int(status.get('CapBnd', '0'), 16)
     return {'bcaps': [n for n in names_from_mask(bound) if CAP_BITS[n] <= last_cap],
             'no_new_privs': status.get('NoNewPrivs', '0').strip() == '1'}
-
-
-def ensure(paths, name, params, check_mode=False, restart=False, replace=False):
-    """Set the options ``params`` gives on guest ``name``'s capabilities section (None keeps the stored value,
-    see ``merge``); with ``replace`` (the guests module: a guest's whole desired state) ``params`` is the whole
-    section and an option left out is lifted.
-
-    ccaps apply live (sysctls in the guest's netns); a bounding-set or no_new_privs change on a running guest
-    reports restart_required and restarts the guest only with ``restart``.
-    """
-    from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _runtime
-    from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
-    with _common.HostLock(paths):
-        doc = _config.load(paths, name)
-        if doc is None:
-            raise VServerError('guest %s has no config in %s; create it with vserver.core.context first'
-                               % (name, paths.config_dir), 'name')
-        after = validate(params if replace else merge(doc.get('capabilities'), params))
-        before = dict(doc.get('capabilities') or {})
-        rt = _runtime.Runtime(paths, name)
-        init_status = None
-        proc_fd = rt.open_init()  # init's status read once, through its /proc fd
-        if proc_fd is not None:
-            try:
-                init_status = K.read_at(proc_fd, 'status')
-            finally:
-                os.close(proc_fd)
-        actions = []
-        needs_restart = False
-        live = {}
-        previous = {}
-        current = None
-        if init_status:
-            last = K.cap_last_cap()
-            current = observed(K.parse_status(init_status), last)
-            wanted = [n for n in resolve(after) if CAP_BITS[n] <= last]
-            if set(current['bcaps']) != set(wanted) or current['no_new_privs'] != bool(after.get('no_new_privs')):
-                needs_restart = True
-            current['seccomp'] = seccomp_running(rt.dir, K.parse_status(init_status))
-            if current['seccomp'] != _seccomp.digest(seccomp_program(dict(doc, capabilities=after))):
-                needs_restart = True
-            if os.path.exists(rt.netns):
-                desired = {k: _norm_sysctl(v) for k, v in ccap_sysctls(after).items()}
-                have = in_netns(rt.netns, lambda: read_sysctls(list(desired)))
-                live = {k: v for k, v in desired.items() if have.get(k) != v}
-                previous = {k: have[k] for k in live}
-        config_changed = before != after
-        if config_changed:
-            actions.append('update config')
-        if live:
-            actions.append('set %s in the guest network namespace' % ', '.join(
-                '%s=%s' % (k.replace('/', '.'), v.replace('\t', ' ')) for k, v in sorted(live.items())))
-        restarted = False
-        if needs_restart and restart:
-            actions.append('restart the guest')
-        if not check_mode:
-            # the guest first, then the config; a failed save puts the previous sysctls back (docs/security.md)
-            live_now = bool(live) and not (needs_restart and restart)
-            if live_now:
-                in_netns(rt.netns, lambda: write_sysctls(live) or True)
-            if config_changed:
-                try:
-                    _config.save(paths, dict(doc, capabilities=after))
-                except BaseException as exc:
-                    _undo_sysctls(rt.netns, previous if live_now else {}, name, exc)
-                    raise
-                doc['capabilities'] = after
-            if needs_restart and restart:
-                _runtime.stop(paths, doc)
-                _runtime.start(paths, doc)
-                restarted = True
-        changed = config_changed or bool(live) or (needs_restart and restart)
-        return {
-            'changed': changed, 'diff': {'before': before, 'after': after}, 'actions': actions,
-            'restart_required': needs_restart and not restarted, 'restarted': restarted,
-            'bcaps': resolve(after), 'ccaps': after.get('ccaps', []), 'running': bool(init_status),
-            'seccomp': dict({'mode': 'default'}, **(after.get('seccomp') or {})),
-            'observed': current,
-        }

@@ -8,17 +8,30 @@ are sections owned by their modules. Writers hold the host lock (``_common.HostL
 Every read is validated (``check_doc``): a file that is not a usable guest config raises ``BrokenConfig``
 naming the file and the problem. ``scan`` reads them all and keeps each broken one apart, so one bad file
 never hides or breaks the others.
+
+Documents carry a schema version (key ``schema``, ``SCHEMA``): ``save`` writes it, every read migrates an older
+document (one written before versions: schema 0) in memory, step by step (``MIGRATIONS``), before checking it.
+
+Floor 1 (see docs/architecture.md): the context keys (name, xid, root, init, stop settings...) are checked here,
+the document's own; each section is checked by its concern's validator (imported where used: the last imports up
+a floor in module_utils, listed in tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
+import signal
 
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     XID_MAX, XID_MIN, VServerError, check_name, check_xid, write_json)
 
+CONTEXT_KEYS = ('name', 'xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout')
 SECTIONS = ('capabilities', 'limits', 'network', 'unify')
+SCHEMA_KEY = 'schema'
+SCHEMA = 1
 # Marks the runtime writes into a config: ``purging`` (a purge in progress; a re-run of absent finishes it).
 MARKS = ('purging',)
 # Sections checked with their concern's validator (the others only for being JSON objects): a reader checks
@@ -65,9 +78,117 @@ def _same(stored, canonical):
         isinstance(stored, str) == isinstance(canonical, str)
 
 
+# --- the context keys (the context module's options stored in the document) -------------------------------
+
+HOSTNAME_RE = re.compile(r'^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+                         r'(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$')
+DEFAULT_INIT = ['/sbin/init']
+DEFAULT_STOP_SIGNAL = 'SIGTERM'
+DEFAULT_STOP_TIMEOUT = 10
+REFUSED_ROOTS = ('/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64', '/proc', '/root', '/run', '/sbin',
+                 '/sys', '/tmp', '/usr', '/var', '/var/lib')
+_RT_SIGNAL = re.compile(r'^SIGRT(MIN|MAX)(?:([+-])([0-9]+))?$')
+
+
+def signal_name(num: int) -> str:
+    """The canonical name of a signal number: SIGTERM, SIGRTMIN+3 (real-time ones counted from SIGRTMIN)."""
+    if num == signal.SIGRTMIN:
+        return 'SIGRTMIN'
+    if num == signal.SIGRTMAX:
+        return 'SIGRTMAX'
+    if signal.SIGRTMIN < num < signal.SIGRTMAX:
+        return 'SIGRTMIN+%d' % (num - signal.SIGRTMIN)
+    return signal.Signals(num).name
+
+
+def parse_signal(value: object, field: str = 'stop_signal') -> int:
+    """A stop signal -> its number. Accepts names (SIGTERM, term), SIGRTMIN+N / SIGRTMAX-N and numbers;
+    refuses SIGSTOP and SIGCONT (they stop or resume, never end init) and anything out of range."""
+    bad = VServerError('%s must be a signal name such as SIGTERM, SIGPWR or SIGKILL, SIGRTMIN+N or SIGRTMAX-N '
+                       '(N from 0 to %d; SIGRTMIN+3 for systemd), or a number from 1 to %d; not SIGSTOP or SIGCONT '
+                       '(got %r)' % (field, signal.SIGRTMAX - signal.SIGRTMIN, signal.SIGRTMAX, value), field)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise bad
+    text = str(value).strip().upper()
+    if text.isdigit():
+        num = int(text)
+    else:
+        name = text if text.startswith('SIG') else 'SIG' + text
+        match = _RT_SIGNAL.match(name)
+        if match:
+            offset = int(match.group(3) or 0)
+            if (match.group(1) == 'MIN') == (match.group(2) == '-') and offset:
+                raise bad  # SIGRTMIN-N, SIGRTMAX+N
+            num = signal.SIGRTMIN + offset if match.group(1) == 'MIN' else signal.SIGRTMAX - offset
+        elif name in signal.Signals.__members__:
+            num = int(signal.Signals[name])
+        else:
+            raise bad
+    if num not in signal.valid_signals() or num in (signal.SIGSTOP, signal.SIGCONT) or \
+            signal.SIGSYS < num < signal.SIGRTMIN:  # 32, 33: the C library's own
+        raise bad
+    return int(num)
+
+
+def parse_stop_timeout(value: object, field: str = 'stop_timeout') -> int | float:
+    """Seconds from 0 to 3600 (int when whole)."""
+    try:
+        timeout = float(value) if not isinstance(value, bool) else -1
+    except (TypeError, ValueError):
+        timeout = -1
+    if not 0 <= timeout <= 3600:  # also refuses nan
+        raise VServerError('%s must be a number of seconds from 0 to 3600 (got %r)' % (field, value), field)
+    return int(timeout) if timeout == int(timeout) else timeout
+
+
+def check_init(value: object) -> list | None:
+    if value is None:
+        return None
+    argv = [value] if isinstance(value, str) else list(value)
+    if not argv or not all(isinstance(a, str) and a for a in argv) or not argv[0].startswith('/'):
+        raise VServerError('init must be an absolute path inside the guest or an argv list starting with one '
+                           '(got %r)' % (value,), 'init')
+    if '\x00' in ''.join(argv):
+        raise VServerError('init must not contain NUL bytes', 'init')
+    return argv
+
+
+def check_root(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise VServerError('root must be an absolute path (got %r)' % (value,), 'root')
+    norm = os.path.normpath(value)
+    if norm in REFUSED_ROOTS:
+        raise VServerError('root must be a dedicated directory for the guest, not %s' % norm, 'root')
+    return norm
+
+
+def check_context(params: dict) -> dict:
+    """The context keys of ``params`` checked and normalized (name always; the others None when not given)."""
+    out = {'name': check_name(params.get('name'))}
+    if params.get('xid') is not None:
+        out['xid'] = check_xid(params['xid'])
+    out['root'] = check_root(params.get('root'))
+    for key in ('hostname', 'domainname'):
+        value = params.get(key)
+        if value is not None and not HOSTNAME_RE.match(value):
+            raise VServerError('%s must be a DNS name of letters, digits, "-" and "." (at most 64 characters, '
+                               'got %r)' % (key, value), key)
+        out[key] = value
+    out['init'] = check_init(params.get('init'))
+    if params.get('stop_signal') is not None:
+        out['stop_signal'] = signal_name(parse_signal(params['stop_signal']))
+    if params.get('stop_timeout') is not None:
+        out['stop_timeout'] = parse_stop_timeout(params['stop_timeout'])
+    return out
+
+
+# --- the sections, checked by their concerns --------------------------------------------------------------
+
 def _check_caps(_name, section):
     from ansible_collections.vserver.core.plugins.module_utils import _caps
-    unknown = sorted(set(section) - {'bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs', 'seccomp'})
+    unknown = sorted(set(section) - set(_caps.SECTION_KEYS))
     if unknown:
         raise VServerError('unknown key %s' % ', '.join(unknown))
     _caps.validate(section)
@@ -102,13 +223,14 @@ def check_doc(doc, path, name=None, sections=CHECKED):
 
     Reuses the validators of the modules that write each part: the context keys through the context
     module's ``validate``, the ``sections`` named through their concern's ``validate``."""
-    from ansible_collections.vserver.core.plugins.module_utils import _mgr_context  # late: the manager imports us
     if not isinstance(doc, dict):
         raise BrokenConfig(path, 'holds %s, not a JSON object' % _kind(doc), doc)
-    unknown = sorted(set(doc) - set(_mgr_context.CONTEXT_KEYS) - set(SECTIONS) - set(MARKS), key=str)
+    known = CONTEXT_KEYS + SECTIONS + MARKS + (SCHEMA_KEY,)
+    unknown = sorted(set(doc) - set(known), key=str)
     if unknown:
-        raise BrokenConfig(path, 'unknown key %s (known: %s)' % (
-            ', '.join(map(repr, unknown)), ', '.join(_mgr_context.CONTEXT_KEYS + SECTIONS + MARKS)), doc)
+        raise BrokenConfig(path, 'unknown key %s (known: %s)' % (', '.join(map(repr, unknown)), ', '.join(known)), doc)
+    if SCHEMA_KEY in doc and not _same(doc[SCHEMA_KEY], SCHEMA):
+        raise BrokenConfig(path, '%s must be %d (got %r)' % (SCHEMA_KEY, SCHEMA, doc[SCHEMA_KEY]), doc)
     for key in MARKS:
         if key in doc and not isinstance(doc[key], bool):
             raise BrokenConfig(path, '%s must be true or false (got %r)' % (key, doc[key]), doc)
@@ -126,7 +248,7 @@ def check_doc(doc, path, name=None, sections=CHECKED):
     if not isinstance(doc['init'], list):
         raise BrokenConfig(path, 'init must be an argv list such as ["/sbin/init"] (got %r)' % (doc['init'],), doc)
     try:
-        opts = _mgr_context.validate({key: doc.get(key) for key in _mgr_context.CONTEXT_KEYS})
+        opts = check_context({key: doc.get(key) for key in CONTEXT_KEYS})
     except VServerError as exc:
         raise BrokenConfig(path, str(exc), doc)
     except (TypeError, ValueError, AttributeError) as exc:  # a type the option parser never gets from Ansible
@@ -182,19 +304,70 @@ def _read_raw(path):
         raise BrokenConfig(path, 'is not valid JSON (truncated or corrupt?): %s' % exc)
 
 
-def load(paths, name, sections=CHECKED):
-    """Guest ``name``'s config, validated; None when it has none. Raises BrokenConfig for an unusable file."""
-    return load_raw(paths, name, sections)[0]
+# --- schema versions: a document read is migrated to SCHEMA in memory, step by step --------------------------
+
+class Migration(collections.namedtuple('Migration', 'to apply change at_next_start restart', defaults=(None, False))):
+    """One step: ``to`` the version it produces, ``apply(doc)`` the doc of version ``to - 1`` -> one of ``to``,
+    ``change`` what it changes in the document, ``at_next_start`` what changes for a guest that runs at its next
+    start (None: nothing), ``restart`` whether a running guest needs that restart to match its config. (Not a
+    typing.NamedTuple: this file is on the path of every `vserver exec`, which does not load typing.)"""
+
+    __slots__ = ()
 
 
-def load_raw(paths, name, sections=CHECKED):
-    """``(config, the exact bytes it was parsed from)`` as ``load``; ``(None, None)`` when it has none."""
+def _to_1(doc: dict) -> dict:
+    return dict(doc, schema=1)
+
+
+# Schema 0: the documents written before versions (vserver.core 0.1: no ``schema`` key); tests/unit/fixtures/config.
+MIGRATIONS = (
+    Migration(1, _to_1, 'the document gets its schema version'),
+)
+
+
+def migrate(doc: dict, path: str = 'config') -> tuple[dict, list[Migration]]:
+    """``(doc of version SCHEMA, the steps applied)``. A version this code does not know (a newer collection's,
+    or not a number) raises BrokenConfig: such a document is never guessed at."""
+    version = doc.get(SCHEMA_KEY, 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise BrokenConfig(path, '%s must be a version number (got %r)' % (SCHEMA_KEY, version), doc)
+    if version > SCHEMA:
+        raise BrokenConfig(path, 'was written by a newer vserver.core (schema %d; this one reads up to %d): '
+                                 'upgrade the collection on this host' % (version, SCHEMA), doc)
+    steps = [step for step in MIGRATIONS if step.to > version]
+    for step in steps:
+        doc = step.apply(doc)
+    return doc, steps
+
+
+def _load(paths, name, sections):
     check_name(name)
     path = paths.config_file(name)
     doc, raw = _read_raw(path)
     if doc is _MISSING:
-        return None, None
-    return check_doc(doc, path, name, sections), raw
+        return None, [], None
+    steps = []
+    if isinstance(doc, dict):
+        doc, steps = migrate(doc, path)
+    return check_doc(doc, path, name, sections), steps, raw
+
+
+def load(paths, name: str, sections=CHECKED) -> dict | None:
+    """Guest ``name``'s config, validated and migrated; None when it has none. Raises BrokenConfig for an unusable
+    file."""
+    return _load(paths, name, sections)[0]
+
+
+def load_migrated(paths, name: str, sections=CHECKED) -> tuple[dict | None, list[Migration]]:
+    """``(config, migration steps applied to it)`` of guest ``name``; ``(None, [])`` when it has none. The file is
+    not rewritten here: the next ``save`` writes the current schema."""
+    return _load(paths, name, sections)[:2]
+
+
+def load_raw(paths, name: str, sections=CHECKED) -> tuple[dict | None, bytes | None]:
+    """``(config, the exact bytes it was parsed from)`` as ``load``; ``(None, None)`` when it has none."""
+    doc, _steps, raw = _load(paths, name, sections)
+    return doc, raw
 
 
 def names(paths):
@@ -231,9 +404,10 @@ def load_all(paths, sections=LISTED):
     return scan(paths, sections)[0]
 
 
-def save(paths, doc):
+def save(paths, doc: dict) -> None:
+    """Write guest ``doc['name']``'s config (atomically), as the current schema version."""
     os.makedirs(paths.config_dir, mode=0o755, exist_ok=True)
-    write_json(paths.config_file(doc['name']), doc, 0o644)
+    write_json(paths.config_file(doc['name']), dict(doc, schema=SCHEMA), 0o644)
 
 
 def remove(paths, name):
@@ -257,7 +431,3 @@ def free_xid(paths, exclude=None):
         if xid not in used:
             return xid
     raise VServerError('no free xid left between %d and %d' % (XID_MIN, XID_MAX), 'xid')
-
-
-def by_xid(paths):
-    return dict(xids_in_use(paths))

@@ -152,6 +152,13 @@ def _json_list(strings):
     return '[' + ', '.join(_json.encode_basestring_ascii(item) for item in strings) + ']'
 
 
+def enter_guest(paths, doc, argv, layout=None, env=None, terminal=True, stage=None):
+    """``enter`` for guest ``doc`` under host roots ``paths``: run ``argv`` inside it with exactly its init's
+    credentials (namespaces, cgroups in every hierarchy, bounding set, capabilities, no_new_privs, rlimits)."""
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime  # same floor; see enter_known
+    return enter(_runtime.Runtime(paths, doc['name'], layout), doc, argv, env=env, terminal=terminal, stage=stage)
+
+
 def enter(rt, doc, argv, env=None, terminal=True, stage=None, known=None):
     """Run ``argv`` inside the running guest of Runtime ``rt`` with exactly its init's credentials; return the exit
     status (128+N when the command was killed by signal N). ``terminal``: give it a pty of the guest's own for

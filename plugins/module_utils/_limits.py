@@ -93,14 +93,6 @@ def absent_hook(paths, doc):
     on_absent(doc.get('root') if doc else None)
 
 
-def ensure(paths, name, params, check_mode=False, restart=False, host=None, layout=None, replace=False):
-    """The manager's old entry point (a result dict), for _guests and tests that still call it; new code calls
-    ``_mgr_limits.ensure`` (a Result). The import points up a floor: it goes when those callers move."""
-    from ansible_collections.vserver.core.plugins.module_utils import _mgr_limits  # compat alias, see above
-    return _mgr_limits.ensure(paths, name, params, check_mode, replace=replace, restart=restart, host=host,
-                              layout=layout).to_dict()
-
-
 # parsing and validation
 MAX = _limits_parse.MAX
 KEYS = _limits_parse.KEYS

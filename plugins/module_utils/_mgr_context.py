@@ -1,84 +1,66 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the desired-state managers behind the context and context_info modules
-and the ``vserver`` command. Read the real state, compute the difference, act unless in check mode."""
+"""Private to this collection: the manager of the context module (floor 5, see docs/architecture.md), also behind
+context_info, the ``vserver`` command, the guests module and the supervisor.
+
+``ensure(paths, name, params, check_mode) -> Result``: validate, read the state under the host lock (``_gather``:
+the stored config, the runtime state, the tree), decide (``plan``: no side effect, unit-tested), then act
+(``_execute``) unless in check mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
+from typing import Any, Dict, List, Optional
 
 from ansible_collections.vserver.core.plugins.module_utils import (
     _config, _mgr_unify, _runtime, _kernel as K, _template, _tree)
-from ansible_collections.vserver.core.plugins.module_utils._common import (
-    HostLock, VServerError, check_name, check_xid)
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_address
+from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError, check_name
+from ansible_collections.vserver.core.plugins.module_utils._result import Result
 
 STATES = ('present', 'started', 'stopped', 'restarted', 'frozen', 'absent')
 TEMPLATES = ('busybox', 'none')
-CONTEXT_KEYS = ('name', 'xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout')
+CONTEXT_KEYS = _config.CONTEXT_KEYS
 # Changing these on a running guest needs a restart; hostname/domainname apply live, xid is a label.
 RESTART_KEYS = ('root', 'init')
-HOSTNAME_RE = re.compile(r'^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
-                         r'(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$')
-DEFAULT_INIT = ['/sbin/init']
 KILL_UNTRACKED = 'kill untracked processes'
-REFUSED_ROOTS = ('/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64', '/proc', '/root', '/run', '/sbin',
-                 '/sys', '/tmp', '/usr', '/var', '/var/lib')
+SET_HOSTNAME = 'set hostname'
+
+# The context module's options: one source for the module, the guests module and the CLI.
+ARGUMENT_SPEC = {
+    'name': {'type': 'str', 'required': True},
+    'xid': {'type': 'int'},
+    'root': {'type': 'path'},
+    'template': {'type': 'str', 'default': 'busybox', 'choices': list(TEMPLATES)},
+    'hostname': {'type': 'str'},
+    'domainname': {'type': 'str'},
+    'init': {'type': 'raw'},
+    'stop_signal': {'type': 'str'},
+    'stop_timeout': {'type': 'float'},
+    'state': {'type': 'str', 'default': 'present', 'choices': list(STATES)},
+    'purge': {'type': 'bool', 'default': False},
+}
+DEFAULTS = {key: spec.get('default') for key, spec in ARGUMENT_SPEC.items() if not spec.get('required')}
+# What a new guest's config gets for a context key the task leaves out (the stop settings: the runtime's defaults).
+STORED_DEFAULTS = {'init': _config.DEFAULT_INIT, 'stop_signal': _config.DEFAULT_STOP_SIGNAL,
+                   'stop_timeout': _config.DEFAULT_STOP_TIMEOUT}
+# The context_info module's options.
+INFO_ARGUMENT_SPEC = {
+    'names': {'type': 'list', 'elements': 'str'},
+    'processes': {'type': 'bool', 'default': True},
+}
 
 
-def _check_signal(value):
-    """A stop signal in its canonical stored form (SIGTERM, SIGRTMIN+3); numbers and aliases are normalised."""
-    return _runtime.signal_name(_runtime.parse_signal(value))
-
-
-def _check_init(value):
-    if value is None:
-        return None
-    argv = [value] if isinstance(value, str) else list(value)
-    if not argv or not all(isinstance(a, str) and a for a in argv) or not argv[0].startswith('/'):
-        raise VServerError('init must be an absolute path inside the guest or an argv list starting with one '
-                           '(got %r)' % (value,), 'init')
-    if '\x00' in ''.join(argv):
-        raise VServerError('init must not contain NUL bytes', 'init')
-    return argv
-
-
-def _check_root(value):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not os.path.isabs(value):
-        raise VServerError('root must be an absolute path (got %r)' % (value,), 'root')
-    norm = os.path.normpath(value)
-    if norm in REFUSED_ROOTS:
-        raise VServerError('root must be a dedicated directory for the guest, not %s' % norm, 'root')
-    return norm
-
-
-def validate(params):
+def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     """Check every context option before anything is touched; return normalized values."""
     out = {'name': check_name(params.get('name'))}
-    state = params.get('state') or 'present'
-    if state not in STATES:
-        raise VServerError('state must be one of %s (got %r)' % (', '.join(STATES), state), 'state')
-    out['state'] = state
-    template = params.get('template') or 'busybox'
-    if template not in TEMPLATES:
-        raise VServerError('template must be one of %s (got %r)' % (', '.join(TEMPLATES), template), 'template')
-    out['template'] = template
-    if params.get('xid') is not None:
-        out['xid'] = check_xid(params['xid'])
-    out['root'] = _check_root(params.get('root'))
-    for key in ('hostname', 'domainname'):
-        value = params.get(key)
-        if value is not None and not HOSTNAME_RE.match(value):
-            raise VServerError('%s must be a DNS name of letters, digits, "-" and "." (at most 64 characters, '
-                               'got %r)' % (key, value), key)
+    for key, choices in (('state', STATES), ('template', TEMPLATES)):
+        value = params.get(key) or DEFAULTS[key]
+        if value not in choices:
+            raise VServerError('%s must be one of %s (got %r)' % (key, ', '.join(choices), value), key)
         out[key] = value
-    out['init'] = _check_init(params.get('init'))
-    if params.get('stop_signal') is not None:
-        out['stop_signal'] = _check_signal(params['stop_signal'])
-    if params.get('stop_timeout') is not None:
-        out['stop_timeout'] = _runtime.parse_stop_timeout(params['stop_timeout'])
+    out.update(_config.check_context(params))
     out['purge'] = bool(params.get('purge'))
     return out
 
@@ -98,9 +80,8 @@ def _desired(paths, opts, current):
     for key in ('hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout'):
         if opts.get(key) is not None:
             doc[key] = opts[key]
-    doc.setdefault('init', list(DEFAULT_INIT))
-    doc.setdefault('stop_signal', 'SIGTERM')
-    doc.setdefault('stop_timeout', 10)
+    for key, value in STORED_DEFAULTS.items():
+        doc.setdefault(key, list(value) if isinstance(value, list) else value)
     return doc
 
 
@@ -170,20 +151,19 @@ def remove_build(build, paths=None):
     _tree.remove_build(build, freezer=lambda: _mgr_unify.freezer(paths))
 
 
-def _absent(paths, opts, current, rt, running_state, result, check_mode):
-    """state=absent: stop, the concerns' absent hooks, (purge: mark the config ``purging``, delete the tree,
+def _absent(paths: Paths, opts, current, rt, running_state, before, check_mode) -> Result:
+    """state=absent: stop, the concerns' absent steps, (purge: mark the config ``purging``, delete the tree,
     the guest's log and its autostart mark), remove the config. The config goes last, so a run killed at any
     point leaves something a re-run finds and finishes: a config marked ``purging`` is purged again even without
     purge=true."""
     name = opts['name']
-    actions = result['actions']
+    result = Result(before=before, after=before)
+    actions = result.actions
     root = (current or {}).get('root') or paths.default_root(name)
     purge = current is not None and bool(opts['purge'] or current.get('purging')) and os.path.isdir(root)
     builds = _template.stale_builds(root)
     leftovers = rt.leftovers()
-    before = result['diff']['before']
     if current is None and not leftovers and not builds:
-        result['diff'] = {'before': before, 'after': before}
         return result
     if purge:
         check_purgeable(root, own_mount=True)  # before anything is touched
@@ -205,9 +185,7 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
             _runtime.stop(paths, current)
         else:
             _runtime.cleanup(paths, name)
-        _runtime.load_hooks()
-        for hook in _runtime.HOOKS['absent']:
-            hook(paths, current)
+        _runtime.on_absent(paths, current)
         if purge:
             if not current.get('purging'):
                 _config.save(paths, dict(current, purging=True))
@@ -216,7 +194,8 @@ def _absent(paths, opts, current, rt, running_state, result, check_mode):
             _unlink_quietly(leftover)
         if current is not None:
             _config.remove(paths, name)
-    result.update(changed=True, diff={'before': before, 'after': {'state': 'absent'}})
+    result.changed = True
+    result.after = {'state': 'absent'}
     return result
 
 
@@ -227,7 +206,7 @@ def _unlink_quietly(path):
         pass
 
 
-def _ensure_broken(paths, opts, broken, check_mode):
+def _ensure_broken(paths: Paths, opts, broken, check_mode) -> Result:
     """state=stopped/absent for a guest whose config is unusable: the runtime record knows its init and
     cgroup, so it is stopped with the default signal and timeout; absent also removes the broken file."""
     name = opts['name']
@@ -244,29 +223,203 @@ def _ensure_broken(paths, opts, broken, check_mode):
         warning += '; stopping it with the default stop_signal SIGTERM and stop_timeout 10 s'
     before = {'state': 'broken', 'error': str(broken)}
     after = {'state': 'absent'} if opts['state'] == 'absent' else before
-    result = {'changed': bool(actions), 'actions': actions, 'restart_required': False, 'warnings': [warning],
-              'diff': {'before': before, 'after': after}}
+    result = Result(changed=bool(actions), before=before, after=after, actions=actions, warnings=[warning])
     if not check_mode:
         if running:
             _runtime.stop(paths, {'name': name})
         if opts['state'] == 'absent':
-            _runtime.load_hooks()
-            for hook in _runtime.HOOKS['absent']:
-                hook(paths, None)
+            _runtime.on_absent(paths, None)
             _config.remove(paths, name)
     if opts['state'] == 'stopped':
-        result['guest'] = broken_status(paths, name, broken)
+        result.extra['guest'] = broken_status(paths, name, broken)
     return result
 
 
-def ensure_context(paths, params, check_mode=False):
-    """Bring one guest to the requested state. Returns a module result (changed, actions, diff, guest...)."""
-    opts = validate(params)
-    name = opts['name']
-    actions = []
+# --- started, stopped, present...: facts, plan, execution ---------------------------------------------------
+
+@dataclasses.dataclass
+class Facts:
+    """What the planner reads, gathered under the host lock by ``_gather``."""
+
+    running_state: str                      # running, frozen, stopped or broken (Runtime.state)
+    leftovers: bool = False                 # runtime traces of the guest (runtime dir, cgroup)
+    builds: List[str] = dataclasses.field(default_factory=list)   # unfinished build siblings of the root
+    tree_empty: bool = False                # the root is missing or empty: a template builds it
+    root_is_dir: bool = True
+    init_exists: bool = True                # the init program is in the tree
+    live_uts: Optional[List[str]] = None    # [host name, domain name] in a running guest's UTS namespace
+    repairs: List[str] = dataclasses.field(default_factory=list)  # runtime state a killed run left wrong
+    migrations: List[Any] = dataclasses.field(default_factory=list)  # _config.Migration steps the stored doc took
+
+
+@dataclasses.dataclass
+class Plan:
+    """What ``ensure`` does, in order: remove stale builds, build the tree, write the config, repair the runtime
+    state, then the runtime ``steps`` (set hostname, stop, kill untracked processes, start, freeze, thaw)."""
+
+    doc: Dict[str, Any]
+    template: str = 'busybox'
+    create: bool = False
+    builds: List[str] = dataclasses.field(default_factory=list)
+    build: bool = False
+    config_changed: bool = False
+    repairs: List[str] = dataclasses.field(default_factory=list)
+    steps: List[str] = dataclasses.field(default_factory=list)
+    restart_required: bool = False
+    after_state: str = 'stopped'
+    warnings: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def actions(self) -> List[str]:
+        out = ['remove unfinished build %s' % build for build in self.builds]
+        if self.build:
+            out.append('build tree %s from template %s' % (self.doc['root'], self.template))
+        if self.config_changed:
+            out.append('create config' if self.create else 'update config')
+        return out + self.repairs + self.steps
+
+
+# The runtime steps to reach a target state from the observed one.
+_STEPS = {
+    'started': {'stopped': ['start'], 'frozen': ['thaw'], 'running': [], 'broken': [KILL_UNTRACKED, 'start']},
+    'frozen': {'stopped': ['start', 'freeze'], 'running': ['freeze'], 'frozen': [],
+               'broken': [KILL_UNTRACKED, 'start', 'freeze']},
+}
+
+
+def _steps(target: str, state: str, leftovers: bool) -> List[str]:
+    if target == 'restarted':
+        return (['stop'] if state != 'stopped' else []) + ['start']
+    if target == 'stopped':  # also clears what an init that died on its own (or a killed start) left behind
+        return [] if state == 'stopped' and not leftovers else ['stop']
+    return list(_STEPS.get(target, {}).get(state, []))  # present: the run state is left as it is
+
+
+def _check_tree(opts: Dict[str, Any], doc: Dict[str, Any], facts: Facts) -> bool:
+    """Whether the tree must be built; VServerError when the root cannot be used."""
+    root = doc['root']
+    if facts.tree_empty:
+        if opts['template'] == 'none':
+            raise VServerError('root %s does not exist or is empty and template is none: give an existing '
+                               'guest tree or use template: busybox' % root, 'root')
+        return True
+    if not facts.root_is_dir:
+        raise VServerError('root %s exists and is not a directory' % root, 'root')
+    if not facts.init_exists:
+        raise VServerError('init %s does not exist in the guest tree %s' % (doc['init'][0], root), 'init')
+    return False
+
+
+def _migration_notes(name: str, migrations: List[Any]) -> List[str]:
+    """A running guest whose stored config was written by an older collection: what changes at its next start."""
+    if not migrations:
+        return []
+    later = [m.at_next_start for m in migrations if m.at_next_start]
+    return ['guest %s runs with a config of schema %d (an older vserver.core wrote it), now rewritten as schema %d; '
+            'at its next start: %s' % (name, migrations[0].to - 1, migrations[-1].to,
+                                       '; '.join(later) if later else 'nothing changes')]
+
+
+def plan(opts: Dict[str, Any], current: Optional[Dict[str, Any]], doc: Dict[str, Any], facts: Facts) -> Plan:
+    """Decide what ``ensure`` does for the validated options ``opts``, the stored config ``current`` (None: a new
+    guest), the desired config ``doc`` and what the host shows (``facts``). No side effect."""
+    target, state = opts['state'], facts.running_state
+    out = Plan(doc=doc, template=opts['template'], create=current is None, builds=list(facts.builds),
+               build=_check_tree(opts, doc, facts), repairs=list(facts.repairs),
+               config_changed=doc != current or bool(facts.migrations))
+    out.steps = _steps(target, state, facts.leftovers)
+    live = state in ('running', 'frozen')
+    if live and current is not None:
+        if any(doc.get(k) != current.get(k) for k in RESTART_KEYS):
+            out.restart_required = target != 'restarted'
+        # against the kernel, not the config: a run killed after the config was saved converges on the next
+        if _uts_wanted(doc) != facts.live_uts and 'stop' not in out.steps:
+            out.steps.insert(0, SET_HOSTNAME)
+        out.warnings = _migration_notes(doc['name'], facts.migrations)
+        if any(m.restart for m in facts.migrations) and target != 'restarted' and 'stop' not in out.steps:
+            out.restart_required = True
+    out.after_state = {'present': _observed_state(state), 'restarted': 'started'}.get(target, target)
+    return out
+
+
+def _gather(rt, doc: Dict[str, Any], current, target: str, running_state: str, migrations) -> Facts:
+    """Read what ``plan`` needs: the tree, the runtime state, a running guest's host name and repairs."""
+    root = doc['root']
+    facts = Facts(running_state=running_state, leftovers=bool(rt.leftovers()), builds=_template.stale_builds(root),
+                  tree_empty=_template.tree_is_empty(root), root_is_dir=os.path.isdir(root),
+                  init_exists=os.path.lexists(os.path.join(root, doc['init'][0].lstrip('/'))),
+                  migrations=list(migrations))
+    live = running_state in ('running', 'frozen')
+    if live and current is not None:
+        facts.live_uts = _live_uts(rt)
+    if live and target in ('started', 'frozen'):
+        proc_fd = rt.open_init()
+        if proc_fd is not None:
+            try:
+                facts.repairs = rt.repairs(proc_fd)
+            finally:
+                os.close(proc_fd)
+    return facts
+
+
+def _save(paths: Paths, rt, plan_: Plan, steps: List[str]) -> None:
+    """The config; a host name change first on the running guest, then the config (undone if it cannot be saved)."""
+    doc = plan_.doc
+    if steps and steps[0] == SET_HOSTNAME:
+        old_uts = _live_uts(rt)
+        _runtime.set_uts(paths, doc)
+        steps.pop(0)
+        try:
+            _config.save(paths, doc)
+        except BaseException as exc:
+            _undo_uts(paths, doc, old_uts, exc)
+            raise
+    elif plan_.config_changed:
+        _config.save(paths, doc)
+
+
+def _execute(paths: Paths, rt, plan_: Plan, current) -> List[str]:
+    """Carry out ``plan_``; a guest this run created is removed again (config, built tree) on failure. Returns
+    warnings (bad stop settings of the stored config)."""
+    doc, name, root = plan_.doc, plan_.doc['name'], plan_.doc['root']
+    if plan_.repairs:
+        proc_fd = rt.open_init()
+        if proc_fd is not None:
+            try:
+                rt.repair(proc_fd, plan_.repairs)
+            finally:
+                os.close(proc_fd)
+    built = False
+    warnings = []
+    steps = list(plan_.steps)
+    run = {KILL_UNTRACKED: lambda: _runtime.cleanup(paths, name), 'start': lambda: _runtime.start(paths, doc),
+           'freeze': lambda: _runtime.freeze(paths, doc), 'thaw': lambda: _runtime.thaw(paths, doc),
+           'stop': lambda: warnings.extend(_runtime.stop(paths, current or doc))}
+    try:
+        for stale in plan_.builds:
+            remove_build(stale, paths)
+        if plan_.build:
+            os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
+            _template.build_busybox(root, doc.get('hostname') or name)
+            built = True
+        _save(paths, rt, plan_, steps)
+        for step in steps:
+            run[step]()
+    except BaseException:
+        if current is None:  # roll back what this run created
+            _config.remove(paths, name)
+            if built:
+                purge_tree(root, paths)
+        raise
+    return warnings
+
+
+def ensure(paths: Paths, name: str, params: Dict[str, Any], check_mode: bool = False) -> Result:
+    """Bring guest ``name`` to the state ``params`` asks for (the context module's options, ARGUMENT_SPEC)."""
+    opts = validate(dict(params, name=name))
     with HostLock(paths):
         try:
-            current = _config.load(paths, name)
+            current, migrations = _config.load_migrated(paths, name)
         except _config.BrokenConfig as exc:
             if opts['state'] not in ('stopped', 'absent'):
                 raise VServerError('%s; repair or remove that file (state=absent removes the guest and its '
@@ -275,120 +428,28 @@ def ensure_context(paths, params, check_mode=False):
         rt = _runtime.Runtime(paths, name)
         running_state = rt.state()
         before = _view(current, _observed_state(running_state) if current else 'absent')
-        result = {'changed': False, 'actions': actions, 'restart_required': False,
-                  'diff': {'before': before, 'after': before}}
-
         if opts['state'] == 'absent':
-            return _absent(paths, opts, current, rt, running_state, result, check_mode)
+            return _absent(paths, opts, current, rt, running_state, before, check_mode)
         if current is not None and current.get('purging'):
             raise VServerError('guest %s was being purged when a run stopped half-way (its tree may be partly '
                                'deleted); finish with state absent, then create it again' % name, 'state')
-
         doc = _desired(paths, opts, current)
-        root = doc['root']
-        builds = _template.stale_builds(root)  # a killed build's sibling: never a tree, removed under the lock
-        actions.extend('remove unfinished build %s' % b for b in builds)
-        build = False
-        if _template.tree_is_empty(root):
-            if opts['template'] == 'none':
-                raise VServerError('root %s does not exist or is empty and template is none: give an existing '
-                                   'guest tree or use template: busybox' % root, 'root')
-            build = True
-        elif not os.path.isdir(root):
-            raise VServerError('root %s exists and is not a directory' % root, 'root')
-        elif not os.path.lexists(os.path.join(root, doc['init'][0].lstrip('/'))):
-            raise VServerError('init %s does not exist in the guest tree %s' % (doc['init'][0], root), 'init')
-        if build:
+        todo = plan(opts, current, doc, _gather(rt, doc, current, opts['state'], running_state, migrations))
+        if todo.build:
             _template.find_busybox()  # fail early, before anything is written
-        config_changed = doc != current
-        if build:
-            actions.append('build tree %s from template %s' % (root, opts['template']))
-        if config_changed:
-            actions.append('create config' if current is None else 'update config')
-
-        target = opts['state']
-        live_uts = False
-        live = running_state in ('running', 'frozen')
-        if live and current is not None:
-            if any(doc.get(k) != current.get(k) for k in RESTART_KEYS):
-                result['restart_required'] = target != 'restarted'
-            # against the kernel, not the config: a run killed after the config was saved converges on the next
-            live_uts = _uts_wanted(doc) != _live_uts(rt)
-        plan = []
-        if target == 'restarted':
-            plan = (['stop'] if running_state != 'stopped' else []) + ['start']
-        elif target == 'started':
-            plan = {'stopped': ['start'], 'frozen': ['thaw'], 'running': [], 'broken': [KILL_UNTRACKED, 'start']}[
-                running_state]
-        elif target == 'stopped':  # also clears what an init that died on its own (or a killed start) left behind
-            plan = [] if running_state == 'stopped' and not rt.leftovers() else ['stop']
-        elif target == 'frozen':
-            plan = {'stopped': ['start', 'freeze'], 'running': ['freeze'], 'frozen': [],
-                    'broken': [KILL_UNTRACKED, 'start', 'freeze']}[running_state]
-        if live_uts and 'stop' not in plan and live:
-            plan.insert(0, 'set hostname')
-        repairs = []
-        if live and target in ('started', 'frozen'):  # runtime state a killed run left wrong
-            proc_fd = rt.open_init()
-            if proc_fd is not None:
-                try:
-                    repairs = rt.repairs(proc_fd)
-                    if repairs and not check_mode:
-                        rt.repair(proc_fd, repairs)
-                finally:
-                    os.close(proc_fd)
-        actions.extend(repairs + plan)
-
-        after_state = {'present': _observed_state(running_state), 'restarted': 'started'}.get(target, target)
-        result['diff'] = {'before': before, 'after': _view(doc, after_state)}
-        result['changed'] = bool(actions)
-        if check_mode or not actions:
-            result['guest'] = _runtime.status(paths, doc) if current else {'name': name, 'state': 'absent'}
+        result = Result(changed=bool(todo.actions), before=before, after=_view(doc, todo.after_state),
+                        actions=todo.actions, restart_required=todo.restart_required, warnings=list(todo.warnings))
+        if check_mode or not todo.actions:
+            result.extra['guest'] = _runtime.status(paths, doc) if current else {'name': name, 'state': 'absent'}
             return result
-
-        built = False
-        warnings = []
-        try:
-            for stale in builds:
-                remove_build(stale, paths)
-            if build:
-                os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
-                _template.build_busybox(root, doc.get('hostname') or name)
-                built = True
-            if 'set hostname' in plan:  # live first, then the config (undone if the config cannot be saved)
-                old_uts = _live_uts(rt)
-                _runtime.set_uts(paths, doc)
-                plan.remove('set hostname')
-                try:
-                    _config.save(paths, doc)
-                except BaseException as exc:
-                    _undo_uts(paths, doc, old_uts, exc)
-                    raise
-            elif config_changed:
-                _config.save(paths, doc)
-            for step in plan:
-                if step == 'stop':
-                    warnings.extend(_runtime.stop(paths, current or doc))
-                elif step == KILL_UNTRACKED:
-                    _runtime.cleanup(paths, name)
-                elif step == 'start':
-                    _runtime.start(paths, doc)
-                elif step == 'freeze':
-                    _runtime.freeze(paths, doc)
-                elif step == 'thaw':
-                    _runtime.thaw(paths, doc)
-                elif step == 'set hostname':
-                    _runtime.set_uts(paths, doc)
-        except BaseException:
-            if current is None:  # roll back what this run created
-                _config.remove(paths, name)
-                if built:
-                    purge_tree(root, paths)
-            raise
-        result['guest'] = _runtime.status(paths, doc)
-        if warnings:
-            result['warnings'] = warnings
+        result.warnings.extend(_execute(paths, rt, todo, current))
+        result.extra['guest'] = _runtime.status(paths, doc)
         return result
+
+
+def ensure_context(paths: Paths, params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """``ensure`` as a module result dict (for the guests module, bin/vserver and the supervisor)."""
+    return ensure(paths, params.get('name'), params, check_mode).to_dict()
 
 
 def info(paths, names=None, with_processes=True):
@@ -411,8 +472,7 @@ def info(paths, names=None, with_processes=True):
         row = _runtime.status(paths, doc)
         row['disk_limit'] = disk_limit(doc)
         if doc.get('network'):
-            from ansible_collections.vserver.core.plugins.module_utils import _netns
-            row['network'] = _netns.describe(paths, doc)
+            row['network'] = _mgr_address.describe(paths, doc)
         guests.append(row)
     out = {'changed': False, 'guests': guests}
     if with_processes:

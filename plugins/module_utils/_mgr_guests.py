@@ -13,25 +13,10 @@ from __future__ import annotations
 import os
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _cgroup, _config, _kernel as K, _runtime, _mgr_context, _mgr_unify, _template, _tree)
+    _caps, _cgroup, _config, _kernel as K, _limits, _runtime, _mgr_address, _mgr_capabilities, _mgr_context,
+    _mgr_limits, _mgr_unify, _template, _tree)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, write_json)
-
-# Concern managers, each ``ensure(paths, params, check_mode) -> result`` (changed, actions, diff,
-# restart_required). They are written by other parts of the collection; a guest that asks for a concern
-# whose manager is missing fails with a clear message.
-try:
-    from ansible_collections.vserver.core.plugins.module_utils import _caps
-except ImportError:  # pragma: no cover
-    _caps = None
-try:
-    from ansible_collections.vserver.core.plugins.module_utils import _limits
-except ImportError:  # pragma: no cover
-    _limits = None
-try:
-    from ansible_collections.vserver.core.plugins.module_utils import _netns
-except ImportError:  # pragma: no cover
-    _netns = None
 
 STATES = ('started', 'stopped', 'present', 'frozen', 'absent')
 TEMPLATES = ('busybox', 'none', 'clone')
@@ -40,36 +25,30 @@ GUEST_KEYS = set(CONTEXT_KEYS) | {'name', 'state', 'template', 'clone_from', 'ca
                                   'network', 'autostart', 'purge', 'config', 'files', 'root_password_hash',
                                   'root_authorized_keys'}
 AUTOSTART_DIR = 'autostart'
-# the single-purpose modules' option defaults, so a guest entry means the same as those modules' tasks
-CAPS_DEFAULTS = {'bcaps': None, 'bcaps_add': None, 'bcaps_drop': None, 'ccaps': None, 'no_new_privs': False}
-LIMITS_DEFAULTS = {'memory': None, 'memory_high': None, 'swap': None, 'nproc': None, 'cpu': None, 'cpu_weight': None,
-                   'cpuset': None, 'io': None, 'rlimits': None, 'disk': None, 'disk_backend': 'auto',
-                   'disk_fstype': 'ext4'}
+# the single-purpose modules' option defaults (declared once, by each concern), so a guest entry means the same as
+# those modules' tasks
+CAPS_DEFAULTS = _caps.DEFAULTS
+LIMITS_DEFAULTS = _limits.DEFAULTS
 
 
 def autostart_dir(paths):
     return os.path.join(paths.config_dir, AUTOSTART_DIR)
 
 
-def _concern(concern):
-    """``ensure`` of a concern's manager as f(paths, name, params, check_mode)."""
-    module = {'capabilities': _caps, 'limits': _limits, 'network': _netns}[concern]
-    if module is None or not hasattr(module, 'ensure'):
-        raise VServerError('%s: this installation of vserver.core has no %s manager' % (concern, concern), concern)
-    import inspect
-    args = list(inspect.signature(module.ensure).parameters)
-    if len(args) > 1 and args[1] == 'name':
-        if 'replace' not in args:
-            return module.ensure
+def _whole_section(manager):
+    """A concern manager's ``ensure`` for a guest entry's section: the section given is the whole desired state (a
+    key removed from it is lifted, docs/roles.md); the Result as the dict the guest's outcome is built from."""
+    def ensure(paths, name, params, check_mode):
+        return manager.ensure(paths, name, params, check_mode, replace=True).to_dict()
+    return ensure
 
-        def whole(paths, name, params, check_mode):
-            # a guest entry is the whole desired section: a key removed from it is lifted (docs/roles.md)
-            return module.ensure(paths, name, params, check_mode, replace=True)
-        return whole
 
-    def by_params(paths, name, params, check_mode):
-        return module.ensure(paths, dict(params, name=name), check_mode)
-    return by_params
+CONCERNS = {'capabilities': _whole_section(_mgr_capabilities), 'limits': _whole_section(_mgr_limits),
+            'network': _whole_section(_mgr_address)}
+
+
+def _context(paths, params, check_mode):
+    return _mgr_context.ensure(paths, params['name'], params, check_mode).to_dict()
 
 
 def validate(guests, prune=False):
@@ -278,7 +257,7 @@ def _autostart(paths, name, wanted, check_mode):
 
 def _adopt(paths, spec, check_mode):
     """Install a config document brought from another host (cold migration), root rewritten to this host."""
-    doc = dict(spec['config'])
+    doc = _config.migrate(dict(spec['config']))[0]  # a document of an older schema (another host's) reads as now
     doc['name'] = spec['name']
     doc['root'] = spec.get('root') or paths.default_root(spec['name'])
     with HostLock(paths):  # every config writer holds it (HostLock removes temp files of killed writers)
@@ -316,8 +295,7 @@ class _Outcome:
 
 def _ensure_absent(paths, spec, check_mode, actions):
     name = spec['name']
-    res = _mgr_context.ensure_context(paths, {'name': name, 'state': 'absent', 'purge': bool(spec.get('purge'))},
-                                      check_mode)
+    res = _context(paths, {'name': name, 'state': 'absent', 'purge': bool(spec.get('purge'))}, check_mode)
     mark = _autostart(paths, name, False, check_mode) if os.path.exists(
         os.path.join(autostart_dir(paths), name)) else None
     actions.extend(res['actions'] + ([mark] if mark and mark not in res['actions'] else []))  # purge: done
@@ -351,7 +329,7 @@ def _context_step(paths, spec, root, check_mode, out):
     if check_mode and template in ('clone', 'none') and _template.tree_is_empty(root):
         # the clone (or the role's bootstrap, skipped in check mode) would have made the tree: only report
         ctx['template'] = 'busybox'
-    res = _mgr_context.ensure_context(paths, ctx, check_mode)
+    res = _context(paths, ctx, check_mode)
     out.actions.extend(a for a in res['actions']
                        if not (template in ('clone', 'none') and a.startswith('build tree')))
     out.restart_required = bool(res.get('restart_required'))  # root or init changed under a running guest
@@ -380,7 +358,7 @@ def _concerns_step(paths, spec, exists, check_mode, out):
         if check_mode and not exists:
             out.actions.append('configure %s' % concern)  # new guest: every section will be written
             continue
-        res = _concern(concern)(paths, spec['name'], params, check_mode)
+        res = CONCERNS[concern](paths, spec['name'], params, check_mode)
         if res.get('changed'):
             out.actions.extend('%s: %s' % (concern, a) for a in res.get('actions') or ['update'])
             out.section(concern, res)
@@ -400,7 +378,7 @@ def _run_state_step(paths, spec, exists, allow_restart, check_mode, out):
     if exists and not out.restart_required and (state, observed) in in_state:
         return  # already in the requested run state: no second pass through the context manager
     if exists or not check_mode:
-        res = _mgr_context.ensure_context(paths, {'name': name, 'state': state}, check_mode)
+        res = _context(paths, {'name': name, 'state': state}, check_mode)
         out.actions.extend(a for a in res['actions'] if a not in ('update config',))
         after = res.get('diff', {}).get('after') or {}
         out.after.setdefault('context', {})

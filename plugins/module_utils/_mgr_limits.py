@@ -200,3 +200,8 @@ def _start_again(paths, doc, layout):
         return ' (the guest was started again)'
     except Exception as start_exc:  # report both failures
         return ' (starting the guest again failed too: %s)' % start_exc
+
+
+def ensure_dict(paths: Paths, name: str, params: dict, check_mode: bool = False, **kwargs) -> dict:
+    """``ensure`` with the module's result dict back (the tests, and callers that print it)."""
+    return ensure(paths, name, params, check_mode, **kwargs).to_dict()

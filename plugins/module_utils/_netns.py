@@ -37,7 +37,7 @@ from ansible_collections.vserver.core.plugins.module_utils._netns_plan import (
 
 # What other files use (host_ifname and NetState are the plan's and the mechanism's, named here for callers).
 __all__ = ['ARGUMENT_SPEC', 'DEFAULTS', 'DEFAULT_BRIDGE', 'DEFAULT_INTERFACE', 'MODES', 'SECTION_KEYS', 'STATES',
-           'NetState', 'addresses', 'apply_on_start', 'check_conflicts', 'describe', 'desired', 'ensure', 'forwarding',
+           'NetState', 'addresses', 'apply_on_start', 'check_conflicts', 'desired', 'forwarding',
            'host_ifname', 'live_addresses', 'netns_defaults', 'on_netns', 'on_started', 'parse_address',
            'parse_gateway', 'resolve_gateways', 'section_view', 'validate', 'vlan_ifname', 'vlan_supported']
 
@@ -432,19 +432,3 @@ def on_started(paths, doc: dict, runtime) -> None:
 # the names the runtime's HOOKS registry uses until it calls on_netns/on_started directly
 netns_defaults = on_netns
 apply_on_start = on_started
-
-
-# The manager's names, kept for callers above this floor until they call _mgr_address (_guests, _mgr_context, the
-# tests of the runtime's faults). No logic here; the imports point up a floor and go when those callers move.
-
-
-def ensure(paths, params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    """Alias of ``_mgr_address.ensure_params`` (the old signature: name inside params, a dict back)."""
-    from ansible_collections.vserver.core.plugins.module_utils import _mgr_address  # compat alias, see above
-    return _mgr_address.ensure_params(paths, params, check_mode)
-
-
-def describe(paths, doc: dict) -> Dict[str, Any]:
-    """Alias of ``_mgr_address.describe``."""
-    from ansible_collections.vserver.core.plugins.module_utils import _mgr_address  # compat alias, see above
-    return _mgr_address.describe(paths, doc)

@@ -9,15 +9,29 @@ sets up its root (bind, nodev, pivot_root, old root detached), a fresh /proc, re
 /sys, a minimal /dev, drops its bounding set, clears ambient and inheritable capabilities, applies
 rlimits and execs the guest's init. No host-side process stays behind per guest.
 
-Extension points for other concerns (limits, network, ccaps) are plain functions registered in
-``HOOKS``; they read their own config section.
+The concerns (capabilities, limits, network) take part in a start and a removal through one explicit
+interface: ``_steps()`` below names each call, in the order it runs. Phases (where, and what a step may do):
+
+  cgroup   ``f(doc, group)``: host side, after the guest's cgroup is created, before any process joins it.
+           Check the concern's section (a bad config fails the start before any fork) and write cgroup files
+           (limits: memory.max, pids.max, devices, the disk image).        1. _caps (syscall filter)  2. _limits
+  netns    ``f(doc)``: in the intermediate child, inside the guest's new network namespace, before init is
+           forked. Set per-netns state (interface defaults, sysctls).     1. _netns  2. _caps (ccaps sysctls)
+  child    ``f(doc)``: in the guest's init after pivot_root, before the bounding set is dropped: per-process
+           settings (rlimits); `vserver exec/enter` copy them from init (see _enter).      1. _limits
+  started  ``f(paths, doc, runtime)``: host side, after init runs; may raise, and the start is then rolled back
+           (everything of the guest removed).       1. _netns (interface, addresses, routes)  2. _caps (record)
+  absent   ``f(paths, doc)``: when a guest is removed, after it is stopped and before its config goes; ``doc`` is
+           None for a broken config.                                     1. _limits (disk image)
+
+A step reads only its own config section. Concerns never import this file (the layers point down, see
+docs/architecture.md; tests/unit/test_layers.py lists the last such imports until the architecture issue lands).
+Nothing else of a concern runs inside a start.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import stat
 import struct
@@ -32,14 +46,6 @@ NETNS_HANDLE = 'netns'
 NAMESPACES = ('mnt', 'uts', 'ipc', 'net', 'pid', 'cgroup', 'time')
 GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
-# name -> list of callables. Each concern (limits, network, ccaps) registers its own.
-#   'cgroup':  f(doc, group)          after the guest cgroup is created, before any process joins it
-#   'netns':   f(doc)                 in the guest's new network namespace, before init is forked
-#   'child':   f(doc)                 in the guest's init after pivot_root, before caps are dropped: per-process
-#                                     settings (`vserver exec/enter` copy the result from init: see _enter)
-#   'started': f(paths, doc, runtime) after init runs (host side); may raise to roll back
-#   'absent':  f(paths, doc)          when a guest is removed (after it is stopped, before its config goes)
-HOOKS = {'cgroup': [], 'netns': [], 'child': [], 'started': [], 'absent': []}
 BROKEN_MESSAGE = ("processes in the guest's cgroup but no tracked init (a start or stop was killed half-way); "
                   "state started kills them and starts the guest afresh, state stopped kills them")
 
@@ -346,9 +352,9 @@ def _guest_init(doc, root, log_fd, err_w):
         os.dup2(log_fd, 2)
         stage = 'mounts'
         _setup_root(root)
-        for hook in HOOKS['child']:
-            stage = 'hook %s' % getattr(hook, '__name__', hook)
-            hook(doc)
+        for step in _steps('child'):
+            stage = 'hook %s' % getattr(step, '__name__', step)
+            step(doc)
         stage = 'capabilities'
         drop_privileges(doc)
         stage = 'exec'
@@ -380,8 +386,8 @@ def _intermediate(doc, group, root, log_fd, pid_w, err_w):
         socket.sethostname(doc.get('hostname') or doc['name'])
         K.setdomainname(doc.get('domainname') or '(none)')
         _lo_up()
-        for hook in HOOKS['netns']:
-            hook(doc)
+        for step in _steps('netns'):
+            step(doc)
         pid = os.fork()
         if pid == 0:
             os.close(pid_w)
@@ -458,9 +464,33 @@ def cleanup(paths, name, layout=None, timeout=5.0):
     shutil.rmtree(rt.dir, ignore_errors=True)
 
 
+def _record_init(rt, pid, parent, group, root):
+    """Write the runtime record of a guest whose init is ``pid`` and bind its network namespace at the handle.
+    Everything about init is read once, through its /proc fd: it may exit (or its pid be reused) any time."""
+    try:
+        proc_fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        proc_fd = None
+    try:
+        st = K.read_stat_at(proc_fd) if proc_fd is not None else None
+        alive = st is not None and st[0] not in ('Z', 'X')
+        record = {
+            'name': rt.name, 'init_pid': pid, 'init_start': st[2] if st else None,
+            'started_at': time.time(), 'cgroup_parent': parent,
+            'cgroup': group.paths(), 'root': root,
+            'ns': _ns_inodes(proc_fd) if alive else {kind: None for kind in NAMESPACES},
+        }
+        write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600, durable=False)  # /run: volatile
+        if alive:
+            _bind_netns(proc_fd, os.path.join(rt.dir, NETNS_HANDLE))
+    finally:
+        if proc_fd is not None:
+            os.close(proc_fd)
+    return record
+
+
 def start(paths, doc, layout=None):
     """Start the guest described by ``doc``; return its runtime record. Rolls back on failure."""
-    load_hooks()
     name = doc['name']
     root = os.path.realpath(doc['root'])
     if not os.path.isdir(root):
@@ -480,8 +510,8 @@ def start(paths, doc, layout=None):
     try:
         os.makedirs(rt.dir, mode=0o700, exist_ok=True)
         group.create()
-        for hook in HOOKS['cgroup']:
-            hook(doc, group)
+        for step in _steps('cgroup'):  # the first call imports the concerns: before any fork
+            step(doc, group)
         log_fd = _log_fd(paths, name)
         pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -501,29 +531,10 @@ def start(paths, doc, layout=None):
             reason = errors.decode(errors='replace') or 'intermediate exited with %d' % status
             raise VServerError('guest %s failed to start: %s' % (name, reason))
         pid = int(raw)
-        # Everything about init is read once, through its /proc fd: it may exit (or its pid be reused) any time.
-        try:
-            proc_fd = os.open('/proc/%d' % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, ProcessLookupError):
-            proc_fd = None
-        try:
-            st = K.read_stat_at(proc_fd) if proc_fd is not None else None
-            alive = st is not None and st[0] not in ('Z', 'X')
-            record = {
-                'name': name, 'init_pid': pid, 'init_start': st[2] if st else None,
-                'started_at': time.time(), 'cgroup_parent': parent,
-                'cgroup': group.paths(), 'root': root,
-                'ns': _ns_inodes(proc_fd) if alive else {kind: None for kind in NAMESPACES},
-            }
-            write_json(os.path.join(rt.dir, STATE_FILE), record, 0o600, durable=False)  # /run: volatile
-            if alive:
-                _bind_netns(proc_fd, os.path.join(rt.dir, NETNS_HANDLE))
-        finally:
-            if proc_fd is not None:
-                os.close(proc_fd)
+        record = _record_init(rt, pid, parent, group, root)
         rt = Runtime(paths, name, rt.layout)
-        for hook in HOOKS['started']:
-            hook(paths, doc, rt)
+        for step in _steps('started'):
+            step(paths, doc, rt)
         return record
     except BaseException:
         try:
@@ -539,60 +550,11 @@ def start(paths, doc, layout=None):
 
 # --- stopping ----------------------------------------------------------------------------------------
 
-DEFAULT_STOP_SIGNAL = 'SIGTERM'
-DEFAULT_STOP_TIMEOUT = 10
-_RT_SIGNAL = re.compile(r'^SIGRT(MIN|MAX)(?:([+-])([0-9]+))?$')
-
-
-def signal_name(num):
-    """The canonical name of a signal number: SIGTERM, SIGRTMIN+3 (real-time ones counted from SIGRTMIN)."""
-    if num == signal.SIGRTMIN:
-        return 'SIGRTMIN'
-    if num == signal.SIGRTMAX:
-        return 'SIGRTMAX'
-    if signal.SIGRTMIN < num < signal.SIGRTMAX:
-        return 'SIGRTMIN+%d' % (num - signal.SIGRTMIN)
-    return signal.Signals(num).name
-
-
-def parse_signal(value, field='stop_signal'):
-    """A stop signal -> its number. Accepts names (SIGTERM, term), SIGRTMIN+N / SIGRTMAX-N and numbers;
-    refuses SIGSTOP and SIGCONT (they stop or resume, never end init) and anything out of range."""
-    bad = VServerError('%s must be a signal name such as SIGTERM, SIGPWR or SIGKILL, SIGRTMIN+N or SIGRTMAX-N '
-                       '(N from 0 to %d; SIGRTMIN+3 for systemd), or a number from 1 to %d; not SIGSTOP or SIGCONT '
-                       '(got %r)' % (field, signal.SIGRTMAX - signal.SIGRTMIN, signal.SIGRTMAX, value), field)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise bad
-    text = str(value).strip().upper()
-    if text.isdigit():
-        num = int(text)
-    else:
-        name = text if text.startswith('SIG') else 'SIG' + text
-        match = _RT_SIGNAL.match(name)
-        if match:
-            offset = int(match.group(3) or 0)
-            if (match.group(1) == 'MIN') == (match.group(2) == '-') and offset:
-                raise bad  # SIGRTMIN-N, SIGRTMAX+N
-            num = signal.SIGRTMIN + offset if match.group(1) == 'MIN' else signal.SIGRTMAX - offset
-        elif name in signal.Signals.__members__:
-            num = int(signal.Signals[name])
-        else:
-            raise bad
-    if num not in signal.valid_signals() or num in (signal.SIGSTOP, signal.SIGCONT) or \
-            signal.SIGSYS < num < signal.SIGRTMIN:  # 32, 33: the C library's own
-        raise bad
-    return int(num)
-
-
-def parse_stop_timeout(value, field='stop_timeout'):
-    """Seconds from 0 to 3600 (int when whole)."""
-    try:
-        timeout = float(value) if not isinstance(value, bool) else -1
-    except (TypeError, ValueError):
-        timeout = -1
-    if not 0 <= timeout <= 3600:  # also refuses nan
-        raise VServerError('%s must be a number of seconds from 0 to 3600 (got %r)' % (field, value), field)
-    return int(timeout) if timeout == int(timeout) else timeout
+# The stop settings are context keys of the config (checked by _config); re-exported for the callers here.
+DEFAULT_STOP_SIGNAL = _config.DEFAULT_STOP_SIGNAL
+DEFAULT_STOP_TIMEOUT = _config.DEFAULT_STOP_TIMEOUT
+parse_signal = _config.parse_signal
+parse_stop_timeout = _config.parse_stop_timeout
 
 
 def stop_settings(doc):
@@ -710,15 +672,6 @@ def set_uts(paths, doc, layout=None):
         os.close(proc_fd)
 
 
-# --- entering a running guest -----------------------------------------------------------------------
-
-def enter(paths, doc, argv, layout=None, env=None, terminal=True, stage=None):
-    """Run ``argv`` inside the running guest with exactly its init's credentials (namespaces, cgroups in every
-    hierarchy, bounding set, capabilities, no_new_privs, rlimits); returns the exit status. See ``_enter``."""
-    from ansible_collections.vserver.core.plugins.module_utils import _enter
-    return _enter.enter(Runtime(paths, doc['name'], layout), doc, argv, env=env, terminal=terminal, stage=stage)
-
-
 # --- spectator view ---------------------------------------------------------------------------------
 
 def parse_proc_cgroup(raw):
@@ -808,28 +761,33 @@ def stat_table(rows):
     return '\n'.join(lines)
 
 
-def dumps(value):
-    return json.dumps(value, indent=2, sort_keys=True)
+# --- the concerns' steps in a start and a removal (the interface described at the top) ----------------------
+
+_STEPS = []
 
 
-# --- concerns plugged into the lifecycle ------------------------------------------------------------------
-# Imported on first use (start, removal), so `vserver exec/status/stat` stay quick to start.
-_HOOKS_LOADED = []
+def _steps(phase):
+    """The functions of ``phase``, in call order.
+
+    The table is built on the first start or removal, not at import: _limits and _netns take ~50 ms to import and
+    `vserver exec/enter/status/stat` (which import this file) never start a guest (measured: `import _runtime`
+    70 ms, with both concerns 120 ms). The imports are still direct and point down a floor (test_layers)."""
+    if not _STEPS:
+        from ansible_collections.vserver.core.plugins.module_utils import _limits, _netns
+        _STEPS.extend((
+            ('cgroup', _caps.seccomp_check_hook),      # _caps.on_cgroup: the syscall filter built (and checked)
+            ('cgroup', _limits.cgroup_hook),           # _limits.on_cgroup: disk, devices, cgroup limits
+            ('netns', _netns.netns_defaults),          # _netns.on_netns: interface defaults in the new netns
+            ('netns', _caps.netns_hook),               # _caps.on_netns: ccaps sysctls (raw_icmp: ping_group_range)
+            ('child', _limits.child_hook),             # _limits.on_child: rlimits, before caps are dropped
+            ('started', _netns.apply_on_start),        # _netns.on_started: interface, addresses, routes
+            ('started', _caps.seccomp_started_hook),   # _caps.on_started: which filter runs (restart_required)
+            ('absent', _limits.absent_hook),           # _limits.on_absent: the tree leaves its disk image
+        ))
+    return [func for name, func in _STEPS if name == phase]
 
 
-def load_hooks():
-    if _HOOKS_LOADED:
-        return
-    _HOOKS_LOADED.append(True)
-    # network (vserver.core.address): interface, addresses and routes re-applied at every start
-    from ansible_collections.vserver.core.plugins.module_utils import _netns
-    HOOKS['netns'].append(_netns.netns_defaults)
-    HOOKS['started'].append(_netns.apply_on_start)
-    # limits and capabilities (vserver.core.limits, vserver.core.capabilities)
-    from ansible_collections.vserver.core.plugins.module_utils import _limits
-    HOOKS['cgroup'].append(_caps.seccomp_check_hook)    # the syscall filter built (and checked) before anything
-    HOOKS['cgroup'].append(_limits.cgroup_hook)   # disk, devices policy, cgroup limits before any process joins
-    HOOKS['netns'].append(_caps.netns_hook)       # ccaps sysctls (raw_icmp -> ping_group_range) in the new netns
-    HOOKS['started'].append(_caps.seccomp_started_hook)  # which filter the guest runs, for restart_required
-    HOOKS['child'].append(_limits.child_hook)     # rlimits in the guest init, before caps are dropped
-    HOOKS['absent'].append(_limits.absent_hook)   # a removed guest's tree leaves its disk image
+def on_absent(paths, doc):
+    """A guest is being removed (stopped already; its config still there, or ``doc`` None when it is broken)."""
+    for step in _steps('absent'):
+        step(paths, doc)

@@ -204,34 +204,27 @@ diff:
   sample: {before: {bcaps_drop: []}, after: {bcaps_drop: [SYS_CHROOT]}}
 '''
 
+import copy
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vserver.core.plugins.module_utils import _ansible, _caps
+from ansible_collections.vserver.core.plugins.module_utils import _ansible, _caps, _mgr_capabilities
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_ansible.argument_spec(
             name=dict(type='str', required=True),
-            bcaps=dict(type='list', elements='str'),
-            bcaps_add=dict(type='list', elements='str'),
-            bcaps_drop=dict(type='list', elements='str'),
-            ccaps=dict(type='list', elements='str'),
-            no_new_privs=dict(type='bool'),
-            seccomp=dict(type='dict', options=dict(
-                mode=dict(type='str', choices=['default', 'log', 'unconfined'], default='default'),
-                allow=dict(type='list', elements='str'),
-                deny=dict(type='list', elements='str'),
-            )),
             restart=dict(type='bool', default=False),
+            **copy.deepcopy(_caps.ARGUMENT_SPEC)
         ),
-        mutually_exclusive=[('bcaps', 'bcaps_add'), ('bcaps', 'bcaps_drop')],
+        mutually_exclusive=list(_caps.MUTUALLY_EXCLUSIVE),
         supports_check_mode=True,
     )
-    keys = ('bcaps', 'bcaps_add', 'bcaps_drop', 'ccaps', 'no_new_privs', 'seccomp')
-    params = {key: module.params[key] for key in keys}
-    _ansible.run(module, lambda: _caps.ensure(_ansible.paths_from(module), module.params['name'], params,
-                                              module.check_mode, module.params['restart']))
+    params = {key: module.params[key] for key in _caps.SECTION_KEYS}
+    _ansible.run(module, lambda: _mgr_capabilities.ensure(
+        _ansible.paths_from(module), module.params['name'], params, check_mode=module.check_mode,
+        restart=module.params['restart']))
 
 
 if __name__ == '__main__':

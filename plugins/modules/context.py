@@ -172,6 +172,8 @@ diff:
   sample: {before: {state: absent}, after: {state: started, xid: 101, root: /var/lib/vservers/web}}
 '''
 
+import copy
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr_context
@@ -179,24 +181,11 @@ from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr
 
 def main():
     module = AnsibleModule(
-        argument_spec=_ansible.argument_spec(
-            name=dict(type='str', required=True),
-            xid=dict(type='int'),
-            root=dict(type='path'),
-            template=dict(type='str', default='busybox', choices=['busybox', 'none']),
-            hostname=dict(type='str'),
-            domainname=dict(type='str'),
-            init=dict(type='raw'),
-            stop_signal=dict(type='str'),
-            stop_timeout=dict(type='float'),
-            state=dict(type='str', default='present',
-                       choices=['present', 'started', 'stopped', 'restarted', 'frozen', 'absent']),
-            purge=dict(type='bool', default=False),
-        ),
+        argument_spec=_ansible.argument_spec(**copy.deepcopy(_mgr_context.ARGUMENT_SPEC)),
         supports_check_mode=True,
     )
-    _ansible.run(module, lambda: _mgr_context.ensure_context(_ansible.paths_from(module), module.params,
-                                                             module.check_mode))
+    _ansible.run(module, lambda: _mgr_context.ensure(_ansible.paths_from(module), module.params['name'], module.params,
+                                                     module.check_mode))
 
 
 if __name__ == '__main__':

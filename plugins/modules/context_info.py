@@ -183,6 +183,8 @@ processes:
     cpu_seconds: {description: CPU time used (user and system)., type: float, returned: always, sample: 0.01}
 '''
 
+import copy
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr_context
@@ -190,10 +192,7 @@ from ansible_collections.vserver.core.plugins.module_utils import _ansible, _mgr
 
 def main():
     module = AnsibleModule(
-        argument_spec=_ansible.argument_spec(
-            names=dict(type='list', elements='str'),
-            processes=dict(type='bool', default=True),
-        ),
+        argument_spec=_ansible.argument_spec(**copy.deepcopy(_mgr_context.INFO_ARGUMENT_SPEC)),
         supports_check_mode=True,
     )
     _ansible.run(module, lambda: _mgr_context.info(_ansible.paths_from(module), module.params['names'],

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _mgr_guests, _limits, _mgr_context
+from ansible_collections.vserver.core.plugins.module_utils import _config, _mgr_guests, _limits, _mgr_context, _mgr_limits
 from ansible_collections.vserver.core.plugins.module_utils._common import CONFIG_TMP_RE, VServerError
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, guest_sh
@@ -304,7 +304,7 @@ def test_purge_of_a_guest_on_its_own_disk_image(host_paths, make_guest):
     doc = make_guest('kd')
     root = doc['root']
     try:
-        _limits.ensure(host_paths, 'kd', {'disk': '32M', 'disk_backend': 'loop', 'disk_fstype': 'ext4'})
+        _mgr_limits.ensure_dict(host_paths, 'kd', {'disk': '32M', 'disk_backend': 'loop', 'disk_fstype': 'ext4'})
         assert os.path.ismount(root)
         res = _mgr_context.ensure_context(host_paths, {'name': 'kd', 'state': 'absent', 'purge': True})
         assert res['actions'] == ['purge tree %s' % root, 'remove config']

@@ -11,6 +11,8 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _config, _runtime, _limits
+from ansible_collections.vserver.core.plugins.module_utils import _enter
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_limits
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 from helpers import guest_sh
@@ -108,7 +110,7 @@ def test_cpu_token_bucket_live(make_guest, host_paths):
         assert _throttled(group) > throttled                # the quota bites
         # 0.25 of a CPU; other agents loading the 2 cores can only push it lower, never above the quota
         assert 0.12 <= quarter <= 0.32, quarter
-        result = _limits.ensure(host_paths, 'vst-cpu', {'cpu': {'fill_rate': 3, 'interval': 4},
+        result = _mgr_limits.ensure_dict(host_paths, 'vst-cpu', {'cpu': {'fill_rate': 3, 'interval': 4},
                                                         'cpu_weight': 10000})   # live: 75%
         assert result['changed'] and result['live'] == [
             'cpu.max' if group.layout.version == 2 else 'cpu.cfs_quota_us'] and not result['restart_required']
@@ -142,11 +144,11 @@ def test_nofile_rlimit_inside_and_live(make_guest, host_paths):
     assert _limits_line(seen.stdout, 'Max open files') == ['512', '1024']
     assert _limits_line(seen.stdout, 'Max core file size') == ['0', '0']
 
-    result = _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': {'soft': 256, 'hard': 1024}}})
+    result = _mgr_limits.ensure_dict(host_paths, 'vst-rlim', {'rlimits': {'nofile': {'soft': 256, 'hard': 1024}}})
     assert result['changed'] and result['rlimit_pids'] >= 1 and not result['restart_required']
     seen = guest_sh(host_paths, 'vst-rlim', 'cat /proc/1/limits')
     assert _limits_line(seen.stdout, 'Max open files') == ['256', '1024']
-    assert not _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': {'soft': 256, 'hard': 1024}}})['changed']
+    assert not _mgr_limits.ensure_dict(host_paths, 'vst-rlim', {'rlimits': {'nofile': {'soft': 256, 'hard': 1024}}})['changed']
 
     host = _limits.Host(layout=LAYOUT)
     own_hard = host.own_rlimit(_limits.RLIMITS['nofile'])[1]
@@ -155,12 +157,12 @@ def test_nofile_rlimit_inside_and_live(make_guest, host_paths):
     if host.has_cap(_limits.CAP_SYS_RESOURCE):
         # root may raise hard limits here (the v2 VM): the value goes through, live
         above = min(above, host.nr_open())
-        assert _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': above}})['changed']
+        assert _mgr_limits.ensure_dict(host_paths, 'vst-rlim', {'rlimits': {'nofile': above}})['changed']
         seen = guest_sh(host_paths, 'vst-rlim', 'cat /proc/1/limits')
         assert _limits_line(seen.stdout, 'Max open files') == [str(above)] * 2
     else:
         with pytest.raises(VServerError) as err:
-            _limits.ensure(host_paths, 'vst-rlim', {'rlimits': {'nofile': above}})
+            _mgr_limits.ensure_dict(host_paths, 'vst-rlim', {'rlimits': {'nofile': above}})
         assert err.value.field == 'rlimits.nofile'
         assert 'CAP_SYS_RESOURCE' in str(err.value) and 'at most %d' % own_hard in str(err.value)
         assert open(host_paths.config_file('vst-rlim'), 'rb').read() == before
@@ -251,12 +253,12 @@ def test_limits_check_live_idempotent_and_removal(make_guest, host_paths):
     want = {'memory': '48M', 'memory_high': '40M', 'nproc': 40,
             'cpu': {'quota': 30000, 'period': 100000, 'burst': 10000},
             'cpu_weight': 200, 'cpuset': '0'}
-    check = _limits.ensure(host_paths, 'vst-live', want, check_mode=True)
+    check = _mgr_limits.ensure_dict(host_paths, 'vst-live', want, check_mode=True)
     assert check['changed'] and check['live']
     assert _limits.current(group) == before_files                          # check mode wrote nothing
     assert _config.load(host_paths, 'vst-live').get('limits') in (None, {})
 
-    done = _limits.ensure(host_paths, 'vst-live', want)
+    done = _mgr_limits.ensure_dict(host_paths, 'vst-live', want)
     assert done['changed'] and sorted(done['live']) == sorted(check['live'])
     assert done['diff']['before'] == {} and done['diff']['after']['memory'] == 48 << 20
     mem = 'memory.max' if LAYOUT.version == 2 else 'memory.limit_in_bytes'
@@ -269,18 +271,18 @@ def test_limits_check_live_idempotent_and_removal(make_guest, host_paths):
         assert group.read('cpu.cfs_quota_us') == '30000' and group.read('cpu.shares') == '2048'
         assert group.read('cpu.cfs_burst_us') == '10000'
     assert group.read('cpuset.cpus') == '0'
-    assert not _limits.ensure(host_paths, 'vst-live', want)['changed']    # idempotent
+    assert not _mgr_limits.ensure_dict(host_paths, 'vst-live', want)['changed']    # idempotent
 
     # drift behind the module's back is put back
     group.write('pids.max', '99')
-    again = _limits.ensure(host_paths, 'vst-live', want)
+    again = _mgr_limits.ensure_dict(host_paths, 'vst-live', want)
     assert again['changed'] and again['live'] == ['pids.max'] and group.read('pids.max') == '40'
 
     # options left out keep their values; explicit values lift those limits at once
-    same = _limits.ensure(host_paths, 'vst-live', {'memory': '48M'})
+    same = _mgr_limits.ensure_dict(host_paths, 'vst-live', {'memory': '48M'})
     assert not same['changed'] and group.read('pids.max') == '40' and group.read('cpuset.cpus') == '0'
     lift = {'memory_high': 'max', 'nproc': 'max', 'cpu': {'quota': 'max'}, 'cpu_weight': 100, 'cpuset': 'all'}
-    less = _limits.ensure(host_paths, 'vst-live', lift)
+    less = _mgr_limits.ensure_dict(host_paths, 'vst-live', lift)
     assert less['changed'] and group.read('pids.max') == 'max'
     assert less['limits'] == {'memory': 48 << 20, 'memory_high': 'max', 'nproc': 'max', 'cpu_weight': 100}
     cpus = _limits.current(group)['cpuset.cpus']
@@ -289,7 +291,7 @@ def test_limits_check_live_idempotent_and_removal(make_guest, host_paths):
         assert _limits._cpus_norm(cpus) == _limits._cpus_norm(_limits._v2_parent_cpus(group))
     else:
         assert cpus == before_files['cpuset.cpus']
-    assert not _limits.ensure(host_paths, 'vst-live', lift)['changed']    # idempotent again
+    assert not _mgr_limits.ensure_dict(host_paths, 'vst-live', lift)['changed']    # idempotent again
 
 
 def test_bad_input_writes_nothing_on_running_guest(make_guest, host_paths):
@@ -308,7 +310,7 @@ def test_bad_input_writes_nothing_on_running_guest(make_guest, host_paths):
             ({'rlimits': {'nofile': {'soft': 20, 'hard': 10}}}, 'rlimits.nofile'),
             ({'disk': '1K'}, 'disk')):
         with pytest.raises(VServerError) as err:
-            _limits.ensure(host_paths, 'vst-bad', params)
+            _mgr_limits.ensure_dict(host_paths, 'vst-bad', params)
         assert err.value.field == field, (params, err.value.field, str(err.value))
     assert _limits.current(group) == files
     assert open(host_paths.config_file('vst-bad'), 'rb').read() == config
@@ -328,7 +330,7 @@ def test_v2_backend_guest_devices(make_guest, host_paths):
         # /dev is the guest's tmpfs (the tree itself is mounted nodev)
         script = ('mknod /dev/n c 1 3 && echo x > /dev/n && echo allowed > /tmp/out; '
                   'for n in "b 254 0" "b 7 0" "c 1 1" "c 10 237"; do mknod /dev/f $n 2>> /tmp/out; done')
-        assert _runtime.enter(host_paths, doc, ['/bin/sh', '-c', script], layout=layout) != 0
+        assert _enter.enter_guest(host_paths, doc, ['/bin/sh', '-c', script], layout=layout) != 0
         lines = open(out).read().splitlines()
         assert lines[0] == 'allowed' and len(lines) == 5
         assert all('Operation not permitted' in line for line in lines[1:]), lines

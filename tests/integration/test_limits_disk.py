@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _runtime, _kernel as K, _limits
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_limits
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 from helpers import guest_sh
@@ -39,12 +40,12 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     image = _limits.disk_image(root)
     # stopped guest: the tree moves into the image at once
     params = {'disk': '%dM' % size, 'disk_backend': 'loop', 'disk_fstype': fstype}
-    result = _limits.ensure(host_paths, 'vst-disk', params)
+    result = _mgr_limits.ensure_dict(host_paths, 'vst-disk', params)
     assert result['changed'] and not result['restart_required']
     assert result['diff']['after']['disk'] == {'size': size << 20, 'backend': 'loop', 'fstype': fstype}
     assert os.path.getsize(image) == size << 20 and _mounted(root)
     assert os.path.exists(os.path.join(root, 'bin', 'busybox'))
-    assert not _limits.ensure(host_paths, 'vst-disk', params)['changed']
+    assert not _mgr_limits.ensure_dict(host_paths, 'vst-disk', params)['changed']
     _runtime.start(host_paths, _limits_doc(host_paths, 'vst-disk'))
     total = _df_total_kb(host_paths, 'vst-disk')
     assert total <= size * 1024
@@ -52,7 +53,7 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
     assert fill.returncode != 0 and 'No space left on device' in fill.stderr, fill
     guest_sh(host_paths, 'vst-disk', 'rm -f /big')
     grown = size + 32
-    grow = _limits.ensure(host_paths, 'vst-disk', dict(params, disk='%dM' % grown), restart=True)
+    grow = _mgr_limits.ensure_dict(host_paths, 'vst-disk', dict(params, disk='%dM' % grown), restart=True)
     assert grow['changed'] and os.path.getsize(image) == grown << 20
     if fstype == 'ext4' and not _limits.Host().has_cap(_limits.CAP_SYS_RESOURCE):
         # online ext4 growth needs CAP_SYS_RESOURCE, which this host's root lacks: the guest was stopped for an
@@ -62,15 +63,15 @@ def test_loop_image_limit(make_guest, host_paths, unmount_after, fstype):
         assert not grow['restarted'] and not grow['restart_required']        # xfs (and ext4 with the cap): live
     assert _df_total_kb(host_paths, 'vst-disk') > total + 20 * 1024
     with pytest.raises(VServerError) as err:
-        _limits.ensure(host_paths, 'vst-disk', dict(params, disk='%dM' % (grown - 8)))
+        _mgr_limits.ensure_dict(host_paths, 'vst-disk', dict(params, disk='%dM' % (grown - 8)))
     assert err.value.field == 'disk' and 'shrink' in str(err.value)
     # removal on a running guest waits for a restart ...
-    assert not _limits.ensure(host_paths, 'vst-disk', {})['changed']        # a task without disk keeps it
-    pending = _limits.ensure(host_paths, 'vst-disk', {'disk': 'none'})
+    assert not _mgr_limits.ensure_dict(host_paths, 'vst-disk', {})['changed']        # a task without disk keeps it
+    pending = _mgr_limits.ensure_dict(host_paths, 'vst-disk', {'disk': 'none'})
     assert pending['restart_required'] and os.path.exists(image) and _mounted(root)
     assert pending['actions'] == ['update config',
                                   'at the next start: move the tree out of its disk image %s and delete it' % image]
-    assert not _limits.ensure(host_paths, 'vst-disk', {'disk': 'none'})['changed']
+    assert not _mgr_limits.ensure_dict(host_paths, 'vst-disk', {'disk': 'none'})['changed']
     # ... and happens at the next start (here a plain stop and start): the tree is a plain directory again
     current = _limits_doc(host_paths, 'vst-disk')
     _runtime.stop(host_paths, current)
@@ -104,16 +105,16 @@ def test_btrfs_qgroup_limit(make_guest, host_paths, tmp_path, unmount_after):
     doc['root'] = root
     _config.save(host_paths, doc)
 
-    result = _limits.ensure(host_paths, 'vst-btrfs', {'disk': '32M'})       # backend auto -> btrfs
+    result = _mgr_limits.ensure_dict(host_paths, 'vst-btrfs', {'disk': '32M'})       # backend auto -> btrfs
     assert result['changed'] and result['diff']['after']['disk'] == {'size': 32 << 20, 'backend': 'btrfs'}
     assert os.stat(root).st_ino == 256                                        # a subvolume now
     assert _limits._btrfs_limit(root) == 32 << 20
-    assert not _limits.ensure(host_paths, 'vst-btrfs', {'disk': '32M'})['changed']
+    assert not _mgr_limits.ensure_dict(host_paths, 'vst-btrfs', {'disk': '32M'})['changed']
     _runtime.start(host_paths, _config.load(host_paths, 'vst-btrfs'))
     fill = guest_sh(host_paths, 'vst-btrfs', 'dd if=/dev/zero of=/big bs=1M count=64 && sync', timeout=120)
     assert fill.returncode != 0 and 'Disk quota exceeded' in fill.stderr, fill
     # a btrfs limit changes live
-    live = _limits.ensure(host_paths, 'vst-btrfs', {'disk': '128M'})
+    live = _mgr_limits.ensure_dict(host_paths, 'vst-btrfs', {'disk': '128M'})
     assert live['changed'] and not live['restart_required'] and _limits._btrfs_limit(root) == 128 << 20
     _runtime.stop(host_paths, _config.load(host_paths, 'vst-btrfs'))
     subprocess.run(['btrfs', 'subvolume', 'delete', root], check=False, capture_output=True)

@@ -15,10 +15,18 @@ import sys
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _cgroup, _config, _runtime, _limits, _mgr_context, _netns)
+    _cgroup, _config, _runtime, _limits, _mgr_context, _netns)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_capabilities
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_address, _mgr_limits
 from helpers import TOP
 from test_address import Net, ns_ip, veths_gone
+
+
+def caps_ensure(*args, **kwargs):
+    """The capabilities manager's result as the module returns it."""
+    return _mgr_capabilities.ensure(*args, **kwargs).to_dict()
+
 
 LAYOUT = _cgroup.detect()
 MEMORY = 'memory.max' if LAYOUT.version == 2 else 'memory.limit_in_bytes'
@@ -135,18 +143,18 @@ def test_limits_full_config_fs_changes_nothing_then_converges(host_paths, make_g
         filler = fill(host_paths.config_dir)
         listing = config_files(host_paths)
         with pytest.raises(VServerError) as err:
-            _limits.ensure(host_paths, 'vst-lfull', after)
+            _mgr_limits.ensure_dict(host_paths, 'vst-lfull', after)
         assert 'saving the config' in str(err.value) and 'undone' in str(err.value), str(err.value)
         assert memory(rt.group) == 64 * M and nofile(pid) == [300, 600]      # the kernel as it was
         assert read(config) == saved and config_files(host_paths) == listing   # the config too, no temp file
 
         os.unlink(filler)
-        res = honest(_limits.ensure(host_paths, 'vst-lfull', after))
+        res = honest(_mgr_limits.ensure_dict(host_paths, 'vst-lfull', after))
         assert res['changed'] and res['actions'][:2] == ['update config', 'write %s' % MEMORY]
         assert len(res['actions']) == 3 and res['actions'][2].startswith('prlimit ')   # init and any child
         assert memory(rt.group) == 96 * M and nofile(pid) == [200, 600]
         assert _config.load(host_paths, 'vst-lfull')['limits']['memory'] == 96 * M
-        again = honest(_limits.ensure(host_paths, 'vst-lfull', after))
+        again = honest(_mgr_limits.ensure_dict(host_paths, 'vst-lfull', after))
         assert not again['changed'] and again['actions'] == []
         _runtime.stop(host_paths, _config.load(host_paths, 'vst-lfull'))
 
@@ -166,7 +174,7 @@ def test_limits_killed_between_kernel_and_config_converges(host_paths, make_gues
     again = honest(run_module(tmp_path, 'limits', args))
     assert not again['changed']
     # asking for the old value again brings the kernel back too
-    res = honest(_limits.ensure(host_paths, 'vst-lkill', {'memory': '64M'}))
+    res = honest(_mgr_limits.ensure_dict(host_paths, 'vst-lkill', {'memory': '64M'}))
     assert res['actions'] == ['update config', 'write %s' % MEMORY] and memory(group) == 64 * M
 
 
@@ -195,7 +203,7 @@ def test_nproc_on_a_guest_whose_pids_cgroup_was_removed(host_paths, make_guest):
     group = _runtime.Runtime(host_paths, 'vst-nproc', LAYOUT).group
     directory = _pids_dir_removed(group)
     with pytest.raises(VServerError) as err:
-        _limits.ensure(host_paths, 'vst-nproc', {'nproc': 50})
+        _mgr_limits.ensure_dict(host_paths, 'vst-nproc', {'nproc': 50})
     msg = str(err.value)
     assert err.value.field == 'nproc' and directory in msg and 'missing' in msg and 'state: restarted' in msg, msg
     assert 'this host' not in msg
@@ -205,7 +213,7 @@ def test_nproc_on_a_guest_whose_pids_cgroup_was_removed(host_paths, make_guest):
     _runtime.start(host_paths, _config.load(host_paths, 'vst-nproc'))
     group = _runtime.Runtime(host_paths, 'vst-nproc', LAYOUT).group
     assert group.read('pids.max') == '40'
-    res = honest(_limits.ensure(host_paths, 'vst-nproc', {'nproc': 50}))
+    res = honest(_mgr_limits.ensure_dict(host_paths, 'vst-nproc', {'nproc': 50}))
     assert res['actions'] == ['update config', 'write pids.max'] and group.read('pids.max') == '50'
 
 
@@ -223,14 +231,14 @@ def test_address_full_config_fs_changes_nothing_then_converges(net, host_paths, 
         # the first address of a running guest: bridge, veth pair and address are all undone
         filler = fill(host_paths.config_dir)
         with pytest.raises(VServerError) as err:
-            _netns.ensure(host_paths, dict(name='vst-afull', address=net.cidr4(2), bridge=net.bridge))
+            _mgr_address.ensure_params(host_paths, dict(name='vst-afull', address=net.cidr4(2), bridge=net.bridge))
         assert 'saving the config' in str(err.value) and 'undone' in str(err.value), str(err.value)
         assert net.bridge not in _netns.NetState().links
         assert veths_gone(_netns.host_ifname(net.bridge, doc['xid']))
         assert 'eth0' not in ns_ip(host_paths, 'vst-afull', '-o', 'link')
         assert 'network' not in json.loads(read(config))
         os.unlink(filler)
-        honest(_netns.ensure(host_paths, dict(name='vst-afull', address=net.cidr4(2), bridge=net.bridge)))
+        honest(_mgr_address.ensure_params(host_paths, dict(name='vst-afull', address=net.cidr4(2), bridge=net.bridge)))
         assert guest_v4(host_paths, 'vst-afull') == [net.cidr4(2)]
 
         # one more address: the guest keeps only the first one
@@ -238,23 +246,23 @@ def test_address_full_config_fs_changes_nothing_then_converges(net, host_paths, 
         filler = fill(host_paths.config_dir)
         listing = config_files(host_paths)
         with pytest.raises(VServerError) as err:
-            _netns.ensure(host_paths, dict(name='vst-afull', address=net.cidr4(3)))
+            _mgr_address.ensure_params(host_paths, dict(name='vst-afull', address=net.cidr4(3)))
         assert 'undone' in str(err.value)
         assert guest_v4(host_paths, 'vst-afull') == [net.cidr4(2)]
         assert read(config) == saved and config_files(host_paths) == listing
 
         os.unlink(filler)
-        res = honest(_netns.ensure(host_paths, dict(name='vst-afull', address=net.cidr4(3))))
+        res = honest(_mgr_address.ensure_params(host_paths, dict(name='vst-afull', address=net.cidr4(3))))
         assert res['actions'] == ['update config', 'add address %s' % net.cidr4(3)]
         assert guest_v4(host_paths, 'vst-afull') == sorted([net.cidr4(2), net.cidr4(3)])
         assert _config.load(host_paths, 'vst-afull')['network']['addresses'] == [net.cidr4(2), net.cidr4(3)]
-        assert not honest(_netns.ensure(host_paths, dict(name='vst-afull', address=net.cidr4(3))))['changed']
+        assert not honest(_mgr_address.ensure_params(host_paths, dict(name='vst-afull', address=net.cidr4(3))))['changed']
         _runtime.stop(host_paths, doc)
 
 
 def test_address_killed_between_kernel_and_config_converges(net, host_paths, make_guest, tmp_path):
     doc = make_guest('vst-akill', start=True, stop_timeout=1, stop_signal='SIGKILL')
-    _netns.ensure(host_paths, dict(name='vst-akill', address=net.cidr4(2), bridge=net.bridge))
+    _mgr_address.ensure_params(host_paths, dict(name='vst-akill', address=net.cidr4(2), bridge=net.bridge))
     args = dict(path_args(host_paths), name='vst-akill', address=net.cidr4(3))
     run_module(tmp_path, 'address', args, kill_at_rename=True)
     assert guest_v4(host_paths, 'vst-akill') == sorted([net.cidr4(2), net.cidr4(3)])
@@ -293,7 +301,7 @@ def test_ccaps_and_hostname_full_config_fs(host_paths, make_guest):
         saved = read(config)
         filler = fill(host_paths.config_dir)
         with pytest.raises(VServerError) as err:
-            _caps.ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']})
+            caps_ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']})
         assert 'undone' in str(err.value), str(err.value)
         assert ping_range(host_paths, 'vst-cfull') == old_range
         with pytest.raises(VServerError) as err:
@@ -302,7 +310,7 @@ def test_ccaps_and_hostname_full_config_fs(host_paths, make_guest):
         assert uts(host_paths, 'vst-cfull') == 'vst-cfull' and read(config) == saved
 
         os.unlink(filler)
-        res = honest(_caps.ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']}))
+        res = honest(caps_ensure(host_paths, 'vst-cfull', {'ccaps': ['ping']}))
         assert res['changed'] and ping_range(host_paths, 'vst-cfull') != old_range
         res = honest(_mgr_context.ensure_context(host_paths, context_params(host_paths, 'vst-cfull', hostname='renamed')))
         assert res['actions'] == ['update config', 'set hostname'] and uts(host_paths, 'vst-cfull') == 'renamed'

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K, _mgr_context, _netns
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K, _mgr_context
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_address
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import VSERVER, build_static, env_for, vserver, wait_for
 from test_address import Net, veths_gone, _host_links
@@ -56,15 +57,15 @@ def netns_intact(paths, name):
 def test_lost_netns_handle_is_repaired_by_address_and_by_started(net, host_paths, make_guest):
     make_guest('lostns', start=True)
     rt = _runtime.Runtime(host_paths, 'lostns')
-    first = _netns.ensure(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2)], 'bridge': net.bridge})
+    first = _mgr_address.ensure_params(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2)], 'bridge': net.bridge})
     assert first['running'] and first['live_addresses'] == [net.cidr4(2)]
 
     K.umount(rt.netns, K.MNT_DETACH)  # the bind mount is gone, the empty file stays (was: setns EINVAL)
     with pytest.raises(VServerError) as err:  # check mode changes nothing: it says what repairs it
-        _netns.ensure(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2), net.cidr4(3)]}, check_mode=True)
+        _mgr_address.ensure_params(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2), net.cidr4(3)]}, check_mode=True)
     assert 'network namespace handle' in str(err.value) and 'state started' in str(err.value)
     assert not netns_intact(host_paths, 'lostns')
-    res = _netns.ensure(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2), net.cidr4(3)]})
+    res = _mgr_address.ensure_params(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2), net.cidr4(3)]})
     assert res['running'] and 'repair netns handle' in res['actions'], res
     assert sorted(res['live_addresses']) == sorted([net.cidr4(2), net.cidr4(3)])
     assert netns_intact(host_paths, 'lostns')
@@ -76,14 +77,14 @@ def test_lost_netns_handle_is_repaired_by_address_and_by_started(net, host_paths
     assert netns_intact(host_paths, 'lostns')
     out = vserver(host_paths, 'lostns', 'start')
     assert out.stdout.strip() == 'lostns: nothing to do'
-    res = _netns.ensure(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2), net.cidr4(3)]})
+    res = _mgr_address.ensure_params(host_paths, {'name': 'lostns', 'addresses': [net.cidr4(2), net.cidr4(3)]})
     assert not res['changed'] and res['running'], res
 
 
 def test_start_killed_before_its_netns_bind(net, host_paths, make_guest):
     """SIGKILL on the starter's one mount(2) (the netns bind): state.json is written, the handle is not bound."""
     make_guest('killbind')
-    _netns.ensure(host_paths, {'name': 'killbind', 'addresses': [net.cidr4(2)], 'bridge': net.bridge})
+    _mgr_address.ensure_params(host_paths, {'name': 'killbind', 'addresses': [net.cidr4(2)], 'bridge': net.bridge})
     killed_at(host_paths, 'mount', 'killbind', 'start')
     rt = _runtime.Runtime(host_paths, 'killbind')
     assert rt.init_pid() and not netns_intact(host_paths, 'killbind')
@@ -92,7 +93,7 @@ def test_start_killed_before_its_netns_bind(net, host_paths, make_guest):
     out = vserver(host_paths, 'killbind', 'start')
     assert out.returncode == 0 and out.stdout.strip() == 'killbind: repair netns handle', out
     assert netns_intact(host_paths, 'killbind')
-    res = _netns.ensure(host_paths, {'name': 'killbind', 'addresses': [net.cidr4(2), net.cidr4(3)]})
+    res = _mgr_address.ensure_params(host_paths, {'name': 'killbind', 'addresses': [net.cidr4(2), net.cidr4(3)]})
     assert res['running'] and sorted(res['live_addresses']) == sorted([net.cidr4(2), net.cidr4(3)]), res
 
 

@@ -7,9 +7,16 @@ import shutil
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+from ansible_collections.vserver.core.plugins.module_utils import _mgr_capabilities
 from helpers import build_static, guest_sh, needs_userns, vserver
+
+
+def caps_ensure(*args, **kwargs):
+    """The capabilities manager's result as the module returns it."""
+    return _mgr_capabilities.ensure(*args, **kwargs).to_dict()
+
 
 pytestmark = [pytest.mark.skipif(os.uname().machine != 'x86_64', reason='probes use x86 syscalls (int 0x80)')]
 
@@ -72,24 +79,24 @@ def test_allow_log_and_bad_names(host_paths, make_guest, probe_binary):
     # an unknown name is refused before anything changes: config and running guest untouched
     before = _config.load(host_paths, 'vst-allow')
     with pytest.raises(VServerError) as err:
-        _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl', 'no_such_call']}})
+        caps_ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl', 'no_such_call']}})
     assert 'no_such_call' in str(err.value) and err.value.field == 'seccomp.allow'
     assert _config.load(host_paths, 'vst-allow') == before
     # allow keyctl: config first (restart_required), then restart
-    result = _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})
+    result = caps_ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})
     assert result['changed'] and result['restart_required'] and not result['restarted']
     old = result['observed']['seccomp']   # the fingerprint of the filter init runs, recorded at its start
     assert len(old) == 16 and old != 'unconfined'
-    result = _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}}, restart=True)
+    result = caps_ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}}, restart=True)
     assert result['restarted'] and not result['restart_required'] and result['observed']['seccomp'] == old
-    assert _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})['observed']['seccomp'] != old
+    assert caps_ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})['observed']['seccomp'] != old
     got = run_probe(host_paths, doc, probe_binary)
     assert got['keyctl'] == '0'
     assert got['add_key'] == str(EPERM) and got['unshare_user'] == str(EPERM)
-    again = _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})
+    again = caps_ensure(host_paths, 'vst-allow', {'seccomp': {'allow': ['keyctl']}})
     assert not again['changed'] and not again['restart_required']
     # log mode: what would be denied is allowed (and logged by the kernel)
-    _caps.ensure(host_paths, 'vst-allow', {'seccomp': {'mode': 'log'}}, restart=True)
+    caps_ensure(host_paths, 'vst-allow', {'seccomp': {'mode': 'log'}}, restart=True)
     got = run_probe(host_paths, doc, probe_binary)
     assert got['keyctl'] == '0' and got['unshare_user'] == '0' and got['clone3_user'] == '0', got
     assert seccomp_field(_runtime.Runtime(host_paths, 'vst-allow').init_pid()) == '2'

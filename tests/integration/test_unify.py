@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _kernel as K, _mgr_unify, _runtime, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _enter
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 T0 = 1700000000
@@ -239,7 +240,7 @@ def test_bad_input_fails_before_anything_is_written(three, unify_paths):
 
 
 def run_in(unify_paths, doc, script):
-    return _runtime.enter(unify_paths, doc, ['/bin/sh', '-c', script])
+    return _enter.enter_guest(unify_paths, doc, ['/bin/sh', '-c', script])
 
 
 def test_guest_cannot_modify_a_unified_file_until_deunified(three, unify_paths):

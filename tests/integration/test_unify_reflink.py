@@ -7,6 +7,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K, _runtime
+from ansible_collections.vserver.core.plugins.module_utils import _enter
 from test_unify import inode, sha, unify, write
 
 MB = 1 << 20
@@ -88,7 +89,7 @@ def test_reflink_shares_extents_and_stays_copy_on_write(xfs_mount, host_paths, m
     b_sha = sha(pb)
     _runtime.start(host_paths, a)
     try:
-        assert _runtime.enter(host_paths, a, ['/bin/sh', '-c', 'echo more >> /usr/lib/vstest/blob0']) == 0
+        assert _enter.enter_guest(host_paths, a, ['/bin/sh', '-c', 'echo more >> /usr/lib/vstest/blob0']) == 0
     finally:
         _runtime.stop(host_paths, dict(a, stop_timeout=1))
     assert sha(pb) == b_sha != sha(pa)

@@ -133,7 +133,7 @@ def test_ensure_returns_the_module_result_and_saves(tmp_path):
                    'diff': {'before': {}, 'after': {'nproc': 12}}, 'restarted': False, 'running': False, 'live': [],
                    'rlimit_pids': 0, 'limits': {'nproc': 12}, 'backend': 'cgroup v2'}
     assert _config.load(paths, 'web')['limits'] == {'nproc': 12}
-    again = _limits.ensure(paths, 'web', dict(NONE, nproc=12), host=host, layout=layout)   # the old name: a dict
+    again = _mgr_limits.ensure_dict(paths, 'web', dict(NONE, nproc=12), host=host, layout=layout)   # the old name: a dict
     assert again['changed'] is False and again['actions'] == []
     with pytest.raises(VServerError, match='no config'):
         _mgr_limits.ensure(paths, 'nosuch', dict(NONE), host=host, layout=layout)

@@ -221,5 +221,5 @@ def test_option_spec_is_the_one_source():
     assert _limits.DEFAULTS['disk_backend'] == 'auto' and _limits.DEFAULTS['disk_fstype'] == 'ext4'
     assert {k for k, v in _limits.DEFAULTS.items() if v is not None} == {'disk_backend', 'disk_fstype'}
     assert set(_limits.ARGUMENT_SPEC) == set(_limits.OPTIONS_SPEC) | {'name', 'restart'}
-    from ansible_collections.vserver.core.plugins.module_utils import _guests
-    assert _limits.DEFAULTS == _guests.LIMITS_DEFAULTS     # the copy the lead replaces with this one
+    from ansible_collections.vserver.core.plugins.module_utils import _mgr_guests
+    assert _mgr_guests.LIMITS_DEFAULTS is _limits.DEFAULTS   # a guests entry means what a limits task means

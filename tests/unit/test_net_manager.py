@@ -44,16 +44,16 @@ def test_replace_makes_the_given_addresses_the_whole_set(paths):
 
 
 def test_old_signature_returns_the_module_dict(paths):
-    out = _netns.ensure(paths, {'name': 'g', 'address': '203.0.113.5/24', 'bridge': BRIDGE})
+    out = _mgr_address.ensure_params(paths, {'name': 'g', 'address': '203.0.113.5/24', 'bridge': BRIDGE})
     assert out['changed'] and out['diff']['before'] == {} and out['network']['addresses'] == ['203.0.113.5/24']
     keys = {'changed', 'actions', 'running', 'restart_required', 'network', 'diff', 'forwarding_needed'}
     if out['forwarding_needed'].get('ipv4'):       # this host does not forward: said once, as a warning
         keys.add('warnings')
         assert 'does not forward ipv4' in out['warnings'][0]
     assert set(out) == keys
-    gone = _netns.ensure(paths, {'name': 'g', 'state': 'absent'})
+    gone = _mgr_address.ensure_params(paths, {'name': 'g', 'state': 'absent'})
     assert gone['actions'] == ['remove network config'] and gone['diff']['after'] == {} and gone['network'] == {}
-    assert _netns.describe(paths, _config.load(paths, 'g')) == {'addresses': []}
+    assert _mgr_address.describe(paths, _config.load(paths, 'g')) == {'addresses': []}
 
 
 def test_refusals_name_the_field(paths):

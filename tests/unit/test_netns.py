@@ -218,10 +218,3 @@ def test_start_step_needs_addresses_and_a_running_init():
     N.on_started(None, {'name': 'g', 'network': {'addresses': ['10.0.0.5/24'], 'mode': 'bridge'}}, rt)
     assert rt.calls == [True]                # start holds the host lock: a lost handle is repaired
     assert N.apply_on_start is N.on_started and N.netns_defaults is N.on_netns
-
-
-def test_manager_names_kept_for_old_callers():
-    import inspect
-    # the guests manager tells the old signature (name inside params, a dict back) by its parameters
-    assert list(inspect.signature(N.ensure).parameters) == ['paths', 'params', 'check_mode']
-    assert list(inspect.signature(N.describe).parameters) == ['paths', 'doc']

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _enter
 
 pytestmark = pytest.mark.cgroup
 
@@ -18,7 +19,7 @@ CONTROLLERS = ('cpu', 'cpuset', 'io', 'memory', 'pids')
 def guest_sh(paths, doc, script):
     """Run ``script`` inside the guest; return (exit code, output) through a file in the guest's tree."""
     out = '/tmp/.v2smoke-out'
-    rc = _runtime.enter(paths, doc, ['/bin/sh', '-c', '( %s ) > %s 2>&1' % (script, out)])
+    rc = _enter.enter_guest(paths, doc, ['/bin/sh', '-c', '( %s ) > %s 2>&1' % (script, out)])
     with open(doc['root'] + out) as handle:
         return rc, handle.read()
 
