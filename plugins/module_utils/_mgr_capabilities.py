@@ -40,7 +40,7 @@ def _running(rt: _runtime.Runtime, after: Dict[str, Any]) -> Optional[_caps_plan
         keys = list(_caps.ccap_sysctls(after))
         sysctls = in_netns(rt.netns, lambda: _caps.read_sysctls(keys))
     return _caps_plan.Running(status=status, last_cap=K.cap_last_cap(), seccomp=_caps.seccomp_running(rt.dir, status),
-                         sysctls=sysctls)
+                              sysctls=sysctls)
 
 
 def _undo_sysctls(handle, previous, name, exc):

@@ -111,7 +111,7 @@ def test_cpu_token_bucket_live(make_guest, host_paths):
         # 0.25 of a CPU; other agents loading the 2 cores can only push it lower, never above the quota
         assert 0.12 <= quarter <= 0.32, quarter
         result = _mgr_limits.ensure_dict(host_paths, 'vst-cpu', {'cpu': {'fill_rate': 3, 'interval': 4},
-                                                        'cpu_weight': 10000})   # live: 75%
+                                         'cpu_weight': 10000})   # live: 75%
         assert result['changed'] and result['live'] == [
             'cpu.max' if group.layout.version == 2 else 'cpu.cfs_quota_us'] and not result['restart_required']
         time.sleep(0.3)

@@ -17,7 +17,7 @@ def running(section, sysctls=None, seccomp=None, **kw):
     names = kw.pop('bcaps', _caps.resolve(section))
     digest = seccomp or _seccomp.digest(_caps.seccomp_program(dict(DOC, capabilities=section)))
     return _caps_plan.Running(status=status(names, kw.pop('nnp', bool(section.get('no_new_privs')))), last_cap=LAST,
-                         seccomp=digest, sysctls=sysctls)
+                              seccomp=digest, sysctls=sysctls)
 
 
 def plan(stored, after, run=None, restart=False):
