@@ -59,7 +59,7 @@ def make_guest(host_paths, busybox_tree):
         os.makedirs(host_paths.tree_dir, exist_ok=True)
         shutil.copytree(busybox_tree, root, symlinks=True)
         doc = {'name': name, 'xid': xid or _config.free_xid(host_paths), 'root': root, 'init': ['/sbin/init'],
-               'stop_timeout': 5, 'stop_signal': 'SIGTERM'}
+               'stop_timeout': 5, 'stop_signal': 'SIGTERM', 'schema': _config.SCHEMA}  # as stored and read back
         doc.update(extra)
         _config.save(host_paths, doc)
         created.append(doc)

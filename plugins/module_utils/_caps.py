@@ -153,12 +153,12 @@ def seccomp_program(doc):
     return _seccomp.for_guest(doc, resolve(section))
 
 
-def seccomp_check_hook(doc, group):  # pylint: disable=unused-argument
+def on_cgroup(doc, group):  # pylint: disable=unused-argument
     """Start, host side, before any fork: build (and so check) the filter; the forked init reuses it."""
     seccomp_program(doc)
 
 
-def seccomp_started_hook(paths, doc, runtime):  # pylint: disable=unused-argument
+def on_started(paths, doc, runtime):  # pylint: disable=unused-argument
     """Record which filter the guest's init runs, so a changed filter reports restart_required."""
     atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
                  0o600, durable=False)
@@ -207,7 +207,7 @@ def read_sysctls(keys, proc='/proc'):
     return out
 
 
-def netns_hook(doc):
+def on_netns(doc):
     """In the guest's new network namespace, before init is forked: ccaps sysctls."""
     section = doc.get('capabilities') or {}
     if section.get('ccaps'):

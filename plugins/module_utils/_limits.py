@@ -75,24 +75,6 @@ def on_absent(root: Optional[str]) -> None:
         _disk.loop_remove(root)
 
 
-# --- names used before the split (the runtime's HOOKS, _guests, _config, bin/vserver, tests) ----------------------
-# Thin aliases so callers outside the concern keep working until they call the new names; no logic here.
-
-def cgroup_hook(doc, group):
-    """HOOKS['cgroup'] alias of ``on_cgroup``."""
-    on_cgroup(doc['root'], doc.get('limits'), group)
-
-
-def child_hook(doc):
-    """HOOKS['child'] alias of ``on_child``."""
-    on_child(doc.get('limits'))
-
-
-def absent_hook(paths, doc):
-    """HOOKS['absent'] alias of ``on_absent``."""
-    on_absent(doc.get('root') if doc else None)
-
-
 # parsing and validation
 MAX = _limits_parse.MAX
 KEYS = _limits_parse.KEYS

@@ -37,8 +37,8 @@ from ansible_collections.vserver.core.plugins.module_utils._netns_plan import (
 
 # What other files use (host_ifname and NetState are the plan's and the mechanism's, named here for callers).
 __all__ = ['ARGUMENT_SPEC', 'DEFAULTS', 'DEFAULT_BRIDGE', 'DEFAULT_INTERFACE', 'MODES', 'SECTION_KEYS', 'STATES',
-           'NetState', 'addresses', 'apply_on_start', 'check_conflicts', 'desired', 'forwarding',
-           'host_ifname', 'live_addresses', 'netns_defaults', 'on_netns', 'on_started', 'parse_address',
+           'NetState', 'addresses', 'check_conflicts', 'desired', 'forwarding',
+           'host_ifname', 'live_addresses', 'on_netns', 'on_started', 'parse_address',
            'parse_gateway', 'resolve_gateways', 'section_view', 'validate', 'vlan_ifname', 'vlan_supported']
 
 MODES = ('bridge', 'macvlan')
@@ -427,8 +427,3 @@ def on_started(paths, doc: dict, runtime) -> None:
     guest = NetState(handle)
     host = settle(section, doc.get('xid') or 0, host, guest)
     execute(plan_live(section, doc.get('xid') or 0, pid, host, guest), handle)
-
-
-# the names the runtime's HOOKS registry uses until it calls on_netns/on_started directly
-netns_defaults = on_netns
-apply_on_start = on_started

@@ -774,15 +774,15 @@ def _steps(phase):
     70 ms, with both concerns 120 ms). The imports are still direct and point down a floor (test_layers)."""
     if not _STEPS:
         from ansible_collections.vserver.core.plugins.module_utils import _limits, _netns
-        _STEPS.extend((
-            ('cgroup', _caps.seccomp_check_hook),      # _caps.on_cgroup: the syscall filter built (and checked)
-            ('cgroup', _limits.cgroup_hook),           # _limits.on_cgroup: disk, devices, cgroup limits
-            ('netns', _netns.netns_defaults),          # _netns.on_netns: interface defaults in the new netns
-            ('netns', _caps.netns_hook),               # _caps.on_netns: ccaps sysctls (raw_icmp: ping_group_range)
-            ('child', _limits.child_hook),             # _limits.on_child: rlimits, before caps are dropped
-            ('started', _netns.apply_on_start),        # _netns.on_started: interface, addresses, routes
-            ('started', _caps.seccomp_started_hook),   # _caps.on_started: which filter runs (restart_required)
-            ('absent', _limits.absent_hook),           # _limits.on_absent: the tree leaves its disk image
+        _STEPS.extend((  # each step takes what its phase gives (see the top of this file)
+            ('cgroup', _caps.on_cgroup),      # the syscall filter built (and checked) before anything
+            ('cgroup', lambda doc, group: _limits.on_cgroup(doc['root'], doc.get('limits'), group)),  # disk, limits
+            ('netns', _netns.on_netns),       # interface defaults in the new netns
+            ('netns', _caps.on_netns),        # ccaps sysctls (raw_icmp: ping_group_range)
+            ('child', lambda doc: _limits.on_child(doc.get('limits'))),  # rlimits, before caps are dropped
+            ('started', _netns.on_started),   # interface, addresses, routes
+            ('started', _caps.on_started),    # which filter runs (restart_required)
+            ('absent', lambda paths, doc: _limits.on_absent(doc.get('root') if doc else None)),  # its disk image
         ))
     return [func for name, func in _STEPS if name == phase]
 

@@ -199,8 +199,6 @@ def test_rlimits_planned_and_set_in_the_guest_init(tmp_path, monkeypatch, spec, 
     monkeypatch.setattr(resource, 'setrlimit', lambda res, limits: calls.append((res, limits)))
     _limits.on_child(section)
     assert calls == [(res, (soft, hard)) for res, _name, soft, hard in expected]
-    _limits.child_hook({'limits': section})                                           # the old hook name still works
-    assert len(calls) == 2 * len(expected)
 
 
 def test_on_cgroup_applies_devices_and_limits_without_a_disk(tmp_path, monkeypatch):

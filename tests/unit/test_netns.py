@@ -217,4 +217,3 @@ def test_start_step_needs_addresses_and_a_running_init():
     assert rt.calls == []                    # nothing to give: the runtime is not even asked
     N.on_started(None, {'name': 'g', 'network': {'addresses': ['10.0.0.5/24'], 'mode': 'bridge'}}, rt)
     assert rt.calls == [True]                # start holds the host lock: a lost handle is repaired
-    assert N.apply_on_start is N.on_started and N.netns_defaults is N.on_netns
