@@ -83,8 +83,8 @@ def condition(paths, name, interval=10.0):
 
 def start(paths, name):
     try:
-        result = _mgr_context.ensure_context(paths, {'name': name, 'state': 'started'})
-        log('%s: %s' % (name, ', '.join(result['actions']) or 'already running'))
+        result = _mgr_context.ensure(paths, name, {'name': name, 'state': 'started'})
+        log('%s: %s' % (name, ', '.join(result.actions) or 'already running'))
         return True
     except (VServerError, OSError) as exc:
         log('%s: start failed: %s' % (name, exc))
@@ -93,18 +93,18 @@ def start(paths, name):
 
 def restart(paths, name, recent, now, interval=10.0):
     """Restart a crashed guest, deciding again under the host lock: a `vserver NAME stop` in progress also
-    leaves a dead init and runtime state behind for a moment, and must win."""
+    leaves a dead init and runtime state behind for a moment, and must win. The start goes through the context
+    manager, as a task's would: the host lock is re-entrant, so the manager shares the one taken here."""
     try:
         with HostLock(paths):
             if condition(paths, name, interval) != 'crashed':
                 return
             log('%s: init died, restarting' % name)
             recent.append(now)
-            doc = _config.load(paths, name)
-            if doc is None:
+            if _config.load(paths, name) is None:
                 return
-            _runtime.start(paths, doc)
-            log('%s: start' % name)
+            result = _mgr_context.ensure(paths, name, {'name': name, 'state': 'started'})
+            log('%s: %s' % (name, ', '.join(result.actions) or 'start'))
     except (VServerError, OSError) as exc:
         log('%s: restart failed: %s' % (name, exc))
 
