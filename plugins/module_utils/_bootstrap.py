@@ -28,6 +28,7 @@ import time
 from urllib.parse import urlsplit
 
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._apt_sources import (
     APT_SOURCES, host_codename, host_sources, pick_mirror)
 from ansible_collections.vserver.core.plugins.module_utils._common import NAME_RE
@@ -218,7 +219,7 @@ def stop_group(proc, grace=STOP_GRACE):
 def mounts_under(path, mountinfo='/proc/self/mountinfo'):
     """Mount points at or below PATH, deepest first."""
     real = os.path.realpath(path)
-    points = {m['mountpoint'] for m in K.read_mountinfo(mountinfo)}
+    points = {m['mountpoint'] for m in P.read_mountinfo(mountinfo)}
     out = [p for p in points if p == real or p.startswith(real.rstrip('/') + '/')]
     return sorted(out, key=lambda p: (p.count('/'), p), reverse=True)
 

@@ -16,7 +16,7 @@ import time
 
 from ansible_collections.vserver.core.plugins.module_utils import _common, _kernel
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
-from ansible_collections.vserver.core.plugins.module_utils._kernel import read_mountinfo
+from ansible_collections.vserver.core.plugins.module_utils._procfs import read_mountinfo
 
 V1_CONTROLLERS = ('memory', 'pids', 'cpu', 'cpuacct', 'cpuset', 'freezer', 'blkio', 'devices')
 
@@ -507,3 +507,24 @@ def ensure_delegation(layout, proc='/proc', unit_dir='/etc/systemd/system', run=
         run(['systemctl', 'enable', '--now', DELEGATE_UNIT])
         actions.append('start %s' % DELEGATE_UNIT)
     return actions
+
+
+# --- which guest a process is in (its /proc/PID/cgroup) -------------------------------------------------
+
+def parse_proc_cgroup(raw):
+    """/proc/PID/cgroup -> {hierarchy key: path}; key is the controller list ('' for cgroup2)."""
+    out = {}
+    for line in raw.splitlines():
+        parts = line.split(':', 2)
+        if len(parts) == 3:
+            out[parts[1]] = parts[2]
+    return out
+
+
+def guest_of(cgroups, parent):
+    """Guest name from a process's cgroup paths, or None for host processes."""
+    prefix = '/' + parent.strip('/') + '/'
+    for path in cgroups.values():
+        if path.startswith(prefix):
+            return path[len(prefix):].split('/')[0]
+    return None

@@ -18,7 +18,7 @@ from typing import Iterable, List, Optional, Tuple
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
-# The minimal /dev of a guest (see _runtime._setup_root): (type, major, minor or None for '*').
+# The minimal /dev of a guest (see _runtime_child._setup_root): (type, major, minor or None for '*').
 DEVICES = (('c', 1, 3), ('c', 1, 5), ('c', 1, 7), ('c', 1, 8), ('c', 1, 9),  # null zero full random urandom
            ('c', 5, 0), ('c', 5, 2), ('c', 136, None))                      # tty, ptmx, pts/*
 # (/dev/console is a null device, 1:3, in a guest: the host's console is never reachable.)
@@ -77,17 +77,15 @@ def bpf_device_program(rules: Iterable[Rule]) -> bytes:
 
 def _load(program):
     """Load the program; a refusal is reported with the verifier's log (a second load at log level 1)."""
-    import ctypes
     try:
         return K.bpf_prog_load(K.BPF_PROG_TYPE_CGROUP_DEVICE, K.BPF_CGROUP_DEVICE, program, b'vserver_dev')
     except OSError as exc:
-        log = ctypes.create_string_buffer(65536)
         try:
-            K.bpf_prog_load(K.BPF_PROG_TYPE_CGROUP_DEVICE, K.BPF_CGROUP_DEVICE, program, b'vserver_dev', log)
-        except OSError:
-            pass
-        raise VServerError('devices: the kernel refused the cgroup device program: %s %s'
-                           % (exc, log.value.decode(errors='replace').strip()[-2000:]))
+            K.bpf_prog_load(K.BPF_PROG_TYPE_CGROUP_DEVICE, K.BPF_CGROUP_DEVICE, program, b'vserver_dev', 65536)
+            detail = ''
+        except OSError as logged:
+            detail = logged.strerror
+        raise VServerError('devices: the kernel refused the cgroup device program: %s %s' % (exc, detail))
 
 
 def bpf_attach_devices(cgroup_dir: str, rules: Iterable[Rule] = DEVICES) -> None:

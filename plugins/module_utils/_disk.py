@@ -16,6 +16,7 @@ import stat
 from typing import List, NamedTuple, Optional, Tuple
 
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 DISK_BACKENDS = ('auto', 'loop', 'btrfs')
@@ -42,7 +43,7 @@ def _fstype(path, mountinfo='/proc/self/mountinfo'):
     """Filesystem type of the mount holding ``path`` (like ``findmnt --target``, without a subprocess)."""
     real = os.path.realpath(path)
     best, kind = -1, None
-    for entry in K.read_mountinfo(mountinfo):  # later entries stack over earlier ones on the same point
+    for entry in P.read_mountinfo(mountinfo):  # later entries stack over earlier ones on the same point
         point = entry['mountpoint']
         if (real == point or real.startswith(point.rstrip('/') + '/')) and len(point) >= best:
             best, kind = len(point), entry['fstype']
@@ -51,7 +52,7 @@ def _fstype(path, mountinfo='/proc/self/mountinfo'):
 
 def _is_mountpoint(path, mountinfo='/proc/self/mountinfo'):
     real = os.path.realpath(path)
-    return any(m['mountpoint'] == real for m in K.read_mountinfo(mountinfo))
+    return any(m['mountpoint'] == real for m in P.read_mountinfo(mountinfo))
 
 
 def disk_resolve(root: str, disk: Optional[dict]) -> Optional[dict]:
@@ -146,7 +147,7 @@ def _plan_loop(root, cur, after, cap_sys_resource):
     if after['size'] == cur['size']:
         return [], []
     if cap_sys_resource is None and (cur['fstype'] or after['fstype']) == 'ext4':
-        cap_sys_resource = K.has_effective_cap(CAP_SYS_RESOURCE)
+        cap_sys_resource = P.has_effective_cap(CAP_SYS_RESOURCE)
     if (cur['fstype'] or after['fstype']) == 'ext4' and not cap_sys_resource:
         # online ext4 growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE: resize offline instead
         steps = ['loop_grow_offline']

@@ -30,6 +30,7 @@ import stat
 import sys
 
 from ansible_collections.vserver.core.plugins.module_utils import _enter_stage, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 
 # joined in this order; mount last (it changes the root), PID applies to the second stage's children only
 NS_ORDER = ('cgroup', 'ipc', 'uts', 'net', 'time', 'pid', 'mnt')
@@ -86,14 +87,14 @@ def _cgroup_dirs(cgroup_raw, mounts):
 
 def guest_facts(proc_fd):
     """What the guest's init holds, read once through its /proc fd; None if init is gone."""
-    status = K.read_at(proc_fd, 'status')
-    cgroup = K.read_at(proc_fd, 'cgroup')
+    status = P.read_at(proc_fd, 'status')
+    cgroup = P.read_at(proc_fd, 'cgroup')
     if not status or not cgroup:
         return None
-    fields = K.parse_status(status)
+    fields = P.parse_status(status)
     pid = int(fields['Pid'])
     limits = [(res,) + resource.prlimit(pid, res) for res in rlimit_ids()]
-    if K.read_stat_at(proc_fd) is None:  # the limits read were those of that very init
+    if P.read_stat_at(proc_fd) is None:  # the limits read were those of that very init
         return None
     return {'bcaps': int(fields['CapBnd'], 16), 'nnp': fields.get('NoNewPrivs', '0') == '1',
             'uids': [int(u) for u in fields['Uid'].split()[:3]], 'gids': [int(g) for g in fields['Gid'].split()[:3]],
@@ -218,7 +219,7 @@ def _plan(rt, doc, argv, env, terminal, opened, stage):
         raise _error('guest %s is not running' % name)
     # the second stage joins the guest's cgroup in every hierarchy now, while it starts up, long before it forks
     # what the guest will see: joining waits for an RCU grace period (~10 ms), which this hides
-    _move(stage, _cgroup_dirs(facts['cgroup'], K.read_mountinfo()))
+    _move(stage, _cgroup_dirs(facts['cgroup'], P.read_mountinfo()))
     config = configured(doc)
     plan, master = _finish(name, proc_fd, facts, ns, config, argv, env, terminal, opened)
     return plan, master, facts, config
@@ -331,7 +332,7 @@ def _read_file(path, private=False):
 def _remember(rt, known, facts, config):
     """Keep what this entry concluded (see above), if its inputs held still meanwhile; never fails."""
     import json
-    from ansible_collections.vserver.core.plugins.module_utils import _runtime
+    from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _runtime
     try:
         opts, roots, config_raw = known
         state_file = os.path.join(rt.dir, _runtime.STATE_FILE)
@@ -339,7 +340,7 @@ def _remember(rt, known, facts, config):
         record = rt.record
         if not state_raw or json.loads(state_raw.decode('utf-8')) != record or roots_key(opts) != roots \
                 or _read_file(rt.paths.config_file(rt.name)) != config_raw \
-                or _runtime.guest_of(_runtime.parse_proc_cgroup(facts['cgroup']), rt.parent) != rt.name:
+                or _cgroup.guest_of(_cgroup.parse_proc_cgroup(facts['cgroup']), rt.parent) != rt.name:
             return
         data = marshal.dumps({
             'version': KNOWN_VERSION, 'name': rt.name, 'run_dir': rt.paths.run_dir, 'roots': roots,
@@ -417,11 +418,11 @@ def _known_plan(opts, name, argv, stage, terminal, opened):
     except (FileNotFoundError, ProcessLookupError):
         return None
     opened.append(proc_fd)
-    st = K.read_stat_at(proc_fd)
-    cgroup = K.read_at(proc_fd, 'cgroup')
+    st = P.read_stat_at(proc_fd)
+    cgroup = P.read_at(proc_fd, 'cgroup')
     if st is None or st[0] in ('Z', 'X') or st[2] != known['init_start'] or cgroup != known['cgroup']:
         return None
-    groups = _cgroup_dirs(cgroup, K.read_mountinfo())
+    groups = _cgroup_dirs(cgroup, P.read_mountinfo())
     if _frozen(groups):
         return None
     _move(stage, groups)  # first: it waits for an RCU grace period, while the second stage starts up
@@ -481,8 +482,6 @@ def _wait(pid, master, ttys):
 def _relay(pid, master, ttys):
     """Keys from our terminal (fd 0) to the guest's pty, its output to our terminal, window size along, until the
     second stage exits. The admin's terminal is in raw mode meanwhile: ^C, ^Z reach the guest's line discipline."""
-    import fcntl
-    import struct
     import termios
     import tty
     out = 1 if 1 in ttys else 2
@@ -491,8 +490,7 @@ def _relay(pid, master, ttys):
 
     def winsize(*dummy):
         try:
-            raw = fcntl.ioctl(size_fd, termios.TIOCGWINSZ, struct.pack('HHHH', 0, 0, 0, 0))
-            fcntl.ioctl(master, termios.TIOCSWINSZ, raw)
+            K.copy_winsize(size_fd, master)
         except OSError:
             pass
     old_winch = _signal.signal(_signal.SIGWINCH, winsize)

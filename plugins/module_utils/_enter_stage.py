@@ -29,8 +29,10 @@ import struct
 
 if __name__ == '_enter_stage':  # the second stage: only the module_utils directory is on sys.path
     import _kernel as K
+    import _procfs as P
 else:
     from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+    from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The program of the fresh interpreter. Where the library lives and the command's pid come down the pipe first (a
@@ -253,7 +255,7 @@ def main(plan_fd, parent):  # pylint: disable=unused-argument
         first, fds = _receive_fds(plan_fd)
         if not first:  # the host side gave up (the guest is not running, ...): it says why
             os._exit(0)
-        plan = marshal.loads(K.read_all(plan_fd))
+        plan = marshal.loads(P.read_all(plan_fd))
         os.close(plan_fd)
         _take_fds(plan, fds)
         for kind, fd in plan['ns']:

@@ -27,6 +27,7 @@ import time
 from typing import Any, Dict
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError, read_json
 
 # files the runtime keeps for itself; a directory holding only these (and empty autostart/) counts as empty
@@ -83,7 +84,7 @@ def probe(want: Dict[str, Any]) -> Dict[str, Any]:
 
 def _alive(pid):
     """Running (a zombie has exited: on hosts whose PID 1 never reaps, it stays one)."""
-    state = K.read_stat(pid)
+    state = P.read_stat(pid)
     return state is not None and state[0] != 'Z'
 
 
@@ -120,7 +121,7 @@ def _remove_dir(path):
 def cgroup_roots(mountinfo: str = '/proc/self/mountinfo'):
     """Mount points of every cgroup (v1) and cgroup2 hierarchy, in mount order."""
     roots = []
-    for mount in K.read_mountinfo(mountinfo):
+    for mount in P.read_mountinfo(mountinfo):
         if mount['fstype'] in ('cgroup', 'cgroup2') and mount['mountpoint'] not in roots:
             roots.append(mount['mountpoint'])
     return roots

@@ -206,21 +206,14 @@ def pty_pair(ptmx_fd):
                                ctypes.c_int(os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)), 'TIOCGPTPEER')
 
 
-def read_all(fd):
-    """Read a pipe until EOF (every writer closed it, e.g. by exec with close-on-exec, or by exiting)."""
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b''.join(chunks)
-        chunks.append(chunk)
-
-
 def call_in_namespaces(ns_files, func):
     """Run ``func()`` in a forked child that joined the namespaces at ``ns_files`` (e.g. /proc/PID/ns/uts or a
     bind-mounted handle); return its JSON-serializable result. The caller's own namespaces never change.
     Raises OSError with the child's error message."""
     import json
+    # imported here, like the one in no_writer: the entry's second stage imports this file with only module_utils
+    # on sys.path, and calls neither
+    from ansible_collections.vserver.core.plugins.module_utils._procfs import read_all
     fds = []
     read_end = write_end = None
     try:
@@ -289,115 +282,6 @@ def run(argv, check=True, input=None, env=None, timeout=60):
     return proc
 
 
-# --- /proc parsers ---------------------------------------------------------------------------------
-
-def clock_ticks():
-    return os.sysconf('SC_CLK_TCK')
-
-
-def read_stat(pid, proc='/proc'):
-    """Return (state, ppid, starttime_ticks, utime+stime ticks) for a pid, or None if it is gone."""
-    try:  # a process name is any bytes its owner chose (a guest's): never a decode error here
-        with open('%s/%d/stat' % (proc, pid), errors='surrogateescape') as handle:
-            raw = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return parse_stat(raw)
-
-
-def read_at(proc_fd, name):
-    """A file of one process read through its open /proc/PID directory fd (text); None once it is gone."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    try:
-        return read_all(fd).decode(errors='replace') or None
-    except ProcessLookupError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def read_stat_at(proc_fd):
-    """read_stat through an open /proc/PID directory fd; None if that process is gone."""
-    raw = read_at(proc_fd, 'stat')
-    return parse_stat(raw) if raw else None
-
-
-def parse_stat(raw):
-    rest = raw[raw.rindex(')') + 2:].split()
-    # rest[0] is field 3 (state); starttime is field 22 -> rest[19]; utime/stime fields 14/15.
-    return rest[0], int(rest[1]), int(rest[19]), int(rest[11]) + int(rest[12])
-
-
-def parse_status(raw):
-    out = {}
-    for line in raw.splitlines():
-        key, dummy, value = line.partition(':')
-        out[key] = value.strip()
-    return out
-
-
-def read_status(pid, proc='/proc'):
-    try:
-        with open('%s/%d/status' % (proc, pid), errors='surrogateescape') as handle:
-            return parse_status(handle.read())
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def uptime(proc='/proc'):
-    with open(proc + '/uptime') as handle:
-        return float(handle.read().split()[0])
-
-
-def boottime_now():
-    return __import__('time').clock_gettime(7)  # CLOCK_BOOTTIME
-
-
-def pids(proc='/proc'):
-    out = []
-    for entry in os.listdir(proc):
-        if entry.isdigit():
-            out.append(int(entry))
-    return sorted(out)
-
-
-def parse_mountinfo(raw):
-    """Parse /proc/PID/mountinfo text into dicts: mount_id, parent, root, mountpoint, options, fstype, source, super."""
-    mounts = []
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        left, dummy, right = line.partition(' - ')
-        fields = left.split()
-        tail = right.split()
-        mounts.append({
-            'mount_id': int(fields[0]), 'parent': int(fields[1]), 'dev': fields[2],
-            'root': _unescape(fields[3]), 'mountpoint': _unescape(fields[4]), 'options': fields[5],
-            'fstype': tail[0], 'source': _unescape(tail[1]) if len(tail) > 1 else '',
-            'super': tail[2] if len(tail) > 2 else '',
-        })
-    return mounts
-
-
-def read_mountinfo(path='/proc/self/mountinfo'):
-    with open(path) as handle:
-        return parse_mountinfo(handle.read())
-
-
-def _unescape(value):
-    return value.encode().decode('unicode_escape') if '\\' in value else value
-
-
-def ns_inode(pid, kind, proc='/proc'):
-    try:
-        return os.readlink('%s/%d/ns/%s' % (proc, pid, kind))
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-
-
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 
@@ -445,16 +329,22 @@ def bpf(cmd, attr):
     return result, buf.raw
 
 
-def bpf_prog_load(prog_type, attach_type, program, name, log=None):
-    """BPF_PROG_LOAD of ``program`` (instruction bytes, GPL); returns the program's fd. With ``log`` (a ctypes
-    string buffer) the verifier writes its log there (log level 1)."""
+def bpf_prog_load(prog_type: int, attach_type: int, program: bytes, name: bytes, log_size: int = 0):
+    """BPF_PROG_LOAD of ``program`` (instruction bytes, GPL): ``(program fd, None)``. With ``log_size`` the
+    verifier writes its log (log level 1) and a refusal raises OSError with that log's text appended."""
     insns = ctypes.create_string_buffer(program, len(program))
     license_ = ctypes.create_string_buffer(b'GPL')
-    level = 1 if log is not None else 0
+    log = ctypes.create_string_buffer(log_size) if log_size else None
     attr = struct.pack('<IIQQIIQII16sII', prog_type, len(program) // 8, ctypes.addressof(insns),
-                       ctypes.addressof(license_), level, len(log) if level else 0,
-                       ctypes.addressof(log) if level else 0, 0, 0, name, 0, attach_type)
-    return bpf(BPF_PROG_LOAD, attr + b'\0' * (128 - len(attr)))[0]
+                       ctypes.addressof(license_), 1 if log_size else 0, log_size,
+                       ctypes.addressof(log) if log_size else 0, 0, 0, name, 0, attach_type)
+    try:
+        return bpf(BPF_PROG_LOAD, attr + b'\0' * (128 - len(attr)))[0]
+    except OSError as exc:
+        if log is None:
+            raise
+        raise OSError(exc.errno, '%s %s' % (exc.strerror, log.value.decode(errors='replace').strip()[-2000:])) \
+            from None
 
 
 def bpf_prog_attach(target_fd, prog_fd, attach_type):
@@ -488,15 +378,6 @@ def loop_set_capacity(device):
 def blkid_type(path):
     """The filesystem type blkid finds in ``path``, or None."""
     return run(['blkid', '-o', 'value', '-s', 'TYPE', path], check=False).stdout.strip() or None
-
-
-def has_effective_cap(bit, proc_root='/proc'):
-    """This process has capability ``bit`` in its effective set (CapEff of /proc/self/status)."""
-    with open(os.path.join(proc_root, 'self/status')) as handle:
-        for line in handle:
-            if line.startswith('CapEff:'):
-                return bool(int(line.split()[1], 16) & (1 << bit))
-    return False
 
 
 # --- unify: inode flags, FIDEDUPERANGE/FIEMAP, write leases, open-for-write scan ---------------------
@@ -584,62 +465,48 @@ def no_writer(fd: int, proc: str = '/proc') -> bool:
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
             return False
+        from ansible_collections.vserver.core.plugins.module_utils._procfs import open_for_write
         st = os.fstat(fd)
         return (st.st_dev, st.st_ino) not in open_for_write(proc)
     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
     return True
 
 
-def _fdinfo_flags(info):
-    """The octal ``flags:`` of a /proc/PID/fdinfo/FD text (bytes); ValueError if it has none."""
-    at = info.find(b'flags:')
-    if at < 0:
-        raise ValueError('no flags')
-    return int(info[at + 6:].split(None, 1)[0], 8)
+# --- links, terminals, inotify: the ioctls of the runtime, the entry relay and the log watcher -------------------
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ_FLAGS = struct.Struct('16sH14x')  # struct ifreq with ifr_flags
 
 
-def _writers_of(proc, pid, found):
-    """Add the (dev, ino) of the regular files process ``pid`` holds open for writing to ``found``."""
-    fddir = '%s/%s/fd' % (proc, pid)
-    try:
-        fds = os.listdir(fddir)
-    except OSError:
-        return
-    for fd in fds:
-        try:
-            if not os.readlink('%s/%s' % (fddir, fd)).startswith('/'):
-                continue
-            with open('%s/%s/fdinfo/%s' % (proc, pid, fd), 'rb') as handle:
-                flags = _fdinfo_flags(handle.read())
-            if flags & (os.O_WRONLY | os.O_RDWR):
-                st = os.stat('%s/%s' % (fddir, fd))
-                if (st.st_mode & 0o170000) == 0o100000:  # S_ISREG
-                    found.add((st.st_dev, st.st_ino))
-        except (OSError, ValueError, IndexError):
-            continue
+def link_up(name: bytes = b'lo') -> None:
+    """Set the link ``name`` of this process's network namespace up (SIOCSIFFLAGS on a datagram socket)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, _IFREQ_FLAGS.pack(name, 0)))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, _IFREQ_FLAGS.pack(name, flags | IFF_UP))
 
 
-def _shared_writable_maps(proc, pid, found):
-    """Add the (dev, ino) of the files process ``pid`` maps shared and writable to ``found``."""
-    try:
-        with open('%s/%s/maps' % (proc, pid), 'rb') as handle:
-            for line in handle:
-                parts = line.split(None, 5)
-                if len(parts) >= 5 and parts[1][1:2] == b'w' and parts[1][3:4] == b's' and parts[4] != b'0':
-                    major, minor = parts[3].split(b':')
-                    found.add((os.makedev(int(major, 16), int(minor, 16)), int(parts[4])))
-    except (OSError, ValueError):
-        pass
+def copy_winsize(src_fd: int, dst_fd: int) -> None:
+    """The window size of terminal ``src_fd`` onto terminal ``dst_fd`` (TIOCGWINSZ, TIOCSWINSZ)."""
+    import termios
+    fcntl.ioctl(dst_fd, termios.TIOCSWINSZ, fcntl.ioctl(src_fd, termios.TIOCGWINSZ, b'\0' * 8))
 
 
-def open_for_write(proc: str = '/proc') -> set:
-    """(dev, ino) of every regular file some process holds open for writing or maps shared-writable."""
-    found = set()
-    try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return found
-    for pid in pids:
-        _writers_of(proc, pid, found)
-        _shared_writable_maps(proc, pid, found)
-    return found
+IN_MODIFY = 0x00000002
+IN_CLOEXEC = os.O_CLOEXEC
+IN_NONBLOCK = os.O_NONBLOCK
+
+
+def inotify_watch(path: str, mask: int) -> int:
+    """A non-blocking, close-on-exec inotify fd watching ``path`` for the events of ``mask``."""
+    fd = libc().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, 'inotify: %s' % os.strerror(err))
+    if libc().inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, 'inotify on %s: %s' % (path, os.strerror(err)))
+    return fd

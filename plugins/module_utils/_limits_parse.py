@@ -16,7 +16,7 @@ import re
 import resource
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils._disk import (
     CAP_SYS_RESOURCE, DISK_BACKENDS, DISK_FSTYPES, DISK_MIN)
@@ -147,7 +147,7 @@ class Host:
         return majmin
 
     def has_cap(self, bit):
-        return K.has_effective_cap(bit, self.proc_root)
+        return P.has_effective_cap(bit, self.proc_root)
 
     def nr_open(self):
         try:

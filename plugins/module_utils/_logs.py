@@ -15,7 +15,6 @@ See docs/security.md "Guest console logs".
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -25,6 +24,7 @@ import stat
 import struct
 import time
 
+from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     DEFAULTS_FILE, VServerError, read_defaults_file)
 
@@ -35,9 +35,6 @@ COPY_EVERY = 1.0  # seconds: at most one copy to NAME.log.1 per log and second; 
 SIZE_RE = re.compile(r'^([0-9]+)([KMG]?)$')
 CAP_LOCK = '.cap.lock'
 WATCH_LOCK = '.watch.lock'
-IN_MODIFY = 0x00000002
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct('iIII')
 
 
@@ -139,14 +136,8 @@ class Watcher:
         self.log_dir = log_dir
         self.limit = limit
         self.copied = {}
-        libc = ctypes.CDLL(None, use_errno=True)
         os.makedirs(log_dir, mode=0o750, exist_ok=True)
-        self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self.fd < 0 or libc.inotify_add_watch(self.fd, log_dir.encode(), IN_MODIFY) < 0:
-            err = ctypes.get_errno()
-            if self.fd >= 0:
-                os.close(self.fd)
-            raise OSError(err, 'inotify on %s: %s' % (log_dir, os.strerror(err)))
+        self.fd = K.inotify_watch(log_dir, K.IN_MODIFY)
         self.held = _lock(log_dir, WATCH_LOCK, fcntl.LOCK_SH)
 
     def wait(self, timeout):

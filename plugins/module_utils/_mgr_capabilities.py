@@ -11,6 +11,7 @@ import os
 from typing import Any, Dict, Optional
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _caps_plan, _config, _kernel as K, _runtime
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError
 from ansible_collections.vserver.core.plugins.module_utils._result import Result
 
@@ -29,12 +30,12 @@ def _running(rt: _runtime.Runtime, after: Dict[str, Any]) -> Optional[_caps_plan
     if proc_fd is None:
         return None
     try:
-        raw = K.read_at(proc_fd, 'status')
+        raw = P.read_at(proc_fd, 'status')
     finally:
         os.close(proc_fd)
     if not raw:
         return None
-    status = K.parse_status(raw)
+    status = P.parse_status(raw)
     sysctls = None
     if os.path.exists(rt.netns):
         keys = list(_caps.ccap_sysctls(after))

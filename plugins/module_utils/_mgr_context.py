@@ -14,7 +14,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _config, _mgr_unify, _runtime, _kernel as K, _template, _tree)
+    _config, _mgr_unify, _runtime, _runtime_views, _kernel as K, _template, _tree)
 from ansible_collections.vserver.core.plugins.module_utils import _mgr_address
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError, check_name
 from ansible_collections.vserver.core.plugins.module_utils._result import Result
@@ -479,7 +479,7 @@ def info(paths, names=None, with_processes=True):
         # a guest with a broken config still labels its processes, by name (its xid is null if unreadable)
         labels = dict(docs)
         labels.update((name, {'name': name, 'xid': exc.xid}) for name, exc in broken.items())
-        out['processes'] = _runtime.processes(paths, labels)
+        out['processes'] = _runtime_views.processes(paths, labels)
     return out
 
 

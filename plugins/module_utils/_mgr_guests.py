@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _cgroup, _config, _kernel as K, _limits, _runtime, _mgr_address, _mgr_capabilities, _mgr_context,
+    _caps, _cgroup, _config, _procfs as P, _limits, _runtime, _mgr_address, _mgr_capabilities, _mgr_context,
     _mgr_limits, _mgr_unify, _template, _tree)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     HostLock, VServerError, check_name, write_json)
@@ -138,7 +138,7 @@ def _check_files(field, spec):
 def clone(paths, src, dst):
     """Clone guest tree ``src`` to ``dst`` (``_tree.clone_tree``): unified files are linked while every guest is
     frozen, a build sibling left by a failure is removed with the running guests frozen around shared unlinks."""
-    return _tree.clone_tree(src, dst, writers=K.open_for_write, pause=lambda: AllGuestsFrozen(paths),
+    return _tree.clone_tree(src, dst, writers=P.open_for_write, pause=lambda: AllGuestsFrozen(paths),
                             freezer=lambda: _mgr_unify.freezer(paths))
 
 

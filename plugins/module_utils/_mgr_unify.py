@@ -19,7 +19,7 @@ from typing import Any, Dict, List, NamedTuple, Optional
 from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _unify, _unify_absent, \
     _unify_act, _unify_prove
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError
-from ansible_collections.vserver.core.plugins.module_utils._kernel import open_for_write
+from ansible_collections.vserver.core.plugins.module_utils._procfs import open_for_write
 from ansible_collections.vserver.core.plugins.module_utils._result import Result
 from ansible_collections.vserver.core.plugins.module_utils._unify_freeze import Freezer
 from ansible_collections.vserver.core.plugins.module_utils._unify_index import INDEX_NAME, OURS_IMMUTABLE, Index

@@ -1,13 +1,14 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the guest lifecycle (start, stop, freeze, thaw, status, enter/exec, ps).
+"""Private to this collection: the guest lifecycle (start, stop, freeze, thaw, status, the concerns' steps).
 
 Start forks twice. The first child joins the guest's cgroup, unshares the mount, UTS, IPC, network,
 cgroup, PID and time namespaces, sets the boottime offset (virtual uptime), the host name and brings
 ``lo`` up, then forks the guest's init (PID 1 of the new PID namespace) and exits. The init process
 sets up its root (bind, nodev, pivot_root, old root detached), a fresh /proc, read-only /proc/sys and
 /sys, a minimal /dev, drops its bounding set, clears ambient and inheritable capabilities, applies
-rlimits and execs the guest's init. No host-side process stays behind per guest.
+rlimits and execs the guest's init (those two processes: _runtime_child). No host-side process stays behind per
+guest.
 
 The concerns (capabilities, limits, network) take part in a start and a removal through one explicit
 interface: ``_steps()`` below names each call, in the order it runs. Phases (where, and what a step may do):
@@ -33,18 +34,15 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
-import struct
 import time
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _cgroup, _config, _kernel as K, _logs, _masks)
+    _caps, _cgroup, _config, _kernel as K, _procfs as P, _logs, _runtime_child)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
 NETNS_HANDLE = 'netns'
 NAMESPACES = ('mnt', 'uts', 'ipc', 'net', 'pid', 'cgroup', 'time')
-GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 BROKEN_MESSAGE = ("processes in the guest's cgroup but no tracked init (a start or stop was killed half-way); "
                   "state started kills them and starts the guest afresh, state stopped kills them")
@@ -124,7 +122,7 @@ class Runtime:
         except (FileNotFoundError, ProcessLookupError):  # ESRCH: exiting right now
             return None, None
         try:
-            st = K.read_stat_at(fd)
+            st = P.read_stat_at(fd)
             if st is None or st[0] in ('Z', 'X') or st[2] != self.record.get('init_start') or not self._owns(fd):
                 os.close(fd)
                 return None, None
@@ -136,8 +134,8 @@ class Runtime:
     def _owns(self, proc_fd):
         """Is the process behind ``proc_fd`` in this guest's cgroup? A recorded pid and start time alone may
         match a host process (a forged or stale state file): that one is not the guest's init."""
-        raw = K.read_at(proc_fd, 'cgroup')
-        return raw is not None and guest_of(parse_proc_cgroup(raw), self.parent) == self.name
+        raw = P.read_at(proc_fd, 'cgroup')
+        return raw is not None and _cgroup.guest_of(_cgroup.parse_proc_cgroup(raw), self.parent) == self.name
 
     def netns_lost(self, proc_fd):
         """True when the netns handle is not (a bind mount of) the network namespace of init (``proc_fd``)."""
@@ -192,7 +190,7 @@ class Runtime:
         if not isinstance(mark, dict):
             return bool(mark)
         try:
-            return K.boottime_now() <= float(mark['at']) + float(mark['timeout']) + grace
+            return P.boottime_now() <= float(mark['at']) + float(mark['timeout']) + grace
         except (KeyError, TypeError, ValueError):
             return False
 
@@ -251,156 +249,6 @@ def log_watched(paths):
     return _logs.watching(paths.log_dir)
 
 
-def _lo_up():
-    import socket
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        import fcntl
-        req = struct.pack('16sH14x', b'lo', 0)
-        flags = struct.unpack('16sH14x', fcntl.ioctl(sock.fileno(), 0x8913, req))[1]  # SIOCGIFFLAGS
-        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack('16sH14x', b'lo', flags | 0x1))  # SIOCSIFFLAGS, IFF_UP
-    finally:
-        sock.close()
-
-
-def _mknod(path, major, minor, mode=0o666):
-    os.mknod(path, stat.S_IFCHR | mode, os.makedev(major, minor))
-    os.chmod(path, mode)
-
-
-def _setup_root(root):
-    """In the guest's new mount namespace: make ``root`` the root, detach the host's, mount the rest."""
-    K.mount(None, '/', None, K.MS_REC | K.MS_PRIVATE)
-    K.mount(root, root, None, K.MS_BIND | K.MS_REC)
-    # nodev: a device node inside the tree (from a tarball or a guest's planting) opens nothing.
-    K.mount(None, root, None, K.MS_REMOUNT | K.MS_BIND | K.MS_NODEV)
-    os.chdir(root)
-    K.pivot_root('.', '.')
-    K.umount('.', K.MNT_DETACH)
-    os.chdir('/')
-    # From here every path resolves inside the guest: a symlink the guest planted cannot lead out.
-    for directory in ('proc', 'sys', 'dev'):
-        if not os.path.isdir('/' + directory):
-            if os.path.lexists('/' + directory):
-                os.unlink('/' + directory)
-            os.mkdir('/' + directory, 0o755)
-    nosuid = K.MS_NOSUID | K.MS_NODEV | K.MS_NOEXEC
-    K.mount('proc', '/proc', 'proc', nosuid)
-    K.mount('sysfs', '/sys', 'sysfs', K.MS_RDONLY | nosuid)
-    K.mount('tmpfs', '/dev', 'tmpfs', K.MS_NOSUID | K.MS_NOEXEC, 'mode=755,size=1024k')
-    for node, major, minor in (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
-                               ('urandom', 1, 9), ('tty', 5, 0)):
-        _mknod('/dev/' + node, major, minor)
-    # /dev/console is a null device: the host's console is never reachable (init's output goes to the log).
-    _mknod('/dev/console', 1, 3, 0o620)
-    os.mkdir('/dev/pts', 0o755)
-    K.mount('devpts', '/dev/pts', 'devpts', K.MS_NOSUID | K.MS_NOEXEC, 'newinstance,ptmxmode=0666,mode=620,gid=5')
-    os.symlink('pts/ptmx', '/dev/ptmx')
-    os.mkdir('/dev/shm', 0o1777)
-    K.mount('tmpfs', '/dev/shm', 'tmpfs', nosuid, 'mode=1777,size=65536k')
-    os.chmod('/dev/shm', 0o1777)
-    for link, target in (('fd', '/proc/self/fd'), ('stdin', '/proc/self/fd/0'), ('stdout', '/proc/self/fd/1'),
-                         ('stderr', '/proc/self/fd/2')):
-        os.symlink(target, '/dev/' + link)
-    # Host-wide /proc and /sys files masked or read-only (docs/security.md).
-    _masks.apply()
-
-
-def _current_caps():
-    status = K.parse_status(open('/proc/self/status').read())
-    return int(status['CapEff'], 16), int(status['CapPrm'], 16)
-
-
-def drop_privileges(doc):
-    """Bounding set to the guest's bcaps, ambient and inheritable cleared, optional no_new_privs, then the guest's
-    syscall filter (docs/security.md): the last step before exec, while CAP_SYS_ADMIN is still effective (loading a
-    filter without no_new_privs needs it), after every mount the runtime makes."""
-    section = doc.get('capabilities') or {}
-    keep = _caps.mask(_caps.resolve(section))
-    last = K.cap_last_cap()
-    for bit in range(last + 1):
-        if not keep & (1 << bit):
-            K.prctl(K.PR_CAPBSET_DROP, bit)
-    K.prctl(K.PR_CAP_AMBIENT, K.PR_CAP_AMBIENT_CLEAR_ALL)
-    eff, prm = _current_caps()
-    K.capset(eff, prm, 0)
-    if section.get('no_new_privs'):
-        K.prctl(K.PR_SET_NO_NEW_PRIVS, 1)
-    program = _caps.seccomp_program(doc)
-    if program is not None:
-        K.seccomp_load(program)
-
-
-def _reset_signals():
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
-
-def _guest_init(doc, root, log_fd, err_w):
-    """Runs as PID 1 of the new PID namespace; never returns."""
-    stage = 'setup'
-    try:
-        devnull = os.open('/dev/null', os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        stage = 'mounts'
-        _setup_root(root)
-        for step in _steps('child'):
-            stage = 'hook %s' % getattr(step, '__name__', step)
-            step(doc)
-        stage = 'capabilities'
-        drop_privileges(doc)
-        stage = 'exec'
-        os.closerange(3, err_w)
-        os.closerange(err_w + 1, 65536)
-        _reset_signals()
-        argv = doc['init']
-        env = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/', 'TERM': 'linux'}
-        os.execve(argv[0], argv, env)
-    except BaseException as exc:  # report to the starter, then die
-        try:
-            os.write(err_w, ('%s: %s' % (stage, exc)).encode()[:4000])
-        finally:
-            os._exit(127)
-
-
-def _intermediate(doc, group, root, log_fd, pid_w, err_w):
-    """First child: join cgroup, unshare, configure namespaces, fork init, report its pid, exit."""
-    try:
-        os.setsid()
-        group.join(os.getpid())
-        import socket  # here, not at the top: `vserver exec` never needs it
-        K.unshare(K.CLONE_NEWNS | K.CLONE_NEWUTS | K.CLONE_NEWIPC | K.CLONE_NEWNET | K.CLONE_NEWCGROUP
-                  | K.CLONE_NEWPID | K.CLONE_NEWTIME)
-        # Virtual uptime: the guest's CLOCK_BOOTTIME (and /proc/uptime) starts at zero now.
-        boot = K.boottime_now()
-        with open('/proc/self/timens_offsets', 'w') as handle:
-            handle.write('boottime %d 0\n' % -int(boot))
-        socket.sethostname(doc.get('hostname') or doc['name'])
-        K.setdomainname(doc.get('domainname') or '(none)')
-        _lo_up()
-        for step in _steps('netns'):
-            step(doc)
-        pid = os.fork()
-        if pid == 0:
-            os.close(pid_w)
-            _guest_init(doc, root, log_fd, err_w)
-        os.write(pid_w, b'%d' % pid)
-        os._exit(0)
-    except BaseException as exc:
-        try:
-            os.write(err_w, ('namespaces: %s' % exc).encode()[:4000])
-        finally:
-            os._exit(126)
-
-
 def _bind_netns(proc_fd, handle):
     """Keep the guest's netns reachable at ``handle`` (for address changes); False if init already exited.
 
@@ -427,7 +275,7 @@ def _exiting(proc_fd, timeout=2.0):
     gone, within moments; its /proc state may still say running while it tears down.)"""
     deadline = time.monotonic() + timeout
     while True:
-        st = K.read_stat_at(proc_fd)
+        st = P.read_stat_at(proc_fd)
         if st is None or st[0] in ('Z', 'X'):
             return True
         if time.monotonic() > deadline:
@@ -472,7 +320,7 @@ def _record_init(rt, pid, parent, group, root):
     except (FileNotFoundError, ProcessLookupError):
         proc_fd = None
     try:
-        st = K.read_stat_at(proc_fd) if proc_fd is not None else None
+        st = P.read_stat_at(proc_fd) if proc_fd is not None else None
         alive = st is not None and st[0] not in ('Z', 'X')
         record = {
             'name': rt.name, 'init_pid': pid, 'init_start': st[2] if st else None,
@@ -519,14 +367,14 @@ def start(paths, doc, layout=None):
         if child == 0:
             os.close(pid_r)
             os.close(err_r)
-            _intermediate(doc, group, root, log_fd, pid_w, err_w)
+            _runtime_child.intermediate(doc, group, root, log_fd, pid_w, err_w, _steps('netns'), _steps('child'))
         os.close(pid_w)
         pid_w = None
         os.close(err_w)
         err_w = None
         dummy, status = os.waitpid(child, 0)
-        raw = K.read_all(pid_r)
-        errors = K.read_all(err_r)  # EOF once init has exec'd (close-on-exec) or died
+        raw = P.read_all(pid_r)
+        errors = P.read_all(err_r)  # EOF once init has exec'd (close-on-exec) or died
         if errors or not raw:
             reason = errors.decode(errors='replace') or 'intermediate exited with %d' % status
             raise VServerError('guest %s failed to start: %s' % (name, reason))
@@ -578,7 +426,7 @@ def _wait_gone(proc_fd, timeout):
     """Wait until the process behind ``proc_fd`` has exited (zombie or reaped), at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        st = K.read_stat_at(proc_fd)
+        st = P.read_stat_at(proc_fd)
         if st is None or st[0] in ('Z', 'X'):
             return True
         left = deadline - time.monotonic()
@@ -600,7 +448,7 @@ def stop(paths, doc, layout=None):
     if proc_fd is not None:
         try:
             # mark the stop first: a watcher (vserver-supervise) seeing init gone must not take it for a crash
-            mark = {'at': K.boottime_now(), 'timeout': timeout}
+            mark = {'at': P.boottime_now(), 'timeout': timeout}
             write_json(os.path.join(rt.dir, STATE_FILE), dict(rt.record, stopping=mark), 0o600, durable=False)
             if rt.group.exists() and rt.group.frozen():
                 rt.group.thaw()
@@ -642,7 +490,7 @@ def status(paths, doc, layout=None):
         out['cgroup'] = rt.group.paths()
         return out
     out['init_pid'] = pid
-    out['uptime'] = round(K.uptime() - st[2] / float(K.clock_ticks()), 2)
+    out['uptime'] = round(P.uptime() - st[2] / float(P.clock_ticks()), 2)
     group = rt.group
     procs = group.procs()
     out['nproc'] = len(procs)
@@ -670,95 +518,6 @@ def set_uts(paths, doc, layout=None):
         raise VServerError('guest %s: cannot set its host name: %s' % (doc['name'], exc), 'hostname')
     finally:
         os.close(proc_fd)
-
-
-# --- spectator view ---------------------------------------------------------------------------------
-
-def parse_proc_cgroup(raw):
-    """/proc/PID/cgroup -> {hierarchy key: path}; key is the controller list ('' for cgroup2)."""
-    out = {}
-    for line in raw.splitlines():
-        parts = line.split(':', 2)
-        if len(parts) == 3:
-            out[parts[1]] = parts[2]
-    return out
-
-
-def guest_of(cgroups, parent):
-    """Guest name from a process's cgroup paths, or None for host processes."""
-    prefix = '/' + parent.strip('/') + '/'
-    for path in cgroups.values():
-        if path.startswith(prefix):
-            return path[len(prefix):].split('/')[0]
-    return None
-
-
-def processes(paths, docs=None, proc='/proc'):
-    """Every process on the host labelled with its context: 0 for the host, the guest's xid otherwise."""
-    docs = _config.load_all(paths) if docs is None else docs
-    xids = {name: doc.get('xid') for name, doc in docs.items()}
-    parent = _cgroup.guest_parent(paths.cgroup_parent, None, proc=proc)
-    out = []
-    for pid in K.pids(proc):
-        try:
-            with open('%s/%d/cgroup' % (proc, pid)) as handle:
-                cgroups = parse_proc_cgroup(handle.read())
-            status_ = K.read_status(pid, proc) or {}
-            st = K.read_stat(pid, proc)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if st is None:
-            continue
-        guest = guest_of(cgroups, parent)
-        if guest is not None and guest not in xids:
-            guest = None
-        nspid = status_.get('NSpid', str(pid)).split()
-        out.append({
-            'pid': pid, 'xid': xids[guest] if guest else 0, 'guest': guest or '',
-            'guest_pid': int(nspid[-1]) if guest else pid, 'state': st[0],
-            'rss_kb': int((status_.get('VmRSS') or '0 kB').split()[0]),
-            'cpu_seconds': round(st[3] / float(K.clock_ticks()), 2),
-            # the guest's bytes: not UTF-8 -> U+FFFD (valid JSON text); escaped where printed (terminal_safe)
-            'comm': status_.get('Name', '').encode('utf-8', 'surrogateescape').decode('utf-8', 'replace'),
-        })
-    return out
-
-
-def format_duration(seconds):
-    if seconds is None:
-        return '-'
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return '%dd%02dh%02d' % (days, hours, minutes)
-    return '%02d:%02d:%02d' % (hours, minutes, secs)
-
-
-def format_bytes(value):
-    if value is None:
-        return '-'
-    for unit in ('B', 'K', 'M', 'G', 'T'):
-        if value < 1024 or unit == 'T':
-            return ('%d%s' % (value, unit)) if unit == 'B' else ('%.1f%s' % (value, unit))
-        value /= 1024.0
-    return str(value)
-
-
-def stat_table(rows):
-    """A vserver-stat-like table from status() rows; DISK is the disk limit, ``none`` for a guest without one
-    (its tree can fill the host filesystem it lives on), ``-`` when unknown (a broken config)."""
-    width = max([len('NAME')] + [len(row['name']) for row in rows])
-    fmt = '%-6s %5s %8s %6s %10s %10s %-9s %-' + str(width) + 's %s'
-    lines = [(fmt % ('CTX', 'PROC', 'RSS', 'DISK', 'CPUTIME', 'UPTIME', 'STATE', 'NAME', 'ADDRESSES')).rstrip()]
-    for row in sorted(rows, key=lambda r: r.get('xid') or 0):
-        disk = '-' if 'disk_limit' not in row else (format_bytes(row['disk_limit']) if row['disk_limit'] else 'none')
-        lines.append((fmt % (
-            '-' if row.get('xid') is None else row['xid'], row.get('nproc') or 0,
-            format_bytes(row.get('memory_bytes')), disk, format_duration(row.get('cpu_seconds')),
-            format_duration(row.get('uptime')), row['state'], row['name'], ','.join(row.get('addresses') or []) or '-')).rstrip())
-    return '\n'.join(lines)
 
 
 # --- the concerns' steps in a start and a removal (the interface described at the top) ----------------------

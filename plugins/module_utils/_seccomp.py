@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to this collection: the guest's default system call filter (a classic BPF seccomp program).
 
-Every guest process gets it as the last step before exec (``_runtime.drop_privileges``): a deny-list at least as
+Every guest process gets it as the last step before exec (``_runtime_child.drop_privileges``): a deny-list at least as
 strict as Docker's default profile for a container with the guest's capabilities, covering every ABI the kernel
 accepts on this machine: x86_64 (x32 numbers, bit 0x40000000, are denied as a whole range), i386 through
 ``int 0x80`` (its own numbers), aarch64. Any other ABI value gets the deny action for every call.

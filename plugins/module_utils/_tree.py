@@ -30,6 +30,7 @@ import tempfile
 from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     VServerError, fsync_dir, write_error, write_fully)
 
@@ -440,7 +441,7 @@ def write_in_tree(root: str, path: str, data: bytes, mode: int) -> None:
 def mounts_below(root: str, mountinfo: str = '/proc/self/mountinfo') -> List[str]:
     """Mount points strictly below ``root`` (host data bind-mounted into a tree, a guest's extra disk...)."""
     prefix = os.path.realpath(root).rstrip('/') + '/'
-    return sorted({m['mountpoint'] for m in K.read_mountinfo(mountinfo) if m['mountpoint'].startswith(prefix)})
+    return sorted({m['mountpoint'] for m in P.read_mountinfo(mountinfo) if m['mountpoint'].startswith(prefix)})
 
 
 def check_purgeable(root: str, own_mount: bool = False) -> None:

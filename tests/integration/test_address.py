@@ -17,7 +17,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _config, _runtime, _kernel as K, _mgr_address, _mgr_context, _netns)
+    _caps, _config, _runtime, _runtime_child, _kernel as K, _procfs as P, _mgr_address, _mgr_context, _netns)
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import guest_sh, vserver
 
@@ -124,7 +124,7 @@ def as_guest(paths, doc, probe):
             fd = os.open(rt.netns, os.O_RDONLY)
             K.setns(fd, K.CLONE_NEWNET)
             keep = _caps.mask(_caps.resolve(doc.get('capabilities') or {}))
-            _runtime.drop_privileges(doc)
+            _runtime_child.drop_privileges(doc)
             K.capset(keep, keep, 0)
             os.write(w, probe().encode())
             os._exit(0)
@@ -365,7 +365,7 @@ def test_bridge_ipv4_guest_bound_to_its_addresses(net, host_paths, make_guest):
 
     def holders():  # processes still in either namespace: {pid: comm}
         out = {}
-        for pid in K.pids():
+        for pid in P.pids():
             try:
                 if os.stat('/proc/%d/ns/net' % pid).st_ino in inodes:
                     with open('/proc/%d/comm' % pid) as handle:

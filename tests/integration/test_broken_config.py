@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from ansible_collections.vserver.core.plugins.module_utils import _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _procfs as P
 from helpers import vserver
 from ansible_helpers import path_vars, run_playbook, task_results
 
@@ -52,7 +52,7 @@ def gone(pid, start, timeout=30.0):
     """Poll until the process ``pid`` started at ``start`` no longer runs (a loaded machine can be slow)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = K.read_stat(pid)
+        st = P.read_stat(pid)
         if st is None or st[0] in ('Z', 'X') or st[2] != start:
             return True
         time.sleep(0.1)

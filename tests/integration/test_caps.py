@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _config, _runtime, _runtime_child, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils import _mgr_capabilities
 
@@ -31,7 +32,7 @@ def _denied(proc):
 def test_default_bounding_set_from_inside(make_guest, host_paths):
     doc = make_guest('vst-caps', start=True)
     pid = _runtime.Runtime(host_paths, 'vst-caps').init_pid()
-    status = K.read_status(pid)
+    status = P.read_status(pid)
     assert int(status['CapBnd'], 16) == _caps.mask(_caps.DEFAULT_BCAPS) & ((1 << (K.cap_last_cap() + 1)) - 1)
     assert int(status['CapInh'], 16) == 0 and int(status['CapAmb'], 16) == 0
     for dropped in _caps.UTIL_VSERVER_INSECURE:
@@ -67,7 +68,7 @@ def test_default_bounding_set_from_inside(make_guest, host_paths):
 
 def _in_guest(paths, doc, func, timeout=10):
     """Run ``func`` in a child that joined the guest's cgroup, net/uts/ipc/pid namespaces and dropped
-    privileges exactly like the guest's processes (``_runtime.drop_privileges``); returns func's result.
+    privileges exactly like the guest's processes (``_runtime_child.drop_privileges``); returns func's result.
     Used where the guest's busybox has no tool: its ping only opens raw sockets, never ICMP datagram ones."""
     rt = _runtime.Runtime(paths, doc['name'])
     pid = rt.init_pid()
@@ -79,7 +80,7 @@ def _in_guest(paths, doc, func, timeout=10):
             rt.group.join(os.getpid())
             for fd in fds:
                 K.setns(fd, 0)
-            _runtime.drop_privileges(_config.load(paths, doc['name']))
+            _runtime_child.drop_privileges(_config.load(paths, doc['name']))
             result = {'ok': func()}
         except BaseException as exc:
             result = {'error': '%s: %s' % (type(exc).__name__, exc), 'errno': getattr(exc, 'errno', None)}
@@ -179,7 +180,7 @@ def test_no_new_privs_and_custom_set(make_guest, host_paths):
     make_guest('vst-nnp', start=True, stop_timeout=1, stop_signal='SIGKILL',
                capabilities=_caps.validate({'bcaps': ['CAP_CHOWN', 'kill', 'setuid', 'setgid'],
                                             'no_new_privs': True}))
-    status = K.read_status(_runtime.Runtime(host_paths, 'vst-nnp').init_pid())
+    status = P.read_status(_runtime.Runtime(host_paths, 'vst-nnp').init_pid())
     assert status['NoNewPrivs'] == '1'
     assert _caps.names_from_mask(int(status['CapBnd'], 16)) == ['chown', 'kill', 'setgid', 'setuid']
     inside = guest_sh(host_paths, 'vst-nnp', 'grep -E "^(NoNewPrivs|CapBnd)" /proc/self/status; '

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _cgroup, _config, _runtime, _limits, _mgr_context, _kernel as K)
+    _cgroup, _config, _runtime, _limits, _mgr_context, _kernel as K, _procfs as P)
 from helpers import build_static, needs_userns, vserver
 
 pytestmark = pytest.mark.cgroup
@@ -56,7 +56,7 @@ def test_limits_hold_against_the_guest_root(host_paths, make_guest, escape_binar
 def _nsdelegate():
     """cgroup v2 host whose cgroup2 mount has nsdelegate: a cgroup namespace root is a delegation boundary."""
     return LAYOUT.version == 2 and any(
-        m['fstype'] == 'cgroup2' and 'nsdelegate' in m['super'].split(',') for m in K.read_mountinfo())
+        m['fstype'] == 'cgroup2' and 'nsdelegate' in m['super'].split(',') for m in P.read_mountinfo())
 
 
 @needs_userns
@@ -77,7 +77,7 @@ def test_unconfined_guest_can_lift_its_limits(host_paths, make_guest, escape_bin
 
 
 def _alive(pids):
-    return [pid for pid in pids if K.read_stat(pid) is not None and K.read_stat(pid)[0] not in ('Z', 'X')]
+    return [pid for pid in pids if P.read_stat(pid) is not None and P.read_stat(pid)[0] not in ('Z', 'X')]
 
 
 @needs_userns

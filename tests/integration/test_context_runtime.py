@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _runtime_views, _procfs as P
 from helpers import build_static, guest_sh, vserver
 
 pytestmark = pytest.mark.cgroup
@@ -12,9 +12,9 @@ pytestmark = pytest.mark.cgroup
 
 def all_ns_inodes():
     seen = set()
-    for pid in K.pids():
+    for pid in P.pids():
         for kind in _runtime.NAMESPACES:
-            ino = K.ns_inode(pid, kind)
+            ino = P.ns_inode(pid, kind)
             if ino:
                 seen.add(ino)
     return seen
@@ -26,8 +26,8 @@ def test_started_guest_from_outside(host_paths, make_guest):
     pid = rt.init_pid()
     assert pid
     for kind in _runtime.NAMESPACES:
-        assert K.ns_inode(pid, kind) != K.ns_inode(os.getpid(), kind), kind
-    status = K.read_status(pid)
+        assert P.ns_inode(pid, kind) != P.ns_inode(os.getpid(), kind), kind
+    status = P.read_status(pid)
     assert status['NSpid'].split()[-1] == '1'       # PID 1 of its own PID namespace
     assert status['Name'] == 'init'                 # busybox init
     assert int(status['CapInh'], 16) == 0 and int(status['CapAmb'], 16) == 0
@@ -44,7 +44,7 @@ def test_started_guest_from_outside(host_paths, make_guest):
     links = [line for line in lines if ': ' in line and 'link/' in line]
     assert len(links) == 1 and ': lo:' in links[0] and 'UP' in links[0]
     assert float(lines[-1].split()[0]) < 30, 'uptime starts at guest start'
-    assert K.uptime() > float(lines[-1].split()[0])
+    assert P.uptime() > float(lines[-1].split()[0])
 
 
 def test_guest_sees_only_its_own_processes(host_paths, make_guest):
@@ -60,7 +60,7 @@ def test_guest_sees_only_its_own_processes(host_paths, make_guest):
     comms = out.stdout.split('---')[1].split()
     assert comms.count('init') == 1                    # its own init, not the other guest's nor the host's
     # the spectator view sees both, labelled
-    rows = {row['pid']: row for row in _runtime.processes(host_paths)}
+    rows = {row['pid']: row for row in _runtime_views.processes(host_paths)}
     assert rows[other_pid]['guest'] == 'other' and rows[other_pid]['guest_pid'] == 1
     assert rows[os.getpid()]['xid'] == 0
 

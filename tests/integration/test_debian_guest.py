@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _procfs as P
 from helpers import TOP, guest_sh
 
 pytestmark = [pytest.mark.slow,
@@ -87,7 +87,7 @@ def test_debian_guest_apt_dpkg_and_a_service(host_paths, debian_tree, tmp_path):
         _config.save(host_paths, doc)
         _runtime.start(host_paths, doc)
         init = _runtime.Runtime(host_paths, name).init_pid()
-        assert K.read_status(init).get('Seccomp', '').strip() == '2'
+        assert P.read_status(init).get('Seccomp', '').strip() == '2'
 
         ok(host_paths, name, 'grep -qx "Seccomp:.2" /proc/self/status; test ! -s /proc/keys; '
                              'test "$(wc -c < /proc/timer_list)" = 0')

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _runtime, _procfs as P
 from ansible_helpers import path_vars, run_playbook, task_results
 from helpers import TOP, VSERVER, build_static, env_for, vserver
 from test_unify import clear_immutable
@@ -109,7 +109,7 @@ def test_a_guest_attacking_every_new_process_reaches_nothing_of_the_host(host_pa
     build('entry_attacker.c', os.path.join(doc['root'], 'sbin', 'attacker'))
     _runtime.start(host_paths, doc)
     init = _runtime.Runtime(host_paths, 'atk').init_pid()
-    bset = int(K.read_status(init)['CapBnd'], 16)
+    bset = int(P.read_status(init)['CapBnd'], 16)
     assert bool(bset & (1 << _caps.CAP_BITS['sys_ptrace'])) == ptrace
     env = env_for(host_paths)
     for dummy in range(200):
@@ -214,16 +214,16 @@ def test_an_exec_holds_exactly_the_credentials_of_the_guest_init(host_paths, mak
         os.close(extra)
     try:
         pid = _guest_process(rt, 'sleep')
-        mine, its = K.read_status(pid), K.read_status(init)
+        mine, its = P.read_status(pid), P.read_status(init)
         assert {k: mine[k] for k in STATUS_KEYS} == {k: its[k] for k in STATUS_KEYS}
         assert its['NoNewPrivs'] == '1' and not int(its['CapBnd'], 16) & (1 << _caps.CAP_BITS['setfcap'])
         for name in ('cgroup', 'limits'):
             assert open('/proc/%d/%s' % (pid, name)).read() == open('/proc/%d/%s' % (init, name)).read(), name
         assert len(open('/proc/%d/cgroup' % pid).read().splitlines()) >= 1
         for kind in _runtime.NAMESPACES:
-            assert K.ns_inode(pid, kind) == K.ns_inode(init, kind), kind
+            assert P.ns_inode(pid, kind) == P.ns_inode(init, kind), kind
         assert sorted(os.listdir('/proc/%d/fd' % pid)) == ['0', '1', '2']
-        assert K.read_stat(pid)[1] != init  # a child of the second stage, not reparented to the guest's init
+        assert P.read_stat(pid)[1] != init  # a child of the second stage, not reparented to the guest's init
         # SIGTERM to `vserver exec` reaches the command; the status comes back as 128+15
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
@@ -281,7 +281,7 @@ def _stages_of(pid):
     for entry in os.listdir('/proc'):
         try:
             if entry.isdigit() and b'_enter_stage.main' in open('/proc/%s/cmdline' % entry, 'rb').read() \
-                    and K.read_stat(int(entry))[1] in (pid, os.getpid(), os.getppid()):
+                    and P.read_stat(int(entry))[1] in (pid, os.getpid(), os.getppid()):
                 found.append(int(entry))
         except (OSError, TypeError):
             continue

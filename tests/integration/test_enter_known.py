@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.vserver.core.plugins.module_utils import _enter, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _enter, _runtime, _procfs as P
 from helpers import VSERVER, env_for, wait_for
 from test_enter import STATUS_KEYS, _stages_of
 
@@ -25,14 +25,14 @@ def run(paths, *args, env=None):
 def status_in(paths, name):
     proc, full = run(paths, name, 'exec', '/bin/cat', '/proc/self/status')
     assert proc.returncode == 0, proc.stderr
-    return K.parse_status(proc.stdout), full
+    return P.parse_status(proc.stdout), full
 
 
 def test_a_kept_conclusion_holds_only_while_every_input_does(host_paths, make_guest):
     doc = make_guest('known', start=True)
     rt = _runtime.Runtime(host_paths, 'known')
     kept = os.path.join(rt.dir, _enter.KNOWN_FILE)
-    init = K.read_status(rt.init_pid())
+    init = P.read_status(rt.init_pid())
 
     mine, full = status_in(host_paths, 'known')
     assert full and os.path.isfile(kept)  # the first entry goes the full way and keeps what it found
@@ -90,6 +90,6 @@ def test_a_kept_conclusion_holds_only_while_every_input_does(host_paths, make_gu
 
     # init gone behind the runtime's back (killed, record left as it was): nothing is entered
     os.kill(init_pid, 9)
-    assert wait_for(lambda: (K.read_stat(init_pid) or 'X')[0] in ('Z', 'X'))
+    assert wait_for(lambda: (P.read_stat(init_pid) or 'X')[0] in ('Z', 'X'))
     proc, full = run(host_paths, 'known', 'exec', '/bin/true')
     assert proc.returncode == 1 and 'guest known is not running' in proc.stderr, proc.stderr

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _runtime, _kernel as K, _limits
+from ansible_collections.vserver.core.plugins.module_utils import _runtime, _procfs as P, _limits
 from ansible_collections.vserver.core.plugins.module_utils import _mgr_limits
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
@@ -13,7 +13,7 @@ from helpers import guest_sh
 
 def _mounted(path):
     real = os.path.realpath(path)
-    return any(m['mountpoint'] == real for m in K.read_mountinfo('/proc/self/mountinfo'))
+    return any(m['mountpoint'] == real for m in P.read_mountinfo('/proc/self/mountinfo'))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _runtime, _procfs as P
 from helpers import guest_sh
 from ansible_helpers import path_vars, run_playbook, task_results
 
@@ -145,7 +145,7 @@ def test_modules_on_running_guest(make_guest, host_paths, tmp_path):
 
     new_init = _runtime.Runtime(host_paths, 'vst-mod').init_pid()
     assert new_init and new_init != init
-    bound = int(K.read_status(new_init)['CapBnd'], 16)
+    bound = int(P.read_status(new_init)['CapBnd'], 16)
     assert not bound & (1 << _caps.CAP_BITS['sys_chroot']) and bound & (1 << _caps.CAP_BITS['chown'])
     assert guest_sh(host_paths, 'vst-mod', 'cat /proc/sys/net/ipv4/ping_group_range').stdout.split() == [
         '0', '2147483647']

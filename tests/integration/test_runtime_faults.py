@@ -12,6 +12,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K, _mgr_context
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils import _mgr_address
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from helpers import VSERVER, build_static, env_for, vserver, wait_for
@@ -122,7 +123,7 @@ def test_stop_never_signals_a_host_process_named_by_the_state_file(host_paths, m
     rt = _runtime.Runtime(host_paths, 'forged')
     host = subprocess.Popen(['sleep', '60'])
     try:
-        forged = dict(rt.record, init_pid=host.pid, init_start=K.read_stat(host.pid)[2])
+        forged = dict(rt.record, init_pid=host.pid, init_start=P.read_stat(host.pid)[2])
         with open(os.path.join(rt.dir, _runtime.STATE_FILE), 'w') as handle:
             json.dump(forged, handle)
         assert _runtime.Runtime(host_paths, 'forged').init_pid() is None  # not in the guest's cgroup: not init
@@ -173,7 +174,7 @@ def test_start_killed_before_its_state_write_reads_broken(host_paths, make_guest
     assert out.returncode == 0 and out.stdout.strip() == 'untracked: %s' % actions, out
     assert not set(untracked) & set(_runtime.Runtime(host_paths, 'untracked').group.procs())
     for pid in untracked:
-        assert wait_for(lambda: K.read_stat(pid) is None or K.read_stat(pid)[0] == 'Z', 5)
+        assert wait_for(lambda: P.read_stat(pid) is None or P.read_stat(pid)[0] == 'Z', 5)
     expect = 'running' if then == 'start' else 'stopped'
     assert _runtime.Runtime(host_paths, 'untracked').state() == expect
     assert vserver(host_paths, 'untracked', then).stdout.strip() == 'untracked: nothing to do'

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils import _mgr_capabilities
 from helpers import build_static, guest_sh, needs_userns, vserver
@@ -45,7 +45,7 @@ def run_probe(host_paths, doc, binary, *args):
 
 
 def seccomp_field(pid):
-    return K.read_status(pid).get('Seccomp', '').strip()
+    return P.read_status(pid).get('Seccomp', '').strip()
 
 
 def test_default_filter_denies_from_inside(host_paths, make_guest, probe_binary):

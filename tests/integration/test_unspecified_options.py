@@ -2,7 +2,7 @@
 an explicit value lifts them; the guests module takes a guest's whole section, so a key removed there is lifted."""
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _cgroup, _config, _runtime, _mgr_guests
-from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils import _mgr_capabilities
 from helpers import guest_sh
 from ansible_helpers import path_vars, run_playbook, task_results
@@ -128,14 +128,14 @@ def test_a_task_changes_only_what_it_gives(make_guest, host_paths, tmp_path):
     # capabilities: ccaps alone keeps the stored bcaps_drop; the running init's bounding set is untouched
     assert named['drop sys_chroot']['restarted']
     init = _runtime.Runtime(host_paths, 'vst-keep').init_pid()
-    bound = int(K.read_status(init)['CapBnd'], 16)
+    bound = int(P.read_status(init)['CapBnd'], 16)
     assert not bound & (1 << _caps.CAP_BITS['sys_chroot'])
     ccaps = named['ccaps only']
     assert ccaps['changed'] and not ccaps['restart_required'] and not ccaps['restarted']
     assert ccaps['diff']['after'] == {'bcaps_drop': ['sys_chroot'], 'ccaps': ['raw_icmp']}
     assert not named['ccaps again']['changed']
     assert _runtime.Runtime(host_paths, 'vst-keep').init_pid() == init
-    assert int(K.read_status(init)['CapBnd'], 16) == bound
+    assert int(P.read_status(init)['CapBnd'], 16) == bound
     assert guest_sh(host_paths, 'vst-keep', 'cat /proc/sys/net/ipv4/ping_group_range').stdout.split() == [
         '0', '2147483647']
     assert _config.load(host_paths, 'vst-keep')['capabilities'] == {'bcaps_drop': ['sys_chroot'],
@@ -148,7 +148,7 @@ def test_capabilities_explicit_removal_lifts(make_guest, host_paths):
     res = caps_ensure(host_paths, 'vst-lift', {'bcaps_drop': [], 'ccaps': None}, restart=True)
     assert res['restarted'] and res['diff']['after'] == {'ccaps': ['raw_icmp']}
     init = _runtime.Runtime(host_paths, 'vst-lift').init_pid()
-    assert int(K.read_status(init)['CapBnd'], 16) & (1 << _caps.CAP_BITS['sys_chroot'])
+    assert int(P.read_status(init)['CapBnd'], 16) & (1 << _caps.CAP_BITS['sys_chroot'])
 
 
 def test_guests_module_lifts_a_key_removed_from_the_list(host_paths):

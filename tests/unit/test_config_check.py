@@ -200,9 +200,9 @@ def test_info_lists_good_and_broken_guests(paths):
 
 
 def test_stat_table_shows_a_broken_guest_without_xid():
-    from ansible_collections.vserver.core.plugins.module_utils import _runtime
-    lines = _runtime.stat_table([{'name': 'zz', 'xid': None, 'state': 'broken', 'nproc': 2},
-                                 {'name': 'db', 'xid': 102, 'state': 'stopped'}]).splitlines()
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime_views
+    lines = _runtime_views.stat_table([{'name': 'zz', 'xid': None, 'state': 'broken', 'nproc': 2},
+                                       {'name': 'db', 'xid': 102, 'state': 'stopped'}]).splitlines()
     assert lines[1].split() == ['-', '2', '-', '-', '-', '-', 'broken', 'zz', '-']
     assert lines[2].split()[0] == '102'
 

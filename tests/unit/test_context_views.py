@@ -1,7 +1,7 @@
 """Spectator view and status table, fed a fake /proc."""
 import os
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _config, _runtime_views
 from ansible_collections.vserver.core.plugins.module_utils._common import Paths
 
 
@@ -23,7 +23,7 @@ def test_processes_are_labelled_with_their_context(tmp_path):
     fake_proc(proc, 501, '5:memory:/vservers/web/sub\n', '501\t7', 'httpd')
     fake_proc(proc, 600, '5:memory:/vservers/unknown\n', '600\t1', 'x')
     (proc / 'self').mkdir()
-    rows = {row['pid']: row for row in _runtime.processes(paths, proc=str(proc))}
+    rows = {row['pid']: row for row in _runtime_views.processes(paths, proc=str(proc))}
     assert rows[1]['xid'] == 0 and rows[1]['guest'] == ''
     assert rows[500]['xid'] == 101 and rows[500]['guest_pid'] == 1 and rows[500]['guest'] == 'web'
     assert rows[501]['xid'] == 101 and rows[501]['guest_pid'] == 7
@@ -32,15 +32,15 @@ def test_processes_are_labelled_with_their_context(tmp_path):
 
 
 def test_parse_proc_cgroup_and_guest_of():
-    cg = _runtime.parse_proc_cgroup('12:pids:/vservers/db\n0::/vservers/db\n')
+    cg = _cgroup.parse_proc_cgroup('12:pids:/vservers/db\n0::/vservers/db\n')
     assert cg == {'pids': '/vservers/db', '': '/vservers/db'}
-    assert _runtime.guest_of(cg, 'vservers') == 'db'
-    assert _runtime.guest_of(cg, 'other') is None
-    assert _runtime.guest_of({'': '/vservers'}, 'vservers') is None
+    assert _cgroup.guest_of(cg, 'vservers') == 'db'
+    assert _cgroup.guest_of(cg, 'other') is None
+    assert _cgroup.guest_of({'': '/vservers'}, 'vservers') is None
 
 
 def test_stat_table_and_formats():
-    table = _runtime.stat_table([
+    table = _runtime_views.stat_table([
         {'name': 'web', 'xid': 101, 'state': 'running', 'nproc': 3, 'memory_bytes': 3 * 1024 * 1024,
          'cpu_seconds': 75.5, 'uptime': 90061, 'addresses': ['198.18.0.2/24', 'fd00:5653::2/64'],
          'disk_limit': 2 << 30},

@@ -1,7 +1,7 @@
 """Entering a guest: which cgroup directories the entry joins, from init's /proc/PID/cgroup and the host's mounts."""
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _enter, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _enter, _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 HYBRID = '\n'.join([
@@ -22,14 +22,14 @@ HYBRID = '\n'.join([
     ('9:pids:/\n', []),  # not mounted on the host, and at its root: nothing to join
 ])
 def test_cgroup_dirs_per_hierarchy(cgroup, expected):
-    assert _enter.cgroup_dirs(cgroup, K.parse_mountinfo(HYBRID)) == expected
+    assert _enter.cgroup_dirs(cgroup, P.parse_mountinfo(HYBRID)) == expected
 
 
 def test_cgroup_dirs_below_a_mount_root():
-    mounts = [m for m in K.parse_mountinfo(HYBRID) if m['mountpoint'] != '/sys/fs/cgroup/unified']
+    mounts = [m for m in P.parse_mountinfo(HYBRID) if m['mountpoint'] != '/sys/fs/cgroup/unified']
     assert _enter.cgroup_dirs('0::/delegated/vservers/web\n', mounts) == ['/mnt/deleg/vservers/web']
 
 
 def test_a_hierarchy_the_host_has_not_mounted_fails_clearly():
     with pytest.raises(VServerError, match="cgroup hierarchy 'pids' of the guest is not mounted"):
-        _enter.cgroup_dirs('9:pids:/vservers/web\n', K.parse_mountinfo(HYBRID))
+        _enter.cgroup_dirs('9:pids:/vservers/web\n', P.parse_mountinfo(HYBRID))

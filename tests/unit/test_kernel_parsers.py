@@ -1,5 +1,5 @@
 """/proc parsers, fed fake files."""
-from ansible_collections.vserver.core.plugins.module_utils import _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 
 STAT = '4273 (my (odd) init) S 1 4273 4273 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 39198 2424832 70 x'
 MOUNTINFO = """\
@@ -11,12 +11,12 @@ MOUNTINFO = """\
 
 
 def test_parse_stat_handles_parentheses_in_comm():
-    state, ppid, start, cpu = K.parse_stat(STAT)
+    state, ppid, start, cpu = P.parse_stat(STAT)
     assert (state, ppid, start, cpu) == ('S', 1, 39198, 10)
 
 
 def test_parse_mountinfo():
-    mounts = K.parse_mountinfo(MOUNTINFO)
+    mounts = P.parse_mountinfo(MOUNTINFO)
     assert [m['mountpoint'] for m in mounts] == ['/', '/sys/fs/cgroup/cpu', '/sys/fs/cgroup/unified',
                                                  '/mnt/with space']
     assert mounts[1]['fstype'] == 'cgroup' and mounts[1]['super'] == 'rw,cpu'
@@ -24,9 +24,9 @@ def test_parse_mountinfo():
 
 
 def test_parse_status():
-    status = K.parse_status('Name:\tinit\nNSpid:\t4273\t1\nCapBnd:\t00000000a00c05fb\n')
+    status = P.parse_status('Name:\tinit\nNSpid:\t4273\t1\nCapBnd:\t00000000a00c05fb\n')
     assert status['NSpid'].split() == ['4273', '1'] and status['Name'] == 'init'
 
 
 def test_read_stat_of_a_missing_pid(tmp_path):
-    assert K.read_stat(12345, proc=str(tmp_path)) is None
+    assert P.read_stat(12345, proc=str(tmp_path)) is None

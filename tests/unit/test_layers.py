@@ -11,11 +11,11 @@ PACKAGE = 'ansible_collections.vserver.core.plugins.module_utils'
 
 # The floors, bottom up (the same table is in docs/architecture.md). A name ending in '*' is a prefix.
 FLOORS = {
-    1: ('_kernel', '_common', '_config', '_result', '_syscalls', '_ansible'),                      # kernel
+    1: ('_kernel', '_procfs', '_common', '_config', '_result', '_syscalls', '_ansible'),           # kernel
     2: ('_cgroup', '_seccomp', '_masks', '_logs', '_template', '_walk', '_tree', '_netlink', '_disk',
         '_devices', '_enter_stage', '_bootstrap', '_apt_sources'),                                 # mechanisms
     3: ('_caps', '_limits', '_netns', '_unify', '_caps_*', '_limits_*', '_netns_*', '_unify_*'),     # concerns
-    4: ('_runtime', '_enter'),                                                                     # runtime
+    4: ('_runtime', '_runtime_*', '_enter'),                                                       # runtime
     5: ('_mgr_*', '_host'),                                                                        # managers
 }
 FLOOR_NAMES = {1: 'kernel', 2: 'mechanisms', 3: 'concerns', 4: 'runtime', 5: 'managers'}

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K, _unify, _unify_index, _unify_prove, _walk
+from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._unify_index import IndexRow
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
@@ -148,7 +149,7 @@ def test_open_for_write_sees_writers_and_shared_writable_maps(tmp_path):
         mapped = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         os.close(fd)  # only the mapping remains
         try:
-            busy = K.open_for_write()
+            busy = P.open_for_write()
         finally:
             mapped.close()
     assert key[w] in busy and key[m] in busy and key[r] not in busy

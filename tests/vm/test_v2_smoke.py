@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _runtime, _kernel as K
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _runtime, _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils import _enter
 
 pytestmark = pytest.mark.cgroup
@@ -42,7 +42,7 @@ def test_guest_lifecycle_on_v2(host_paths, make_guest):
     rt = _runtime.Runtime(host_paths, 'v2smoke')
     pid = rt.init_pid()
     assert pid
-    start_ticks = K.read_stat(pid)[2]
+    start_ticks = P.read_stat(pid)[2]
     group = rt.group
     assert isinstance(group, _cgroup.CgroupV2)
     parent = os.path.join('/sys/fs/cgroup', host_paths.cgroup_parent)
@@ -87,5 +87,5 @@ def test_guest_lifecycle_on_v2(host_paths, make_guest):
     # stop leaves no process and no cgroup behind
     _runtime.stop(host_paths, dict(doc, stop_timeout=2))
     assert _runtime.Runtime(host_paths, 'v2smoke').init_pid() is None
-    assert K.read_stat(pid) is None or K.read_stat(pid)[2] != start_ticks
+    assert P.read_stat(pid) is None or P.read_stat(pid)[2] != start_ticks
     assert not os.path.exists(path)
