@@ -101,44 +101,42 @@ integration: setup
 	$(REAPER) $(PY) -m pytest -q tests/integration
 
 # `make test` (what .ci/run calls) runs two lanes side by side on the 2 cores. Lane 1: the pytest run (on average
-# about one core busy: guests start, sleep and wait on the kernel). Lane 2: lint, docs-lint, the two other ansible-core
-# versions (their guests have private paths and random vstest-* cgroup parents, like every pytest test), then the
-# molecule scenarios (names of their own: /var/tmp/vstest-molecule, cgroup parents vstest-molecule and
-# vstest-fleet1..3, bridges vstmolbr0 and vstfleetbr, netns vst-fleet1..3 on 198.18.10/20/30.0/24, which no pytest
-# test uses).
+# about one core busy: guests start, sleep and wait on the kernel). Lane 2, one after the other: lint, docs-lint,
+# sanity, import-check, the two other ansible-core versions (their guests have private paths and random vstest-*
+# cgroup parents, like every pytest test), then the molecule scenarios (names of their own: /var/tmp/vstest-molecule,
+# cgroup parents vstest-molecule and vstest-fleet1..3, bridges vstmolbr0 and vstfleetbr, netns vst-fleet1..3 on
+# 198.18.10/20/30.0/24, which no pytest test uses).
 # make -j2 runs at most two of these at once; each one's output is printed whole when it ends (--output-sync).
-# Nothing in lane 2 writes into the work tree: tests/integration/test_packaging.py builds the artifact from it, and
-# `ansible-galaxy collection build` lists every file below it (.build/ too) before applying galaxy.yml's manifest, so
-# a file deleted meanwhile fails the build. That keeps sanity (its copy in .build/sanity) and import-check
-# (.build/dist, .build/importer) after the lanes, and PYTHONDONTWRITEBYTECODE=1 keeps both lanes' Python (pytest's
-# rewritten test modules included) from writing __pycache__ files there. Then the leak check (after both lanes: each
-# lane's guests would be the other's leaks), sanity, import-check and the cgroup v2 VM (qemu needs both cores: its
-# TCG run is near its timeouts already), one at a time.
+# Nothing in either lane writes into the work tree: tests/integration/test_packaging.py builds the artifact from it,
+# and `ansible-galaxy collection build` lists every file below it (.build/ too) before applying galaxy.yml's
+# manifest, so a file deleted meanwhile fails the build. So sanity's copy, import-check's artifact and the
+# importer's files live in $(OUT), outside the tree, and PYTHONDONTWRITEBYTECODE=1 keeps both lanes' Python
+# (pytest's rewritten test modules included) from writing __pycache__ files into it. Then the leak check (after both
+# lanes: each lane's guests would be the other's leaks) and the cgroup v2 VM (qemu needs both cores: its TCG run is
+# near its timeouts already).
 PYTEST_PATHS ?= tests/unit tests/integration
-LANE2  := lint docs-lint test-ansible-versions molecule-default molecule-fleet
+LANE2  := lint docs-lint sanity import-check test-ansible-versions molecule-default molecule-fleet
 .PHONY: test-pytest checks
 test: setup
 	PYTHONDONTWRITEBYTECODE=1 $(MAKE) -j2 --output-sync=target --no-print-directory test-pytest $(LANE2)
 	$(REAPER) $(PY) tests/leakcheck.py
-	$(MAKE) --no-print-directory sanity
-	$(MAKE) --no-print-directory import-check
 	$(MAKE) --no-print-directory test-v2
 
 test-pytest: setup
 	$(REAPER) $(PY) -m pytest -q $(PYTEST_PATHS)
 
-# the static checks alone: sanity, lint and docs-lint two at a time, then import-check (its build lists .build/,
-# where sanity's copy changes while sanity runs)
+# the static checks alone, two at a time
 checks: setup
-	$(MAKE) -j2 --output-sync=target --no-print-directory sanity lint docs-lint
-	$(MAKE) --no-print-directory import-check
+	$(MAKE) -j2 --output-sync=target --no-print-directory sanity lint docs-lint import-check
 
 # Release hygiene: ansible-test sanity (no ignore entries) and changelog lint.
 # ansible-test wants the collection under .../ansible_collections/vserver/core and lists files through git,
 # so sanity runs on a git-indexed copy of the work tree (what .gitignore excludes is left out). Its --venv
 # bootstrap fetches a get-pip script from a host that may be unreachable: tests/tools/get_pip_standin.py
 # puts an offline stand-in into ansible-test's cache first.
-SANITY_ROOT   := $(BUILD)/sanity/ansible_collections/vserver/core
+# $(OUT): what the checks write, outside the work tree (see `make test`), one directory per checkout
+OUT           := /var/tmp/vserver-checks/$(shell printf %s '$(TOP)' | md5sum | cut -c1-12)
+SANITY_ROOT   := $(OUT)/sanity/ansible_collections/vserver/core
 SANITY_PYTHON ?= 3.11
 DIST          := $(BUILD)/dist
 
@@ -173,13 +171,14 @@ role-readmes: venv
 # galaxy-importer (what Galaxy/Automation Hub run on upload) on the built artifact, offline
 # (tests/tools/galaxy-importer.cfg: no ansible-test container; ansible-lint --offline on the artifact, ansible-doc,
 # metadata, README and changelog checks). Any WARNING or ERROR line fails the target; the log and
-# importer_result.json are in .build/importer/.
-IMPORTER := $(BUILD)/importer
-import-check: build
-	@rm -rf $(IMPORTER) && mkdir -p $(IMPORTER)
+# importer_result.json are in $(OUT)/importer/ (the artifact it checks: $(OUT)/dist).
+IMPORTER := $(OUT)/importer
+import-check: venv
+	@rm -rf $(OUT)/dist $(IMPORTER) && mkdir -p $(OUT)/dist $(IMPORTER)
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(OUT)/dist $(TOP)
 	cd $(IMPORTER) && GALAXY_IMPORTER_CONFIG=$(TOP)/tests/tools/galaxy-importer.cfg \
 	  GALAXY_IMPORTER_TMP_ROOT_DIR=$(IMPORTER) GALAXY_IMPORTER_ANSIBLE_LOCAL_TMP=$(IMPORTER)/ansible-tmp \
-	  $(PY) -m galaxy_importer.main $(DIST)/vserver-core-*.tar.gz > importer.log 2>&1; \
+	  $(PY) -m galaxy_importer.main $(OUT)/dist/vserver-core-*.tar.gz > importer.log 2>&1; \
 	  rc=$$?; grep -v '^Loading ' importer.log; \
 	  if [ $$rc -ne 0 ] || grep -qE '^(WARNING|ERROR):' importer.log; then \
 	    echo "import-check: galaxy-importer failed or warned (full log: $(IMPORTER)/importer.log)"; exit 1; fi
