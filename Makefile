@@ -122,8 +122,9 @@ test: setup
 	$(REAPER) $(PY) tests/leakcheck.py
 	$(MAKE) --no-print-directory test-v2
 
+# --durations: the slowest tests, at the end of the output (where the time of the lane goes)
 test-pytest: setup
-	$(REAPER) $(PY) -m pytest -q $(PYTEST_PATHS)
+	$(REAPER) $(PY) -m pytest -q --durations=25 $(PYTEST_PATHS)
 
 # the static checks alone, two at a time
 checks: setup
