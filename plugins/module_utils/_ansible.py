@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ansible.module_utils.basic import AnsibleModule
 
 # The oldest managed-node Python the runtime supports (os.pidfd_open, os.waitstatus_to_exitcode, ...). Checked when a
 # module imports this file, before any other module_utils is loaded and before anything is done on the host.
@@ -38,13 +42,13 @@ PATH_OPTIONS = dict(
 )
 
 
-def argument_spec(**spec):
+def argument_spec(**spec: dict) -> dict:
     out = dict(PATH_OPTIONS)
     out.update(spec)
     return out
 
 
-def hide_nested(module, option, key):
+def hide_nested(module: AnsibleModule, option: str, key: str) -> None:
     """Mask ``key`` of every dict in the list option ``option`` in the module's results and logs (a secret inside a
     free-form list of dicts, which argument_spec's no_log cannot reach). One-character values ('!', '*') are markers,
     not secrets: masking them would garble every string holding that character."""
@@ -54,12 +58,12 @@ def hide_nested(module, option, key):
             module.no_log_values.add(value)
 
 
-def paths_from(module):
+def paths_from(module: AnsibleModule) -> Paths:
     params = module.params
     return Paths(**{key: params.get(key) for key in PATH_OPTIONS})
 
 
-def run(module, manager):
+def run(module: AnsibleModule, manager: Callable[[], Result | dict[str, Any]]) -> None:
     """Call ``manager()`` (a Result or a dict); turn domain errors into one ``fail_json`` naming the field; a
     result with ``failed`` set (and its ``msg``) fails the task too, keeping every other key of the result."""
     try:

@@ -11,6 +11,10 @@ import os
 import re
 import time
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
+if TYPE_CHECKING:
+    from typing import Any
+
 NAME_RE = re.compile(r'^[a-z0-9_-][a-z0-9_.-]{0,62}$')
 XID_MIN = 2
 XID_MAX = 49151
@@ -100,7 +104,7 @@ class Paths:
         return os.path.join(self.tree_dir, name)
 
 
-def check_name(name, field='name'):
+def check_name(name: Any, field: str = 'name') -> str:
     if not isinstance(name, str) or not NAME_RE.match(name) or '..' in name:
         raise VServerError(
             '%s must be 1 to 63 characters of lowercase letters, digits, "-", "_" and ".", not starting with '
@@ -118,7 +122,7 @@ def check_xid(xid, field='xid'):
     return value
 
 
-def terminal_safe(text):
+def terminal_safe(text: object) -> str:
     """``text`` fit for a terminal: a string a guest controls (a process name, a host name read from its tree)
     may carry escape sequences or line breaks. Every non-printable character (newline too) is shown as \\xNN
     (\\uNNNN above 0xff; a byte that was not UTF-8, read with errors='surrogateescape', as \\xNN) and a backslash
@@ -172,7 +176,7 @@ def write_error(path, exc):
 CONFIG_TMP_RE = re.compile(r'^\..+\.json\.[a-z0-9_]{8}$')
 
 
-def atomic_write(path, data, mode=0o644, durable=True):
+def atomic_write(path: str, data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``data`` (str or bytes) to ``path`` completely or not at all: a temp file in the same directory,
     every byte written and its size checked, fsync, rename, fsync of the directory. On failure the old file is
     untouched, the temp file removed and VServerError names the file (``cannot write PATH: REASON``).
@@ -228,11 +232,11 @@ def remove_stale_temps(directory):
     return removed
 
 
-def write_json(path, doc, mode=0o644, durable=True):
+def write_json(path: str, doc: Any, mode: int = 0o644, durable: bool = True) -> None:
     atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + '\n', mode, durable)
 
 
-def read_json(path, default=None):
+def read_json(path: str, default: Any = None) -> Any:
     try:
         with open(path) as handle:
             return json.load(handle)

@@ -15,6 +15,10 @@ import fcntl
 import os
 import struct
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
+if TYPE_CHECKING:
+    import subprocess
+
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -87,7 +91,7 @@ def setns(fd, nstype=0):
         _check(libc().setns(ctypes.c_int(fd), ctypes.c_int(nstype)), 'setns')
 
 
-def mount(source, target, fstype=None, flags=0, data=None):
+def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
     _check(libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
            'mount %s on %s' % (source or fstype, target))
 
@@ -253,7 +257,7 @@ FS_IMMUTABLE_FL = 0x00000010
 FS_APPEND_FL = 0x00000020
 
 
-def get_flags(fd):
+def get_flags(fd: int) -> int:
     buf = bytearray(8)
     fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
     return struct.unpack_from('i', buf)[0]
@@ -269,7 +273,8 @@ def set_subreaper():
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-def run(argv, check=True, input=None, env=None, timeout=60):
+def run(argv: list[str], check: bool = True, input: str | None = None, env: dict[str, str] | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a command given as a list (never a shell string), with a pinned locale."""
     import subprocess  # here, not at the top: the vserver command's hot paths never run one
     environ = dict(os.environ if env is None else env)

@@ -38,7 +38,7 @@ WATCH_LOCK = '.watch.lock'
 _EVENT = struct.Struct('iIII')
 
 
-def log_max(defaults_file=DEFAULTS_FILE):
+def log_max(defaults_file: str = DEFAULTS_FILE) -> int:
     """The cap in bytes: VSERVER_LOG_MAX from the environment or the host's defaults file (a number of bytes with
     an optional K, M or G), else 16 MiB; at least 64 KiB."""
     raw = os.environ.get(LOG_MAX_VAR) or read_defaults_file(defaults_file, keys=(LOG_MAX_VAR,)).get(LOG_MAX_VAR)
@@ -52,7 +52,7 @@ def log_max(defaults_file=DEFAULTS_FILE):
     return max(value, LOG_MAX_MIN)
 
 
-def cap(path, limit, keep=True):
+def cap(path: str, limit: int, keep: bool = True) -> bool:
     """If the log PATH holds more than LIMIT bytes: its last LIMIT bytes go to PATH.1 (when ``keep``), then PATH
     is truncated to zero. Returns True if it was. What the guest writes between the copy and the truncation is
     lost (copytruncate's known gap). Under LOG_DIR/.cap.lock: the size is read, the tail copied and the log
@@ -93,7 +93,7 @@ def _lock(log_dir, name, how):
     return fd
 
 
-def watching(log_dir):
+def watching(log_dir: str) -> bool:
     """True while a watcher (vserver-supervise, any mode but --once and --watch) keeps LOG_DIR's logs capped."""
     try:
         fd = os.open(os.path.join(log_dir, WATCH_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 
-def read_all(fd):
+def read_all(fd: int) -> bytes:
     """Read a pipe until EOF (every writer closed it, e.g. by exec with close-on-exec, or by exiting)."""
     chunks = []
     while True:
@@ -112,7 +112,7 @@ def parse_mountinfo(raw):
     return mounts
 
 
-def read_mountinfo(path='/proc/self/mountinfo'):
+def read_mountinfo(path: str = '/proc/self/mountinfo') -> list[dict]:
     with open(path) as handle:
         return parse_mountinfo(handle.read())
 
