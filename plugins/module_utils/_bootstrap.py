@@ -104,7 +104,7 @@ def check_mirror(value, field):
     return value
 
 
-def check_request(req):
+def check_request(req: dict) -> dict:
     """The request with its values checked, or Refused naming the offending variable."""
     if not isinstance(req, dict):
         raise Refused('a bootstrap request must be a dict (got %r)' % (req,))
@@ -370,7 +370,7 @@ def run_tool(req, target):
     return status, seconds, tail
 
 
-def build(req, check=False):
+def build(req: dict, check: bool = False) -> dict:
     """Make ROOT a bootstrapped tree unless it has one. Returns {"changed", "root", "seconds"}."""
     root = req['root']
     temp = temp_of(root)
@@ -417,7 +417,7 @@ def build(req, check=False):
 UNPACK_TIMEOUT = 1800  # seconds for tar to unpack one tarball
 
 
-def unpack(req, check=False):
+def unpack(req: dict, check: bool = False) -> dict:
     """Make ROOT the tarball's tree unless it has one ({"name", "root", "tarball"}). Never into an existing tree a
     guest can reach: tar runs in a fresh sibling (PARENT/.BASE.bootstrap, in the 0700 tree directory) renamed onto
     ROOT when complete; a ROOT that is not absent or empty is never unpacked into (one with /etc is built, one
@@ -460,7 +460,7 @@ def unpack(req, check=False):
     return result
 
 
-def plan(requests):
+def plan(requests: list[dict]) -> dict:
     """Check every request, fill in the host's mirror, say which trees need a build. Writes nothing."""
     if not isinstance(requests, list):
         raise Refused('guests must be a list of bootstrap requests')
@@ -496,7 +496,7 @@ def _interrupted(signum, dummy):
     raise BuildFailed('interrupted by signal %d' % signum)
 
 
-def stop_on_signals():
+def stop_on_signals() -> None:
     """SIGTERM and SIGHUP raise BuildFailed: a build that is interrupted still removes its partial tree."""
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGHUP, _interrupted)

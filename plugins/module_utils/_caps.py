@@ -12,7 +12,13 @@ import copy
 import os
 
 from ansible_collections.vserver.core.plugins.module_utils import _seccomp
-from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, atomic_write
+from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError, atomic_write
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
+if TYPE_CHECKING:
+    from typing import Any, Iterable
+
+    from ansible_collections.vserver.core.plugins.module_utils._cgroup import CgroupV1, CgroupV2
 
 CAPS = [
     'chown', 'dac_override', 'dac_read_search', 'fowner', 'fsetid', 'kill', 'setgid', 'setuid', 'setpcap',
@@ -118,7 +124,7 @@ def normalize_ccaps(names, field='ccaps'):
     return sorted(out)
 
 
-def mask(names):
+def mask(names: Iterable[str]) -> int:
     value = 0
     for name in names:
         value |= 1 << CAP_BITS[name]
@@ -129,7 +135,7 @@ def names_from_mask(value):
     return [name for name, bit in CAP_BITS.items() if value & (1 << bit)]
 
 
-def resolve(section):
+def resolve(section: dict | None) -> list[str]:
     """The bounding set (names) a guest gets from its ``capabilities`` config section."""
     section = section or {}
     if section.get('bcaps') is not None:
@@ -145,7 +151,7 @@ def resolve(section):
 SECCOMP_RECORD = 'seccomp'   # in the guest's runtime dir: the fingerprint of the filter its init runs
 
 
-def seccomp_program(doc):
+def seccomp_program(doc: dict) -> bytes | None:
     """The filter program a guest's processes get (None: unconfined). Its config is checked again here: a
     hand-edited config with an unknown name fails the start, before any process is forked."""
     section = doc.get('capabilities') or {}
@@ -153,18 +159,18 @@ def seccomp_program(doc):
     return _seccomp.for_guest(doc, resolve(section))
 
 
-def on_cgroup(doc, group):  # pylint: disable=unused-argument
+def on_cgroup(doc: dict, group: CgroupV1 | CgroupV2) -> None:  # pylint: disable=unused-argument
     """Start, host side, before any fork: build (and so check) the filter; the forked init reuses it."""
     seccomp_program(doc)
 
 
-def on_started(paths, doc, runtime):  # pylint: disable=unused-argument
+def on_started(paths: Paths, doc: dict, runtime: Any) -> None:  # pylint: disable=unused-argument
     """Record which filter the guest's init runs, so a changed filter reports restart_required."""
     atomic_write(os.path.join(runtime.dir, SECCOMP_RECORD), _seccomp.digest(seccomp_program(doc)) + '\n',
                  0o600, durable=False)
 
 
-def seccomp_running(runtime_dir, status):
+def seccomp_running(runtime_dir: str, status: dict[str, str]) -> str:
     """The fingerprint of the filter a running guest was started with; 'unconfined' when its init has none
     (Seccomp 0 in /proc/PID/status: e.g. a guest started before the filter existed)."""
     if status.get('Seccomp', '0').strip() == '0':
@@ -183,23 +189,23 @@ PING_ALL = '0\t2147483647'
 PING_NONE = '1\t0'                               # the kernel's default in a new netns: nobody
 
 
-def ccap_sysctls(section):
+def ccap_sysctls(section: dict | None) -> dict[str, str]:
     """Per-netns sysctls a capabilities section asks for: {path under /proc/sys: value}."""
     ccaps = normalize_ccaps((section or {}).get('ccaps'))
     return {PING_GROUP_RANGE: PING_ALL if 'raw_icmp' in ccaps else PING_NONE}
 
 
-def norm_sysctl(value):
+def norm_sysctl(value: object) -> str:
     return '\t'.join(str(value).split())
 
 
-def write_sysctls(values, proc='/proc'):
+def write_sysctls(values: dict[str, str], proc: str = '/proc') -> None:
     for key, value in values.items():
         with open(os.path.join(proc, 'sys', key), 'w') as handle:
             handle.write(value.replace('\t', ' '))
 
 
-def read_sysctls(keys, proc='/proc'):
+def read_sysctls(keys: Iterable[str], proc: str = '/proc') -> dict[str, str]:
     out = {}
     for key in keys:
         with open(os.path.join(proc, 'sys', key)) as handle:
@@ -207,7 +213,7 @@ def read_sysctls(keys, proc='/proc'):
     return out
 
 
-def on_netns(doc):
+def on_netns(doc: dict) -> None:
     """In the guest's new network namespace, before init is forked: ccaps sysctls."""
     section = doc.get('capabilities') or {}
     if section.get('ccaps'):
@@ -221,7 +227,7 @@ def _is_default(bcaps):
     return isinstance(bcaps, str) and bcaps.strip().lower() == 'default'
 
 
-def merge(stored, params):
+def merge(stored: dict | None, params: dict | None) -> dict:
     """Raw options for ``validate``: the stored section with the options a task gives (not None) put over it.
 
     bcaps and bcaps_add/bcaps_drop are two forms of the bounding set: giving one form replaces the other.
@@ -240,7 +246,7 @@ def merge(stored, params):
     return out
 
 
-def validate(params):
+def validate(params: dict | None) -> dict:
     """Module/role input -> the canonical ``capabilities`` section; unknown names fail before any write."""
     params = dict(params or {})
     if _is_default(params.get('bcaps')):
@@ -276,7 +282,7 @@ def validate(params):
     return section
 
 
-def observed(status, last_cap):
+def observed(status: dict[str, str], last_cap: int) -> dict:
     """A running init's bounding set (names) and no_new_privs flag from its /proc status."""
     bound = int(status.get('CapBnd', '0'), 16)
     return {'bcaps': [n for n in names_from_mask(bound) if CAP_BITS[n] <= last_cap],

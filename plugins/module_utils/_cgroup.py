@@ -18,6 +18,10 @@ from ansible_collections.vserver.core.plugins.module_utils import _common, _kern
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils._procfs import read_mountinfo
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 V1_CONTROLLERS = ('memory', 'pids', 'cpu', 'cpuacct', 'cpuset', 'freezer', 'blkio', 'devices')
 
 
@@ -72,7 +76,7 @@ def detect(mountinfo='/proc/self/mountinfo'):
 _HOST_LAYOUT = []
 
 
-def host_layout():
+def host_layout() -> Layout:
     """This host's layout, detected once per process (cgroup mounts do not move under a running tool)."""
     if not _HOST_LAYOUT:
         _HOST_LAYOUT.append(detect())
@@ -313,7 +317,7 @@ class CgroupV1(_Base):
     def read(self, key):
         return _read(os.path.join(self.dir_for(key.split('.')[0]), key))
 
-    def file(self, key):
+    def file(self, key: str) -> str:
         """The path of a controller file of this group (e.g. 'memory.max', 'pids.max')."""
         return os.path.join(self.dir_for(key.split('.')[0]), key)
 
@@ -397,7 +401,7 @@ class CgroupV2(_Base):
     def read(self, key):
         return _read(os.path.join(self.path, key))
 
-    def file(self, key):
+    def file(self, key: str) -> str:
         return os.path.join(self.path, key)
 
     def unified_dir(self):
@@ -464,7 +468,7 @@ def _in_unit(parent):
     return any(part.endswith(('.service', '.scope')) for part in parent.split('/'))
 
 
-def guest_parent(parent, layout, proc='/proc'):
+def guest_parent(parent: str, layout: Layout | None, proc: str = '/proc') -> str:
     """The cgroup path (relative to each hierarchy root) the guests' cgroups go under.
 
     Without systemd as PID 1 this is ``parent`` itself. Under systemd it is ``parent`` inside the delegated
@@ -490,7 +494,8 @@ def _delegates(text):
     return bool(text) and any(line.strip().replace(' ', '') == 'Delegate=yes' for line in text.splitlines())
 
 
-def ensure_delegation(layout, proc='/proc', unit_dir='/etc/systemd/system', run=None):
+def ensure_delegation(layout: Layout, proc: str = '/proc', unit_dir: str = '/etc/systemd/system',
+                      run: Callable[[list[str]], Any] | None = None) -> list[str]:
     """Under systemd: install and start the delegated unit the guests' cgroups live in. Returns actions."""
     if not systemd_is_pid1(proc):
         return []
@@ -511,7 +516,7 @@ def ensure_delegation(layout, proc='/proc', unit_dir='/etc/systemd/system', run=
 
 # --- which guest a process is in (its /proc/PID/cgroup) -------------------------------------------------
 
-def parse_proc_cgroup(raw):
+def parse_proc_cgroup(raw: str) -> dict[str, str]:
     """/proc/PID/cgroup -> {hierarchy key: path}; key is the controller list ('' for cgroup2)."""
     out = {}
     for line in raw.splitlines():
@@ -521,7 +526,7 @@ def parse_proc_cgroup(raw):
     return out
 
 
-def guest_of(cgroups, parent):
+def guest_of(cgroups: dict[str, str], parent: str) -> str | None:
     """Guest name from a process's cgroup paths, or None for host processes."""
     prefix = '/' + parent.strip('/') + '/'
     for path in cgroups.values():

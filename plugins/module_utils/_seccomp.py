@@ -24,6 +24,10 @@ import struct
 from ansible_collections.vserver.core.plugins.module_utils import _syscalls
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
+if TYPE_CHECKING:
+    from typing import Any
+
 MODES = ('default', 'log', 'unconfined')
 
 # Denied whatever the guest's capabilities (its confinement rests on them: see docs/security.md).
@@ -110,7 +114,7 @@ def _names(value, field):
     return sorted(out)
 
 
-def validate(value, field='seccomp', arch=None):
+def validate(value: Any, field: str = 'seccomp', arch: str | None = None) -> dict | None:
     """Module/role input -> the canonical ``seccomp`` config (None for the default filter).
 
     Names are checked against the running architecture's table: an unknown one fails before anything changes."""
@@ -252,7 +256,7 @@ def program(config, bcaps, arch=None):
 _BUILT = {}
 
 
-def for_guest(doc, bcaps):
+def for_guest(doc: dict, bcaps: list[str]) -> bytes | None:
     """The program for a guest's config document (cached per config: start builds it host-side, its forked init
     reuses it). ``bcaps``: the guest's bounding set, names."""
     config = ((doc.get('capabilities') or {}).get('seccomp')) or {}
@@ -262,6 +266,6 @@ def for_guest(doc, bcaps):
     return _BUILT[key]
 
 
-def digest(prog):
+def digest(prog: bytes | None) -> str:
     """A short fingerprint of a program ('unconfined' for none), recorded at start to tell a changed filter."""
     return 'unconfined' if prog is None else hashlib.sha256(prog).hexdigest()[:16]

@@ -184,7 +184,7 @@ file_setattr:469
 TABLES = {'x86_64': X86_64, 'i386': I386, 'aarch64': AARCH64}
 
 
-def table(abi):
+def table(abi: str) -> dict[str, int]:
     """{name: number} of one ABI ('x86_64', 'i386', 'aarch64')."""
     return dict((name, int(number)) for name, dummy, number in
                 (word.partition(':') for word in TABLES[abi].split()))
