@@ -157,7 +157,7 @@ class Removal:
         ours = any(a.endswith(b'vserver-supervise') for a in argv) and b'--daemon' in argv
         return pid if ours and _alive(pid) else None
 
-    def probe(self):
+    def probe(self) -> None:
         paths = Paths(config_dir=self.req['config_dir'], run_dir=self.req['run_dir'], defaults_file=None)
         self.out['guests'] = _config.names(paths)
         try:  # runtime state of guests (also one whose config is gone)

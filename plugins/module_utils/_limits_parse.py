@@ -15,11 +15,15 @@ import os
 import re
 import resource
 import stat
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils._disk import (
     CAP_SYS_RESOURCE, DISK_BACKENDS, DISK_FSTYPES, DISK_MIN)
+
+if TYPE_CHECKING:
+    from ansible_collections.vserver.core.plugins.module_utils._cgroup import Layout
 
 MAX = 'max'
 UNITS = {'': 1, 'B': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
@@ -38,7 +42,7 @@ RLIMITS = {name[7:].lower(): getattr(resource, name) for name in dir(resource)
 
 # --- parsing ----------------------------------------------------------------------------------------
 
-def parse_size(value, field, allow_max=True, allow_zero=False):
+def parse_size(value: Any, field: str, allow_max: bool = True, allow_zero: bool = False) -> int | str:
     """'512M' -> 536870912; 'max'/'unlimited' -> 'max'. Refuses negatives, zero (unless allowed), junk."""
     if isinstance(value, bool) or value is None:
         raise VServerError('%s: expected %s (got %r)' % (field, SIZE_FORM, value), field)
@@ -60,7 +64,8 @@ def parse_size(value, field, allow_max=True, allow_zero=False):
     return number
 
 
-def parse_int(value, field, low=None, high=None, allow_max=False, form=None):
+def parse_int(value: Any, field: str, low: int | None = None, high: int | None = None, allow_max: bool = False,
+              form: str | None = None) -> int | str:
     if allow_max and isinstance(value, str) and value.strip().lower() in ('max', 'unlimited', 'infinity'):
         return MAX
     try:
@@ -77,7 +82,7 @@ def parse_int(value, field, low=None, high=None, allow_max=False, form=None):
     return number
 
 
-def parse_cpulist(text):
+def parse_cpulist(text: str | None) -> list[int]:
     """'0-2,5' -> [0, 1, 2, 5]; raises ValueError on junk."""
     out = set()
     text = (text or '').strip()
@@ -96,7 +101,7 @@ def parse_cpulist(text):
     return sorted(out)
 
 
-def format_cpulist(cpus):
+def format_cpulist(cpus: Iterable[int]) -> str:
     parts = []
     cpus = sorted(cpus)
     i = 0
@@ -172,7 +177,7 @@ def _rl_cmp(value):
     return float('inf') if value == 'unlimited' else value
 
 
-def validate_rlimits(raw, host, field='rlimits'):
+def validate_rlimits(raw: Any, host: Host, field: str = 'rlimits') -> dict | None:
     if raw in (None, {}):
         return None
     if not isinstance(raw, dict):
@@ -213,7 +218,7 @@ def validate_rlimits(raw, host, field='rlimits'):
     return dict(sorted(out.items()))
 
 
-def validate_cpu(raw, host, field='cpu'):
+def validate_cpu(raw: Any, host: Host, field: str = 'cpu') -> dict | None:
     if raw in (None, {}):
         return None
     if not isinstance(raw, dict):
@@ -261,7 +266,7 @@ def validate_cpu(raw, host, field='cpu'):
 IO_DEVICE_KEYS = ('read_bps', 'write_bps', 'read_iops', 'write_iops')
 
 
-def validate_io(raw, host, field='io'):
+def validate_io(raw: Any, host: Host, field: str = 'io') -> dict | None:
     if raw in (None, {}):
         return None
     if not isinstance(raw, dict) or set(raw) - {'weight', 'devices'}:
@@ -297,7 +302,7 @@ def validate_io(raw, host, field='io'):
     return out or None
 
 
-def validate(params, host=None, layout=None):
+def validate(params: dict | None, host: Host | None = None, layout: Layout | None = None) -> dict:
     """User input (module params or a role's dict) -> canonical ``limits`` section. Raises on bad input."""
     host = host or Host(layout=layout)
     params = params or {}
@@ -370,7 +375,7 @@ def _is_word(value, words):
     return isinstance(value, str) and value.strip().lower() in words
 
 
-def merge(stored, params):
+def merge(stored: dict | None, params: dict | None) -> dict:
     """Raw options for ``validate``: the stored section with the options a task gives (not None) put over it.
 
     ``cpuset: all`` and ``disk: none`` remove those options; every other option is removed by its own "no
@@ -388,7 +393,7 @@ def merge(stored, params):
 
 # --- disk (the option; the loop image and btrfs qgroup are in _disk) ---------------------------------
 
-def disk_validate(raw, backend=None, fstype=None, field='disk'):
+def disk_validate(raw: Any, backend: str | None = None, fstype: str | None = None, field: str = 'disk') -> dict | None:
     if raw is None:
         return None
     if isinstance(raw, dict):

@@ -34,7 +34,7 @@ def _kind(path):
         return None
 
 
-def apply(scratch='/dev/.vserver-empty'):
+def apply(scratch: str = '/dev/.vserver-empty') -> None:
     """Mask and protect the paths above, in the guest's mount namespace.
 
     ``scratch`` is a free name on a filesystem of the guest's own (its /dev tmpfs): an empty file is made there,
