@@ -146,7 +146,7 @@ def purge_tree(root, paths=None):
     _tree.purge_tree(root, freezer=lambda: _mgr_unify.freezer(paths))
 
 
-def remove_build(build, paths=None):
+def remove_build(build: str, paths: Paths | None = None) -> None:
     """Remove an unfinished build sibling (``_tree.remove_build``), the running guests frozen likewise."""
     _tree.remove_build(build, freezer=lambda: _mgr_unify.freezer(paths))
 
@@ -452,7 +452,7 @@ def ensure_context(paths: Paths, params: Dict[str, Any], check_mode: bool = Fals
     return ensure(paths, params.get('name'), params, check_mode).to_dict()
 
 
-def info(paths, names=None, with_processes=True):
+def info(paths: Paths, names: list[str] | None = None, with_processes: bool = True) -> dict:
     """Facts about all (or the named) guests and, optionally, the spectator view of every process."""
     docs, broken = _config.scan(paths)
     if names:

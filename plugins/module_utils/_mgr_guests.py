@@ -16,7 +16,7 @@ from ansible_collections.vserver.core.plugins.module_utils import (
     _caps, _cgroup, _config, _procfs as P, _limits, _runtime, _mgr_address, _mgr_capabilities, _mgr_context,
     _mgr_limits, _mgr_unify, _template, _tree)
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    HostLock, VServerError, check_name, write_json)
+    HostLock, Paths, VServerError, check_name, write_json)
 
 STATES = ('started', 'stopped', 'present', 'frozen', 'absent')
 TEMPLATES = ('busybox', 'none', 'clone')
@@ -31,14 +31,14 @@ CAPS_DEFAULTS = _caps.DEFAULTS
 LIMITS_DEFAULTS = _limits.DEFAULTS
 
 
-def autostart_dir(paths):
+def autostart_dir(paths: Paths) -> str:
     return os.path.join(paths.config_dir, AUTOSTART_DIR)
 
 
 def _whole_section(manager):
     """A concern manager's ``ensure`` for a guest entry's section: the section given is the whole desired state (a
     key removed from it is lifted, docs/roles.md); the Result as the dict the guest's outcome is built from."""
-    def ensure(paths, name, params, check_mode):
+    def ensure(paths: Paths, name: str, params: dict, check_mode: bool) -> dict:
         return manager.ensure(paths, name, params, check_mode, replace=True).to_dict()
     return ensure
 
@@ -419,7 +419,7 @@ def ensure_one(paths, spec, allow_restart=False, check_mode=False, actions=None)
     return out.result(name)
 
 
-def ensure(paths, params, check_mode=False):
+def ensure(paths: Paths, params: dict, check_mode: bool = False) -> dict:
     """The ``guests`` module: every listed guest, then (with ``prune``) remove the unlisted ones."""
     specs = validate(params.get('guests') or [])
     allow_restart = bool(params.get('allow_restart'))

@@ -31,7 +31,7 @@ build_prefix, stale_builds, new_build_dir, install_build = (
     _tree.build_prefix, _tree.stale_builds, _tree.new_build_dir, _tree.install_build)
 
 
-def find_busybox():
+def find_busybox() -> tuple[str, list[str]]:
     for path in BUSYBOX_CANDIDATES:
         if os.path.isfile(path):
             proc = run([path, '--list-full'], check=False)
@@ -41,7 +41,7 @@ def find_busybox():
                        'busybox-static)', 'template')
 
 
-def tree_is_empty(root):
+def tree_is_empty(root: str) -> bool:
     return not os.path.exists(root) or (os.path.isdir(root) and not os.listdir(root))
 
 
@@ -70,7 +70,7 @@ def _fill(root, busybox, applets, hostname):
         os.chmod(path, MODES.get(rel, 0o644))
 
 
-def build_busybox(root, hostname=None):
+def build_busybox(root: str, hostname: str | None = None) -> None:
     """Build a minimal guest tree at ``root`` (which must be absent or empty).
 
     The tree is made in a build sibling and renamed onto ``root`` only when complete, so a killed build
