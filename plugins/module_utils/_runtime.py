@@ -38,7 +38,7 @@ import time
 
 from ansible_collections.vserver.core.plugins.module_utils import (
     _caps, _cgroup, _config, _kernel as K, _procfs as P, _logs, _runtime_child)
-from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, read_json, write_json
+from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
 NETNS_HANDLE = 'netns'
@@ -243,7 +243,7 @@ def _log_fd(paths, name):
     return os.open(paths.log_file(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
 
-def log_watched(paths):
+def log_watched(paths: Paths) -> bool:
     """Whether a vserver-supervise watcher keeps the guests' console logs capped (``vserver NAME start`` says so when
     none does)."""
     return _logs.watching(paths.log_dir)
@@ -293,7 +293,7 @@ def _ns_inodes(proc_fd):
     return out
 
 
-def cleanup(paths, name, layout=None, timeout=5.0):
+def cleanup(paths: Paths, name: str, layout: _cgroup.Layout | None = None, timeout: float = 5.0) -> None:
     """Remove every runtime trace of a guest: processes, cgroup, netns handle, runtime dir."""
     rt = Runtime(paths, name, layout)
     group = rt.group
@@ -337,7 +337,7 @@ def _record_init(rt, pid, parent, group, root):
     return record
 
 
-def start(paths, doc, layout=None):
+def start(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict:
     """Start the guest described by ``doc``; return its runtime record. Rolls back on failure."""
     name = doc['name']
     root = os.path.realpath(doc['root'])
@@ -435,7 +435,7 @@ def _wait_gone(proc_fd, timeout):
         time.sleep(min(left, 0.05))
 
 
-def stop(paths, doc, layout=None):
+def stop(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> list[str]:
     """Signal init, wait ``stop_timeout``, kill what is left; leave nothing of the guest behind.
 
     Returns a list of warnings (bad stop settings in the config, replaced by the defaults). Only a process in
@@ -463,17 +463,17 @@ def stop(paths, doc, layout=None):
     return warnings
 
 
-def freeze(paths, doc, layout=None):
+def freeze(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> None:
     rt = Runtime(paths, doc['name'], layout)
     if not rt.group.freeze():
         raise VServerError('guest %s did not freeze in time' % doc['name'])
 
 
-def thaw(paths, doc, layout=None):
+def thaw(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> None:
     Runtime(paths, doc['name'], layout).group.thaw()
 
 
-def status(paths, doc, layout=None):
+def status(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict:
     """Facts about one guest, read from the kernel."""
     rt = Runtime(paths, doc['name'], layout)
     pid, st = rt.init()  # read once: an init that exits from here on is reported as it was seen
@@ -502,7 +502,7 @@ def status(paths, doc, layout=None):
     return out
 
 
-def set_uts(paths, doc, layout=None):
+def set_uts(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> None:
     """Apply hostname/domainname to a running guest, live."""
     proc_fd = Runtime(paths, doc['name'], layout).open_init()
     if proc_fd is None:
@@ -546,7 +546,7 @@ def _steps(phase):
     return [func for name, func in _STEPS if name == phase]
 
 
-def on_absent(paths, doc):
+def on_absent(paths: Paths, doc: dict | None) -> None:
     """A guest is being removed (stopped already; its config still there, or ``doc`` None when it is broken)."""
     for step in _steps('absent'):
         step(paths, doc)

@@ -18,6 +18,12 @@ import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _kernel as K, _masks, _procfs as P
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, NoReturn
+
+    from ansible_collections.vserver.core.plugins.module_utils._cgroup import CgroupV1, CgroupV2
+
 GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 
@@ -69,7 +75,7 @@ def _current_caps():
     return int(status['CapEff'], 16), int(status['CapPrm'], 16)
 
 
-def drop_privileges(doc):
+def drop_privileges(doc: dict) -> None:
     """Bounding set to the guest's bcaps, ambient and inheritable cleared, optional no_new_privs, then the guest's
     syscall filter (docs/security.md): the last step before exec, while CAP_SYS_ADMIN is still effective (loading a
     filter without no_new_privs needs it), after every mount the runtime makes."""
@@ -129,7 +135,8 @@ def _guest_init(doc, root, log_fd, err_w, child_steps):
             os._exit(127)
 
 
-def intermediate(doc, group, root, log_fd, pid_w, err_w, netns_steps, child_steps):
+def intermediate(doc: dict, group: CgroupV1 | CgroupV2, root: str, log_fd: int, pid_w: int, err_w: int,
+                 netns_steps: list[Callable[[dict], Any]], child_steps: list[Callable[[dict], Any]]) -> NoReturn:
     """First child: join cgroup, unshare, configure namespaces (then ``netns_steps``), fork init (which runs
     ``child_steps``), report its pid, exit."""
     try:

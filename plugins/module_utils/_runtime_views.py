@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _config, _procfs as P
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
+if TYPE_CHECKING:
+    from ansible_collections.vserver.core.plugins.module_utils._common import Paths
 
-def processes(paths, docs=None, proc='/proc'):
+
+def processes(paths: Paths, docs: dict[str, dict] | None = None, proc: str = '/proc') -> list[dict]:
     """Every process on the host labelled with its context: 0 for the host, the guest's xid otherwise."""
     docs = _config.load_all(paths) if docs is None else docs
     xids = {name: doc.get('xid') for name, doc in docs.items()}
@@ -38,7 +42,7 @@ def processes(paths, docs=None, proc='/proc'):
     return out
 
 
-def format_duration(seconds):
+def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return '-'
     seconds = int(seconds)
@@ -60,7 +64,7 @@ def format_bytes(value):
     return str(value)
 
 
-def stat_table(rows):
+def stat_table(rows: list[dict]) -> str:
     """A vserver-stat-like table from status() rows; DISK is the disk limit, ``none`` for a guest without one
     (its tree can fill the host filesystem it lives on), ``-`` when unknown (a broken config)."""
     width = max([len('NAME')] + [len(row['name']) for row in rows])
