@@ -37,8 +37,8 @@ MARKS = ('purging',)
 # Sections checked with their concern's validator (the others only for being JSON objects): a reader checks
 # what it uses. ``load`` (one guest: start, stop, enter, the modules) checks CHECKED; ``scan`` (listings, xid
 # and address allocation) checks LISTED, what listings show: checking limits too made `vserver stat` of 20 guests
-# ~5 ms (12%) slower. The unify section is read only by the unify concern, which asks for it (importing that
-# concern alone costs ~15 ms, a third of a whole `vserver stat`).
+# ~5 ms (12%) slower. The unify section is read only by the unify manager, which asks for it (_mgr_unify.select;
+# importing that concern alone costs ~15 ms, a third of a whole `vserver stat`).
 CHECKED = ('capabilities', 'limits', 'network')
 LISTED = ('capabilities', 'network')
 REQUIRED = ('name', 'xid', 'root', 'init')
