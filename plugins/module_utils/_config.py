@@ -12,9 +12,10 @@ never hides or breaks the others.
 Documents carry a schema version (key ``schema``, ``SCHEMA``): ``save`` writes it, every read migrates an older
 document (one written before versions: schema 0) in memory, step by step (``MIGRATIONS``), before checking it.
 
-Floor 1 (see docs/architecture.md): the context keys (name, xid, root, init, stop settings...) are checked here,
-the document's own; each section is checked by its concern's validator (imported where used: the last imports up
-a floor in module_utils, listed in tests/unit/test_layers.py).
+Floor 4, the store (see docs/architecture.md): above the concerns, below the runtime. The context keys (name, xid,
+root, init, stop settings...) are checked here, the document's own; each section is checked by its concern's
+validator, so the store sits above the concerns (each imported where used: a reader pays only for the concerns
+whose sections it checks). No concern reads a config: their managers read the documents and pass them in.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the manager behind the ``address`` module (floor 5).
+"""Private to this collection: the manager behind the ``address`` module (floor 6).
 
 ``ensure(paths, name, params, check_mode)`` validates the options (``_netns``), computes the new ``network``
 section under the host lock, checks it against the host and the other guests' configs (read here: the concern

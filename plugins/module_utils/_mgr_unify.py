@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the manager of the ``unify`` module (floor 5; see docs/architecture.md).
+"""Private to this collection: the manager of the ``unify`` module (floor 6; see docs/architecture.md).
 
 ``ensure(paths, name, params, check_mode) -> Result`` unifies (state=present) or de-unifies (state=absent) the
 selected guests under the host lock: read the guests' configs and pick the guests (``select``), scan (``_walk``),

@@ -17,7 +17,7 @@ This file is the concern: the options (``ARGUMENT_SPEC``, ``DEFAULTS``), their v
 (``desired``, ``resolve_gateways``) and the host checks. ``_netns_plan`` turns a section into typed operations
 against what the kernel shows; ``_netlink`` (floor 2) carries them to the kernel. The runtime calls two steps at
 every start: ``on_netns`` in the guest's new namespace, ``on_started`` once init runs. The manager behind the
-``address`` module is ``_mgr_address`` (floor 5): it reads the guests' configs (``_config``) and passes
+``address`` module is ``_mgr_address`` (floor 6): it reads the guests' configs (``_config``, floor 4) and passes
 them in (``check_conflicts``); this floor never reads a config.
 """
 
