@@ -12,9 +12,10 @@ never hides or breaks the others.
 Documents carry a schema version (key ``schema``, ``SCHEMA``): ``save`` writes it, every read migrates an older
 document (one written before versions: schema 0) in memory, step by step (``MIGRATIONS``), before checking it.
 
-Floor 1 (see docs/architecture.md): the context keys (name, xid, root, init, stop settings...) are checked here,
-the document's own; each section is checked by its concern's validator (imported where used: the last imports up
-a floor in module_utils, listed in tests/unit/test_layers.py).
+Floor 4, the store (see docs/architecture.md): above the concerns, below the runtime. The context keys (name, xid,
+root, init, stop settings...) are checked here, the document's own; each section is checked by its concern's
+validator, so the store sits above the concerns (each imported where used: a reader pays only for the concerns
+whose sections it checks). No concern reads a config: their managers read the documents and pass them in.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ MARKS = ('purging',)
 # Sections checked with their concern's validator (the others only for being JSON objects): a reader checks
 # what it uses. ``load`` (one guest: start, stop, enter, the modules) checks CHECKED; ``scan`` (listings, xid
 # and address allocation) checks LISTED, what listings show: checking limits too made `vserver stat` of 20 guests
-# ~5 ms (12%) slower. The unify section is read only by the unify concern, which asks for it (importing that
-# concern alone costs ~15 ms, a third of a whole `vserver stat`).
+# ~5 ms (12%) slower. The unify section is read only by the unify manager, which asks for it (_mgr_unify.select;
+# importing that concern alone costs ~15 ms, a third of a whole `vserver stat`).
 CHECKED = ('capabilities', 'limits', 'network')
 LISTED = ('capabilities', 'network')
 REQUIRED = ('name', 'xid', 'root', 'init')

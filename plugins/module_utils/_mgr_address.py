@@ -1,9 +1,10 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the manager behind the ``address`` module (floor 5).
+"""Private to this collection: the manager behind the ``address`` module (floor 6).
 
 ``ensure(paths, name, params, check_mode)`` validates the options (``_netns``), computes the new ``network``
-section under the host lock, plans the live change of a running guest against the kernel (``_netns_plan``, with the
+section under the host lock, checks it against the host and the other guests' configs (read here: the concern
+never reads a config), plans the live change of a running guest against the kernel (``_netns_plan``, with the
 guest's init pid and netns handle from the runtime), runs it, then saves the config; a config that cannot be saved
 undoes the live change. ``describe`` gives the network facts of one guest for listings.
 """
@@ -41,7 +42,7 @@ def ensure(paths: Paths, name: str, params: Dict[str, Any], check_mode: bool = F
         section = _netns.desired(current, opts)
         if section is not None:
             _netns.resolve_gateways(section, opts['gateway'] is not None, host)
-            _netns.check_conflicts(paths, name, section, host)
+            _netns.check_conflicts(name, section, host, _config.load_all(paths))
         result = Result(before=_netns.section_view(current), after=_netns.section_view(section))
         pid, handle = _live_runtime(paths, name, repair=not check_mode, actions=result.actions)
         plan = None

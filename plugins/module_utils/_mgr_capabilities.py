@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the manager of the capabilities module (floor 5, see docs/architecture.md).
+"""Private to this collection: the manager of the capabilities module (floor 6, see docs/architecture.md).
 
 Reads the stored section and what the running guest shows, asks the concern's planner (_caps_plan.plan) what changes, then acts:
 ccaps sysctls live in the guest's network namespace, the config, and a restart only when asked."""

@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the manager of the context module (floor 5, see docs/architecture.md), also behind
+"""Private to this collection: the manager of the context module (floor 6, see docs/architecture.md), also behind
 context_info, the ``vserver`` command, the guests module and the supervisor.
 
 ``ensure(paths, name, params, check_mode) -> Result``: validate, read the state under the host lock (``_gather``:

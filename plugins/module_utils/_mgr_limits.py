@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the manager of the ``limits`` module (floor 5).
+"""Private to this collection: the manager of the ``limits`` module (floor 6).
 
 ``ensure(paths, name, params, check_mode, replace, restart) -> Result``: set the options ``params`` gives on a
 guest's limits section, live on a running guest. ``plan_change`` decides (no writes); ``_execute`` acts: the kernel

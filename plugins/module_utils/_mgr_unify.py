@@ -1,11 +1,12 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to this collection: the manager of the ``unify`` module (floor 5; see docs/architecture.md).
+"""Private to this collection: the manager of the ``unify`` module (floor 6; see docs/architecture.md).
 
 ``ensure(paths, name, params, check_mode) -> Result`` unifies (state=present) or de-unifies (state=absent) the
-selected guests under the host lock: scan (``_walk``), plan (``_unify``, ``_unify_prove``), act (``_unify_act``,
-``_unify_absent``), then record each guest's ``unify`` config section. Which guests run (the cgroups to freeze
-while a shared inode's protection is lifted) is the runtime's knowledge: read here (``freezer``) and passed down.
+selected guests under the host lock: read the guests' configs and pick the guests (``select``), scan (``_walk``),
+plan (``_unify``, ``_unify_prove``), act (``_unify_act``, ``_unify_absent``), then record each guest's ``unify``
+config section. The configs and which guests run (the cgroups to freeze while a shared inode's protection is
+lifted) are read here (``select``, ``freezer``) and passed down: the concern reads neither.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def freezer(paths: Optional[Paths]) -> Freezer:
     return Freezer(groups)
 
 
+def select(paths: Paths, p: Dict[str, Any]) -> _unify.Selection:
+    """Read the guests' configs, the unify sections too (this is their reader: ``_config.scan`` checks only
+    ``LISTED`` unless asked), and pick the guests of a run (``_unify.select``)."""
+    docs, broken = _config.scan(paths, _config.SECTIONS)
+    return _unify.select(p, docs, broken)
+
+
 def _params(name, params):
     params = dict(params or {})
     if name is not None:
@@ -75,7 +83,7 @@ def ensure(paths: Paths, name: Optional[str], params: Optional[Dict[str, Any]],
     ``after`` hold the counts and the guests' unify sections (the diff)."""
     p = _params(name, params)
     with HostLock(paths):
-        sel = _unify.select(paths, p)
+        sel = select(paths, p)
         if p['state'] == 'absent' and len(sel.selected) > 1:
             # One guest at a time. De-unification gives private copies to the inodes a guest shares with names
             # outside its scan; de-unified together, two guests would keep the inodes they share with each other,

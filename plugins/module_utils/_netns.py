@@ -17,7 +17,8 @@ This file is the concern: the options (``ARGUMENT_SPEC``, ``DEFAULTS``), their v
 (``desired``, ``resolve_gateways``) and the host checks. ``_netns_plan`` turns a section into typed operations
 against what the kernel shows; ``_netlink`` (floor 2) carries them to the kernel. The runtime calls two steps at
 every start: ``on_netns`` in the guest's new namespace, ``on_started`` once init runs. The manager behind the
-``address`` module is ``_mgr_address`` (floor 5).
+``address`` module is ``_mgr_address`` (floor 6): it reads the guests' configs (``_config``, floor 4) and passes
+them in (``check_conflicts``); this floor never reads a config.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import os
 import re
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.vserver.core.plugins.module_utils import _config
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, check_name
 from ansible_collections.vserver.core.plugins.module_utils._netlink import (
     NetState, cached_iface as _iface, cached_ip as _ip)
@@ -314,24 +314,26 @@ def vlan_supported(proc='/proc', sys='/sys', modules='/lib/modules'):
         return False
 
 
-def check_conflicts(paths, name: str, section: dict, host: NetState) -> None:
-    """Refuse addresses held by another guest (config) or by the host; parents that do not exist."""
-    others = {}
-    for other, doc in _config.load_all(paths).items():
+def check_conflicts(name: str, section: dict, host: NetState, others: Dict[str, dict]) -> None:
+    """Refuse addresses held by another guest (config) or by the host; parents that do not exist.
+
+    ``others``: the guests' config documents by name (the manager reads them; ``name``'s own is skipped)."""
+    held = {}
+    for other, doc in others.items():
         if other == name:
             continue
         for addr in (doc.get('network') or {}).get('addresses') or []:
-            others[_iface(addr).ip] = other
+            held[_iface(addr).ip] = other
     for addr in section['addresses']:
         ip = _iface(addr).ip
-        if ip in others:
-            raise VServerError('address %s is already held by guest %s' % (ip, others[ip]), 'address')
+        if ip in held:
+            raise VServerError('address %s is already held by guest %s' % (ip, held[ip]), 'address')
         holder = host.holder(ip)
         if holder:
             raise VServerError('address %s is already held by the host (interface %s)' % (ip, holder), 'address')
     for gw in section.get('gateway') or []:
-        if _ip(gw) in others:
-            raise VServerError('gateway %s is the address of guest %s' % (gw, others[_ip(gw)]),
+        if _ip(gw) in held:
+            raise VServerError('gateway %s is the address of guest %s' % (gw, held[_ip(gw)]),
                                'gateway')
     parent = section.get('parent')
     if parent and parent not in host.links:

@@ -26,7 +26,7 @@ interface: ``_steps()`` below names each call, in the order it runs. Phases (whe
            None for a broken config.                                     1. _limits (disk image)
 
 A step reads only its own config section. Concerns never import this file (the layers point down, see
-docs/architecture.md; tests/unit/test_layers.py lists the last such imports until the architecture issue lands).
+docs/architecture.md; tests/unit/test_layers.py checks it).
 Nothing else of a concern runs inside a start.
 """
 

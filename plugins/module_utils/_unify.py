@@ -23,7 +23,8 @@ absent  (``_unify_absent``) de-unify one guest: every inode it shares with anyth
         copy (owner, mode, xattrs incl. security.capability, atime/mtime kept; internal hardlinks kept), written
         to a temp name, synced, renamed over; flags we set are cleared.
 
-Imports floors 1-2 only (_common, _config, _kernel, _walk, _unify_index, _unify_freeze); never the runtime.
+Imports floors 1-2 only (_common, _kernel, _walk, _unify_index, _unify_freeze); never the config store nor the
+runtime: the manager reads the guests' configs and passes them in (``select``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import os
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from ansible_collections.vserver.core.plugins.module_utils import _config
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils._kernel import FS_APPEND_FL, FS_IMMUTABLE_FL, \
     get_flags, reflink_supported
@@ -163,10 +163,10 @@ def _named(p, docs, broken):
     return selected
 
 
-def select(paths, p: Dict[str, Any]) -> Selection:
-    """Read the guests' configs (the unify sections too: this is their reader) and pick the guests of a run;
-    raise VServerError naming 'guests' for an unknown or broken guest, or trees that overlap."""
-    docs, broken = _config.scan(paths, _config.SECTIONS)
+def select(p: Dict[str, Any], docs: Dict[str, dict], broken: Dict[str, Exception]) -> Selection:
+    """Pick the guests of a run from the guests' configs: ``docs`` the good ones by name, ``broken`` the errors of
+    the others by name (``_config.scan``, the unify sections checked too: ``_mgr_unify.select`` reads them); raise
+    VServerError naming 'guests' for an unknown or broken guest, or trees that overlap."""
     selected = _named(p, docs, broken)
     sources = []
     if p['state'] == 'present':
@@ -183,9 +183,6 @@ def select(paths, p: Dict[str, Any]) -> Selection:
         if rb == ra or rb.startswith(ra.rstrip('/') + '/'):
             raise VServerError('guests: the trees of %s (%s) and %s (%s) overlap' % (a, ra, b, rb), 'guests')
     return Selection(docs, selected, sources, roots)
-
-
-_select = select  # the name tests/unit/test_config_check.py calls
 
 
 def conffiles(root: str, cap: int = 1 << 20) -> List[str]:

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime, _mgr_guests, _tree, _unify
+from ansible_collections.vserver.core.plugins.module_utils import _config, _procfs, _runtime, _mgr_guests, _tree
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
@@ -58,7 +58,7 @@ def test_clone_hardlinks_only_unified_files(tmp_path, busybox_tree):
     os.link(str(shared), str(tmp_path / 'other-guest-copy'))  # unified: nlink > 1 and immutable
     subprocess.run(['chattr', '+i', str(shared)], check=True)
     try:
-        counts = _tree.clone_tree(str(src), str(tmp_path / 'dst'), writers=_unify.open_for_write)
+        counts = _tree.clone_tree(str(src), str(tmp_path / 'dst'), writers=_procfs.open_for_write)
         assert os.stat(str(tmp_path / 'dst' / 'bin' / 'busybox')).st_ino == shared.stat().st_ino
         assert os.stat(str(tmp_path / 'dst' / 'etc' / 'passwd')).st_ino != (src / 'etc' / 'passwd').stat().st_ino
         assert (tmp_path / 'dst' / 'etc' / 'passwd').read_text() == (src / 'etc' / 'passwd').read_text()

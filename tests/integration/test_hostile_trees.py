@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _runtime, _mgr_guests, _kernel as K, _logs, _tree, _unify)
+    _runtime, _mgr_guests, _kernel as K, _logs, _procfs, _tree)
 from helpers import TOP, build_static, vserver
 
 HOSTILE_C = os.path.join(TOP, 'tests', 'integration', 'files', 'hostile.c')
@@ -165,7 +165,7 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         time.sleep(0.5)
         for i in range(CLONE_RACES):  # by fd, unfrozen: the racer runs through every clone
             dst = str(tmp_path / ('clone%d' % i))
-            _tree.clone_tree(doc['root'], dst, writers=_unify.open_for_write)
+            _tree.clone_tree(doc['root'], dst, writers=_procfs.open_for_write)
             check_bait(bait_dir, snaps)
             check_clone_has_no_host_file(dst, snaps)
             seen.add('dir' if os.path.isdir(os.path.join(dst, 'tmp/race/l')) and
@@ -177,7 +177,7 @@ def test_clone_of_a_racing_running_source_never_reaches_the_host(host_paths, mak
         t0 = time.monotonic()
         with _mgr_guests.FrozenSource(host_paths, 'racer'):
             assert rt.group.frozen() and rt.state() == 'frozen'
-            _tree.clone_tree(doc['root'], str(tmp_path / 'frozen-clone'), writers=_unify.open_for_write)
+            _tree.clone_tree(doc['root'], str(tmp_path / 'frozen-clone'), writers=_procfs.open_for_write)
         frozen_for = time.monotonic() - t0
         assert rt.state() == 'running' and racer.poll() is None
         check_clone_has_no_host_file(str(tmp_path / 'frozen-clone'), snaps)

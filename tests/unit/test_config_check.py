@@ -208,13 +208,16 @@ def test_stat_table_shows_a_broken_guest_without_xid():
 
 
 def test_unify_names_a_broken_guest_and_skips_it_for_all(paths):
-    from ansible_collections.vserver.core.plugins.module_utils import _unify
+    """The unify manager reads the configs with their unify sections checked (only it does: ``LISTED`` leaves
+    them out) and passes them to the concern's ``select``."""
+    from ansible_collections.vserver.core.plugins.module_utils import _mgr_unify, _unify
     put(paths, 'a', good('a', xid=2))
     put(paths, 'b', good('b', xid=3, unify={'state': 'bogus'}))
     put(paths, 'c', '[]')
     for name, words in (('b', 'unify: state must be one of'), ('c', 'holds a JSON list')):
         with pytest.raises(VServerError) as err:
-            _unify._select(paths, _unify.validate({'guests': [name]}))
+            _mgr_unify.select(paths, _unify.validate({'guests': [name]}))
         assert str(err.value).startswith('guests: %s: ' % paths.config_file(name)) and words in str(err.value)
-    docs, selected, sources, roots = _unify._select(paths, _unify.validate({'guests': 'all'}))
+    assert 'b' in _config.scan(paths)[0]          # a listing does not check the unify section
+    docs, selected, sources, roots = _mgr_unify.select(paths, _unify.validate({'guests': 'all'}))
     assert selected == ['a'] and sorted(docs) == ['a']

@@ -11,22 +11,22 @@ PACKAGE = 'ansible_collections.vserver.core.plugins.module_utils'
 
 # The floors, bottom up (the same table is in docs/architecture.md). A name ending in '*' is a prefix.
 FLOORS = {
-    1: ('_kernel', '_procfs', '_common', '_config', '_result', '_syscalls', '_ansible'),           # kernel
+    1: ('_kernel', '_procfs', '_common', '_result', '_syscalls', '_ansible'),                       # kernel
     2: ('_cgroup', '_seccomp', '_masks', '_logs', '_template', '_walk', '_tree', '_netlink', '_disk',
         '_devices', '_enter_stage', '_bootstrap', '_apt_sources'),                                 # mechanisms
     3: ('_caps', '_limits', '_netns', '_unify', '_caps_*', '_limits_*', '_netns_*', '_unify_*'),     # concerns
-    4: ('_runtime', '_runtime_*', '_enter'),                                                       # runtime
-    5: ('_mgr_*', '_host'),                                                                        # managers
-    6: ('_cli',),                                                                                  # front ends
+    4: ('_config',),                                                                               # store
+    5: ('_runtime', '_runtime_*', '_enter'),                                                       # runtime
+    6: ('_mgr_*', '_host'),                                                                        # managers
+    7: ('_cli',),                                                                                  # front ends
 }
-FLOOR_NAMES = {1: 'kernel', 2: 'mechanisms', 3: 'concerns', 4: 'runtime', 5: 'managers', 6: 'front ends'}
+FLOOR_NAMES = {1: 'kernel', 2: 'mechanisms', 3: 'concerns', 4: 'store', 5: 'runtime', 6: 'managers',
+               7: 'front ends'}
 
-# Violations still in the code (a new one fails the test): _config checks each config section it reads with its
-# concern's validator, through function-level imports. Removing them needs a section loader above the concerns
-# that every _config.load caller uses; docs/architecture.md says so.
-KNOWN = {
-    ('_config', '_caps'), ('_config', '_limits'), ('_config', '_netns'), ('_config', '_unify'),
-}
+# Imports against the layers that are accepted, as (importer, imported): none today. The config store checks each
+# section with its concern's validator, so it sits above the concerns; no concern reads a config (its manager
+# reads the documents and passes them in). A new exception must be written down here, with its reason.
+KNOWN = set()
 
 
 def floor_of(name):
@@ -144,4 +144,5 @@ def test_the_checker_catches_an_upward_import_and_a_cycle():
     assert found[('_masks', '_cgroup')].startswith('closes a cycle')
     assert ('_runtime', '_kernel') not in found   # the cycle is the upward import's
     assert ('_caps', '_seccomp') not in found
-    assert floor_of('_mystery') is None and floor_of('_mgr_limits') == 5 and floor_of('_limits_plan') == 3
+    assert floor_of('_mystery') is None and floor_of('_mgr_limits') == 6 and floor_of('_limits_plan') == 3
+    assert floor_of('_config') == 4 and floor_of('_runtime_views') == 5 and floor_of('_cli') == 7

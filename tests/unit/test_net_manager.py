@@ -63,3 +63,21 @@ def test_refusals_name_the_field(paths):
     with pytest.raises(VServerError) as err:
         _mgr_address.ensure(paths, 'g', {'address': '127.0.0.2/8'})
     assert err.value.field == 'address'
+
+
+def test_the_manager_passes_the_other_guests_configs_to_the_conflict_check(paths, tmp_path):
+    """_mgr_address reads every guest's config (a broken one is left out) and _netns.check_conflicts refuses an
+    address another guest holds."""
+    _config.save(paths, {'name': 'db', 'xid': 8, 'root': str(tmp_path / 'trees/db'), 'init': ['/sbin/init'],
+                         'network': {'mode': 'bridge', 'bridge': BRIDGE, 'interface': 'eth0',
+                                     'addresses': ['203.0.113.6/24'], 'gateway': ['203.0.113.1']}})
+    with open(paths.config_file('zz'), 'w') as handle:
+        handle.write('[]')
+    with pytest.raises(VServerError) as err:
+        _mgr_address.ensure(paths, 'g', {'address': '203.0.113.6/24', 'bridge': BRIDGE}, check_mode=True)
+    assert (str(err.value), err.value.field) == ('address 203.0.113.6 is already held by guest db', 'address')
+    with pytest.raises(VServerError) as err:
+        _mgr_address.ensure(paths, 'g', {'address': '203.0.113.5/24', 'gateway': '203.0.113.6', 'bridge': BRIDGE},
+                            check_mode=True)
+    assert (str(err.value), err.value.field) == ('gateway 203.0.113.6 is the address of guest db', 'gateway')
+    assert _mgr_address.ensure(paths, 'g', {'address': '203.0.113.5/24', 'bridge': BRIDGE}, check_mode=True).changed

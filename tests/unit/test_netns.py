@@ -142,6 +142,51 @@ def test_gateway_defaults_and_refusals():
     assert 'gateway' not in resolve({'mode': 'bridge', 'bridge': 'b', 'addresses': ['10.0.0.1/24']})
 
 
+def conflicts(section, others, host=None, name='g'):
+    """The VServerError check_conflicts raises for ``section`` of guest ``name`` (None if it accepts it)."""
+    section = dict({'mode': 'bridge', 'bridge': 'vsbr0', 'interface': 'eth0'}, **section)
+    try:
+        N.check_conflicts(name, section, host or fake_state([{'name': 'lo'}, {'name': 'eth0'}]), others)
+    except VServerError as exc:
+        return exc
+    return None
+
+
+def test_conflicts_with_the_other_guests_documents():
+    """The manager passes every guest's document in (its own too: skipped); the concern reads no config."""
+    others = {'g': {'network': {'addresses': ['10.0.0.5/24']}},
+              'db': {'network': {'addresses': ['10.0.0.6/24', 'fd00:8::6/64']}},
+              'bare': {}, 'nulled': {'network': None}}
+    assert conflicts({'addresses': ['10.0.0.5/24'], 'gateway': ['10.0.0.1']}, others) is None
+    assert conflicts({'addresses': ['10.0.0.5/24']}, {}) is None
+    err = conflicts({'addresses': ['10.0.0.5/24', 'fd00:8::6/64']}, others)
+    assert (str(err), err.field) == ('address fd00:8::6 is already held by guest db', 'address')
+    err = conflicts({'addresses': ['10.0.0.6/16']}, others)           # the same IP in another subnet
+    assert (str(err), err.field) == ('address 10.0.0.6 is already held by guest db', 'address')
+    err = conflicts({'addresses': ['10.0.0.5/24'], 'gateway': ['10.0.0.6']}, others)
+    assert (str(err), err.field) == ('gateway 10.0.0.6 is the address of guest db', 'gateway')
+    err = conflicts({'addresses': ['10.0.0.6/24']}, others, name='db2')
+    assert 'held by guest db' in str(err)
+    assert conflicts({'addresses': ['10.0.0.6/24']}, others, name='db') is None   # its own addresses
+
+
+def test_conflicts_with_the_host():
+    host = fake_state([{'name': 'lo'}, {'name': 'eth0'}, {'name': 'eth0.7', 'kind': 'vlan'},
+                       {'name': 'vsbr0', 'kind': 'veth'}], [('eth0', '192.0.2.10/24')])
+    err = conflicts({'addresses': ['192.0.2.10/24']}, {}, host)
+    assert (str(err), err.field) == ('address 192.0.2.10 is already held by the host (interface eth0)', 'address')
+    err = conflicts({'addresses': ['10.0.0.5/24']}, {}, host)
+    assert (str(err), err.field) == ('bridge vsbr0 exists on the host and is not a bridge (veth)', 'bridge')
+    macvlan = {'mode': 'macvlan', 'bridge': None, 'addresses': ['10.0.0.5/24']}
+    assert conflicts(dict(macvlan, parent='eth0'), {}, host) is None
+    assert conflicts(dict(macvlan, parent='eth0', vlan=7), {}, host) is None     # the sub-interface exists
+    err = conflicts(dict(macvlan, parent='eth9'), {}, host)
+    assert (str(err), err.field) == ('parent device eth9 does not exist on the host (existing: eth0, eth0.7, lo, '
+                                     'vsbr0)', 'parent')
+    err = conflicts(dict(macvlan, parent='lo'), {}, host)
+    assert (str(err), err.field) == ('parent must be a real host device, not lo', 'parent')
+
+
 def test_interface_names_fit_ifnamsiz():
     assert N.host_ifname('vsbr0', 101) == 'vsbr0-101'
     assert N.host_ifname('abcdefghijklmno', 49151) == 'abcdefghi-49151'

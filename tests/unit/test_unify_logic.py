@@ -40,6 +40,44 @@ def test_validate_defaults():
     assert _unify.validate({'guests': 'web', 'exclude': '*.pyc'})['exclude'] == ['*.pyc']
 
 
+def test_select_picks_from_the_documents_passed_in(tmp_path):
+    """The concern reads no config: the manager passes the documents and the broken ones in (_config.scan)."""
+    tmp_path = type(tmp_path)(os.path.realpath(str(tmp_path)))   # roots are compared as real paths
+
+    def doc(name, state=None, root=None):
+        out = {'name': name, 'root': root or str(tmp_path / name)}
+        if state:
+            out['unify'] = {'state': state}
+        return out
+
+    os.symlink(str(tmp_path / 'b'), str(tmp_path / 'link'))
+    docs = {'a': doc('a', 'present'), 'b': doc('b', root=str(tmp_path / 'link')), 'c': doc('c', 'absent'),
+            'd': doc('d', 'present')}
+    broken = {'zz': VServerError('/etc/vservers/zz.json: holds a JSON list, not a JSON object')}
+    sel = _unify.select(_unify.validate({'guests': 'b'}), docs, broken)
+    assert sel.docs is docs and sel.selected == ['b'] and sel.sources == ['a', 'd']
+    assert sel.roots == {'b': str(tmp_path / 'b'), 'a': str(tmp_path / 'a'), 'd': str(tmp_path / 'd')}
+    sel = _unify.select(_unify.validate({'guests': 'all'}), docs, broken)
+    assert sel.selected == ['a', 'b', 'd'] and sel.sources == []     # broken and unified-absent guests skipped
+    sel = _unify.select(_unify.validate({'guests': 'all', 'state': 'absent'}), docs, broken)
+    assert sel.selected == ['a', 'b', 'c', 'd'] and sel.sources == []
+    for guests, message in (('zz', 'guests: /etc/vservers/zz.json: holds a JSON list, not a JSON object'),
+                            ('nope', "guests: no guest named 'nope' on this host (known: a, b, c, d)")):
+        with pytest.raises(VServerError) as err:
+            _unify.select(_unify.validate({'guests': guests}), docs, broken)
+        assert (str(err.value), err.value.field) == (message, 'guests')
+    with pytest.raises(VServerError) as err:
+        _unify.select(_unify.validate({'guests': 'nope'}), {}, {})
+    assert str(err.value) == "guests: no guest named 'nope' on this host (known: none)"
+    nested = dict(docs, e=doc('e', root=str(tmp_path / 'a' / 'sub')))
+    with pytest.raises(VServerError) as err:
+        _unify.select(_unify.validate({'guests': 'e'}), nested, {})
+    assert str(err.value) == 'guests: the trees of a (%s) and e (%s) overlap' % (tmp_path / 'a', tmp_path / 'a/sub')
+    with pytest.raises(VServerError) as err:
+        _unify.select(_unify.validate({'guests': 'x'}), {'x': {'name': 'x', 'root': ''}}, {})
+    assert str(err.value) == 'guest x has no root in its config'
+
+
 RULES = [
     # exclude, include, path, is_dir, parent_excluded, excluded?
     (['/etc'], [], '/etc', True, False, True),
