@@ -160,9 +160,12 @@ build: venv
 	rm -f $(DIST)/vserver-core-*.tar.gz
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(DIST) $(TOP)
 
-# ansible-lint, production profile, offline (.ansible-lint), on roles/, playbooks/, molecule/, changelogs/ ...; and
-# every roles/*/README.md in step with its meta/argument_specs.yml (`make role-readmes` rewrites them).
+# pyflakes on the Python (unused imports, undefined names); ansible-lint, production profile, offline (.ansible-lint),
+# on roles/, playbooks/, molecule/, changelogs/ ...; and every roles/*/README.md in step with its
+# meta/argument_specs.yml (`make role-readmes` rewrites them).
+PYFLAKES_PATHS := plugins tests roles bin/vserver bench/start bench/net bench/unify bench/converge
 lint: setup
+	$(VENV)/bin/pyflakes $(PYFLAKES_PATHS)
 	$(PY) tests/tools/role_readme.py --check
 	cd $(TOP) && $(VENV)/bin/ansible-lint --nocolor --offline
 

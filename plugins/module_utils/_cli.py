@@ -53,6 +53,8 @@ Built on the collection's module_utils: the same code as the Ansible modules.
 # collection and calls ``run``: a module is byte-compiled where the host role installs it, a script is compiled at
 # every start (~1.5 ms of each `vserver exec`).
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -292,7 +294,7 @@ def main(argv):
 STAGE = None
 
 
-def run(argv):
+def run(argv: list[str]) -> int:
     """The command: exit status (exec/enter end the process with their command's, see _entered)."""
     global STAGE
     # `exec` and `enter` start their second stage (a fresh interpreter, see _enter_stage) before anything else is

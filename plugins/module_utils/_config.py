@@ -27,7 +27,7 @@ import re
 import signal
 
 from ansible_collections.vserver.core.plugins.module_utils._common import (
-    XID_MAX, XID_MIN, VServerError, check_name, check_xid, write_json)
+    XID_MAX, XID_MIN, Paths, VServerError, check_name, check_xid, write_json)
 
 CONTEXT_KEYS = ('name', 'xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout')
 SECTIONS = ('capabilities', 'limits', 'network', 'unify')
@@ -371,7 +371,7 @@ def load_raw(paths, name: str, sections=CHECKED) -> tuple[dict | None, bytes | N
     return doc, raw
 
 
-def names(paths):
+def names(paths: Paths) -> list[str]:
     try:
         entries = os.listdir(paths.config_dir)
     except FileNotFoundError:
@@ -383,7 +383,7 @@ def names(paths):
     return sorted(out)
 
 
-def scan(paths, sections=LISTED):
+def scan(paths: Paths, sections: tuple = LISTED) -> tuple[dict[str, dict], dict[str, BrokenConfig]]:
     """Every guest config: ``(docs, broken)``, good docs by name and BrokenConfig errors by name."""
     docs, broken = {}, {}
     for name in names(paths):
@@ -400,7 +400,7 @@ def scan(paths, sections=LISTED):
     return docs, broken
 
 
-def load_all(paths, sections=LISTED):
+def load_all(paths: Paths, sections: tuple = LISTED) -> dict[str, dict]:
     """The good configs by name (see ``scan`` for the broken ones)."""
     return scan(paths, sections)[0]
 
@@ -411,14 +411,14 @@ def save(paths, doc: dict) -> None:
     write_json(paths.config_file(doc['name']), dict(doc, schema=SCHEMA), 0o644)
 
 
-def remove(paths, name):
+def remove(paths: Paths, name: str) -> None:
     try:
         os.unlink(paths.config_file(name))
     except FileNotFoundError:
         pass
 
 
-def xids_in_use(paths, exclude=None):
+def xids_in_use(paths: Paths, exclude: str | None = None) -> dict[int, str]:
     """xid -> guest name, also for broken configs whose xid can still be read (never handed out twice)."""
     docs, broken = scan(paths)
     used = {exc.xid: name for name, exc in broken.items() if name != exclude and exc.xid is not None}
@@ -426,7 +426,7 @@ def xids_in_use(paths, exclude=None):
     return used
 
 
-def free_xid(paths, exclude=None):
+def free_xid(paths: Paths, exclude: str | None = None) -> int:
     used = xids_in_use(paths, exclude)
     for xid in range(XID_MIN, XID_MAX + 1):
         if xid not in used:

@@ -32,6 +32,10 @@ import sys
 from ansible_collections.vserver.core.plugins.module_utils import _enter_stage, _kernel as K
 from ansible_collections.vserver.core.plugins.module_utils import _procfs as P
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time (see _common)
+if TYPE_CHECKING:
+    from ansible_collections.vserver.core.plugins.module_utils._runtime import Runtime
+
 # joined in this order; mount last (it changes the root), PID applies to the second stage's children only
 NS_ORDER = ('cgroup', 'ipc', 'uts', 'net', 'time', 'pid', 'mnt')
 GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -160,7 +164,8 @@ def enter_guest(paths, doc, argv, layout=None, env=None, terminal=True, stage=No
     return enter(_runtime.Runtime(paths, doc['name'], layout), doc, argv, env=env, terminal=terminal, stage=stage)
 
 
-def enter(rt, doc, argv, env=None, terminal=True, stage=None, known=None):
+def enter(rt: Runtime, doc: dict, argv: list[str], env: dict | None = None, terminal: bool = True,
+          stage: _enter_stage.Stage | None = None, known: tuple | None = None) -> int:
     """Run ``argv`` inside the running guest of Runtime ``rt`` with exactly its init's credentials; return the exit
     status (128+N when the command was killed by signal N). ``terminal``: give it a pty of the guest's own for
     each of fds 0-2 that is a terminal here, and relay it. ``stage``: a second stage already started
@@ -290,7 +295,7 @@ def _finish(name, proc_fd, facts, ns, config, argv, env, terminal, opened):
 # (its pid, start time and cgroup), whether the guest is frozen, init's credentials, rlimits and namespaces. A
 # runtime record is rewritten by every start, so a conclusion lives at most as long as the guest's init.
 
-def roots_key(opts):
+def roots_key(opts: dict) -> tuple:
     """What the host roots of a vserver command with options ``opts`` rest on (``_common.Paths`` reads these)."""
     try:
         with open(DEFAULTS_FILE, 'rb') as handle:
@@ -377,7 +382,7 @@ def _run_dir(opts, defaults):
     return os.path.normpath(value) if os.path.isabs(value) else None
 
 
-def enter_known(opts, name, argv, stage, terminal=True):
+def enter_known(opts: dict, name: str, argv: list[str], stage: _enter_stage.Stage, terminal: bool = True) -> int | None:
     """`vserver [opts] NAME exec ARGV...` (or enter) the fast way, when every input of the last entry's conclusion
     is the same again (see above): returns the exit status as ``enter``, or None (before anything was sent) when
     the full path must decide. The second stage ``stage`` is sent its plan here, or left for the full path."""

@@ -20,6 +20,8 @@ new session (the pty as its controlling terminal) and execs the guest's program 
 outside the guest's PID namespace, forwards signals to the child and exits with its status (128+N for signal N).
 """
 
+from __future__ import annotations
+
 import _signal  # the C module: ``signal`` would import enum, the slowest part of this interpreter's start
 import _socket  # the C module, likewise (``socket`` imports enum): fds travel as SCM_RIGHTS on a socketpair
 import marshal
@@ -108,7 +110,7 @@ class Stage:
             pass
 
 
-def spawn():
+def spawn() -> Stage:
     """Start the second stage (see the module's doc); returns a Stage."""
     exe, path = safe_image()
     plan_r = plan_w = None
@@ -282,7 +284,7 @@ def main(plan_fd, parent):  # pylint: disable=unused-argument
     relay(pid)
 
 
-def forward_signals(pid, signals=FORWARDED):
+def forward_signals(pid: int, signals: tuple = FORWARDED) -> None:
     """Pass each of ``signals`` received here on to process ``pid`` (the host side to the second stage, the
     second stage to the guest's program)."""
     def forward(signum, dummy):
