@@ -92,6 +92,11 @@ def _entry_command(argv):
     return opts, rest
 
 
+def _say(text):
+    """One line on stdout (what print does; a module_utils file may not call print)."""
+    sys.stdout.write('%s\n' % text)
+
+
 def _entered(code):
     """The command's exit status, now: the interpreter's teardown (tens of ms) is skipped after exec/enter."""
     sys.stdout.flush()
@@ -151,7 +156,7 @@ def parse(argv):
     words = given.words[1:] if given.words[:1] == ['--'] else given.words
     if words[1:2] != ['exec'] and ('-h' in words or '--help' in words):
         parser.print_help()
-        sys.exit(0)
+        raise SystemExit(0)
     problem = _problem(words)
     if problem:
         parser.error(problem)
@@ -206,7 +211,7 @@ def guest_command(paths, name, command, args, roots=None):
         result = _mgr_context.ensure_context(paths, {'name': name, 'state': state})
         for warning in result.get('warnings') or []:
             sys.stderr.write('vserver: warning: %s\n' % warning)
-        print('%s: %s' % (name, ', '.join(result['actions']) or 'nothing to do'))
+        _say('%s: %s' % (name, ', '.join(result['actions']) or 'nothing to do'))
         if command in ('start', 'restart') and result['actions'] and not _runtime.log_watched(paths):
             sys.stderr.write('vserver: note: no vserver-supervise watches %s; %s.log is capped only at its starts '
                              '(run vserver-supervise --logs; docs/security.md)\n' % (paths.log_dir, name))
@@ -218,12 +223,12 @@ def guest_command(paths, name, command, args, roots=None):
         from ansible_collections.vserver.core.plugins.module_utils import _runtime_views
         info = _runtime.status(paths, doc)
         if info['state'] == 'stopped':
-            print('%s is stopped' % name)
+            _say('%s is stopped' % name)
             return 3
         if info['state'] == 'broken':
-            print('%s is broken: %s' % (name, info['message']))
+            _say('%s is broken: %s' % (name, info['message']))
             return 4
-        print('%s is %s (xid %s, init pid %s, %d processes, uptime %s)' % (
+        _say('%s is %s (xid %s, init pid %s, %d processes, uptime %s)' % (
             name, info['state'], info['xid'], info['init_pid'], info['nproc'],
             _runtime_views.format_duration(info['uptime'])))
         return 0
@@ -248,20 +253,20 @@ def listing(paths, what):
     try:
         if what == 'stat':
             rows = _mgr_context.info(paths, with_processes=False)['guests']
-            print('\n'.join(terminal_safe(line) for line in _runtime_views.stat_table(rows).splitlines()))
+            _say('\n'.join(terminal_safe(line) for line in _runtime_views.stat_table(rows).splitlines()))
             for row in rows:
                 if row.get('error'):
                     sys.stderr.write(terminal_safe('vserver: %s is broken: %s' % (row['name'], row['error'])) + '\n')
         elif what == 'ps':
-            print('%7s %6s %8s %-16s %1s %8s %s' % ('PID', 'CTX', 'GPID', 'GUEST', 'S', 'RSS', 'COMMAND'))
+            _say('%7s %6s %8s %-16s %1s %8s %s' % ('PID', 'CTX', 'GPID', 'GUEST', 'S', 'RSS', 'COMMAND'))
             for proc in _mgr_context.info(paths, with_processes=True)['processes']:
-                print('%7d %6s %8d %-16s %1s %7dK %s' % (
+                _say('%7d %6s %8d %-16s %1s %7dK %s' % (
                     proc['pid'], '-' if proc['xid'] is None else proc['xid'], proc['guest_pid'],
                     proc['guest'] or '(host)', proc['state'],
                     proc['rss_kb'], terminal_safe(proc['comm'])))  # a guest names its processes: escape
         else:
             for name in _config.names(paths):
-                print(name)
+                _say(name)
         sys.stdout.flush()
     except BrokenPipeError:
         _end_by_sigpipe()
