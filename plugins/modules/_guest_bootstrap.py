@@ -81,7 +81,7 @@ guests:
   returned: with mode plan
   type: list
   elements: dict
-  sample: [{name: web, tool: mmdebstrap, mirror: "http://deb.debian.org/debian/", root: /var/lib/vservers/web,
+  sample: [{name: web, tool: mmdebstrap, mirror: "http://mirror.example.org/debian/", root: /var/lib/vservers/web,
             build: true}]
 root:
   description: The guest's root.
@@ -97,7 +97,7 @@ error:
   description: Why the tree could not be made (the tool's last lines of output included); the tree is untouched.
   returned: when the build or unpack failed
   type: str
-  sample: "guest web: mmdebstrap bookworm minbase from http://deb.debian.org/debian/ failed (exit status 1) after 3 s"
+  sample: "guest web: mmdebstrap bookworm minbase from http://mirror.example.org/debian/ failed (exit status 1) after 3 s"
 '''
 
 import traceback
