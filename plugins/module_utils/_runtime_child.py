@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 
 from ansible_collections.vserver.core.plugins.module_utils import _caps, _kernel as K, _masks, _procfs as P
@@ -142,6 +141,7 @@ def intermediate(doc: dict, group: CgroupV1 | CgroupV2, root: str, log_fd: int, 
     try:
         os.setsid()
         group.join(os.getpid())
+        import socket  # here, not at the top: `vserver exec` and `stop` load this file and never need it
         K.unshare(K.CLONE_NEWNS | K.CLONE_NEWUTS | K.CLONE_NEWIPC | K.CLONE_NEWNET | K.CLONE_NEWCGROUP
                   | K.CLONE_NEWPID | K.CLONE_NEWTIME)
         # Virtual uptime: the guest's CLOCK_BOOTTIME (and /proc/uptime) starts at zero now.
