@@ -178,8 +178,8 @@ role-readmes: venv
 # importer_result.json are in $(OUT)/importer/ (the artifact it checks: $(OUT)/dist).
 IMPORTER := $(OUT)/importer
 import-check: venv
-	@rm -rf $(OUT)/dist $(IMPORTER) && mkdir -p $(OUT)/dist $(IMPORTER)
-	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(OUT)/dist $(TOP)
+	@rm -rf $(IMPORTER) && mkdir -p $(IMPORTER)
+	$(MAKE) --no-print-directory build DIST=$(OUT)/dist
 	cd $(IMPORTER) && GALAXY_IMPORTER_CONFIG=$(TOP)/tests/tools/galaxy-importer.cfg \
 	  GALAXY_IMPORTER_TMP_ROOT_DIR=$(IMPORTER) GALAXY_IMPORTER_ANSIBLE_LOCAL_TMP=$(IMPORTER)/ansible-tmp \
 	  $(PY) -m galaxy_importer.main $(OUT)/dist/vserver-core-*.tar.gz > importer.log 2>&1; \

@@ -81,8 +81,8 @@ def _load(program):
         return K.bpf_prog_load(K.BPF_PROG_TYPE_CGROUP_DEVICE, K.BPF_CGROUP_DEVICE, program, b'vserver_dev')
     except OSError as exc:
         try:
-            K.bpf_prog_load(K.BPF_PROG_TYPE_CGROUP_DEVICE, K.BPF_CGROUP_DEVICE, program, b'vserver_dev', 65536)
-            detail = ''
+            os.close(K.bpf_prog_load(K.BPF_PROG_TYPE_CGROUP_DEVICE, K.BPF_CGROUP_DEVICE, program, b'vserver_dev', 65536))
+            detail = ''  # accepted the second time: nothing to add
         except OSError as logged:
             detail = logged.strerror
         raise VServerError('devices: the kernel refused the cgroup device program: %s %s' % (exc, detail))

@@ -334,8 +334,8 @@ def bpf(cmd, attr):
     return result, buf.raw
 
 
-def bpf_prog_load(prog_type: int, attach_type: int, program: bytes, name: bytes, log_size: int = 0):
-    """BPF_PROG_LOAD of ``program`` (instruction bytes, GPL): ``(program fd, None)``. With ``log_size`` the
+def bpf_prog_load(prog_type: int, attach_type: int, program: bytes, name: bytes, log_size: int = 0) -> int:
+    """BPF_PROG_LOAD of ``program`` (instruction bytes, GPL): the program's fd. With ``log_size`` the
     verifier writes its log (log level 1) and a refusal raises OSError with that log's text appended."""
     insns = ctypes.create_string_buffer(program, len(program))
     license_ = ctypes.create_string_buffer(b'GPL')

@@ -41,7 +41,7 @@ SRC_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_DEPTH = 256
 LINK_BATCH = 64  # unified files linked under one freeze of every guest
-UNLINK_BATCH = 64  # shared names unlinked per freeze of the running guests (as _unify.FREEZE_BATCH)
+UNLINK_BATCH = 64  # shared names unlinked per freeze of the running guests (as _unify_freeze.FREEZE_BATCH)
 MAX_MANAGED_READ = 4 << 20  # a managed file (or /etc/shadow) larger than this is not read, and is replaced
 PROTECT_FLAGS = K.FS_IMMUTABLE_FL | K.FS_APPEND_FL
 

@@ -40,16 +40,13 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 from ansible_collections.vserver.core.plugins.module_utils._kernel import FS_APPEND_FL, FS_IMMUTABLE_FL, \
     get_flags, reflink_supported
-from ansible_collections.vserver.core.plugins.module_utils._unify_freeze import FREEZE_BATCH, FreezeError, Freezer
 from ansible_collections.vserver.core.plugins.module_utils._unify_index import FLAGS_IMMUTABLE, FLAGS_KNOWN, \
     INDEX_NAME, Index
 from ansible_collections.vserver.core.plugins.module_utils._walk import Inode, Rules, open_dirs, open_entry, \
     read_regular_at
 
-# Names other files use: _config (validate), _mgr_context (Freezer, FreezeError, FREEZE_BATCH), the tests
-# (INDEX_NAME, TMP_RE).
-__all__ = ('ARGUMENT_SPEC', 'DEFAULTS', 'DEFAULT_EXCLUDE', 'FREEZE_BATCH', 'FreezeError', 'Freezer', 'INDEX_NAME',
-           'TMP_RE', 'validate', 'select')
+# Names other files use: _config (validate), _mgr_unify (select), the tests (INDEX_NAME, TMP_RE).
+__all__ = ('ARGUMENT_SPEC', 'DEFAULTS', 'DEFAULT_EXCLUDE', 'INDEX_NAME', 'TMP_RE', 'validate', 'select')
 
 DEFAULT_EXCLUDE = ('/etc', '/var', '/home', '/tmp', '/root', '/dev', '/proc', '/sys', '/run', '/mnt')
 METHODS = ('hardlink', 'reflink', 'auto')
