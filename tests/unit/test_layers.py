@@ -14,7 +14,8 @@ FLOORS = {
     1: ('_kernel', '_procfs', '_common', '_result', '_syscalls', '_ansible'),                       # kernel
     2: ('_cgroup', '_seccomp', '_masks', '_logs', '_template', '_walk', '_tree', '_netlink', '_disk',
         '_devices', '_enter_stage', '_bootstrap', '_apt_sources'),                                 # mechanisms
-    3: ('_caps', '_limits', '_netns', '_unify', '_caps_*', '_limits_*', '_netns_*', '_unify_*'),     # concerns
+    3: ('_caps', '_limits', '_netns', '_unify', '_legacy', '_caps_*', '_limits_*', '_netns_*', '_unify_*',
+        '_legacy_*'),                                                                               # concerns
     4: ('_config',),                                                                               # store
     5: ('_runtime', '_runtime_*', '_enter'),                                                       # runtime
     6: ('_mgr_*', '_host'),                                                                        # managers

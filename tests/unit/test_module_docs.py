@@ -11,7 +11,7 @@ import return_docs  # noqa: E402
 
 def test_every_module_is_covered():
     assert return_docs.module_names() == ['address', 'capabilities', 'context', 'context_info', 'guests', 'limits',
-                                          'unify']
+                                          'unify', 'util_vserver_import']
 
 
 @pytest.mark.parametrize('module', return_docs.module_names())
