@@ -11,7 +11,7 @@ version_added: 0.1.0
 description:
   - Reads util-vserver's per-guest configuration directories (C(context), C(uts/*), C(interfaces/*),
     C(bcapabilities), C(ccapabilities), C(flags), C(rlimits/*), C(sched/*), C(cpuset/*), C(cgroup/*), C(dlimits/*),
-    C(apps/init/*), C(apps/vunify/exclude), C(personality), the C(vdir) link) and writes the equivalent guest:
+    C(apps/init/*), C(apps/vunify/exclude), C(personality), the C(vdir) link) and writes the equivalent guest -
     context (xid, host and domain name, init), capabilities, limits, addresses and autostart mark, through the same
     managers as the M(vserver.core.guests) module. The guest keeps its xid, its name and its tree where it is.
   - A guest without a C(context) file had a dynamic context; it gets a free xid, kept by later runs.
