@@ -73,3 +73,14 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(str(legacy / 'context'))
     with pytest.raises(VServerError, match='context: not a regular file'):
         _legacy.read_guest(str(tmp_path / 'vservers'), 'g')
+
+
+def test_a_symlink_is_refused_not_followed(tmp_path):
+    """A legacy file that is a symlink (to a host file) is refused naming it, never read through."""
+    legacy = tmp_path / 'vservers' / 'g'
+    legacy.mkdir(parents=True)
+    secret = tmp_path / 'secret'
+    secret.write_text('42\n')
+    os.symlink(str(secret), str(legacy / 'context'))
+    with pytest.raises(VServerError, match='context: a symbolic link where a file is expected'):
+        _legacy.read_guest(str(tmp_path / 'vservers'), 'g')
