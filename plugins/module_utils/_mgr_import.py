@@ -128,7 +128,7 @@ def _check_sections(item: dict) -> None:
         try:
             check()
         except VServerError as exc:
-            field = str(exc.field or '').split('.')[-1]
+            field = str(exc.field or '').rsplit('.', maxsplit=1)[-1]
             files = FIELD_FILES.get(field, 'its files')
             raise VServerError('%s (%s): %s' % (item['legacy'], files, exc), item['legacy'])
 

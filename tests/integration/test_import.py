@@ -84,14 +84,14 @@ def legacy(tmp_path, busybox_tree):
     os.link(os.path.join(web, 'usr/lib/shared.txt'), os.path.join(dns, 'usr/lib/shared.txt'))
     subprocess.run(['chattr', '+i', os.path.join(web, 'usr/lib/shared.txt')], check=True)
     yield {'dir': str(legacy), 'trees': str(trees), 'web': web, 'dns': dns}
-    subprocess.run(['chattr', '-R', '-i', str(trees)], capture_output=True)
+    subprocess.run(['chattr', '-R', '-i', str(trees)], capture_output=True, check=False)
 
 
 @pytest.fixture
 def bridge():
     name = 'vs19br' + secrets.token_hex(3)
     yield name
-    subprocess.run(['ip', 'link', 'del', name], capture_output=True)
+    subprocess.run(['ip', 'link', 'del', name], capture_output=True, check=False)
 
 
 def _import(paths, legacy, check_mode=False, **params):
@@ -139,7 +139,7 @@ def test_import_start_and_look_inside(host_paths, legacy, bridge):
     shared = [os.path.join(legacy[g], 'usr/lib/shared.txt') for g in ('web', 'dns')]
     st = [os.stat(p) for p in shared]
     assert st[0].st_ino == st[1].st_ino and st[0].st_nlink >= 2
-    assert 'i' in subprocess.run(['lsattr', shared[0]], capture_output=True, text=True).stdout.split()[0]
+    assert 'i' in subprocess.run(['lsattr', shared[0]], capture_output=True, text=True, check=True).stdout.split()[0]
     index = _unify_index.Index(os.path.join(host_paths.config_dir, _unify_index.INDEX_NAME))
     index.load([st[0].st_dev])
     assert (st[0].st_dev, st[0].st_ino) in index.rows
