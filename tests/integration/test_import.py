@@ -236,6 +236,7 @@ def test_clash_in_etc_vservers(tmp_path, legacy):
     shutil.rmtree(moved)
 
 
+@pytest.mark.slow
 def test_playbook_plan_import_rerun(host_paths, legacy, tmp_path):
     """playbooks/import_util_vserver.yml: the plan writes nothing, the import writes, a re-run changes nothing;
     every key the module returns is documented in its RETURN."""

@@ -52,6 +52,7 @@ def _action(agent_dir, action, params, **meta):
                           timeout=90, check=False)
 
 
+@pytest.mark.slow
 def test_ocf_tester_passes(host_paths, make_guest, agent_dir):
     make_guest('vs19-ocf', xid=1960, stop_signal='SIGKILL', stop_timeout=2)
     argv = [OCF_TESTER, '-n', 'vs19-ocf']
