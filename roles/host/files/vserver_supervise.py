@@ -16,7 +16,10 @@ The foreground, --daemon and --logs modes keep the guests' console logs LOG_DIR/
 NAME.log.1 and truncates NAME.log (docs/security.md, "Guest console logs"). --watch leaves that to
 vserver-logs.service (one watcher per host, never one per guest; vserver@.service wants it).
 A guest stopped with `vserver NAME stop` leaves no runtime state and is left alone; a guest whose init died
-(runtime state left behind) is restarted, at most 3 times a minute. The supervisor is a child subreaper:
+(runtime state left behind) is restarted, at most 3 times a minute. A guest that ran `reboot` (its init killed by
+SIGHUP: reboot(2) in its PID namespace) is started again, at most 10 times a minute; one that ran `halt` or
+`poweroff` (SIGINT) is left stopped, also when marked: that needs init's wait status, which only its parent sees,
+so it holds for the guests this process started (docs/guest-view.md). The supervisor is a child subreaper:
 guest inits are reparented to it and reaped here, even on hosts whose PID 1 never reaps orphans.
 Host roots come from the VSERVER_* environment (see /etc/default/vserver).
 """
@@ -45,10 +48,11 @@ def _find_collections():
 sys.path.insert(0, _find_collections())
 
 from ansible_collections.vserver.core.plugins.module_utils import (  # noqa: E402
-    _config, _runtime, _mgr_guests, _logs, _mgr_context)
+    _config, _runtime, _runtime_exit, _mgr_guests, _logs, _mgr_context)
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError  # noqa: E402
 
 MAX_RESTARTS = 3
+MAX_REBOOTS = 10
 WINDOW = 60.0
 STOP_GRACE = 10.0
 
@@ -109,6 +113,30 @@ def restart(paths, name, recent, now, interval=10.0):
         log('%s: restart failed: %s' % (name, exc))
 
 
+def ended(paths, name, why, history, now, interval=10.0):
+    """Init of ``name`` exited by reboot(2): 'reboot' starts it again (at most MAX_REBOOTS a WINDOW), 'halt'
+    leaves it stopped (its runtime traces removed, so it does not read as crashed). Under the host lock: a
+    `vserver NAME stop` or start meanwhile wins."""
+    recent = [t for t in history.get(name, []) if now - t < WINDOW]
+    history[name] = recent
+    try:
+        with HostLock(paths):
+            if condition(paths, name, interval) != 'crashed':
+                return
+            if why == _runtime_exit.REBOOT and len(recent) < MAX_REBOOTS:
+                recent.append(now)
+                log('%s: rebooted from inside, starting it again' % name)
+                if _config.load(paths, name) is not None:
+                    result = _mgr_context.ensure(paths, name, {'name': name, 'state': 'started'})
+                    log('%s: %s' % (name, ', '.join(result.actions) or 'start'))
+                return
+            log('%s: %s from inside, left stopped' % (name, 'halted' if why == _runtime_exit.HALT
+                                                       else 'rebooted %d times within %ds' % (len(recent), WINDOW)))
+            _runtime_exit.halted(paths, name)
+    except (VServerError, OSError) as exc:
+        log('%s: %s failed: %s' % (name, why, exc))
+
+
 def reap():
     while True:
         try:
@@ -144,6 +172,7 @@ def cap_logs(paths):
 
 def supervise(paths, interval):
     history = {}
+    reboots = {}
     for name in marked(paths):
         if condition(paths, name) != 'running':
             start(paths, name)
@@ -154,10 +183,12 @@ def supervise(paths, interval):
         if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
             log('exiting; guests keep running')
             return 0
-        reap()
         now = time.monotonic()
+        done = _runtime_exit.exits(paths)  # reaps every child: the guests' inits among them say why they ended
+        for name, why in sorted(done.items()):
+            ended(paths, name, why, reboots, now, interval)
         for name in marked(paths):
-            if condition(paths, name, interval) != 'crashed':
+            if name in done or condition(paths, name, interval) != 'crashed':
                 continue
             recent = [t for t in history.get(name, []) if now - t < WINDOW]
             if len(recent) >= MAX_RESTARTS:
@@ -171,24 +202,44 @@ def supervise(paths, interval):
 
 
 def watch(paths, name):
-    if condition(paths, name) != 'running' and not start(paths, name):
-        return 1
+    """vserver@NAME: start the guest, wait for its init; a reboot from inside starts it again here, a halt
+    leaves it stopped (exit 0, the unit is not restarted)."""
+    reboots = {}
+    while True:
+        if condition(paths, name) != 'running' and not start(paths, name):
+            return 1
+        why = _watch_once(paths, name)
+        if why is None:
+            return 0 if condition(paths, name) == 'stopped' else 1
+        before = len(reboots.get(name, []))
+        ended(paths, name, why, reboots, time.monotonic())
+        if condition(paths, name) != 'running' or len(reboots.get(name, [])) == before:
+            return 0 if condition(paths, name) == 'stopped' else 1
+
+
+def _watch_once(paths, name):
+    """Wait until the guest's init is gone; 'reboot' or 'halt' when it ended so (seen as its parent), else None."""
     rt = _runtime.Runtime(paths, name)
     pid = rt.init_pid()
     if not pid:
-        return 1
+        return None
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         fd = None
-    while condition(paths, name) == 'running':
+    why = None
+    try:
+        while condition(paths, name) == 'running':
+            if fd is not None:
+                import select
+                select.select([fd], [], [], 5)
+            else:
+                time.sleep(1)
+            why = _runtime_exit.exits(paths).get(name) or why
+        return _runtime_exit.exits(paths).get(name) or why
+    finally:
         if fd is not None:
-            import select
-            select.select([fd], [], [], 5)
-        else:
-            time.sleep(1)
-        reap()
-    return 0 if condition(paths, name) == 'stopped' else 1
+            os.close(fd)
 
 
 def main(argv):
