@@ -140,3 +140,26 @@ def reattach(proc_fd: int, path: str | None = None) -> list[str]:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def probe_open(path: str | None = None) -> int | None:
+    """An fd on the running LXCFS's root directory (None: none runs). It stays tied to that LXCFS instance:
+    ``probe_alive`` fails once the instance is gone, even when a new one mounted at the same place meanwhile
+    (mount ids and device numbers are reused, so they cannot tell)."""
+    path = path or directory()
+    if mount_id(path) is None:
+        return None
+    try:  # a detached mount of its own: an fd on LXCFS's mount itself would keep LXCFS's unmount at exit busy
+        return K.open_tree_clone(path)
+    except OSError:
+        return None
+
+
+def probe_alive(fd: int) -> bool:
+    """Does the LXCFS instance behind ``probe_open``'s fd still answer? (A dead one: ENOTCONN.)"""
+    try:
+        os.fstat(fd)
+        os.stat('proc', dir_fd=fd)
+        return True
+    except OSError:
+        return False

@@ -72,3 +72,33 @@ def halted(paths: Paths, name: str) -> None:
     """A halted guest: its runtime traces go (it reads as stopped, not crashed); the caller holds the host lock."""
     if _runtime.Runtime(paths, name).init_pid() is None:
         _runtime.cleanup(paths, name)
+
+
+def refresh_views(paths: Paths, names: list[str] | None = None) -> dict[str, str]:
+    """After LXCFS (re)started: fresh LXCFS mounts into every running guest whose config keeps the view on (its
+    old ones answer ENOTCONN; a guest started while LXCFS was down gets the view now). ``{name: error}``."""
+    from ansible_collections.vserver.core.plugins.module_utils import _config, _lxcfs
+    if names is None:
+        try:
+            names = sorted(n for n in os.listdir(paths.run_dir) if not n.startswith('.'))
+        except FileNotFoundError:
+            names = []
+    failed = {}
+    for name in names:
+        try:
+            doc = _config.load(paths, name)
+        except Exception as exc:  # a broken config: that guest is left as it is
+            failed[name] = str(exc)
+            continue
+        if doc is None or not _lxcfs.enabled(doc):
+            continue
+        proc_fd = _runtime.Runtime(paths, name).open_init()
+        if proc_fd is None:
+            continue
+        try:
+            _lxcfs.reattach(proc_fd)
+        except OSError as exc:
+            failed[name] = str(exc)
+        finally:
+            os.close(proc_fd)
+    return failed

@@ -2,6 +2,7 @@
 import os
 import shutil
 import signal
+import time
 import subprocess
 
 import pytest
@@ -145,3 +146,28 @@ def test_guest_starts_with_a_warning_when_lxcfs_is_not_running(host_paths, make_
     _mgr_context.ensure(host_paths, 'vs18v-nolx', {'name': 'vs18v-nolx', 'state': 'stopped'})
     result = _mgr_context.ensure(host_paths, 'vs18v-nolx', {'name': 'vs18v-nolx', 'state': 'started', 'lxcfs': False})
     assert not any('LXCFS' in w for w in result.warnings), result.warnings
+
+
+def test_the_host_supervisor_refreshes_guests_when_lxcfs_comes_back(host_paths, make_guest, lxcfs, tmp_path):
+    """vserver-supervise (the host's one daemon) sees LXCFS's mount change and gives the running guests fresh
+    mounts: after LXCFS stopped (it unmounts itself, the supervisor's probe does not hold it busy) and started
+    again."""
+    import sys
+    from helpers import TOP, env_for
+    make_guest('vs18v-sup', start=True, limits={'memory': 64 * MIB})
+    log = open(str(tmp_path / 'supervise.log'), 'ab')
+    sup = subprocess.Popen([sys.executable, os.path.join(TOP, 'roles', 'host', 'files', 'vserver_supervise.py'),
+                            '--interval', '0.5'], env=env_for(host_paths), stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=log)
+    try:
+        time.sleep(1)
+        lxcfs.stop()
+        assert _lxcfs.mount_id(lxcfs.dir) is None      # unmounted by LXCFS itself on the way out
+        lxcfs.start()
+        ok = wait_for(lambda: _meminfo(guest_sh(host_paths, 'vs18v-sup', 'cat /proc/meminfo').stdout
+                                       ).get('MemTotal') == 64 * MIB, 15, 0.3)
+        assert ok, open(str(tmp_path / 'supervise.log')).read()
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(15)
+        log.close()

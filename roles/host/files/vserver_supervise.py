@@ -9,6 +9,11 @@
                                              was stopped cleanly, 1 when init died on its own
   vserver-supervise --logs                   only keep the guests' console logs under the cap (see below);
                                              vserver-logs.service runs this on systemd hosts
+  vserver-supervise --lxcfs-refresh          fresh LXCFS mounts into the running guests (after LXCFS started:
+                                             lxcfs.service's ExecStartPost on systemd hosts)
+  --lxcfs (foreground, --daemon)             also run LXCFS (VSERVER_LXCFS_DIR, default /var/lib/lxcfs) when none is
+                                             mounted there, start it again when it dies; whenever LXCFS's mount
+                                             changes the running guests get fresh mounts (docs/guest-view.md)
 
 Marked guests are those with a file CONFIG_DIR/autostart/NAME (the guest role's `autostart: true`).
 The foreground, --daemon and --logs modes keep the guests' console logs LOG_DIR/NAME.log under VSERVER_LOG_MAX
@@ -48,7 +53,7 @@ def _find_collections():
 sys.path.insert(0, _find_collections())
 
 from ansible_collections.vserver.core.plugins.module_utils import (  # noqa: E402
-    _config, _runtime, _runtime_exit, _mgr_guests, _logs, _mgr_context)
+    _config, _lxcfs, _runtime, _runtime_exit, _mgr_guests, _logs, _mgr_context)
 from ansible_collections.vserver.core.plugins.module_utils._common import HostLock, Paths, VServerError  # noqa: E402
 
 MAX_RESTARTS = 3
@@ -130,11 +135,41 @@ def ended(paths, name, why, history, now, interval=10.0):
                     result = _mgr_context.ensure(paths, name, {'name': name, 'state': 'started'})
                     log('%s: %s' % (name, ', '.join(result.actions) or 'start'))
                 return
-            log('%s: %s from inside, left stopped' % (name, 'halted' if why == _runtime_exit.HALT
-                                                       else 'rebooted %d times within %ds' % (len(recent), WINDOW)))
+            what = 'halted' if why == _runtime_exit.HALT else 'rebooted %d times within %ds' % (len(recent), WINDOW)
+            log('%s: %s from inside, left stopped' % (name, what))
             _runtime_exit.halted(paths, name)
     except (VServerError, OSError) as exc:
         log('%s: %s failed: %s' % (name, why, exc))
+
+
+def lxcfs_tick(paths, state):
+    """LXCFS under this supervisor (``state['run']``): started when nothing is mounted at its directory. When the
+    LXCFS instance seen last is gone and one answers again (a restart, by us or anyone), the running guests get
+    fresh mounts."""
+    fd = state.get('fd')
+    if fd is not None and _lxcfs.probe_alive(fd):
+        return
+    proc = state.get('proc')
+    if _lxcfs.mount_id() is None and state.get('run') and (proc is None or proc.poll() is not None):
+        import subprocess
+        path = _lxcfs.directory()
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        log('starting LXCFS at %s' % path)
+        state['proc'] = subprocess.Popen(['lxcfs', '-f', '-l', '--enable-cfs', path], stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 10
+        while _lxcfs.mount_id() is None and time.monotonic() < deadline and state['proc'].poll() is None:
+            time.sleep(0.1)
+    new = _lxcfs.probe_open()
+    if new is None:
+        return
+    if fd is not None:
+        os.close(fd)
+    state['fd'] = new
+    if fd is not None or state.get('run'):  # a new instance: the guests' mounts of the old one answer ENOTCONN
+        with HostLock(paths):
+            for name, err in sorted(_runtime_exit.refresh_views(paths).items()):
+                log('%s: LXCFS view not refreshed: %s' % (name, err))
 
 
 def reap():
@@ -170,19 +205,22 @@ def cap_logs(paths):
     return thread
 
 
-def supervise(paths, interval):
+def supervise(paths, interval, lxcfs=False):
     history = {}
     reboots = {}
+    view = {'run': lxcfs, 'fd': _lxcfs.probe_open()}
     for name in marked(paths):
         if condition(paths, name) != 'running':
             start(paths, name)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD, signal.SIGTERM, signal.SIGINT])
     cap_logs(paths)
+    lxcfs_tick(paths, view)
     while True:
         info = signal.sigtimedwait([signal.SIGCHLD, signal.SIGTERM, signal.SIGINT], interval)
         if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
             log('exiting; guests keep running')
             return 0
+        lxcfs_tick(paths, view)
         now = time.monotonic()
         done = _runtime_exit.exits(paths)  # reaps every child: the guests' inits among them say why they ended
         for name, why in sorted(done.items()):
@@ -246,13 +284,16 @@ def main(argv):
     interval = 10.0
     mode = 'foreground'
     name = None
+    lxcfs = False
     args = list(argv)
     while args:
         arg = args.pop(0)
         if arg == '--interval' and args:
             interval = float(args.pop(0))
-        elif arg in ('--once', '--daemon', '--logs'):
+        elif arg in ('--once', '--daemon', '--logs', '--lxcfs-refresh'):
             mode = arg[2:]
+        elif arg == '--lxcfs':
+            lxcfs = True
         elif arg == '--watch' and args:
             mode, name = 'watch', args.pop(0)
         else:
@@ -266,6 +307,8 @@ def main(argv):
         return 0 if all(ok) else 1
     if mode == 'watch':
         return watch(paths, name)
+    if mode == 'lxcfs-refresh':
+        return lxcfs_refresh(paths)
     if mode == 'logs':
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT])
         thread = cap_logs(paths)
@@ -302,7 +345,22 @@ def main(argv):
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.chdir('/')
-    return supervise(paths, interval)
+    return supervise(paths, interval, lxcfs)
+
+
+def lxcfs_refresh(paths, wait=10.0):
+    """Wait (up to ``wait`` s) for LXCFS's mount, then give the running guests fresh mounts."""
+    deadline = time.monotonic() + wait
+    while _lxcfs.mount_id() is None:
+        if time.monotonic() > deadline:
+            log('LXCFS is not mounted at %s' % _lxcfs.directory())
+            return 1
+        time.sleep(0.1)
+    with HostLock(paths):
+        failed = _runtime_exit.refresh_views(paths)
+    for name, err in sorted(failed.items()):
+        log('%s: LXCFS view not refreshed: %s' % (name, err))
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':
