@@ -130,3 +130,11 @@ def test_kexec_is_denied_to_a_guest_holding_sys_boot(host_paths, make_guest, tmp
     assert got['kexec_load'] == got['kexec_file_load'] == '1', got     # EPERM from the filter
     assert got['reboot_cad_on'] != '0', got                             # EINVAL: not the host's setting
     assert _host_facts() == host
+
+
+def test_bcaps_drop_sys_boot_keeps_the_refusal(host_paths, make_guest):
+    make_guest('vs18v-nb', start=True, capabilities={'bcaps_drop': ['sys_boot']})
+    pid = _init(host_paths, 'vs18v-nb')
+    out = guest_sh(host_paths, 'vs18v-nb', 'reboot -f; echo rc=$?; poweroff -f; echo rc=$?')
+    assert out.stdout.split() == ['rc=1', 'rc=1'] and 'Operation not permitted' in out.stderr, out
+    assert _init(host_paths, 'vs18v-nb') == pid
