@@ -155,8 +155,13 @@ def lxcfs_tick(paths, state):
         path = _lxcfs.directory()
         os.makedirs(path, mode=0o755, exist_ok=True)
         log('starting LXCFS at %s' % path)
-        state['proc'] = subprocess.Popen(['lxcfs', '-f', '-l', '--enable-cfs', path], stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+        try:
+            state['proc'] = subprocess.Popen(['lxcfs', '-f', '-l', '--enable-cfs', path], stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+        except OSError as exc:  # not installed: guests start with the host's files (and a warning)
+            log('LXCFS cannot run: %s; not trying again' % exc)
+            state['run'] = False
+            return
         deadline = time.monotonic() + 10
         while _lxcfs.mount_id() is None and time.monotonic() < deadline and state['proc'].poll() is None:
             time.sleep(0.1)
