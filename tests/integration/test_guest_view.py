@@ -106,6 +106,14 @@ def test_guest_sees_its_own_memory_cpus_and_uptime(host_paths, make_guest, lxcfs
     other = _probe(host_paths, 'vs18v-view2')
     assert other['mem_total'] == 96 * MIB, other        # a second guest sees its own
     assert other['nproc'] == other['cpuinfo'] == other['stat_cpus'] == os.cpu_count(), other
+    # nothing of LXCFS's directory nor of the host path is reachable: one read-only mount per file, rooted at it
+    info = guest_sh(host_paths, 'vs18v-view', 'cat /proc/self/mountinfo; echo x > /proc/meminfo; ls /proc/meminfo/..')
+    lx = [line.split() for line in info.stdout.splitlines() if ' - fuse.lxcfs ' in line]
+    assert sorted(f[3] for f in lx) == sorted('/' + rel for rel in _lxcfs.FILES), info.stdout
+    for fields in lx:
+        assert fields[3] == fields[4] and {'ro', 'nosuid', 'nodev', 'noexec'} <= set(fields[5].split(',')), fields
+    assert lxcfs.dir not in info.stdout and 'cgroup' not in ' '.join(f[3] for f in lx)
+    assert 'Read-only file system' in info.stderr and 'Not a directory' in info.stderr, info.stderr
     # changed live: the next read answers with the new limit
     _mgr_limits.ensure(host_paths, 'vs18v-view', {'memory': '80M'})
     assert _meminfo(guest_sh(host_paths, 'vs18v-view', 'cat /proc/meminfo').stdout)['MemTotal'] == 80 * MIB
