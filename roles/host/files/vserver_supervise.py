@@ -285,11 +285,9 @@ def _watch_once(paths, name):
             os.close(fd)
 
 
-def main(argv):
-    interval = 10.0
-    mode = 'foreground'
-    name = None
-    lxcfs = False
+def parse(argv):
+    """``(mode, interval, guest name, lxcfs)``, or None for a bad command line."""
+    interval, mode, name, lxcfs = 10.0, 'foreground', None, False
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -302,8 +300,16 @@ def main(argv):
         elif arg == '--watch' and args:
             mode, name = 'watch', args.pop(0)
         else:
-            sys.stderr.write(__doc__)
-            return 2
+            return None
+    return mode, interval, name, lxcfs
+
+
+def main(argv):
+    parsed = parse(argv)
+    if parsed is None:
+        sys.stderr.write(__doc__)
+        return 2
+    mode, interval, name, lxcfs = parsed
     paths = Paths()
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     if mode == 'once':
