@@ -18,6 +18,7 @@ import errno
 import os
 
 from ansible_collections.vserver.core.plugins.module_utils import _kernel as K, _procfs as P
+from ansible_collections.vserver.core.plugins.module_utils._common import DEFAULTS_FILE, read_defaults_file
 
 DEFAULT_DIR = '/var/lib/lxcfs'
 ENV = 'VSERVER_LXCFS_DIR'
@@ -31,9 +32,11 @@ AT_SYMLINK_NOFOLLOW = 0x100
 _MAX_STACK = 8
 
 
-def directory() -> str:
-    """The host's LXCFS mount point: VSERVER_LXCFS_DIR, else /var/lib/lxcfs."""
-    return os.environ.get(ENV) or DEFAULT_DIR
+def directory(defaults_file: str = DEFAULTS_FILE) -> str:
+    """The host's LXCFS mount point: VSERVER_LXCFS_DIR from the environment or the host's defaults file (the host
+    role's ``host_lxcfs_dir``), else /var/lib/lxcfs."""
+    value = os.environ.get(ENV) or read_defaults_file(defaults_file, (ENV,)).get(ENV) or DEFAULT_DIR
+    return value if os.path.isabs(value) else DEFAULT_DIR
 
 
 def enabled(doc: dict) -> bool:

@@ -142,6 +142,36 @@ def ended(paths, name, why, history, now, interval=10.0):
         log('%s: %s failed: %s' % (name, why, exc))
 
 
+class _Spawned:
+    """A child started with posix_spawn; reaped by the main loop (``_runtime_exit.exits``), so alive = /proc."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def poll(self):
+        try:
+            with open('/proc/%d/stat' % self.pid) as handle:
+                return None if handle.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X') else 0
+        except (OSError, IndexError):
+            return 0
+
+
+def spawn_lxcfs(paths, path):
+    """LXCFS in the foreground of a new session, with default signals and an empty signal mask (this process
+    blocks SIGTERM and SIGCHLD for its loop: a child would inherit that) and its pid in RUN_DIR/.lxcfs.pid, for the
+    host role's removal. It outlives this supervisor: running guests keep their view."""
+    os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
+    argv = ['lxcfs', '-f', '-l', '--enable-cfs', '-p', os.path.join(paths.run_dir, '.lxcfs.pid'), path]
+    null = os.open('/dev/null', os.O_RDWR | os.O_CLOEXEC)
+    try:
+        pid = os.posix_spawnp('lxcfs', argv, dict(os.environ), setsid=True, setsigmask=(),
+                              setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0)])
+    finally:
+        os.close(null)
+    return _Spawned(pid)
+
+
 def lxcfs_tick(paths, state):
     """LXCFS under this supervisor (``state['run']``): started when nothing is mounted at its directory. When the
     LXCFS instance seen last is gone and one answers again (a restart, by us or anyone), the running guests get
@@ -151,13 +181,11 @@ def lxcfs_tick(paths, state):
         return
     proc = state.get('proc')
     if _lxcfs.mount_id() is None and state.get('run') and (proc is None or proc.poll() is not None):
-        import subprocess
         path = _lxcfs.directory()
         os.makedirs(path, mode=0o755, exist_ok=True)
         log('starting LXCFS at %s' % path)
         try:
-            state['proc'] = subprocess.Popen(['lxcfs', '-f', '-l', '--enable-cfs', path], stdin=subprocess.DEVNULL,
-                                             start_new_session=True)
+            state['proc'] = spawn_lxcfs(paths, path)
         except OSError as exc:  # not installed: guests start with the host's files (and a warning)
             log('LXCFS cannot run: %s; not trying again' % exc)
             state['run'] = False
