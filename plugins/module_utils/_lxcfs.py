@@ -90,6 +90,13 @@ def take(path: str | None = None) -> list[tuple[int, str]]:
     return taken
 
 
+def attacher(taken: list[tuple[int, str]]):
+    """The guest init's child step that attaches ``taken`` (named for the start's error report)."""
+    def lxcfs_view(doc):  # pylint: disable=unused-argument
+        attach(taken)
+    return lxcfs_view
+
+
 def _stale(target):
     """Is ``target`` an LXCFS file whose daemon is gone (ENOTCONN), or an LXCFS file at all (FUSE)?"""
     try:

@@ -378,7 +378,7 @@ def start(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict
         for step in _steps('cgroup'):  # the first call imports the concerns: before any fork
             step(doc, group)
         view, view_warnings = _guest_view(doc)
-        child_steps = _steps('child') + ([lambda doc_: _lxcfs.attach(view)] if view else [])
+        child_steps = _steps('child') + ([_lxcfs.attacher(view)] if view else [])
         log_fd = _log_fd(paths, name)
         pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
