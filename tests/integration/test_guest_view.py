@@ -175,7 +175,7 @@ def test_the_host_supervisor_refreshes_guests_when_lxcfs_comes_back(host_paths, 
         assert _lxcfs.mount_id(lxcfs.dir) is None      # unmounted by LXCFS itself on the way out
         lxcfs.start()
         ok = wait_for(lambda: _meminfo(guest_sh(host_paths, 'vs18v-sup', 'cat /proc/meminfo').stdout
-                                       ).get('MemTotal') == 64 * MIB, 15, 0.3)
+                                       ).get('MemTotal') == 64 * MIB, 30, 0.3)
         assert ok, open(str(tmp_path / 'supervise.log')).read()
     finally:
         sup.send_signal(signal.SIGTERM)

@@ -199,10 +199,11 @@ def lxcfs_tick(paths, state):
     if fd is not None:
         os.close(fd)
     state['fd'] = new
-    if fd is not None or state.get('run'):  # a new instance: the guests' mounts of the old one answer ENOTCONN
-        with HostLock(paths):
-            for name, err in sorted(_runtime_exit.refresh_views(paths).items()):
-                log('%s: LXCFS view not refreshed: %s' % (name, err))
+    # an instance not seen before: the guests' mounts of an old one answer ENOTCONN, or a guest started while none
+    # ran has none
+    with HostLock(paths):
+        for name, err in sorted(_runtime_exit.refresh_views(paths).items()):
+            log('%s: LXCFS view not refreshed: %s' % (name, err))
 
 
 def reap():
@@ -241,7 +242,7 @@ def cap_logs(paths):
 def supervise(paths, interval, lxcfs=False):
     history = {}
     reboots = {}
-    view = {'run': lxcfs, 'fd': _lxcfs.probe_open()}
+    view = {'run': lxcfs, 'fd': None}  # the first tick refreshes: LXCFS may have restarted while none watched
     for name in marked(paths):
         if condition(paths, name) != 'running':
             start(paths, name)
