@@ -39,3 +39,23 @@ def test_exit_reason(status, want):
 
 def test_enabled_by_default_off_only_by_false():
     assert _lxcfs.enabled({}) and _lxcfs.enabled({'lxcfs': True}) and not _lxcfs.enabled({'lxcfs': False})
+
+
+@pytest.mark.parametrize('value', ['yes', 1, 'false', []])
+def test_lxcfs_key_takes_only_a_boolean(value):
+    from ansible_collections.vserver.core.plugins.module_utils import _mgr_context
+    from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
+    with pytest.raises(VServerError) as err:
+        _mgr_context.validate({'name': 'vs18v-x', 'lxcfs': value})
+    assert err.value.field == 'lxcfs' and 'true or false' in str(err.value)
+    assert _mgr_context.validate({'name': 'vs18v-x', 'lxcfs': False})['lxcfs'] is False
+
+
+def test_directory_from_env_then_defaults_file(tmp_path, monkeypatch):
+    defaults = tmp_path / 'vserver'
+    defaults.write_text('VSERVER_LXCFS_DIR=/srv/lxcfs\nVSERVER_RUN_DIR=/run/x\n')
+    monkeypatch.delenv(_lxcfs.ENV, raising=False)
+    assert _lxcfs.directory(str(defaults)) == '/srv/lxcfs'
+    assert _lxcfs.directory(str(tmp_path / 'none')) == '/var/lib/lxcfs'
+    monkeypatch.setenv(_lxcfs.ENV, '/x/y')
+    assert _lxcfs.directory(str(defaults)) == '/x/y'
