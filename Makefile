@@ -22,7 +22,7 @@ DEMO_APT_PACKAGES := python3-venv busybox-static util-linux iproute2
 # tests/unit/test_makefile.py keeps the demo's list to the demo.
 TEST_APT_PACKAGES := rsync e2fsprogs attr xfsprogs btrfs-progs nftables strace \
 	iperf3 jdupes lxc systemd-container debootstrap mmdebstrap openssh-server openssh-client \
-	qemu-system-x86 cpio gcc libc6-dev python-is-python3 \
+	qemu-system-x86 cpio gcc libc6-dev python-is-python3 lxcfs \
 	resource-agents libxml2-utils
 APT_PACKAGES := $(DEMO_APT_PACKAGES) $(TEST_APT_PACKAGES)
 # The demo's venv holds only ansible-core (its pin in requirements-dev.txt); `make setup` adds the test tooling.

@@ -55,9 +55,12 @@ DEFAULTS = {'bcaps': None, 'bcaps_add': None, 'bcaps_drop': None, 'ccaps': None,
 # The default guest bounding set. util-vserver starts a guest with every capability except its "insecure" set
 # (lib/getinsecurebcaps.c, vc_get_insecurebcaps()): linux_immutable, net_broadcast, net_admin, net_raw, ipc_lock,
 # ipc_owner, sys_module, sys_rawio, sys_pacct, sys_admin, sys_nice, sys_resource, sys_time, mknod and its own
-# quotactl (no mainline bit: quotactl needs sys_admin here), plus sys_boot where the kernel has no vshelper
-# (mainline has none: reboot(2) in a guest would only kill the guest's init, but a guest stops through its
-# own init, so sys_boot stays out). On top of that set, what the VServer kernel confined by itself and a
+# quotactl (no mainline bit: quotactl needs sys_admin here), plus sys_boot where the kernel has no vshelper.
+# Here sys_boot is kept (VServer's vshelper behaviour): in a PID namespace reboot(2) only ends the guest's init,
+# with SIGHUP (restart) or SIGINT (halt), and vserver-supervise restarts or stops the guest (docs/guest-view.md).
+# kexec_load/kexec_file_load check CAP_SYS_BOOT against the host: the default filter denies them always, and a
+# guest whose filter would let them through (seccomp mode log or unconfined, or kexec in seccomp.allow) loses
+# sys_boot from the default set; asking for it there is refused (``validate``). On top of that set, what the VServer kernel confined by itself and a
 # mainline kernel does not, or what mainline added since (see docs/security.md):
 #   dac_read_search: open_by_handle_at() reaches files outside the guest root on the same filesystem;
 #   mac_admin, mac_override, audit_control: host-wide LSM/audit policy; syslog: reads/clears the host kernel log;
@@ -69,14 +72,14 @@ DEFAULTS = {'bcaps': None, 'bcaps_add': None, 'bcaps_drop': None, 'ccaps': None,
 #   however privileged (the admin's `vserver exec` was one). Without it, root still traces its own dumpable
 #   processes (gdb, strace of the guest's programs keep working).
 # Kept: chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap, net_bind_service, sys_chroot,
-# audit_write, setfcap.
+# sys_boot, audit_write, setfcap.
 UTIL_VSERVER_INSECURE = [
     'linux_immutable', 'net_broadcast', 'net_admin', 'net_raw', 'ipc_lock', 'ipc_owner', 'sys_module',
     'sys_rawio', 'sys_pacct', 'sys_admin', 'sys_nice', 'sys_resource', 'sys_time', 'mknod', 'sys_boot',
 ]
 DEFAULT_DROPPED = [
     'dac_read_search', 'linux_immutable', 'net_broadcast', 'net_admin', 'net_raw', 'ipc_lock', 'ipc_owner',
-    'sys_module', 'sys_rawio', 'sys_ptrace', 'sys_pacct', 'sys_admin', 'sys_boot', 'sys_nice', 'sys_resource',
+    'sys_module', 'sys_rawio', 'sys_ptrace', 'sys_pacct', 'sys_admin', 'sys_nice', 'sys_resource',
     'sys_time', 'sys_tty_config', 'mknod', 'lease', 'audit_control', 'mac_override', 'mac_admin', 'syslog',
     'wake_alarm', 'block_suspend', 'audit_read', 'perfmon', 'bpf', 'checkpoint_restore',
 ]
@@ -141,9 +144,35 @@ def resolve(section: dict | None) -> list[str]:
     if section.get('bcaps') is not None:
         return normalize_list(section['bcaps'])
     caps = set(DEFAULT_BCAPS)
+    if kexec_open(section):
+        caps.discard('sys_boot')
     caps |= set(normalize_list(section.get('bcaps_add'), 'bcaps_add'))
     caps -= set(normalize_list(section.get('bcaps_drop'), 'bcaps_drop'))
     return normalize_list(caps)
+
+
+KEXEC = ('kexec_load', 'kexec_file_load')
+
+
+def kexec_open(section: dict | None) -> bool:
+    """Would the guest's filter let kexec_load/kexec_file_load through (mode log or unconfined, or allowed)?"""
+    seccomp = (section or {}).get('seccomp') or {}
+    if not isinstance(seccomp, dict):
+        return False  # refused by the filter's own check
+    return (seccomp.get('mode') or 'default') != 'default' or bool(set(seccomp.get('allow') or []) & set(KEXEC))
+
+
+def _check_sys_boot(section):
+    """sys_boot asked for explicitly together with a filter that lets kexec through: refused."""
+    field = 'bcaps' if section.get('bcaps') is not None else 'bcaps_add'
+    if 'sys_boot' in (section.get(field) or []) and kexec_open(section):
+        raise VServerError('%s: sys_boot (reboot and halt from inside) needs the syscall filter to deny kexec_load and '
+                           'kexec_file_load, which check CAP_SYS_BOOT against the host; with seccomp mode %s%s it '
+                           'would let a guest load a new host kernel. Drop sys_boot, or keep seccomp mode default '
+                           'without allowing kexec' % (field, (section.get('seccomp') or {}).get('mode') or 'default',
+                                                       ' and kexec allowed' if set(
+                                                           (section.get('seccomp') or {}).get('allow') or [])
+                                                       & set(KEXEC) else ''), field)
 
 
 # --- the guest's syscall filter (key ``seccomp`` of this section; the program is built by _seccomp) ----------
@@ -279,6 +308,7 @@ def validate(params: dict | None) -> dict:
     seccomp = _seccomp.validate(params.get('seccomp'), 'seccomp')
     if seccomp:
         section['seccomp'] = seccomp
+    _check_sys_boot(section)
     return section
 
 

@@ -29,7 +29,7 @@ import signal
 from ansible_collections.vserver.core.plugins.module_utils._common import (
     XID_MAX, XID_MIN, Paths, VServerError, check_name, check_xid, write_json)
 
-CONTEXT_KEYS = ('name', 'xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout')
+CONTEXT_KEYS = ('name', 'xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout', 'lxcfs')
 SECTIONS = ('capabilities', 'limits', 'network', 'unify')
 SCHEMA_KEY = 'schema'
 SCHEMA = 1
@@ -182,6 +182,10 @@ def check_context(params: dict) -> dict:
         out['stop_signal'] = signal_name(parse_signal(params['stop_signal']))
     if params.get('stop_timeout') is not None:
         out['stop_timeout'] = parse_stop_timeout(params['stop_timeout'])
+    if params.get('lxcfs') is not None:
+        if not isinstance(params['lxcfs'], bool):
+            raise VServerError('lxcfs must be true or false (got %r)' % (params['lxcfs'],), 'lxcfs')
+        out['lxcfs'] = params['lxcfs']
     return out
 
 

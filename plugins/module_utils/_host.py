@@ -32,7 +32,7 @@ from ansible_collections.vserver.core.plugins.module_utils._common import Paths,
 
 # files the runtime keeps for itself; a directory holding only these (and empty autostart/) counts as empty
 BOOKKEEPING = {'.lock', '.unify-index', '.unify-index-journal', '.unify-index-wal', '.unify-index-shm',
-               '.supervise.pid', 'supervise.log', 'autostart', '.cap.lock', '.watch.lock'}
+               '.supervise.pid', '.lxcfs.pid', 'supervise.log', 'autostart', '.cap.lock', '.watch.lock'}
 UNITS = '/etc/systemd/system'
 PHASES = ('probe', 'supervisor', 'bridge', 'cgroup', 'dirs')
 
@@ -180,6 +180,17 @@ class Removal:
         if pid:
             self.act('stop vserver-supervise (pid %d)' % pid, self._stop_supervisor, pid)
 
+    def lxcfs_pid(self):
+        """The pid in RUN_DIR/.lxcfs.pid while that process is LXCFS (vserver-supervise --lxcfs started it)."""
+        try:
+            with open(os.path.join(self.req['run_dir'], '.lxcfs.pid')) as handle:
+                pid = int(handle.read().strip() or 0)
+            with open('/proc/%d/comm' % pid) as handle:
+                comm = handle.read().strip()
+        except (OSError, ValueError):
+            return None
+        return pid if comm == 'lxcfs' and _alive(pid) else None
+
     def _stop_supervisor(self, pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
@@ -191,6 +202,12 @@ class Removal:
             os.unlink(os.path.join(self.req['run_dir'], '.supervise.pid'))
         except FileNotFoundError:
             pass
+        lxcfs = self.lxcfs_pid()  # the LXCFS it ran (the guests are gone by now): it unmounts itself on SIGTERM
+        if lxcfs:
+            os.kill(lxcfs, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while _alive(lxcfs) and time.monotonic() < deadline:
+                time.sleep(0.2)
 
     def bridge(self):
         name = self.req['bridge']

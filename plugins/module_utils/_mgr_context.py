@@ -23,7 +23,7 @@ STATES = ('present', 'started', 'stopped', 'restarted', 'frozen', 'absent')
 TEMPLATES = ('busybox', 'none')
 CONTEXT_KEYS = _config.CONTEXT_KEYS
 # Changing these on a running guest needs a restart; hostname/domainname apply live, xid is a label.
-RESTART_KEYS = ('root', 'init')
+RESTART_KEYS = ('root', 'init', 'lxcfs')
 KILL_UNTRACKED = 'kill untracked processes'
 SET_HOSTNAME = 'set hostname'
 
@@ -38,6 +38,7 @@ ARGUMENT_SPEC = {
     'init': {'type': 'raw'},
     'stop_signal': {'type': 'str'},
     'stop_timeout': {'type': 'float'},
+    'lxcfs': {'type': 'bool'},
     'state': {'type': 'str', 'default': 'present', 'choices': list(STATES)},
     'purge': {'type': 'bool', 'default': False},
 }
@@ -77,12 +78,16 @@ def _desired(paths, opts, current):
     elif 'xid' not in doc:
         doc['xid'] = _config.free_xid(paths, exclude=opts['name'])
     doc['root'] = opts['root'] or doc.get('root') or paths.default_root(opts['name'])
-    for key in ('hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout'):
+    for key in ('hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout', 'lxcfs'):
         if opts.get(key) is not None:
             doc[key] = opts[key]
     for key, value in STORED_DEFAULTS.items():
         doc.setdefault(key, list(value) if isinstance(value, list) else value)
     return doc
+
+
+def _restart_key(doc, key):
+    return doc.get(key) is not False if key == 'lxcfs' else doc.get(key)  # lxcfs: absent means on
 
 
 def _view(doc, state):
@@ -337,7 +342,7 @@ def plan(opts: Dict[str, Any], current: Optional[Dict[str, Any]], doc: Dict[str,
     out.steps = _steps(target, state, facts.leftovers)
     live = state in ('running', 'frozen')
     if live and current is not None:
-        if any(doc.get(k) != current.get(k) for k in RESTART_KEYS):
+        if any(_restart_key(doc, k) != _restart_key(current, k) for k in RESTART_KEYS):
             out.restart_required = target != 'restarted'
         # against the kernel, not the config: a run killed after the config was saved converges on the next
         if _uts_wanted(doc) != facts.live_uts and 'stop' not in out.steps:
@@ -399,7 +404,8 @@ def _execute(paths: Paths, rt, plan_: Plan, current) -> List[str]:
     built = False
     warnings = []
     steps = list(plan_.steps)
-    run = {KILL_UNTRACKED: lambda: _runtime.cleanup(paths, name), 'start': lambda: _runtime.start(paths, doc),
+    run = {KILL_UNTRACKED: lambda: _runtime.cleanup(paths, name),
+           'start': lambda: warnings.extend(_runtime.start(paths, doc).get('warnings', [])),  # e.g. LXCFS down
            'freeze': lambda: _runtime.freeze(paths, doc), 'thaw': lambda: _runtime.thaw(paths, doc),
            'stop': lambda: warnings.extend(_runtime.stop(paths, current or doc))}
     try:

@@ -20,7 +20,7 @@ from ansible_collections.vserver.core.plugins.module_utils._common import (
 
 STATES = ('started', 'stopped', 'present', 'frozen', 'absent')
 TEMPLATES = ('busybox', 'none', 'clone')
-CONTEXT_KEYS = ('xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout')
+CONTEXT_KEYS = ('xid', 'root', 'hostname', 'domainname', 'init', 'stop_signal', 'stop_timeout', 'lxcfs')
 GUEST_KEYS = set(CONTEXT_KEYS) | {'name', 'state', 'template', 'clone_from', 'capabilities', 'limits', 'addresses',
                                   'network', 'autostart', 'purge', 'config', 'files', 'root_password_hash',
                                   'root_authorized_keys'}

@@ -37,7 +37,7 @@ import signal
 import time
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _cgroup, _config, _kernel as K, _procfs as P, _logs, _runtime_child)
+    _caps, _cgroup, _config, _kernel as K, _lxcfs, _procfs as P, _logs, _runtime_child)
 from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
@@ -337,6 +337,22 @@ def _record_init(rt, pid, parent, group, root):
     return record
 
 
+def _guest_view(doc):
+    """The guest's LXCFS view of /proc (docs/guest-view.md): ``(taken mounts, warnings)``. Taken host side, before
+    any fork (the guest's init attaches them after its /proc is mounted, see ``start``); LXCFS not running or the
+    guest's ``lxcfs: false``: none, and the guest starts with the host's files (a warning in the first case)."""
+    if not _lxcfs.enabled(doc):
+        return [], []
+    why = _lxcfs.unavailable()
+    if why is None:
+        try:
+            return _lxcfs.take(), []
+        except OSError as exc:
+            why = 'LXCFS at %s: %s' % (_lxcfs.directory(), exc)
+    return [], ['guest %s: %s; it sees the host\'s memory, CPUs and uptime in /proc (lxcfs: false in its config '
+                'turns this view off)' % (doc['name'], why)]
+
+
 def start(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict:
     """Start the guest described by ``doc``; return its runtime record. Rolls back on failure."""
     name = doc['name']
@@ -355,11 +371,14 @@ def start(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict
     group = rt.layout.group(parent, name)
     os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
     log_fd = pid_r = pid_w = err_r = err_w = None
+    view = []
     try:
         os.makedirs(rt.dir, mode=0o700, exist_ok=True)
         group.create()
         for step in _steps('cgroup'):  # the first call imports the concerns: before any fork
             step(doc, group)
+        view, view_warnings = _guest_view(doc)
+        child_steps = _steps('child') + ([_lxcfs.attacher(view)] if view else [])
         log_fd = _log_fd(paths, name)
         pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -367,7 +386,7 @@ def start(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict
         if child == 0:
             os.close(pid_r)
             os.close(err_r)
-            _runtime_child.intermediate(doc, group, root, log_fd, pid_w, err_w, _steps('netns'), _steps('child'))
+            _runtime_child.intermediate(doc, group, root, log_fd, pid_w, err_w, _steps('netns'), child_steps)
         os.close(pid_w)
         pid_w = None
         os.close(err_w)
@@ -383,7 +402,7 @@ def start(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict
         rt = Runtime(paths, name, rt.layout)
         for step in _steps('started'):
             step(paths, doc, rt)
-        return record
+        return dict(record, warnings=view_warnings) if view_warnings else record
     except BaseException:
         try:
             cleanup(paths, name, rt.layout)
@@ -391,7 +410,7 @@ def start(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> dict
             pass
         raise
     finally:
-        for fd in (log_fd, pid_r, pid_w, err_r, err_w):
+        for fd in [log_fd, pid_r, pid_w, err_r, err_w] + [fd for fd, dummy in view]:
             if fd is not None:
                 os.close(fd)
 

@@ -15,11 +15,13 @@ description:
   - The default bounding set is util-vserver's default (every capability except its "insecure" set) minus what a
     mainline kernel does not confine inside a guest. Dropped by default - C(dac_read_search), C(linux_immutable),
     C(net_broadcast), C(net_admin), C(net_raw), C(ipc_lock), C(ipc_owner), C(sys_module), C(sys_rawio),
-    C(sys_ptrace), C(sys_pacct), C(sys_admin), C(sys_boot), C(sys_nice), C(sys_resource), C(sys_time),
+    C(sys_ptrace), C(sys_pacct), C(sys_admin), C(sys_nice), C(sys_resource), C(sys_time),
     C(sys_tty_config), C(mknod), C(lease), C(audit_control), C(mac_override), C(mac_admin), C(syslog), C(wake_alarm),
     C(block_suspend), C(audit_read), C(perfmon), C(bpf), C(checkpoint_restore). Kept - C(chown),
     C(dac_override), C(fowner), C(fsetid), C(kill), C(setgid), C(setuid), C(setpcap), C(net_bind_service),
-    C(sys_chroot), C(audit_write), C(setfcap). See C(docs/security.md) for the reasons.
+    C(sys_chroot), C(sys_boot) (reboot and halt from inside restart or stop the guest, see C(docs/guest-view.md);
+    not kept, and refused, where O(seccomp) would let C(kexec_load) through), C(audit_write), C(setfcap). See
+    C(docs/security.md) for the reasons.
   - O(ccaps) apply at once to a running guest. A bounding-set or O(no_new_privs) change on a running guest needs a
     restart - the kernel never gives a capability back to a running process - so the module reports
     RV(restart_required) and restarts the guest only with O(restart=true).

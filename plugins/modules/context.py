@@ -79,6 +79,15 @@ options:
       - Seconds to wait for init to exit after O(stop_signal) before every process left in the guest's cgroup is
         killed. Default 10.
     type: float
+  lxcfs:
+    description:
+      - The guest's C(/proc/meminfo), C(cpuinfo), C(stat), C(loadavg), C(uptime), C(swaps), C(diskstats) and
+        C(/sys/devices/system/cpu/online) come from the host's LXCFS, so C(free), C(top), C(uptime) and C(nproc)
+        answer with the guest's own limits and usage. V(false) shows the host's files. Unspecified - left as it
+        is; a guest without it has the view (default V(true)).
+      - When LXCFS is not running, the guest still starts, with the host's files and a warning.
+      - A change takes effect at the next start (RV(restart_required)).
+    type: bool
   state:
     description:
       - C(present) ensures config and tree; C(started) also runs the guest (and thaws a frozen one); C(stopped)

@@ -47,7 +47,7 @@ options:
     description:
       - The guests. Each item is a dict with C(name) (required) and any of C(xid), C(root), C(template)
         (C(busybox), C(none) for an existing tree, C(clone) with C(clone_from)), C(hostname), C(domainname),
-        C(init), C(stop_signal), C(stop_timeout), C(state) (C(started) default, C(stopped), C(present), C(frozen),
+        C(init), C(stop_signal), C(stop_timeout), C(lxcfs), C(state) (C(started) default, C(stopped), C(present), C(frozen),
         C(absent)), C(purge) (with C(state=absent), remove the tree, log and boot mark), C(autostart) (bool, the
         boot mark C(CONFIG_DIR/autostart/NAME)), C(capabilities) (options of M(vserver.core.capabilities)), C(limits)
         (options of M(vserver.core.limits)), C(addresses) (a list of CIDRs) and C(network) (further options of

@@ -12,9 +12,10 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _common, _runtime, _mgr_guests
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _common, _lxcfs, _runtime, _mgr_guests
 from ansible_helpers import changed_count, run_playbook
 from conftest import stop_guests
+from helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +68,7 @@ def host(tmp_path):
         'host_cli_sbindir': base + '/sbin', 'host_bridge': 'vst-br-' + tag,
         'host_bridge_addresses': ['198.18.91.1/24'], 'host_service': 'supervise', 'host_supervise_start': True,
         'host_supervise_interval': 2,
+        'host_lxcfs_dir': base + '/lxcfs',   # the supervisor's own LXCFS (--lxcfs), never the host's mount point
     }
     os.makedirs(base + '/bin')
     os.makedirs(base + '/sbin')
@@ -83,6 +85,11 @@ def host(tmp_path):
         if pid and alive(pid):
             os.kill(pid, 15)
         stop_guests(paths)
+        pid = lxcfs_pid(paths)
+        if pid and alive(pid):
+            os.kill(pid, 9)
+        if _lxcfs.mount_id(evars['host_lxcfs_dir']) is not None:
+            subprocess.run(['umount', '-l', evars['host_lxcfs_dir']], check=False, timeout=30)
         if os.path.isdir(paths.config_dir):
             _mgr_guests.ensure(paths, {'guests': [], 'prune': True, 'purge_pruned': True})
         for name in (box['dummy'], evars['host_bridge']):
@@ -94,6 +101,16 @@ def host(tmp_path):
                     os.rmdir(os.path.join(path, sub))
                 except OSError:
                     pass
+
+
+def lxcfs_pid(paths):
+    try:
+        with open(os.path.join(paths.run_dir, '.lxcfs.pid')) as handle:
+            pid = int(handle.read().strip() or 0)
+        with open('/proc/%d/comm' % pid) as handle:
+            return pid if handle.read().strip() == 'lxcfs' else None
+    except (OSError, ValueError):
+        return None
 
 
 def run(box, check=False, **extra):
@@ -138,6 +155,8 @@ def test_absent_refuses_guests_then_removes_them_and_everything_else(host):
     before = present_with_a_guest(host)
     paths = host['paths']
     supervisor = supervisor_pid(paths)
+    lxcfs = wait_for(lambda: lxcfs_pid(paths), 15)   # vserver-supervise --lxcfs runs it (host_lxcfs, the default)
+    assert lxcfs and _lxcfs.mount_id(host['vars']['host_lxcfs_dir']) is not None
 
     # guests configured and no consent: fails naming them, nothing touched
     rc, data, failed = run(host, host_state='absent')
@@ -154,6 +173,7 @@ def test_absent_refuses_guests_then_removes_them_and_everything_else(host):
     assert rc == 0, failed
     after = snapshot(host)
     assert not alive(supervisor) and not os.path.exists(os.path.join(paths.run_dir, '.supervise.pid'))
+    assert not alive(lxcfs) and _lxcfs.mount_id(host['vars']['host_lxcfs_dir']) is None   # its LXCFS ended too
     assert after['running'] == [] and after['guests'] == [] and not _mgr_guests.autostart_dir(paths) in after['dirs']
     assert after['links'] == [] and not after['prefix'] and not after['env'] and not after['bridge']
     assert after['cgroups'] == []

@@ -5,11 +5,11 @@ from ansible_collections.vserver.core.plugins.module_utils import _caps
 from ansible_collections.vserver.core.plugins.module_utils._common import VServerError
 
 
-def test_default_set_is_util_vserver_minus_insecure():
+def test_default_set_is_util_vserver_minus_insecure_plus_vshelpers_sys_boot():
     for name in _caps.UTIL_VSERVER_INSECURE:
-        assert name not in _caps.DEFAULT_BCAPS
+        assert name not in _caps.DEFAULT_BCAPS or name == 'sys_boot'   # reboot from inside (vshelper's job)
     assert set(_caps.DEFAULT_BCAPS) == {'chown', 'dac_override', 'fowner', 'fsetid', 'kill', 'setgid', 'setuid',
-                                        'setpcap', 'net_bind_service', 'sys_chroot', 'audit_write',
+                                        'setpcap', 'net_bind_service', 'sys_chroot', 'sys_boot', 'audit_write',
                                         'setfcap'}
     assert set(_caps.DEFAULT_BCAPS) | set(_caps.DEFAULT_DROPPED) == set(_caps.CAPS)
 
@@ -70,3 +70,18 @@ def test_sysctl_files(tmp_path):
     assert (tmp_path / 'sys/net/ipv4/ping_group_range').read_text() == '0 2147483647'
     assert _caps.read_sysctls(['net/ipv4/ping_group_range'], proc=str(tmp_path)) == {
         'net/ipv4/ping_group_range': '0\t2147483647'}
+
+
+@pytest.mark.parametrize('seccomp', [{'mode': 'unconfined'}, {'mode': 'log'}, {'allow': ['kexec_load']},
+                                     {'allow': ['kexec_file_load']}])
+def test_sys_boot_only_with_a_filter_that_denies_kexec(seccomp):
+    # the default set loses sys_boot where kexec would get through
+    assert 'sys_boot' not in _caps.resolve(_caps.validate({'seccomp': seccomp}))
+    assert 'sys_boot' in _caps.resolve(_caps.validate({}))
+    # asking for it there is refused, naming the field
+    for params, field in (({'bcaps_add': ['sys_boot']}, 'bcaps_add'), ({'bcaps': ['chown', 'CAP_SYS_BOOT']}, 'bcaps')):
+        with pytest.raises(VServerError) as err:
+            _caps.validate(dict(params, seccomp=seccomp))
+        assert err.value.field == field and 'kexec' in str(err.value)
+    # today's refusal per guest
+    assert 'sys_boot' not in _caps.resolve(_caps.validate({'bcaps_drop': ['sys_boot']}))

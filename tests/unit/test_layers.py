@@ -12,7 +12,7 @@ PACKAGE = 'ansible_collections.vserver.core.plugins.module_utils'
 # The floors, bottom up (the same table is in docs/architecture.md). A name ending in '*' is a prefix.
 FLOORS = {
     1: ('_kernel', '_procfs', '_common', '_result', '_syscalls', '_ansible'),                       # kernel
-    2: ('_cgroup', '_seccomp', '_masks', '_logs', '_template', '_walk', '_tree', '_netlink', '_disk',
+    2: ('_cgroup', '_seccomp', '_masks', '_lxcfs', '_logs', '_template', '_walk', '_tree', '_netlink', '_disk',
         '_devices', '_enter_stage', '_bootstrap', '_apt_sources'),                                 # mechanisms
     3: ('_caps', '_limits', '_netns', '_unify', '_legacy', '_caps_*', '_limits_*', '_netns_*', '_unify_*',
         '_legacy_*'),                                                                               # concerns
