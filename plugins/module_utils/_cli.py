@@ -356,17 +356,23 @@ def figures(paths, words):
 
 def _textfile_loop(paths, args, metrics):
     """Write the exposition to the textfile directory once, or every ``args['every']`` seconds: the first write
-    fails the command (a bad directory, an unknown guest); a later failure is said on stderr and retried."""
+    fails the command (a bad directory, an unknown guest); a later failure is said on stderr (once while it lasts,
+    the log stays small) and retried."""
     import time
     from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, terminal_safe
     metrics.write_textfile(args['textfile'], metrics.render(metrics.collect(paths, args['names'])))
+    said = None
     while args['every']:
         time.sleep(args['every'] - time.monotonic() % args['every'])
         try:
             metrics.write_textfile(args['textfile'], metrics.render(metrics.collect(paths, args['names'])))
+            problem = None
         except (VServerError, OSError) as exc:
-            sys.stderr.write('vserver: metrics: %s\n' % terminal_safe(exc))
+            problem = 'vserver: metrics: %s' % terminal_safe(exc)
+        if problem != said:
+            sys.stderr.write('%s\n' % (problem or 'vserver: metrics: written again'))
             sys.stderr.flush()
+            said = problem
 
 
 def main(argv):
