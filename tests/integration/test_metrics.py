@@ -13,11 +13,14 @@ import sys
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _limits, _runtime
 from helpers import VSERVER, env_for, vserver, wait_for
 
+# prometheus-client comes with `make setup` (requirements-dev.txt); the cgroup v2 VM runs Debian's python3 when the
+# checkout's venv cannot be shared with it: these tests are then skipped there, with this reason
+text_string_to_metric_families = pytest.importorskip(
+    'prometheus_client.parser', reason='prometheus-client is not installed (make setup)').text_string_to_metric_families
 pytestmark = pytest.mark.cgroup
 LAYOUT = _cgroup.detect()
 HOST = os.uname().nodename
@@ -254,25 +257,3 @@ def test_a_guest_naming_and_multiplying_its_interfaces_adds_no_series_of_its_own
     names = {dict(key[2:])['interface'] for key in samples if key[0] == 'vserver_guest_network_receive_bytes_total'}
     assert len(names) == 32 and 'lo' in names and 'q"a\\b}00' in names, sorted(names)
     assert {key[1] for key in samples} == {'vs18m-ifs'}   # every series is this guest's
-
-
-def test_the_status_playbook_prints_the_figures(host_paths, make_guest, tmp_path):
-    from ansible_helpers import run_playbook
-    from helpers import TOP
-    _guest(make_guest, 'vs18m-tab', 1807, {'memory': '64M'})
-    make_guest('vs18m-off', xid=1808)
-    table = tmp_path / 'status.txt'
-    rc, data = run_playbook(os.path.join(TOP, 'playbooks', 'status.yml'), {
-        'vserver_hosts_pattern': 'localhost', 'vserver_status_file': str(table), 'vserver_config_dir': host_paths.config_dir,
-        'vserver_run_dir': host_paths.run_dir, 'vserver_tree_dir': host_paths.tree_dir, 'vserver_log_dir': host_paths.log_dir,
-        'vserver_cgroup_parent': host_paths.cgroup_parent})
-    assert rc == 0, data
-    rows = [line.split() for line in table.read_text().splitlines()]
-    assert rows[0] == ['HOST', 'NAME', 'XID', 'STATE', 'ADDRESSES', 'MEMORY', 'PROC', 'LIMIT', 'CPU', 'THROTTLED', 'OOM',
-                       'UPTIME', 'NET_RX', 'NET_TX']
-    table = {r[1]: r for r in rows[1:]}
-    assert set(table) == {'vs18m-tab', 'vs18m-off'}
-    running = table['vs18m-tab']
-    assert running[2:4] == ['1807', 'running'] and running[7] == '64.0M' and running[10] == '0', running
-    assert running[8].endswith('s') and running[11].startswith('0m') and running[12:] == ['0B', '0B'], running
-    assert table['vs18m-off'][3] == 'stopped' and table['vs18m-off'][7:] == ['-'] * 7

@@ -1,10 +1,12 @@
 """The metrics exposition's pure parts: net/dev parsing (capped), label escaping, the text format as a real parser
 reads it (prometheus_client), a family without series left out."""
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
 
 from ansible_collections.vserver.core.plugins.module_utils import _runtime_metrics as M
 
+text_string_to_metric_families = pytest.importorskip(
+    'prometheus_client.parser', reason='prometheus-client is not installed (make setup)').text_string_to_metric_families
 NET_DEV = """Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
