@@ -279,24 +279,18 @@ def escape(value: str) -> str:
     return value.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
 
 
-def _number(value):
-    if isinstance(value, float):
-        return repr(value) if value == value else 'NaN'
-    return str(value)
-
-
 def _series(family, key, labels, guest):
     """The sample lines of one guest in one family."""
     if family == 'vserver_guest_state':
         return ['%s{%s,state="%s"} %d' % (family, labels, s, guest['state'] == s) for s in STATES]
     if family == 'vserver_guest_cpu_seconds_total':
-        return ['%s{%s,mode="%s"} %s' % (family, labels, mode, _number(guest['cpu_%s_seconds' % mode]))
+        return ['%s{%s,mode="%s"} %s' % (family, labels, mode, str(guest['cpu_%s_seconds' % mode]))
                 for mode in ('user', 'system') if guest.get('cpu_%s_seconds' % mode) is not None]
     if key.startswith('net:'):  # a network counter: one series per interface
         return ['%s{%s,interface="%s"} %d' % (family, labels, escape(iface), counters[key[4:]])
                 for iface, counters in sorted((guest.get('net') or {}).items())]
     value = guest.get(key)
-    return [] if value is None else ['%s{%s} %s' % (family, labels, _number(value))]
+    return [] if value is None else ['%s{%s} %s' % (family, labels, str(value))]
 
 
 def render(samples: list[dict], host: str | None = None) -> str:
