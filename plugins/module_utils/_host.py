@@ -1,7 +1,7 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to this collection: what the host and migrate roles look at and the host role removes beyond what builtin
-modules do (behind the private modules ``_host_probe``, ``_host_remove`` and ``_target_guests``; were
+modules do (behind the private modules ``_host_probe``, ``_host_remove``, ``_host_metrics`` and ``_target_guests``; were
 roles/host/files/host_probe.py, host_remove.py and roles/migrate/files/target_guests.py).
 
 ``probe(want)`` is one read-only look at everything the host role manages, so an idempotent re-run costs one task
