@@ -14,7 +14,7 @@ import signal
 import pytest
 
 
-from ansible_collections.vserver.core.plugins.module_utils import _common, _config, _runtime
+from ansible_collections.vserver.core.plugins.module_utils import _cgroup, _common, _config, _runtime
 from ansible_helpers import changed_count, run_playbook
 from conftest import stop_guests
 from helpers import wait_for
@@ -78,6 +78,14 @@ def host(tmp_path):
         if pid:
             os.kill(pid, signal.SIGTERM)
         stop_guests(paths)
+        top = evars['host_cgroup_parent'].split('/')[0]   # a failed run leaves the parent the role made
+        layout = _cgroup.host_layout()
+        for root in set(layout.v1.values()) | ({layout.unified} if layout.unified else set()):
+            for sub in ('guests', ''):
+                try:
+                    os.rmdir(os.path.join(root, top, sub))
+                except OSError:
+                    pass
 
 
 def run(box, **extra):
