@@ -5,8 +5,19 @@
 commands:
   stat                 one line per guest: CTX PROC RSS DISK CPUTIME UPTIME STATE
                        NAME ADDRESSES (DISK: the disk limit, `none` if it has none)
+  stat --json          the same as a JSON document: {"host": ..., "guests": [...]}, each
+                       guest as the context_info module returns it, with its
+                       figures for monitoring under "metrics"
   ps                   every process on the host, labelled with its context
   list                 guest names
+  metrics [NAME...]    every (or the named) guest's figures in the Prometheus text
+                       format: CPU, memory, processes, OOM kills, throttling,
+                       network per interface, disk, state, uptime
+                       (docs/monitoring.md)
+  metrics --textfile DIR [--every S] [NAME...]
+                       write them to DIR/vserver.prom instead, atomically (DIR:
+                       node_exporter's textfile-collector directory, which must
+                       exist); with --every, again every S seconds until killed
   NAME start|stop      start the guest; stop it (its stop_signal, then SIGKILL
                        after its stop_timeout)
   NAME restart         stop it, then start it
@@ -60,12 +71,13 @@ import sys
 
 from ansible_collections.vserver.core.plugins.module_utils import _enter, _enter_stage
 
-LISTINGS = ('stat', 'ps', 'list')
+LISTINGS = ('stat', 'ps', 'list', 'metrics')
 GUEST_COMMANDS = ('start', 'stop', 'restart', 'freeze', 'thaw', 'status', 'enter', 'exec')
 # the host roots (_enter's copy of _common.DEFAULTS' keys: exec's fast path does without _common, which imports json
 # and re; tests/unit/test_cli_options.py holds them together)
 OPTIONS = _enter.ROOT_KEYS
-USAGE = ('vserver [OPTION...] stat|ps|list\n'
+USAGE = ('vserver [OPTION...] stat [--json]|ps|list\n'
+         '       vserver [OPTION...] metrics [--textfile DIR [--every S]] [NAME...]\n'
          '       vserver [OPTION...] NAME start|stop|restart|freeze|thaw|status|enter\n'
          '       vserver [OPTION...] NAME exec CMD [ARG...]')
 
@@ -177,6 +189,8 @@ def _problem(words):
         return 'no command given for guest %s (one of %s)' % (words[0], ', '.join(GUEST_COMMANDS))
     name, command, args = words[0], words[1], words[2:]
     if command not in GUEST_COMMANDS:
+        if name in FIGURES:
+            return figures_args(words)[1]
         if name in LISTINGS:
             return '%s takes no arguments (got %s)%s' % (name, ' '.join(words[1:]), _hint(words[1:]))
         return 'unknown command for guest %s: %s (one of %s)' % (name, command, ', '.join(GUEST_COMMANDS))
@@ -282,6 +296,85 @@ def _end_by_sigpipe():
     os._exit(128 + signal.SIGPIPE)  # only if whoever started us blocked SIGPIPE
 
 
+# --- `vserver stat --json` and `vserver metrics`: the guests' figures for monitoring (_runtime_metrics) ------------
+
+FIGURES = ('stat', 'metrics')  # the listings that take arguments of their own (see figures_args)
+
+
+def figures_args(words):
+    """``(arguments, problem)`` of `stat --json` or `metrics [--textfile DIR [--every S]] [NAME...]`."""
+    out = {'json': False, 'textfile': None, 'every': None, 'names': []}
+    rest = list(words[1:])
+    if words[0] == 'stat':
+        out['json'] = True
+        return out, '' if rest in ([], ['--json']) else 'stat takes no arguments but --json (got %s)' % ' '.join(rest)
+    while rest:
+        flag, eq, value = rest.pop(0).partition('=')
+        if not flag.startswith('-'):
+            out['names'].append(flag + eq + value)
+            continue
+        if flag not in ('--textfile', '--every'):
+            return out, 'metrics takes --textfile DIR, --every S and guest names (got %s)' % flag
+        if not eq:
+            if not rest:
+                return out, 'metrics %s needs a value' % flag
+            value = rest.pop(0)
+        out[flag[2:]] = value
+    if out['every'] is not None:
+        try:
+            out['every'] = float(out['every'])
+        except ValueError:
+            out['every'] = -1.0
+        if not 1 <= out['every'] <= 86400:
+            return out, 'metrics --every takes seconds between 1 and 86400 (got %s)' % value
+        if out['textfile'] is None:
+            return out, 'metrics --every needs --textfile DIR (it writes there again every S seconds)'
+    if out['textfile'] == '':
+        return out, 'metrics --textfile needs a directory'
+    return out, ''
+
+
+def figures(paths, words):
+    """`stat --json` and `metrics`: print (or write to the textfile directory) the guests' figures."""
+    import json
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime_metrics
+    args = figures_args(words)[0]
+    try:
+        if args['json']:
+            from ansible_collections.vserver.core.plugins.module_utils import _mgr_context
+            rows = _mgr_context.info(paths, with_processes=False, metrics=True)['guests']
+            _say(json.dumps({'host': os.uname().nodename, 'guests': rows}, sort_keys=True))
+        elif args['textfile'] is None:
+            sys.stdout.write(_runtime_metrics.render(_runtime_metrics.collect(paths, args['names'])))
+        else:
+            _textfile_loop(paths, args, _runtime_metrics)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _end_by_sigpipe()
+    return 0
+
+
+def _textfile_loop(paths, args, metrics):
+    """Write the exposition to the textfile directory once, or every ``args['every']`` seconds: the first write
+    fails the command (a bad directory, an unknown guest); a later failure is said on stderr (once while it lasts,
+    the log stays small) and retried."""
+    import time
+    from ansible_collections.vserver.core.plugins.module_utils._common import VServerError, terminal_safe
+    metrics.write_textfile(args['textfile'], metrics.render(metrics.collect(paths, args['names'])))
+    said = None
+    while args['every']:
+        time.sleep(args['every'] - time.monotonic() % args['every'])
+        try:
+            metrics.write_textfile(args['textfile'], metrics.render(metrics.collect(paths, args['names'])))
+            problem = None
+        except (VServerError, OSError) as exc:
+            problem = 'vserver: metrics: %s' % terminal_safe(exc)
+        if problem != said:
+            sys.stderr.write('%s\n' % (problem or 'vserver: metrics: written again'))
+            sys.stderr.flush()
+            said = problem
+
+
 def main(argv):
     from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError
     opts, words = _entry_command(argv) or parse(argv)
@@ -291,6 +384,8 @@ def main(argv):
         _parser().error('--config-dir %s: no such directory' % opts['config_dir'])  # a typo would list no guests
     roots = (opts, _enter.roots_key(opts)) if words[1:2] in (['exec'], ['enter']) else None
     paths = Paths(**opts)
+    if words[0] in FIGURES and (words[0] == 'metrics' or words[1:]) and words[1:2] not in [[c] for c in GUEST_COMMANDS]:
+        return figures(paths, words)
     if len(words) == 1:
         return listing(paths, words[0])
     return guest_command(paths, words[0], words[1], words[2:], roots)

@@ -1,7 +1,7 @@
 # Copyright: (c) 2026, vserver.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to this collection: what the host and migrate roles look at and the host role removes beyond what builtin
-modules do (behind the private modules ``_host_probe``, ``_host_remove`` and ``_target_guests``; were
+modules do (behind the private modules ``_host_probe``, ``_host_remove``, ``_host_metrics`` and ``_target_guests``; were
 roles/host/files/host_probe.py, host_remove.py and roles/migrate/files/target_guests.py).
 
 ``probe(want)`` is one read-only look at everything the host role manages, so an idempotent re-run costs one task
@@ -32,7 +32,8 @@ from ansible_collections.vserver.core.plugins.module_utils._common import Paths,
 
 # files the runtime keeps for itself; a directory holding only these (and empty autostart/) counts as empty
 BOOKKEEPING = {'.lock', '.unify-index', '.unify-index-journal', '.unify-index-wal', '.unify-index-shm',
-               '.supervise.pid', '.lxcfs.pid', 'supervise.log', 'autostart', '.cap.lock', '.watch.lock'}
+               '.supervise.pid', '.lxcfs.pid', 'supervise.log', 'autostart', '.cap.lock', '.watch.lock', '.metrics.pid',
+               'metrics.log'}
 UNITS = '/etc/systemd/system'
 PHASES = ('probe', 'supervisor', 'bridge', 'cgroup', 'dirs')
 
@@ -271,3 +272,98 @@ def target_guests(config_dir: str, tree_dir: str) -> Dict[str, Any]:
     st = os.statvfs(probe_dir)
     roots = {name: True for name in os.listdir(tree_dir)} if os.path.isdir(tree_dir) else {}
     return {'changed': False, 'guests': guests, 'free_bytes': st.f_bavail * st.f_frsize, 'root_exists': roots}
+
+
+# --- the metrics writer of hosts without systemd (private module _host_metrics) ----------------------------------
+#
+# Where systemd is PID 1 the host role installs a timer. Elsewhere one detached `vserver metrics --textfile DIR
+# --every S` per host writes the textfile: started here, its pid in RUN_DIR/.metrics.pid, its stderr appended to
+# LOG_DIR/metrics.log. It is found again by that pid and its command line (never by name); a writer with other
+# settings is stopped and started afresh.
+
+METRICS_PIDFILE = '.metrics.pid'
+METRICS_FILE = 'vserver.prom'
+
+
+def metrics_argv(req: Dict[str, Any]) -> list:
+    """The writer's command line: the host's Python runs the installed command with explicit host roots."""
+    argv = [req['python'], '-IS', req['command']]
+    for key in ('config_dir', 'run_dir', 'tree_dir', 'log_dir', 'cgroup_parent'):
+        argv += ['--' + key.replace('_', '-'), req[key]]
+    return argv + ['metrics', '--textfile', req['textfile_dir'], '--every', str(req['interval'])]
+
+
+def _metrics_writer(run_dir):
+    """``(pid, argv)`` of the running writer named by RUN_DIR/.metrics.pid, or ``(None, None)``."""
+    try:
+        with open(os.path.join(run_dir, METRICS_PIDFILE)) as handle:
+            pid = int(handle.read().strip() or 0)
+        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+            argv = [a.decode('utf-8', 'surrogateescape') for a in handle.read().split(b'\0')[:-1]]
+    except (OSError, ValueError):
+        return None, None
+    ours = argv[-5:-3] == ['metrics', '--textfile'] and argv[-2:-1] == ['--every'] and _alive(pid)
+    return (pid, argv) if ours else (None, None)
+
+
+def _stop_writer(pid, pidfile):
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        raise VServerError('the metrics writer (pid %d) did not exit within 10 s of SIGTERM' % pid)
+    try:
+        os.unlink(pidfile)
+    except FileNotFoundError:
+        pass
+
+
+def _start_writer(argv, run_dir, log_dir):
+    os.makedirs(run_dir, mode=0o755, exist_ok=True)
+    os.makedirs(log_dir, mode=0o750, exist_ok=True)
+    log = os.open(os.path.join(log_dir, 'metrics.log'), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:  # a session of its own, no fd of the module's: it outlives this run
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd='/',
+                                start_new_session=True, close_fds=True)
+    finally:
+        os.close(log)
+    time.sleep(0.3)  # a writer that fails at once (the textfile directory went away): said here, not in its log
+    if proc.poll() is not None:
+        raise VServerError('the metrics writer exited at once (status %s); see %s'
+                           % (proc.returncode, os.path.join(log_dir, 'metrics.log')), 'textfile_dir')
+    from ansible_collections.vserver.core.plugins.module_utils._common import atomic_write
+    atomic_write(os.path.join(run_dir, METRICS_PIDFILE), '%d\n' % proc.pid, 0o644, durable=False)
+    return proc.pid
+
+
+def metrics_writer(req: Dict[str, Any], check: bool) -> Dict[str, Any]:
+    """``state=present``: one writer runs with exactly these settings; ``absent``: none runs, and the textfile it
+    wrote (``textfile_dir``'s and the running writer's) is removed: node_exporter would serve it forever."""
+    out = {'changed': False, 'actions': []}
+    pidfile = os.path.join(req['run_dir'], METRICS_PIDFILE)
+    pid, argv = _metrics_writer(req['run_dir'])
+    want = metrics_argv(req) if req['state'] == 'present' else None
+    if want and not 1 <= req['interval'] <= 86400:
+        raise VServerError('interval: seconds between 1 and 86400 (got %s)' % req['interval'], 'interval')
+    if want and not os.path.isdir(req['textfile_dir']):
+        raise VServerError('textfile_dir: %s is not a directory (node_exporter\'s --collector.textfile.directory, '
+                           'which must exist)' % req['textfile_dir'], 'textfile_dir')
+
+    def act(what, func, *args):
+        out['changed'] = True
+        out['actions'].append(what)
+        return None if check else func(*args)
+    if pid and argv != want:
+        act('stop the metrics writer (pid %d)' % pid, _stop_writer, pid, pidfile)
+    if want and argv != want:
+        out['pid'] = act('start the metrics writer: %s' % ' '.join(want[2:]), _start_writer, want,
+                         req['run_dir'], req['log_dir'])
+    elif want:
+        out['pid'] = pid
+    old = argv[-3] if argv else None
+    stale = {req.get('textfile_dir'), old} if not want else {old} - {req['textfile_dir']}
+    for path in sorted(os.path.join(d, METRICS_FILE) for d in stale if d):
+        if os.path.isfile(path):
+            act('remove %s' % path, os.unlink, path)
+    return out

@@ -50,6 +50,7 @@ STORED_DEFAULTS = {'init': _config.DEFAULT_INIT, 'stop_signal': _config.DEFAULT_
 INFO_ARGUMENT_SPEC = {
     'names': {'type': 'list', 'elements': 'str'},
     'processes': {'type': 'bool', 'default': True},
+    'metrics': {'type': 'bool', 'default': False},
 }
 
 
@@ -465,8 +466,9 @@ def ensure_context(paths: Paths, params: Dict[str, Any], check_mode: bool = Fals
     return ensure(paths, params.get('name'), params, check_mode).to_dict()
 
 
-def info(paths: Paths, names: list[str] | None = None, with_processes: bool = True) -> dict:
-    """Facts about all (or the named) guests and, optionally, the spectator view of every process."""
+def info(paths: Paths, names: list[str] | None = None, with_processes: bool = True, metrics: bool = False) -> dict:
+    """Facts about all (or the named) guests and, optionally, the spectator view of every process and each guest's
+    figures for monitoring (``metrics``: _runtime_metrics.sample, what `vserver metrics` exposes)."""
     docs, broken = _config.scan(paths)
     if names:
         for name in names:
@@ -487,6 +489,8 @@ def info(paths: Paths, names: list[str] | None = None, with_processes: bool = Tr
         if doc.get('network'):
             row['network'] = _mgr_address.describe(paths, doc)
         guests.append(row)
+    if metrics:
+        _add_metrics(paths, guests, docs)
     out = {'changed': False, 'guests': guests}
     if with_processes:
         # a guest with a broken config still labels its processes, by name (its xid is null if unreadable)
@@ -494,6 +498,14 @@ def info(paths: Paths, names: list[str] | None = None, with_processes: bool = Tr
         labels.update((name, {'name': name, 'xid': exc.xid}) for name, exc in broken.items())
         out['processes'] = _runtime_views.processes(paths, labels)
     return out
+
+
+def _add_metrics(paths, rows, docs):
+    from ansible_collections.vserver.core.plugins.module_utils import _runtime_metrics
+    for row in rows:
+        doc = docs.get(row['name']) or {'name': row['name'], 'xid': row.get('xid')}
+        figures = _runtime_metrics.sample(paths, doc, state='broken' if row['state'] == 'broken' else None)
+        row['metrics'] = dict((k, v) for k, v in figures.items() if k not in ('name', 'xid', 'state'))
 
 
 def disk_limit(doc):

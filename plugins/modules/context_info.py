@@ -36,6 +36,12 @@ options:
     description: Include the spectator view RV(processes).
     type: bool
     default: true
+  metrics:
+    description:
+      - Include each guest's figures for monitoring RV(guests[].metrics), what C(vserver metrics) exposes to
+        Prometheus (see the monitoring guide, C(docs/monitoring.md)).
+    type: bool
+    default: false
 '''
 
 EXAMPLES = r'''
@@ -47,6 +53,12 @@ EXAMPLES = r'''
   vserver.core.context_info:
     names: [web]
     processes: false
+
+- name: Every guest's CPU, memory, network and disk figures (playbooks/status.yml prints them as a table)
+  vserver.core.context_info:
+    processes: false
+    metrics: true
+  register: vs
 '''
 
 RETURN = r'''
@@ -153,6 +165,24 @@ guests:
       returned: when the guest's config has a network section
       sample: {mode: bridge, bridge: vsbr0, interface: eth0, addresses: [10.8.0.2/24], gateway: [10.8.0.1],
                live_addresses: [10.8.0.2/24]}
+    metrics:
+      description:
+        - The guest's figures for monitoring, read from its cgroup (v1 or v2), its init's C(/proc/PID/net/dev) and
+          its disk image; the same figures C(vserver metrics) exposes (metric names in C(docs/monitoring.md)).
+        - C(uptime_seconds), C(cpu_user_seconds), C(cpu_system_seconds), C(cpu_periods), C(cpu_throttled_periods),
+          C(cpu_throttled_seconds), C(memory_usage_bytes), C(memory_limit_bytes) (null when unlimited),
+          C(memory_cache_bytes), C(memory_swap_bytes), C(oom_kills), C(processes), C(tasks), C(tasks_limit) (null
+          when unlimited), C(net) (per interface of its network namespace, at most 32, C(receive_bytes),
+          C(receive_packets), C(transmit_bytes), C(transmit_packets)), and with a disk limit C(disk_limit_bytes)
+          and C(disk_used_bytes). A key is null (or missing) where the host's cgroup layout does not provide it.
+        - Empty for a stopped guest.
+      type: dict
+      returned: when O(metrics=true)
+      sample: {uptime_seconds: 3600.5, cpu_user_seconds: 12.5, cpu_system_seconds: 3.25, cpu_periods: 5000,
+               cpu_throttled_periods: 12, cpu_throttled_seconds: 0.8, memory_usage_bytes: 7340032,
+               memory_limit_bytes: 268435456, memory_cache_bytes: 2097152, memory_swap_bytes: 0, oom_kills: 0,
+               processes: 3, tasks: 3, tasks_limit: 512,
+               net: {eth0: {receive_bytes: 1200, receive_packets: 10, transmit_bytes: 800, transmit_packets: 8}}}
 processes:
   description: Every process on the host, labelled with its context (spectator view).
   returned: when O(processes=true)
@@ -196,7 +226,7 @@ def main():
         supports_check_mode=True,
     )
     _ansible.run(module, lambda: _mgr_context.info(_ansible.paths_from(module), module.params['names'],
-                                                   module.params['processes']))
+                                                   module.params['processes'], module.params['metrics']))
 
 
 if __name__ == '__main__':

@@ -86,6 +86,9 @@ class SystemdContainer:
                 # seccomp filter denies by default
                 '--capability=all', '--system-call-filter=bpf', '-D', self.root,
                 '--bind-ro=%s' % TOP, '--bind=%s:/var/lib/vservers' % self.trees]
+        venv = os.path.realpath(os.path.join(TOP, '.venv'))
+        if not venv.startswith(TOP + os.sep):   # a checkout whose .venv links to a shared one: bind that too
+            argv.append('--bind-ro=%s' % venv)
         # the launcher joins our cgroups, then becomes systemd-nspawn (which puts the container below them)
         script = ('echo $$ > %s/cgroup.procs && echo $$ > %s/cgroup.procs && exec "$@"'
                   % (self.cg2, os.path.join(self.named, self.machine)))

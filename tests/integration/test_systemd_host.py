@@ -30,6 +30,8 @@ PLAYBOOK = """
   vars:
     host_install_packages: false
     host_guest_log_max: 1M
+    host_metrics_textfile_dir: /var/lib/prometheus/node-exporter
+    host_metrics_interval: 2
     vserver_bridge: vstsdbr0
     vserver_bridge_addresses: [198.18.77.1/24]
     unify_schedule: auto
@@ -81,6 +83,7 @@ def booted(tmp_path_factory, name):
 @pytest.fixture(scope='module')
 def host(tmp_path_factory):
     for box in booted(tmp_path_factory, 'systemd-host'):
+        os.makedirs(box.path('/var/lib/prometheus/node-exporter'))   # node_exporter's textfile directory
         with open(box.path('/root/site.yml'), 'w') as handle:
             handle.write(PLAYBOOK)
         yield box
@@ -261,6 +264,29 @@ def test_unify_timer_and_service(host, converged):
     assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def test_metrics_timer_writes_the_textfile(host, converged):
+    """host_metrics_textfile_dir: vserver-metrics.timer runs `vserver metrics --textfile DIR` every 2 s; the file
+    is whole (a real parser reads it) and follows the guests' states."""
+    parser = pytest.importorskip('prometheus_client.parser')
+    assert systemctl(host, 'is-enabled', 'vserver-metrics.timer') == 'enabled'
+    assert systemctl(host, 'is-active', 'vserver-metrics.timer') == 'active'
+    prom = host.path('/var/lib/prometheus/node-exporter/vserver.prom')
+
+    def states():
+        try:
+            with open(prom) as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        return {s.labels['name']: s.labels['state'] for f in parser.text_string_to_metric_families(text)
+                for s in f.samples if s.name == 'vserver_guest_state' and s.value == 1}
+    want = {'sd-a': 'running' if guest_init(host, 'sd-a') else 'stopped',
+            'sd-b': 'running' if guest_init(host, 'sd-b') else 'stopped'}
+    assert wait_for(lambda: states() == want, 30), (states(), want)
+    assert show(host, 'vserver-metrics.service', 'Result') == 'success'
+    assert os.listdir(os.path.dirname(prom)) == ['vserver.prom']
+
+
 def test_marked_guest_starts_at_boot(host, converged):
     host.poweroff()
     host.boot()
@@ -284,6 +310,7 @@ ABSENT = """
   gather_facts: false
   vars:
     host_install_packages: false
+    host_metrics_textfile_dir: /var/lib/prometheus/node-exporter
     vserver_bridge: vstsdbr0
     vserver_bridge_addresses: [198.18.77.1/24]
     host_state: absent
@@ -294,7 +321,10 @@ UNITS = ('/etc/systemd/system/vserver@.service', '/etc/systemd/system/vservers.s
          '/etc/systemd/system/vserver-logs.service',
          '/etc/systemd/system/multi-user.target.wants/vserver@sd-a.service',
          '/etc/systemd/system/multi-user.target.wants/vservers.service',
-         '/etc/systemd/system/multi-user.target.wants/vserver-logs.service')
+         '/etc/systemd/system/multi-user.target.wants/vserver-logs.service',
+         '/etc/systemd/system/vserver-metrics.service', '/etc/systemd/system/vserver-metrics.timer',
+         '/etc/systemd/system/timers.target.wants/vserver-metrics.timer',
+         '/var/lib/prometheus/node-exporter/vserver.prom')
 
 
 def exists(box, path):

@@ -39,7 +39,7 @@ def test_help_lists_every_option_and_command(host_paths, prefix, flag):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['stat', 'extra'], 'stat takes no arguments (got extra)'),
+    (['stat', 'extra'], 'stat takes no arguments but --json (got extra)'),
     (['list', 'a', 'b'], 'list takes no arguments (got a b)'),
     (['ps', '--config-dir', '/'], 'ps takes no arguments (got --config-dir /); options go before'),
     (['idle', 'start', 'extra'], 'start takes no arguments (got extra)'),

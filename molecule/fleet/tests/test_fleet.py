@@ -83,12 +83,16 @@ def test_status_table(host):
     import os
     with open(os.path.join(os.environ['MOLECULE_EPHEMERAL_DIRECTORY'], 'status.txt')) as handle:
         rows = [line.split() for line in handle.read().splitlines()]
-    assert rows[0] == ['HOST', 'NAME', 'XID', 'STATE', 'ADDRESSES', 'MEMORY', 'PROC']
+    assert rows[0] == ['HOST', 'NAME', 'XID', 'STATE', 'ADDRESSES', 'MEMORY', 'PROC', 'LIMIT', 'CPU', 'THROTTLED', 'OOM',
+                       'UPTIME', 'NET_RX', 'NET_TX']
     table = {(r[0], r[1]): r for r in rows[1:]}
     assert table[('vst-fleet3', 'fleet-web')][2:5] == ['1101', 'running', '198.18.20.11/24']
     assert table[('vst-fleet1', 'fleet-web')][3] == 'stopped'
     assert table[('vst-fleet2', 'fleet-mail')][3:5] == ['running', '198.18.20.21/24']
     assert int(table[('vst-fleet3', 'fleet-moodle')][6]) >= 1
+    # the figures of a running guest (context_info's metrics): CPU seconds, OOM kills, uptime, bytes through its eth0
+    web = table[('vst-fleet3', 'fleet-web')]
+    assert web[8].endswith('s') and web[10] == '0' and web[11] != '-' and web[12] != '-', web
     assert len(rows) == 1 + 5
 
 
