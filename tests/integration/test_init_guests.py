@@ -14,13 +14,15 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
     _cgroup, _config, _limits, _mgr_address, _mgr_unify, _runtime)
-from helpers import TOP, build_static, guest_sh, vserver, wait_for
+from helpers import TOP, VSERVER, build_static, env_for, guest_sh, vserver, wait_for
+from test_enter import converse
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which('mmdebstrap'), reason='mmdebstrap missing (make apt)')]
@@ -196,6 +198,13 @@ def test_systemd_guest_boots_serves_and_stops_through_systemd(host_paths, guests
     assert os.path.isdir(os.path.join(unified, 'system.slice', 'nginx.service'))
     assert ok(host_paths, 'vs15-sd', 'cat /proc/1/cgroup').strip().endswith('::/init.scope')
 
+    # `vserver enter`: root's login shell (bash, from the guest's passwd) in its home, systemctl usable
+    shown, code = converse([sys.executable, VSERVER, 'vs15-sd', 'enter'], env_for(host_paths),
+                           [(b'#', b'echo "in=$0:$SHELL:$USER:$HOME:$(pwd)"; systemctl is-system-running; exit 4\n')])
+    shown = shown.replace(b'\r', b'')
+    assert b'root@vs15-sd:~# ' in shown and b'in=/bin/bash:/bin/bash:root:/root:/root\n' in shown, shown
+    assert b'\nrunning\n' in shown and b'\nlogout\n' in shown and code == 4, shown    # a login shell's exit
+
     took = timed_stop(host_paths, doc)
     assert took < 15, 'stop took %.1f s (stop_timeout 30): systemd did not shut down by itself' % took
     journal = subprocess.run(['journalctl', '--no-pager', '-o', 'cat', '-D',
@@ -229,8 +238,8 @@ def limit_files(group):
 
 
 @pytest.mark.cgroup
-def test_systemd_guest_cannot_lift_its_limits_through_its_cgroup_tree(host_paths, guests, systemd_tree,
-                                                                       escape_binary):
+def test_systemd_guest_cannot_lift_its_limits_through_its_cgroup_tree(
+        host_paths, guests, systemd_tree, escape_binary):
     limits = _limits.validate({'memory': '256M', 'nproc': 200, 'cpu': {'fill_rate': 1, 'interval': 2}},
                               layout=LAYOUT)
     doc = guests('vs15-sdlim', systemd_tree, limits=limits)
