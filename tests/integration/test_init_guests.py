@@ -21,6 +21,7 @@ import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import (
     _cgroup, _config, _limits, _mgr_address, _mgr_unify, _runtime)
+from ansible_collections.vserver.core.plugins.filter.guest_module_list import SYSV_INITTAB
 from helpers import TOP, VSERVER, build_static, env_for, guest_sh, vserver, wait_for
 from test_enter import converse
 
@@ -288,11 +289,7 @@ def test_two_unified_systemd_guests_boot_and_run(host_paths, guests, systemd_tre
 def test_sysvinit_guest_boots_its_runlevel_and_stops_through_it(host_paths, guests, sysvinit_tree):
     doc = guests('vs15-sysv', sysvinit_tree)
     root = doc['root']
-    # what the guest role does to a sysvinit guest's inittab (roles/guest: no getty without a tty; SIGPWR halts)
-    with open(os.path.join(root, 'etc/inittab')) as handle:
-        lines = handle.read().splitlines()
-    lines = ['#' + line if 'getty' in line and not line.startswith('#') else line for line in lines]
-    write(root, '/etc/inittab', '\n'.join(lines + ['p0::powerfail:/sbin/init 0']) + '\n')
+    write(root, '/etc/inittab', SYSV_INITTAB)     # what the guest role writes into a sysvinit guest
     write(root, '/etc/init.d/vstest', SYSV_SCRIPT, 0o755)
     # enabled as a package would (insserv orders it; rc reads its .depend files): the test's own tree, not a guest's
     subprocess.run(['chroot', root, 'update-rc.d', 'vstest', 'defaults'], check=True, capture_output=True, timeout=60)
