@@ -114,7 +114,6 @@ def _guest_init(doc, root, log_fd, err_w, child_steps):
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         stage = 'mounts'
-        uuid = _runtime_boot.container_uuid(doc)  # before pivot_root: hashlib is imported from the host
         _setup_root(root)
         kind = _runtime_boot.guest_init_kind(doc['init'][0])
         if kind:
@@ -132,7 +131,7 @@ def _guest_init(doc, root, log_fd, err_w, child_steps):
         argv = doc['init']
         env = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/', 'TERM': 'linux'}
         if kind == 'systemd':
-            env['container_uuid'] = uuid
+            env['container_uuid'] = _runtime_boot.container_uuid(doc)
             env['SYSTEMD_GETTY_AUTO'] = '0'   # no console to log in on (/dev/console is a null device)
         os.execve(argv[0], argv, env)
     except BaseException as exc:  # report to the starter, then die
