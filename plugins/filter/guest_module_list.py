@@ -21,9 +21,9 @@ description:
     C(/etc/resolv.conf) (a search line for the domain, then the entry's C(dns_servers), else O(dns_servers)), its
     C(root_password_hash), and its C(root_authorized_keys) when those are not null.
   - A bootstrapped entry whose C(packages) (else O(packages)) include C(sysvinit-core) also gets a container
-    C(/etc/inittab) (with its managed files): Debian's runlevels, no getty (a guest has no console or ttys), and
-    C(p0::powerfail:/sbin/init 0) so that SIGPWR, the runtime's stop signal for a sysvinit guest, halts it through
-    runlevel 0.
+    C(/etc/inittab) with its managed files. It has Debian's runlevels, no getty (a guest has no console or ttys),
+    and a powerfail entry that runs C(/sbin/init 0), so that SIGPWR (the runtime's stop signal for a sysvinit
+    guest) halts it through runlevel 0.
   - An entry's own key wins over the default given here, even when its value is null.
 positional: _input
 options:
@@ -68,7 +68,7 @@ options:
     default: [template, suite, variant, mirror, tarball, dns_servers, domain, hosts_entries, root_password_hash,
               root_authorized_keys, manage_files, components, packages]
   packages:
-    description: Default C(packages) of a bootstrapped guest (the role's O(guest_packages)).
+    description: Default C(packages) of a bootstrapped guest (the guest role passes its C(guest_packages)).
     type: list
     elements: str
     default: []
