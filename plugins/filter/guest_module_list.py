@@ -20,6 +20,10 @@ description:
     C(/etc/hosts) (localhost lines, one line per address, then the entry's C(hosts_entries)) and
     C(/etc/resolv.conf) (a search line for the domain, then the entry's C(dns_servers), else O(dns_servers)), its
     C(root_password_hash), and its C(root_authorized_keys) when those are not null.
+  - A bootstrapped entry whose C(packages) (else O(packages)) include C(sysvinit-core) also gets a container
+    C(/etc/inittab) with its managed files. It has Debian's runlevels, no getty (a guest has no console or ttys),
+    and a powerfail entry that runs C(/sbin/init 0), so that SIGPWR (the runtime's stop signal for a sysvinit
+    guest) halts it through runlevel 0.
   - An entry's own key wins over the default given here, even when its value is null.
 positional: _input
 options:
@@ -63,6 +67,11 @@ options:
     elements: str
     default: [template, suite, variant, mirror, tarball, dns_servers, domain, hosts_entries, root_password_hash,
               root_authorized_keys, manage_files, components, packages]
+  packages:
+    description: Default C(packages) of a bootstrapped guest (the guest role passes its C(guest_packages)).
+    type: list
+    elements: str
+    default: []
   bootstrap:
     description: Templates whose trees the role builds itself (passed on as template C(none)).
     type: list
@@ -101,6 +110,22 @@ ROLE_KEYS = ('template', 'suite', 'variant', 'mirror', 'tarball', 'dns_servers',
              'root_password_hash', 'root_authorized_keys', 'manage_files', 'components', 'packages')
 BOOTSTRAP = ('debootstrap', 'mmdebstrap', 'tarball')
 LOCALHOST = ['127.0.0.1\tlocalhost', '::1\tlocalhost ip6-localhost ip6-loopback']
+# sysvinit in a guest (docs/guests.md): Debian's runlevels without gettys, SIGPWR (the stop signal) halts
+SYSV_INITTAB = '''# /etc/inittab of a vserver.core guest (written by the guest role, docs/guests.md): no getty (no console or
+# ttys in a guest: enter with `vserver NAME enter`); SIGPWR, the guest's stop signal, goes to runlevel 0.
+id:2:initdefault:
+si::sysinit:/etc/init.d/rcS
+~~:S:wait:/sbin/sulogin --force
+l0:0:wait:/etc/init.d/rc 0
+l1:1:wait:/etc/init.d/rc 1
+l2:2:wait:/etc/init.d/rc 2
+l3:3:wait:/etc/init.d/rc 3
+l4:4:wait:/etc/init.d/rc 4
+l5:5:wait:/etc/init.d/rc 5
+l6:6:wait:/etc/init.d/rc 6
+z6:6:respawn:/sbin/sulogin --force
+p0::powerfail:/sbin/init 0
+'''
 
 
 def _own(entry, key, default):
@@ -132,6 +157,9 @@ def _item(index, entry, opts):
                 state=_own(entry, 'state', opts['state']), autostart=_own(entry, 'autostart', opts['autostart']))
     if boolean(_own(entry, 'manage_files', opts['manage_files']), strict=False):
         item['files'] = _files(entry, hostname, domain, _own(entry, 'dns_servers', opts['dns_servers']))
+        packages = _own(entry, 'packages', opts['packages']) if template in opts['bootstrap'] else None
+        if 'sysvinit-core' in [str(name) for name in packages or []]:
+            item['files']['/etc/inittab'] = SYSV_INITTAB
         item['root_password_hash'] = _own(entry, 'root_password_hash', opts['root_password_hash'])
         keys = _own(entry, 'root_authorized_keys', opts['root_authorized_keys'])
         if keys is not None:
@@ -140,13 +168,15 @@ def _item(index, entry, opts):
 
 
 def guest_module_list(guests, domain='', state='started', autostart=True, manage_files=True, dns_servers=None,
-                      root_password_hash='!', root_authorized_keys=None, role_keys=ROLE_KEYS, bootstrap=BOOTSTRAP):
+                      root_password_hash='!', root_authorized_keys=None, role_keys=ROLE_KEYS, bootstrap=BOOTSTRAP,
+                      packages=None):
     """See DOCUMENTATION."""
     if not is_sequence(guests):
         raise AnsibleFilterError('vserver_guests must be a list, got %s' % type(guests).__name__)
     opts = dict(domain=domain, state=state, autostart=autostart, manage_files=manage_files,
                 dns_servers=dns_servers or [], root_password_hash=root_password_hash,
-                root_authorized_keys=root_authorized_keys, role_keys=role_keys, bootstrap=bootstrap)
+                root_authorized_keys=root_authorized_keys, role_keys=role_keys, bootstrap=bootstrap,
+                packages=packages or [])
     return [_item(index, entry, opts) for index, entry in enumerate(guests)]
 
 

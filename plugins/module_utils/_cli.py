@@ -123,7 +123,7 @@ def _enter_known(entry):
     global STAGE
     opts, words = entry
     try:
-        code = _enter.enter_known(opts, words[0], ['/bin/sh', '-l'] if words[1] == 'enter' else words[2:], STAGE)
+        code = _enter.enter_known(opts, words[0], _enter.LOGIN_ARGV if words[1] == 'enter' else words[2:], STAGE)
     except OSError as exc:  # after the plan went: as main() reports it
         from ansible_collections.vserver.core.plugins.module_utils._common import terminal_safe
         sys.stderr.write('vserver: %s\n' % terminal_safe(exc))
@@ -249,7 +249,7 @@ def guest_command(paths, name, command, args, roots=None):
     # enter and exec (their arguments were checked by the parse); a pty of the guest's own stands in for each of
     # fds 0-2 that is a terminal here: ours never crosses
     # what this entry concludes (from these options and config bytes) is kept for the next: _enter_known
-    argv = ['/bin/sh', '-l'] if command == 'enter' else args
+    argv = _enter.LOGIN_ARGV if command == 'enter' else args
     return _entered(_enter.enter(_runtime.Runtime(paths, name), doc, argv, terminal=True, stage=_take_stage(),
                                  known=roots and roots + (raw,)))
 

@@ -40,6 +40,15 @@ if TYPE_CHECKING:
 NS_ORDER = ('cgroup', 'ipc', 'uts', 'net', 'time', 'pid', 'mnt')
 GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
+# `vserver NAME enter`: root's login shell as the guest's /etc/passwd names it (bash on Debian: /etc/profile,
+# ~/.profile, ~/.bashrc), in root's home, with SHELL set; /bin/sh where the guest has no such entry or shell. The
+# lookup runs inside the guest, with the guest's credentials: nothing of the guest's tree is read by the host.
+LOGIN_SCRIPT = ('shell=/bin/sh home=/root; '
+                'if [ -r /etc/passwd ]; then while IFS=: read -r u p i g c h s; do '
+                'if [ "$u" = root ]; then shell=$s home=$h; break; fi; done < /etc/passwd; fi; '
+                '[ -x "$shell" ] || shell=/bin/sh; [ -d "$home" ] || home=/; '
+                'export SHELL="$shell" HOME="$home"; cd "$home" && exec "$shell" -l')
+LOGIN_ARGV = ['/bin/sh', '-c', LOGIN_SCRIPT, 'login']
 PTMX = (5, 2)
 # What an entry that went the full way (config read and checked, init found) concluded, kept in the guest's
 # runtime dir for the next one (see ``enter_known``).
@@ -270,6 +279,8 @@ def _finish(name, proc_fd, facts, ns, config, argv, env, terminal, opened):
         opened += [master, peer]
     environ = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/root',
                'TERM': os.environ.get('TERM', 'linux') if ttys else 'dumb'}
+    if facts['uids'] and facts['uids'][0] == 0:
+        environ.update(USER='root', LOGNAME='root')
     environ.update(env or {})
     plan = {'ns': ns, 'pty': peer, 'ttys': ttys,
             'bcaps': config['bcaps'] & facts['bcaps'],

@@ -37,7 +37,7 @@ import signal
 import time
 
 from ansible_collections.vserver.core.plugins.module_utils import (
-    _caps, _cgroup, _config, _kernel as K, _lxcfs, _procfs as P, _logs, _runtime_child)
+    _caps, _cgroup, _config, _kernel as K, _lxcfs, _procfs as P, _logs, _runtime_boot, _runtime_child)
 from ansible_collections.vserver.core.plugins.module_utils._common import Paths, VServerError, read_json, write_json
 
 STATE_FILE = 'state.json'
@@ -471,11 +471,15 @@ def stop(paths: Paths, doc: dict, layout: _cgroup.Layout | None = None) -> list[
             write_json(os.path.join(rt.dir, STATE_FILE), dict(rt.record, stopping=mark), 0o600, durable=False)
             if rt.group.exists() and rt.group.frozen():
                 rt.group.thaw()
+            kind = _runtime_boot.init_kind(proc_fd)
+            deadline = time.monotonic() + timeout
             try:
-                signal.pidfd_send_signal(proc_fd, sig)
+                signal.pidfd_send_signal(proc_fd, _runtime_boot.stop_signal(kind, sig))
             except ProcessLookupError:
                 pass
-            _wait_gone(proc_fd, timeout)
+            if kind == 'sysvinit':
+                _runtime_boot.wait_sysvinit_down(proc_fd, rt.group, timeout)
+            _wait_gone(proc_fd, max(0.0, deadline - time.monotonic()))
         finally:
             os.close(proc_fd)
     cleanup(paths, name, rt.layout)

@@ -15,7 +15,7 @@ import os
 import signal
 import stat
 
-from ansible_collections.vserver.core.plugins.module_utils import _caps, _kernel as K, _masks, _procfs as P
+from ansible_collections.vserver.core.plugins.module_utils import _caps, _kernel as K, _masks, _procfs as P, _runtime_boot
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (slow) at run time
 if TYPE_CHECKING:
@@ -115,6 +115,10 @@ def _guest_init(doc, root, log_fd, err_w, child_steps):
         os.dup2(log_fd, 2)
         stage = 'mounts'
         _setup_root(root)
+        kind = _runtime_boot.guest_init_kind(doc['init'][0])
+        if kind:
+            stage = 'boot mounts'
+            _runtime_boot.setup(kind)
         for step in child_steps:
             stage = 'hook %s' % getattr(step, '__name__', step)
             step(doc)
@@ -126,6 +130,9 @@ def _guest_init(doc, root, log_fd, err_w, child_steps):
         _reset_signals()
         argv = doc['init']
         env = {'PATH': GUEST_PATH, 'container': 'vserver', 'HOME': '/', 'TERM': 'linux'}
+        if kind == 'systemd':
+            env['container_uuid'] = _runtime_boot.container_uuid(doc)
+            env['SYSTEMD_GETTY_AUTO'] = '0'   # no console to log in on (/dev/console is a null device)
         os.execve(argv[0], argv, env)
     except BaseException as exc:  # report to the starter, then die
         try:

@@ -66,8 +66,11 @@ options:
     type: raw
   stop_signal:
     description:
-      - Signal sent to the guest's init to stop it (C(SIGTERM) stops busybox init and sysvinit; use
-        C(SIGRTMIN+3) for systemd). Default C(SIGTERM).
+      - Signal sent to the guest's init to stop it. Default C(SIGTERM) (it stops busybox init and most services).
+        When the running init is systemd, the default C(SIGTERM) is sent as C(SIGRTMIN+3) (systemd takes
+        C(SIGTERM) as a request to re-execute itself), and when it is sysvinit as C(SIGPWR) (sysvinit ignores
+        C(SIGTERM); its inittab's powerfail entry goes to runlevel 0). Any other signal is sent as given. See the
+        collection's docs/guests.md.
       - A name (C(SIGTERM), C(term)), C(SIGRTMIN+N) or C(SIGRTMAX-N) within the real-time range, or a number
         from 1 to SIGRTMAX; stored in canonical form (C(37) and C(rtmin+3) become C(SIGRTMIN+3)). C(SIGSTOP)
         and C(SIGCONT) are refused.

@@ -32,7 +32,7 @@ def test_committed_pages_are_current():
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout
     assert sorted(docsite_rst.pages()) == [
-        'architecture', 'guest-view', 'ha', 'import', 'limits', 'monitoring', 'network', 'roles', 'security', 'testing',
+        'architecture', 'guest-view', 'guests', 'ha', 'import', 'limits', 'monitoring', 'network', 'roles', 'security', 'testing',
         'unify']
 
 

@@ -46,3 +46,20 @@ def test_unmanaged_files_and_empty_resolv():
 def test_bad_entries_are_named(guests, message):
     with pytest.raises(AnsibleFilterError, match=message):
         FILTER(guests)
+
+
+@pytest.mark.parametrize('entry, default, wanted', [
+    ({'name': 'e', 'template': 'mmdebstrap', 'packages': ['sysvinit-core']}, [], True),
+    ({'name': 'e', 'template': 'debootstrap'}, ['sysvinit-core', 'nginx-light'], True),
+    ({'name': 'e', 'template': 'debootstrap', 'packages': ['systemd-sysv']}, ['sysvinit-core'], False),
+    ({'name': 'e', 'template': 'busybox', 'packages': ['sysvinit-core']}, [], False),
+    ({'name': 'e', 'template': 'mmdebstrap', 'packages': ['sysvinit-core'], 'manage_files': False}, [], False),
+])
+def test_a_sysvinit_guest_gets_a_container_inittab(entry, default, wanted):
+    out, = FILTER([entry], packages=default)
+    inittab = out.get('files', {}).get('/etc/inittab')
+    assert (inittab is not None) == wanted
+    if wanted:
+        lines = inittab.splitlines()
+        assert 'p0::powerfail:/sbin/init 0' in lines and 'l0:0:wait:/etc/init.d/rc 0' in lines
+        assert not [line for line in lines if 'getty' in line and not line.startswith('#')]
