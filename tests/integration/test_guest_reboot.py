@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime
 from helpers import TOP, build_static, env_for, guest_sh, wait_for
+from test_init_guests import _tree
 
 pytestmark = pytest.mark.cgroup
 SUPERVISE = os.path.join(TOP, 'roles', 'host', 'files', 'vserver_supervise.py')
@@ -142,19 +143,15 @@ def test_bcaps_drop_sys_boot_keeps_the_refusal(host_paths, make_guest):
     assert _init(host_paths, 'vs18v-nb') == pid
 
 
-SYSTEMD_TREE = os.environ.get('VSERVER_TEST_SYSTEMD_TREE', '')
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(os.path.join(SYSTEMD_TREE or '/nonexistent', 'lib', 'systemd', 'systemd')),
-                    reason='no systemd guest tree (issue 15): give its path in VSERVER_TEST_SYSTEMD_TREE')
 def test_systemctl_reboot_and_poweroff_in_a_systemd_guest(host_paths, make_guest, supervisor):
     """systemd ends its shutdown with the same reboot(2): restarted under the unit's watcher, then stopped."""
     import shutil
+    tree = _tree('systemd')     # tests/guests/build systemd (cached), as test_init_guests boots it
     host = _host_facts()
     doc = make_guest('vs18v-sd', init=['/lib/systemd/systemd'], stop_signal='SIGRTMIN+3', stop_timeout=30)
     shutil.rmtree(doc['root'])
-    subprocess.run(['cp', '-a', '--reflink=auto', SYSTEMD_TREE, doc['root']], check=True, timeout=300)
+    subprocess.run(['cp', '-a', '--reflink=auto', tree, doc['root']], check=True, timeout=300)
     sup = supervisor('--watch', 'vs18v-sd')
     first = wait_for(lambda: _init(host_paths, 'vs18v-sd'), 30)
     assert first, sup.text()
