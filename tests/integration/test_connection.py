@@ -145,12 +145,12 @@ def test_modules_files_and_become_inside_a_debian_guest(fleet, tmp_path, pipelin
     assert os.stat(in_tree(fleet, PY_GUEST, '/srv/dir/mine')).st_uid == uid
     # the module's own process (the shell's parent) holds exactly what the guest's init holds
     lines = res['creds']['stdout'].splitlines()
-    status = dict(line.split(':', 1) for line in lines if ':' in line and not line.startswith(('cgroup', 'ipc', 'mnt',
-                                                                                             'net', 'pid', 'uts')))
+    kinds = ('cgroup', 'ipc', 'mnt', 'net', 'pid', 'uts')
+    status = dict(line.split(':', 1) for line in lines if ':' in line and not line.startswith(kinds))
     its = P.read_status(init)
     assert {k: status[k].strip() for k in STATUS_KEYS} == {k: its[k].strip() for k in STATUS_KEYS}
     assert 'python' in status['Name']
-    for kind in ('cgroup', 'ipc', 'mnt', 'net', 'pid', 'uts'):
+    for kind in kinds:
         assert P.ns_inode(init, kind) in lines, kind
 
 
@@ -178,8 +178,8 @@ def test_symlinks_planted_by_the_guest_resolve_inside_it(fleet, tmp_path):
     plant = ('mkdir -p {d} && echo guest-copy > {s} && ln -s {t} /srv/copy-dst && ln -s {s} /srv/fetch-src && '
              'rm -rf /root/.ansible && mkdir -p {a} && ln -s {a} /root/.ansible').format(d=host_dir, s=secret, t=target, a=tmp_target)
     assert guest_sh(fleet, PY_GUEST, plant).returncode == 0
-    tasks = [{'name': 'copy', 'ansible.builtin.copy': {'content': 'from ansible\n', 'dest': '/srv/copy-dst',
-                                                        'follow': True}},
+    tasks = [{'name': 'copy',
+              'ansible.builtin.copy': {'content': 'from ansible\n', 'dest': '/srv/copy-dst', 'follow': True}},
              {'name': 'fetch', 'ansible.builtin.fetch': {'src': '/srv/fetch-src', 'dest': str(tmp_path / 'got'),
                                                          'flat': True}}]
     rc, data = play(tmp_path, fleet, [PY_GUEST], tasks)
