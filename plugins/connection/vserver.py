@@ -21,8 +21,9 @@ description:
   - With O(remote_user) other than root, commands run as that user through the guest's C(runuser) (util-linux).
     C(become) works with the guest's su or sudo; su from root asks no password; a become password goes on stdin
     (sudo's C(-S)), never through a terminal.
-version_added: 1.1.0
-author: vserver.core contributors
+version_added: 0.1.0
+author:
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - connection_pipelining
 notes:

@@ -18,11 +18,14 @@ description:
   - Each guest gets the host variables C(vserver_guest_host), C(vserver_xid), C(vserver_state), C(vserver_hostname),
     C(vserver_addresses), C(vserver_limits), C(vserver_python), and the connection variables
     (C(ansible_connection), C(ansible_vserver_*), C(ansible_python_interpreter) when it has Python).
+  - A guest name listed by more than one host (a migrated guest kept stopped on its old host) is added once under
+    its name, for the host where it runs, and under C(NAME@HOST) for each other host.
   - Groups - C(vserver_guest) (every guest), C(vserver_host_HOST) (the guests of a host), C(vserver_state_STATE)
     (C(running), C(stopped), C(frozen), C(broken)), C(vserver_no_python) (guests without C(/usr/bin/python3); use
     C(raw) there); plus the constructed features (O(keyed_groups), O(groups), O(compose), O(strict)).
-version_added: 1.1.0
-author: vserver.core contributors
+version_added: 0.1.0
+author:
+  - vserver.core contributors (@vserver-core)
 extends_documentation_fragment:
   - constructed
   - inventory_cache
@@ -55,6 +58,13 @@ options:
     description: The OpenSSH client.
     type: str
     default: ssh
+  use_vars_plugins:
+    description:
+      - Read the hosts' variables also from the vars plugins of the inventory sources (C(group_vars/), C(host_vars/)
+        next to them), as the constructed plugin's option of that name does; without it only variables set in the
+        inventory sources themselves are seen.
+    type: bool
+    default: true
   skip_unreachable:
     description:
       - A host that does not answer is left out with a warning (its guests are then not in the inventory). With
@@ -92,6 +102,7 @@ from ansible.inventory.helpers import get_group_vars
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.vars import combine_vars
+from ansible.vars.plugins import get_vars_from_inventory_sources
 
 from ansible_collections.vserver.core.plugins.plugin_utils import _vserver_cmd as V
 
@@ -124,9 +135,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if group not in self.inventory.groups:
             raise AnsibleParserError('vserver inventory %s: hosts_group %r is not a group of the inventory read before '
                                      'it (list the hosts first)' % (path, group))
-        hosts = {}
-        for host in self.inventory.groups[group].get_hosts():
-            hosts[host.name] = combine_vars(get_group_vars(host.get_groups()), host.get_vars())
+        hosts = dict((host.name, self._host_vars(host, loader)) for host in self.inventory.groups[group].get_hosts())
         key = self.get_cache_key(path)
         use_cache = self.get_option('cache')
         listing = None
@@ -139,9 +148,35 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             listing = self._listing(hosts)
             if use_cache:
                 self._cache[key] = listing
+        for inventory_name, host_name, guest in self._names(listing):
+            self._add_guest(inventory_name, host_name, hosts.get(host_name, {}), guest)
+
+    def _host_vars(self, host, loader):
+        """A host's variables from the inventory read so far (with its group_vars/host_vars if asked)."""
+        groups = get_group_vars(host.get_groups())
+        own = host.get_vars()
+        if self.get_option('use_vars_plugins'):
+            sources = self.inventory.processed_sources
+            groups = combine_vars(groups, get_vars_from_inventory_sources(loader, sources, host.get_groups(), 'all'))
+            own = combine_vars(own, get_vars_from_inventory_sources(loader, sources, [host], 'all'))
+        return combine_vars(groups, own)
+
+    def _names(self, listing):
+        """``[(inventory name, host, row)]``: a guest listed by several hosts keeps its name where it runs (else on
+        the first host), ``NAME@HOST`` elsewhere."""
+        seen = {}
         for host_name in sorted(listing):
-            for guest in listing[host_name]:
-                self._add_guest(host_name, hosts.get(host_name, {}), guest)
+            for row in listing[host_name]:
+                seen.setdefault(row['name'], []).append((host_name, row))
+        out = []
+        for name, where in sorted(seen.items()):
+            where.sort(key=lambda item: item[1].get('state') not in ('running', 'frozen'))
+            out.append((name, where[0][0], where[0][1]))
+            for host_name, row in where[1:]:
+                self.display.warning('vserver inventory: guest %s is also on host %s (%s): added as %s@%s' % (
+                    name, host_name, row.get('state'), name, host_name))
+                out.append(('%s@%s' % (name, host_name), host_name, row))
+        return out
 
     # where the guests come from
 
@@ -214,19 +249,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     # the guests
 
-    def _add_guest(self, host_name, hostvars, row):
-        name = row['name']
-        if name in self.inventory.hosts and self.inventory.get_host(name).vars.get('vserver_guest_host') not in (
-                None, host_name):
-            self.display.warning('vserver inventory: guest %s is listed by %s and %s; the one of %s is kept' % (
-                name, self.inventory.get_host(name).vars['vserver_guest_host'], host_name,
-                self.inventory.get_host(name).vars['vserver_guest_host']))
-            return
+    def _add_guest(self, name, host_name, hostvars, row):
         self.inventory.add_host(name)
         facts = {'vserver_guest_host': host_name, 'vserver_xid': row.get('xid'), 'vserver_state': row.get('state'),
                  'vserver_hostname': row.get('hostname'), 'vserver_addresses': row.get('addresses') or [],
                  'vserver_limits': row.get('limits') or {}, 'vserver_python': row.get('python'),
-                 'ansible_connection': 'vserver.core.vserver', 'ansible_vserver_guest': name,
+                 'ansible_connection': 'vserver.core.vserver', 'ansible_vserver_guest': row['name'],
                  'ansible_vserver_command': self.get_option('vserver_command')}
         ssh = self._ssh_opts(host_name, hostvars)
         facts['ansible_vserver_host'] = host_name if ssh else 'localhost'
