@@ -163,7 +163,7 @@ build: venv
 # pyflakes on the Python (unused imports, undefined names); ansible-lint, production profile, offline (.ansible-lint),
 # on roles/, playbooks/, molecule/, changelogs/ ...; and every roles/*/README.md in step with its
 # meta/argument_specs.yml (`make role-readmes` rewrites them).
-PYFLAKES_PATHS := plugins tests roles bin/vserver bench/start bench/net bench/unify bench/converge
+PYFLAKES_PATHS := plugins tests roles bin/vserver bench/start bench/net bench/unify bench/converge bench/connection/run
 lint: setup
 	$(VENV)/bin/pyflakes $(PYFLAKES_PATHS)
 	$(PY) tests/tools/role_readme.py --check
