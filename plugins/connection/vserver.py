@@ -27,7 +27,7 @@ author:
 extends_documentation_fragment:
   - connection_pipelining
 notes:
-  - Guests, their hosts and these variables can come from the M(vserver.core.vserver) inventory plugin
+  - Guests, their hosts and these variables can come from the P(vserver.core.vserver#inventory) inventory plugin
     (C(plugin=vserver.core.vserver) in a C(*.vserver.yml) file), which sets all of them.
   - Errors name the guest and its host - an unknown guest, a stopped or frozen one, a host unreachable over ssh,
     no C(vserver) command on the host, no Python in the guest.
@@ -211,6 +211,7 @@ EXAMPLES = r"""
   tasks:
     - name: Look around
       ansible.builtin.raw: uname -a; cat /etc/hostname
+      changed_when: false
 """
 
 import os

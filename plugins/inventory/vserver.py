@@ -50,6 +50,12 @@ options:
     description: The vserver command on the hosts (a shell-style string).
     type: str
     default: vserver
+  guest_user:
+    description:
+      - The user inside each guest who runs the tasks (the guests' C(ansible_vserver_user), which wins over an
+        C(ansible_user) meant for the hosts, for example in C(group_vars/all)). Empty - C(ansible_user) decides.
+    type: str
+    default: root
   timeout:
     description: Seconds for each host's answer (ssh connect and the listing).
     type: int
@@ -222,7 +228,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False,
                                   timeout=self.get_option('timeout'))
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise AnsibleParserError('host %s did not answer `vserver list --json`: %s' % (name, exc))
+            raise AnsibleParserError('host %s did not answer `vserver list --json`: %s' % (
+                name, 'no answer within %d s' % self.get_option('timeout') if isinstance(exc, subprocess.TimeoutExpired)
+                else exc))
         err = to_text(proc.stderr, errors='surrogate_or_replace').strip()
         if ssh and V.ssh_unreachable(proc.returncode, proc.stderr):
             raise AnsibleParserError('host %s unreachable over ssh: %s' % (name, err))
@@ -230,11 +238,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError('host %s: `vserver list --json` failed (status %d): %s' % (
                 name, proc.returncode, err))
         try:
-            data = json.loads(proc.stdout)
-            return list(data['guests'])
+            rows = json.loads(proc.stdout)['guests']
+            if all(isinstance(row, dict) and isinstance(row.get('name'), str) and row['name'] for row in rows):
+                return rows
         except (ValueError, KeyError, TypeError):
-            raise AnsibleParserError('host %s: `vserver list --json` printed no guest listing: %s' % (
-                name, to_text(proc.stdout[:200], errors='surrogate_or_replace')))
+            pass
+        shown = to_text(proc.stdout[:200], errors='surrogate_or_replace')
+        raise AnsibleParserError('host %s: `vserver list --json` printed no guest listing (is its vserver command older '
+                                 'than the inventory plugin?): %s' % (name, shown))
 
     @staticmethod
     def _ssh_opts(name, hostvars):
@@ -256,6 +267,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                  'vserver_limits': row.get('limits') or {}, 'vserver_python': row.get('python'),
                  'ansible_connection': 'vserver.core.vserver', 'ansible_vserver_guest': row['name'],
                  'ansible_vserver_command': self.get_option('vserver_command')}
+        if self.get_option('guest_user'):
+            facts['ansible_vserver_user'] = self.get_option('guest_user')
         ssh = self._ssh_opts(host_name, hostvars)
         facts['ansible_vserver_host'] = host_name if ssh else 'localhost'
         if ssh:

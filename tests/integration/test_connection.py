@@ -249,6 +249,7 @@ def test_inventory_plugin_lists_groups_and_reaches_the_guests(fleet, tmp_path):
     assert meta[PY_GUEST]['vserver_state'] == 'running' and meta[OFF_GUEST]['vserver_state'] == 'stopped'
     assert meta[PY_GUEST]['vserver_python'] == '/usr/bin/python3' and meta[BB_GUEST]['vserver_python'] is None
     assert meta[PY_GUEST]['vserver_xid'] == 1711 and meta[PY_GUEST]['label'] == 'g-' + PY_GUEST
+    assert meta[PY_GUEST]['ansible_vserver_user'] == 'root' and meta[PY_GUEST]['ansible_vserver_host'] == 'localhost'
     assert sorted(data['vserver_no_python']['hosts']) == [BB_GUEST, OFF_GUEST]
     assert sorted(data['vserver_state_running']['hosts']) == [BB_GUEST, PY_GUEST]
     assert data['vserver_state_stopped']['hosts'] == [OFF_GUEST]
@@ -284,4 +285,14 @@ def test_inventory_plugin_offline_and_wrong_config(fleet, tmp_path):
     assert "hosts_group 'nope' is not a group" in out.stderr, out.stderr
     (bad / '2-guests.vserver.yml').write_text(json.dumps({'plugin': 'vserver.core.vserver', 'ofline': True}))
     out = ansible(['ansible-inventory', '-i', str(bad), '--list'])
-    assert 'ofline' in out.stderr, out.stderr
+    assert 'unknown option(s) ofline' in out.stderr, out.stderr
+    # a host ssh cannot reach (nothing listens on 127.0.0.1:1): left out with a warning, or an error naming it
+    (bad / '1-hosts.yml').write_text(json.dumps({'all': {'children': {'vserver_hosts': {'hosts': {
+        'far': {'ansible_host': '127.0.0.1', 'ansible_port': 1}}}}}}))
+    for strict, said in ((True, "[WARNING]: vserver inventory: host far unreachable over ssh: ssh: connect to host "
+                                "127.0.0.1 port 1: Connection refused; its guests are left out"),
+                         (False, 'host far unreachable over ssh: ssh: connect to host 127.0.0.1 port 1')):
+        (bad / '2-guests.vserver.yml').write_text(json.dumps({'plugin': 'vserver.core.vserver',
+                                                              'skip_unreachable': strict}))
+        out = ansible(['ansible-inventory', '-i', str(bad), '--list'])
+        assert said in ' '.join(out.stderr.split()), out.stderr

@@ -31,7 +31,7 @@ def test_committed_pages_are_current():
     proc = subprocess.run([sys.executable, os.path.join(TOOLS, 'docsite_rst.py'), '--check'], capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout
-    assert sorted(docsite_rst.pages()) == ['architecture', 'limits', 'network', 'roles', 'security', 'testing', 'unify']
+    assert sorted(docsite_rst.pages()) == ['architecture', 'inside', 'limits', 'network', 'roles', 'security', 'testing', 'unify']
 
 
 def test_every_guide_converts_to_clean_rst():
