@@ -122,6 +122,8 @@ def test_modules_files_and_become_inside_a_debian_guest(fleet, tmp_path, pipelin
          'become_method': 'ansible.builtin.su', 'changed_when': False},
         {'name': 'become copy', 'ansible.builtin.copy': {'content': 'mine\n', 'dest': '/srv/dir/mine'},
          'become': True, 'become_user': 'vsuser', 'become_method': 'ansible.builtin.su'},
+        {'name': 'remote user', 'ansible.builtin.shell': 'id -un; echo $HOME', 'remote_user': 'vsuser',
+         'changed_when': False},
         {'name': 'creds', 'ansible.builtin.shell': 'cat /proc/$PPID/status; for n in cgroup ipc mnt net pid uts; '
                                                    'do readlink /proc/$PPID/ns/$n; done', 'changed_when': False},
     ]
@@ -142,6 +144,7 @@ def test_modules_files_and_become_inside_a_debian_guest(fleet, tmp_path, pipelin
     assert res['stat']['stat']['checksum'] == digest and res['stat']['stat']['size'] == BIG
     assert hashlib.sha256((fetched / 'big.bin').read_bytes()).hexdigest() == digest
     assert res['become']['stdout'] == 'vsuser'
+    assert res['remote user']['stdout_lines'] == ['vsuser', '/home/vsuser']
     assert os.stat(in_tree(fleet, PY_GUEST, '/srv/dir/mine')).st_uid == uid
     # the module's own process (the shell's parent) holds exactly what the guest's init holds
     lines = res['creds']['stdout'].splitlines()
