@@ -240,6 +240,13 @@ def plain(value):
 
 
 def test_inventory_plugin_lists_groups_and_reaches_the_guests(fleet, tmp_path):
+    # the busybox guests point /usr/bin/python3 at an executable that exists only on the host (absolute, and
+    # relative with `..` past their root): `vserver list --json` resolves both inside their trees, finds no Python
+    fake = tmp_path / 'host-only-python'
+    fake.write_text('#!/bin/sh\n')
+    fake.chmod(0o755)
+    assert guest_sh(fleet, BB_GUEST, 'ln -sf %s /usr/bin/python3' % fake).returncode == 0
+    os.symlink('../' * 12 + str(fake).lstrip('/'), in_tree(fleet, OFF_GUEST, '/usr/bin/python3'))
     inv = inventory_dir(tmp_path, fleet, {
         'keyed_groups': [{'key': 'vserver_xid | string', 'prefix': 'xid'}], 'groups': {'debian': 'vserver_python != None'},
         'compose': {'label': "'g-' ~ inventory_hostname"}, 'strict': True,
