@@ -293,8 +293,11 @@ class Connection(ConnectionBase):
             raise AnsibleConnectionFailure('%s: host unreachable over ssh: %s' % (
                 self._where(), to_text(stderr, errors='surrogate_or_replace').strip()))
         text = to_text(stderr, errors='surrogate_or_replace')
-        if returncode == 127 and re.search(r'vserver\S*: (command )?not found|No such file or directory', text) \
-                and 'in the guest' not in text:
+        words = V.vserver_argv(self.get_option('vserver_command'), None, [])
+        missing = re.compile(r'(%s).*(not found|No such file or directory)' % '|'.join(
+            re.escape(word) for word in words if not word.startswith('-')))
+        if returncode in (2, 127) and 'in the guest' not in text and any(
+                missing.search(line) for line in text.splitlines()[:3]):
             raise AnsibleConnectionFailure('%s: no vserver command (%s) on the host: %s' % (
                 self._where(), self.get_option('vserver_command'), text.strip()))
         refused = V.entry_refused(returncode, stderr)

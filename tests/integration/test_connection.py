@@ -203,6 +203,8 @@ def test_bad_input_fails_clearly(fleet, tmp_path):
              'vs17-far': {'ansible_vserver_guest': PY_GUEST, 'ansible_vserver_host': 'far',
                           'ansible_vserver_ssh_host': '127.0.0.1', 'ansible_vserver_ssh_port': 1,
                           'ansible_vserver_control_path_dir': ''},
+             'vs17-nocmd': {'ansible_vserver_guest': PY_GUEST,
+                            'ansible_vserver_command': '/usr/bin/python3 /nonexistent/vserver'},
              'vs17-badroots': {'ansible_vserver_guest': PY_GUEST,
                                'ansible_vserver_host_roots': dict(roots, confdir='/etc')}}
     rc, data = play(tmp_path, fleet, [], [{'name': 'raw', 'ansible.builtin.raw': 'true'}], extra_hosts=hosts)
@@ -212,6 +214,8 @@ def test_bad_input_fails_clearly(fleet, tmp_path):
     assert 'guest %s on this host: cannot enter it: guest %s is not running' % (OFF_GUEST, OFF_GUEST) in msgs[OFF_GUEST]
     assert 'guest %s on host far: host unreachable over ssh' % PY_GUEST in msgs['vs17-far'], data['plays'][0]['tasks'][0]['hosts']['vs17-far']
     assert "host_roots: unknown key 'confdir'" in msgs['vs17-badroots'], msgs['vs17-badroots']
+    assert 'guest %s on this host: no vserver command (/usr/bin/python3 /nonexistent/vserver) on the host' % PY_GUEST \
+        in msgs['vs17-nocmd'], msgs['vs17-nocmd']
 
 
 def inventory_dir(tmp_path, paths, config, offline_guests=None):
