@@ -84,7 +84,8 @@ demo: setup-demo
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml
 	@echo "second run (must change nothing):"
 	@$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml > $(BUILD)/demo-rerun.log; \
-	  tail -n 3 $(BUILD)/demo-rerun.log; grep -q ' changed=0 ' $(BUILD)/demo-rerun.log
+	  sed -n '/PLAY RECAP/,$$p' $(BUILD)/demo-rerun.log; grep -q '^localhost .* changed=0 ' $(BUILD)/demo-rerun.log && \
+	  ! grep -qE ' changed=[1-9]' $(BUILD)/demo-rerun.log
 	/usr/local/bin/vserver stat
 
 demo-clean: setup-demo
