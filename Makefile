@@ -86,7 +86,8 @@ demo: setup-demo
 	$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml
 	@echo "second run (must change nothing):"
 	@$(VENV)/bin/ansible-playbook -i localhost, -c local playbooks/demo.yml > $(BUILD)/demo-rerun.log; \
-	  tail -n 3 $(BUILD)/demo-rerun.log; grep -q ' changed=0 ' $(BUILD)/demo-rerun.log
+	  sed -n '/PLAY RECAP/,$$p' $(BUILD)/demo-rerun.log; grep -q '^localhost .* changed=0 ' $(BUILD)/demo-rerun.log && \
+	  ! grep -qE ' changed=[1-9]' $(BUILD)/demo-rerun.log
 	/usr/local/bin/vserver stat
 
 demo-clean: setup-demo
@@ -165,7 +166,7 @@ build: venv
 # pyflakes on the Python (unused imports, undefined names); ansible-lint, production profile, offline (.ansible-lint),
 # on roles/, playbooks/, molecule/, changelogs/ ...; and every roles/*/README.md in step with its
 # meta/argument_specs.yml (`make role-readmes` rewrites them).
-PYFLAKES_PATHS := plugins tests roles bin/vserver bench/start bench/net bench/unify bench/converge bench/failover bench/metrics bench/boot
+PYFLAKES_PATHS := plugins tests roles bin/vserver bench/start bench/net bench/unify bench/converge bench/failover bench/metrics bench/boot bench/connection/run
 lint: setup
 	$(VENV)/bin/pyflakes $(PYFLAKES_PATHS)
 	$(PY) tests/tools/role_readme.py --check

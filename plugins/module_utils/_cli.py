@@ -10,6 +10,9 @@ commands:
                        figures for monitoring under "metrics"
   ps                   every process on the host, labelled with its context
   list                 guest names
+  list --json          every guest as JSON (one object: host, guests with name,
+                       xid, state, hostname, addresses, limits, python), what
+                       the vserver.core.vserver inventory plugin reads
   metrics [NAME...]    every (or the named) guest's figures in the Prometheus text
                        format: CPU, memory, processes, OOM kills, throttling,
                        network per interface, disk, state, uptime
@@ -188,6 +191,8 @@ def _problem(words):
             return '%s needs a guest name: vserver NAME %s' % (words[0], words[0])
         return 'no command given for guest %s (one of %s)' % (words[0], ', '.join(GUEST_COMMANDS))
     name, command, args = words[0], words[1], words[2:]
+    if is_list_json(words):
+        return ''
     if command not in GUEST_COMMANDS:
         if name in FIGURES:
             return figures_args(words)[1]
@@ -285,6 +290,63 @@ def listing(paths, what):
     except BrokenPipeError:
         _end_by_sigpipe()
     return 0
+
+
+def is_list_json(words: list[str]) -> bool:
+    """`vserver list --json` (a guest named list is reached by its commands, none of which is --json)."""
+    return words == ['list', '--json']
+
+
+def list_json(paths) -> int:
+    """`vserver list --json`: one JSON object, ``{"host": NODENAME, "guests": [...]}``, each guest with its name,
+    xid, state (running, frozen, stopped, broken), hostname, addresses, limits (its config's section), init_pid, the
+    host's name and ``python`` (``/usr/bin/python3`` when its tree has one, else null): what the inventory plugin
+    reads. A broken config is listed (state broken, its problem in ``error``), never hidden."""
+    import json
+    from ansible_collections.vserver.core.plugins.module_utils import _config, _runtime
+    docs, broken = _config.scan(paths)
+    host = os.uname().nodename
+    guests = []
+    for name in sorted(set(docs) | set(broken)):
+        if name in broken:
+            guests.append({'name': name, 'xid': broken[name].xid, 'state': 'broken', 'host': host, 'hostname': None,
+                           'addresses': [], 'limits': {}, 'init_pid': None, 'python': None,
+                           'error': str(broken[name])})
+            continue
+        doc = docs[name]
+        row = _runtime.status(paths, doc)
+        guests.append({'name': name, 'xid': doc.get('xid'), 'state': row['state'], 'host': host,
+                       'hostname': row['hostname'], 'addresses': row['addresses'], 'limits': doc.get('limits') or {},
+                       'init_pid': row['init_pid'], 'python': tree_python(doc.get('root'))})
+    try:
+        _say(json.dumps({'host': host, 'guests': guests}, sort_keys=True))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _end_by_sigpipe()
+    return 0
+
+
+def tree_python(root: str | None) -> str | None:
+    """``/usr/bin/python3`` if the guest tree at ``root`` has it as an executable regular file, else None. Looked
+    up with openat2 RESOLVE_IN_ROOT (the guest's symlinks resolve inside its tree, never on the host's)."""
+    import stat
+    from ansible_collections.vserver.core.plugins.module_utils import _kernel
+    python = '/usr/bin/python3'
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (OSError, TypeError):
+        return None
+    try:
+        fd = _kernel.open_in_root(root_fd, python.lstrip('/'))
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(root_fd)
+    return python if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111 else None
 
 
 def _end_by_sigpipe():
@@ -388,6 +450,8 @@ def main(argv):
         return figures(paths, words)
     if len(words) == 1:
         return listing(paths, words[0])
+    if is_list_json(words):
+        return list_json(paths)
     return guest_command(paths, words[0], words[1], words[2:], roots)
 
 

@@ -32,8 +32,8 @@ def test_committed_pages_are_current():
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout
     assert sorted(docsite_rst.pages()) == [
-        'architecture', 'guest-view', 'guests', 'ha', 'import', 'limits', 'monitoring', 'network', 'roles', 'security', 'testing',
-        'unify']
+        'architecture', 'guest-view', 'guests', 'ha', 'import', 'inside', 'limits', 'monitoring', 'network', 'roles',
+        'security', 'testing', 'unify']
 
 
 def test_every_guide_converts_to_clean_rst():

@@ -104,3 +104,17 @@ def test_failed_migration_left_no_trace_on_the_target(host):
     elif name(host) == 'vst-fleet1':
         assert host.file('/etc/vservers/autostart/fleet-dns').exists
         assert vserver(host, 'fleet-dns', 'status').rc == 0
+
+
+def test_a_role_ran_inside_every_running_guest(host):
+    """side_effect.yml ran molecule/fleet/inside.yml on the guests the vserver inventory plugin found, through the
+    vserver connection (ssh to this host, `vserver NAME exec`): each running guest holds what its role wrote, as its
+    own root; the retired copy of fleet-web on vst-fleet1 (stopped) was left alone."""
+    me = name(host)
+    for guest in EXPECTED[me]['running']:
+        assert vserver(host, guest, 'exec', 'cat', '/etc/motd').stdout == 'managed by ansible: %s on %s\n' % (guest, me)
+        nodename = vserver(host, guest, 'exec', 'uname', '-n').stdout.strip()
+        got = vserver(host, guest, 'exec', 'cat', '/etc/inside-ok').stdout.split()
+        assert got == ['uid=0', 'nodename=' + nodename, 'pid1=init'], (guest, got)
+    for guest in EXPECTED[me]['stopped']:
+        assert not host.file('/var/lib/vservers/%s/etc/inside-ok' % guest).exists
