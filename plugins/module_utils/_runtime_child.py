@@ -151,10 +151,12 @@ def intermediate(doc: dict, group: CgroupV1 | CgroupV2, root: str, log_fd: int, 
         import socket  # here, not at the top: `vserver exec` and `stop` load this file and never need it
         K.unshare(K.CLONE_NEWNS | K.CLONE_NEWUTS | K.CLONE_NEWIPC | K.CLONE_NEWNET | K.CLONE_NEWCGROUP
                   | K.CLONE_NEWPID | K.CLONE_NEWTIME)
-        # Virtual uptime: the guest's CLOCK_BOOTTIME (and /proc/uptime) starts at zero now.
-        boot = P.boottime_now()
+        # Virtual uptime: the guest's CLOCK_BOOTTIME (and /proc/uptime) starts at zero now, to the nanosecond (whole
+        # seconds would start it anywhere in [0, 1) s); the kernel takes a negative offset as seconds + nanoseconds in
+        # [0, 1e9), which divmod's floor gives
+        secs, nanos = divmod(-int(P.boottime_now() * 1e9), 1000000000)
         with open('/proc/self/timens_offsets', 'w') as handle:
-            handle.write('boottime %d 0\n' % -int(boot))
+            handle.write('boottime %d %d\n' % (secs, nanos))
         socket.sethostname(doc.get('hostname') or doc['name'])
         K.setdomainname(doc.get('domainname') or '(none)')
         K.link_up(b'lo')

@@ -47,6 +47,18 @@ def test_started_guest_from_outside(host_paths, make_guest):
     assert P.uptime() > float(lines[-1].split()[0])
 
 
+def test_guest_uptime_starts_at_its_start_to_the_nanosecond(host_paths, make_guest):
+    """The boottime offset is exact: the guest's /proc/uptime, read right after the start, is no more than the time
+    the host saw pass since it asked for the start (a whole-second offset would put it anywhere up to 1 s above)."""
+    before = P.boottime_now()
+    make_guest('uptimed', start=True)
+    out = guest_sh(host_paths, 'uptimed', 'cat /proc/uptime')
+    elapsed = P.boottime_now() - before
+    assert out.returncode == 0, out.stderr
+    uptime = float(out.stdout.split()[0])
+    assert 0 <= uptime <= elapsed + 0.01, (uptime, elapsed)    # /proc/uptime has two decimals
+
+
 def test_guest_sees_only_its_own_processes(host_paths, make_guest):
     make_guest('seer', start=True)
     make_guest('other', start=True)
