@@ -173,16 +173,7 @@ def open_tree_readonly(path):
 
     Executing through it (``os.execve(fd, ...)``) gives the new image an exe that cannot be reopened for writing
     (EROFS), and from which no directory is reachable (the mount's root is the file itself)."""
-    fd = _check(libc().syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(-100), _b(path),
-                               ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)), 'open_tree %s' % path)
-    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
-    try:
-        _check(libc().syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(fd), b'', ctypes.c_uint(AT_EMPTY_PATH),
-                              ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), 'mount_setattr %s' % path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return open_tree_clone(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
 
 
 _SYS_MOVE_MOUNT = 429
