@@ -118,32 +118,15 @@ class Node(SystemdContainer):
             os.symlink('/etc/systemd/system/vs19-net.service', link)
         os.makedirs(self.path(SHARED), exist_ok=True)
 
+    def nspawn_argv(self):
+        """On the harness bridge (not --private-network), with the venv and the shared loop device bound in."""
+        argv = super().nspawn_argv()
+        argv[argv.index('--private-network')] = '--network-bridge=%s' % self.bridge
+        venv = '--bind-ro=%s' % VENV
+        return argv + ([] if venv in argv else [venv]) + ['--bind=%s' % self.device]
+
     def boot(self, timeout=120):
-        self.boots += 1
-        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY='1')
-        argv = ['systemd-nspawn', '--boot', '--quiet', '--register=no', '--keep-unit',
-                '--network-bridge=%s' % self.bridge, '--console=passive', '--machine', self.machine,
-                '--capability=all', '--system-call-filter=bpf', '-D', self.root,
-                '--bind-ro=%s' % TOP, '--bind-ro=%s' % VENV, '--bind=%s:/var/lib/vservers' % self.trees,
-                '--bind=%s' % self.device]
-        script = ('echo $$ > %s/cgroup.procs && echo $$ > %s/cgroup.procs && exec "$@"'
-                  % (self.cg2, os.path.join(self.named, self.machine)))
-        with open(self.log_path, 'a') as log:
-            log.write('--- boot %d\n' % self.boots)
-            log.flush()
-            self.proc = subprocess.Popen(['sh', '-c', script, 'launch'] + argv, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError('systemd-nspawn exited with %s:\n%s' % (self.proc.returncode, self.console()))
-            self.leader = self._leader()
-            if self.leader:
-                state = self.sh('systemctl is-system-running', check=False, via_unit=False, timeout=20).stdout.strip()
-                if state in ('running', 'degraded'):
-                    return state
-            time.sleep(0.5)
-        raise RuntimeError('node %s did not boot within %ss:\n%s' % (self.name, timeout, self.console()))
+        return super().boot(timeout)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

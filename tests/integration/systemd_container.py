@@ -77,9 +77,8 @@ class SystemdContainer:
                        timeout=30)
         os.makedirs(os.path.join(self.named, self.machine), exist_ok=True)
 
-    def boot(self, timeout=90):
-        self.boots += 1
-        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY='1')
+    def nspawn_argv(self):
+        """systemd-nspawn's command line (a subclass changes the network or binds more)."""
         argv = ['systemd-nspawn', '--boot', '--quiet', '--register=no', '--keep-unit', '--private-network',
                 '--console=passive', '--machine', self.machine,
                 # root on a real host: every capability, and bpf() (the v2 device filter) which nspawn's
@@ -89,15 +88,20 @@ class SystemdContainer:
         venv = os.path.realpath(os.path.join(TOP, '.venv'))
         if not venv.startswith(TOP + os.sep):   # a checkout whose .venv links to a shared one: bind that too
             argv.append('--bind-ro=%s' % venv)
+        return argv
+
+    def boot(self, timeout=90):
+        self.boots += 1
+        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY='1')
         # the launcher joins our cgroups, then becomes systemd-nspawn (which puts the container below them)
         script = ('echo $$ > %s/cgroup.procs && echo $$ > %s/cgroup.procs && exec "$@"'
                   % (self.cg2, os.path.join(self.named, self.machine)))
-        log = open(self.log_path, 'a')
-        log.write('--- boot %d\n' % self.boots)
-        log.flush()
-        self.proc = subprocess.Popen(['sh', '-c', script, 'launch'] + argv, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.log_path, 'a') as log:
+            log.write('--- boot %d\n' % self.boots)
+            log.flush()
+            self.proc = subprocess.Popen(['sh', '-c', script, 'launch'] + self.nspawn_argv(), env=env,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -108,7 +112,7 @@ class SystemdContainer:
                 if state in ('running', 'degraded'):
                     return state
             time.sleep(0.5)
-        raise RuntimeError('the container did not finish booting within %ss:\n%s' % (timeout, self.console()))
+        raise RuntimeError('%s did not finish booting within %ss:\n%s' % (self.machine, timeout, self.console()))
 
     def _leader(self):
         try:
